@@ -1,0 +1,147 @@
+"""One frozen settings object for the server.
+
+Every field is a setting with a default, a help text, a ``--flag`` and a
+``RUNPACK_<NAME>`` environment variable. The CLI is the only place that reads
+the environment (:func:`Settings.from_env`); the README's settings table is
+checked against :func:`describe` by a test. Durations are in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from runpack import protocol
+
+
+def _s(default: Any, help: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "secret": secret})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = _s("127.0.0.1", "Address to bind.")
+    port: int = _s(8080, "Port to bind.")
+    db: str = _s("runpack.db", "SQLite file path, or a postgresql:// DSN.")
+    data_dir: str = _s("runpack-data", "Folder for stored artifacts and generated local keys.")
+    public_url: str = _s(
+        "",
+        "Base URL clients reach this server at, for figure URLs (default: http://host:port).",
+    )
+    submit_api_key: str = _s("", "Key for clients that submit and read jobs.", secret=True)
+    runner_api_key: str = _s("", "Key for runner daemons (also reads admin data).", secret=True)
+    admin_api_key: str = _s("", "Key for administrators.", secret=True)
+    runner_key_reads_admin: bool = _s(
+        True, "Let the runner key read admin endpoints, as the original did."
+    )
+    heartbeat_timeout: float = _s(
+        90.0, "A running job whose runner sends nothing for this long is taken back."
+    )
+    reconnect_grace: float = _s(
+        30.0, "How long a runner whose socket dropped may take to come back for its jobs."
+    )
+    max_attempts: int = _s(3, "Runs a job gets before it is failed for lost heartbeats.")
+    retry_base_delay: float = _s(2.0, "First retry delay (exponential backoff, full jitter).")
+    retry_max_delay: float = _s(300.0, "Longest retry delay.")
+    failed_retry_after: float = _s(
+        300.0, "A failed job is re-run by a new submit once this long has passed."
+    )
+    runner_active_window: float = _s(300.0, "A runner counts as active this long after contact.")
+    sweep_interval: float = _s(5.0, "How often the sweeper looks for stale jobs.")
+    rate_window: float = _s(60.0, "Rate-limit window.")
+    rate_submit: int = _s(10, "Submits and checks per window per client IP (0 = unlimited).")
+    rate_poll: int = _s(60, "Job status reads per window per client IP (0 = unlimited).")
+    rate_available: int = _s(120, "Available-job polls per window per runner (0 = unlimited).")
+    rate_heartbeat: int = _s(120, "Heartbeats per window per runner (0 = unlimited).")
+    trust_proxy: bool = _s(False, "Take the client IP from X-Forwarded-For (behind a proxy).")
+    max_params_bytes: int = _s(protocol.MAX_PARAMS_BYTES, "Largest input_params, in bytes.")
+    max_output_bytes: int = _s(protocol.MAX_OUTPUT_BYTES, "Largest output_data, in bytes.")
+    max_console_bytes: int = _s(protocol.MAX_CONSOLE_BYTES, "Largest console output, in bytes.")
+    max_error_bytes: int = _s(protocol.MAX_ERROR_BYTES, "Largest error message, in bytes.")
+    max_body_bytes: int = _s(4 * 1024 * 1024, "Largest request body read at all, in bytes.")
+    max_upload_bytes: int = _s(
+        500 * 1024 * 1024, "Largest figure upload (a tar of its files), in bytes."
+    )
+    max_upload_files: int = _s(10_000, "Most files in one figure upload.")
+    validation_timeout: float = _s(
+        5.0, "Timeout for checking a cached figpack_url (a failure keeps the result)."
+    )
+    validation_cache_ttl: float = _s(60.0, "How long a figpack_url check is remembered.")
+    notify_relay_base_url: str = _s("", "NotifyRelay base URL to announce new jobs (optional).")
+    notify_relay_publish_key: str = _s("", "NotifyRelay publish key.", secret=True)
+    local_runners: int = _s(
+        0, "Runner daemons to start beside the server, for local use (`make run` starts one)."
+    )
+    log_level: str = _s("info", "Logging level.")
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self.submit_api_key and self.runner_api_key and self.admin_api_key)
+
+    @property
+    def base_url(self) -> str:
+        """``public_url`` without a trailing slash, or the address the server binds."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        host = "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``RUNPACK_*`` variables, then explicit overrides (CLI flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(env_name(f.name))
+            if raw is not None and raw != "":
+                values[f.name] = parse_value(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def env_name(name: str) -> str:
+    return "RUNPACK_" + name.upper()
+
+
+def parse_value(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{env_name(f.name)}: cannot read {raw!r} as {kind}") from None
+    return raw
+
+
+def describe() -> list[dict[str, Any]]:
+    """Name, variable, default and help of every setting (CLI, README and a test read this)."""
+    out = []
+    for f in dataclasses.fields(Settings):
+        out.append(
+            {
+                "name": f.name,
+                "env": env_name(f.name),
+                "flag": "--" + f.name.replace("_", "-"),
+                "type": f.type if isinstance(f.type, str) else f.type.__name__,
+                "default": f.default,
+                "help": f.metadata["help"],
+                "secret": f.metadata["secret"],
+            }
+        )
+    return out

@@ -1,0 +1,93 @@
+"""Schema creation and ordered forward migrations.
+
+A new database gets ``schema.sql``, the whole current schema, which records its
+own version (keep it equal to the newest migration). An
+existing one gets every ``NNNN_*.sql`` file in this folder whose number is above
+its ``schema_version``, in order, each in the same transaction as its version row.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from importlib import resources
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncpg
+
+_STORE = resources.files("runpack.store")
+SCHEMA_SQL = (_STORE / "schema.sql").read_text(encoding="utf-8")
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# pg_advisory_xact_lock key ("runpack" in ASCII): one migrator at a time per database.
+PG_MIGRATION_LOCK = 0x72756E7061636B
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every forward migration, in order."""
+    found = []
+    for entry in (_STORE / "migrations").iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def latest_version() -> int:
+    return max([1, *(v for v, _, _ in migrations())])
+
+
+def split_statements(sql: str) -> list[str]:
+    """Statements of a schema file (no semicolons inside literals in our files)."""
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def apply_sqlite(conn: sqlite3.Connection) -> int:
+    """Create or upgrade the schema; return the version now in place."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if not exists:
+        for statement in split_statements(SCHEMA_SQL):
+            conn.execute(statement)
+    current: int = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 1
+    for version, _name, sql in migrations():
+        if version <= current:
+            continue
+        for statement in split_statements(sql):
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+            (version, int(time.time() * 1000)),
+        )
+        current = version
+    return current
+
+
+async def apply_postgres(conn: asyncpg.Connection) -> int:
+    """Create or upgrade the schema in one transaction; return the version now in place.
+
+    Server instances starting together queue on a transaction-scoped advisory
+    lock, so one creates or upgrades and the others then find nothing to do.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", PG_MIGRATION_LOCK)
+        exists = await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
+        if not exists:
+            for statement in split_statements(SCHEMA_SQL):
+                await conn.execute(statement)
+        current: int = await conn.fetchval("SELECT MAX(version) FROM schema_version") or 1
+        for version, _name, sql in migrations():
+            if version <= current:
+                continue
+            for statement in split_statements(sql):
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
+                version,
+                int(time.time() * 1000),
+            )
+            current = version
+        return current

@@ -1,0 +1,403 @@
+"""PostgreSQL store: an asyncpg pool running the shared named statements.
+
+Each call is one statement on a pooled connection (autocommit), so every
+transition is atomic on its own, and claims use ``FOR UPDATE SKIP LOCKED``: any
+number of server instances can share one database. The ``:name`` statements of
+:mod:`runpack.store.queries` are rewritten to ``$n`` once and cached.
+
+Driver and network failures become :class:`StoreError`. The pool replaces a
+dropped connection by itself; a read that fails because its connection dropped
+under it is tried once more, a write never is (it may have committed before the
+connection went).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+
+from runpack.errors import StoreError
+from runpack.store import queries as q
+from runpack.store.base import JOB_COLUMNS, RUNNER_COLUMNS, JobRow, NewJob, RunnerRow
+from runpack.store.migrations import apply_postgres
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Statements whose `IN {…}` slot takes one array parameter on PostgreSQL.
+AVAILABLE = q.AVAILABLE.format(job_types=q.pg_in("job_types"))
+CLAIM_NEXT = q.CLAIM_NEXT.format(job_types=q.pg_in("job_types"), lock=q.SKIP_LOCKED)
+REQUEUE = q.REQUEUE.format(from_status=q.pg_in("from_status"))
+CANCEL = q.CANCEL.format(from_status=q.pg_in("from_status"))
+
+# Everything the driver, the server or the network can raise at us. (An idle
+# connection whose backend was terminated can fail with InternalClientError.)
+DB_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+# Errors that mean "the connection went away", beyond a connection found closed.
+DROPPED = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, and "closed mid-operation"
+    asyncpg.AdminShutdownError,  # pg_terminate_backend, server shutdown
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    ConnectionError,
+)
+
+
+@functools.cache
+def numbered(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``to_numbered`` once per statement text: ($n text, parameter names in order)."""
+    text, names = q.to_numbered(sql)
+    return text, tuple(names)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line account of a driver error for ``StoreError.details``."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "TimeoutError: no answer in time (server unreachable or busy, or pool exhausted)"
+    sqlstate = getattr(exc, "sqlstate", None)
+    code = f" [{sqlstate}]" if isinstance(sqlstate, str) else ""
+    return f"{type(exc).__name__}{code}: {exc}"
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for messages and logs."""
+    dsn = re.sub(r"(://[^:/@?]*:)[^/?]*@", r"\1***@", dsn)
+    return re.sub(r"(password=)[^&]*", r"\1***", dsn)
+
+
+def _is_closed(conn: asyncpg.Connection) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # the pool took it back already: it closed under us
+        return True
+
+
+def _job(row: Sequence[Any] | None) -> JobRow | None:
+    return JobRow(*row) if row is not None else None
+
+
+def _status_count(status: str) -> int:
+    """Rows affected, from a command tag such as ``UPDATE 1``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PostgresStore:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 10.0,
+        command_timeout: float | None = 30.0,
+    ) -> None:
+        self.dsn = dsn
+        self.min_size = min_size
+        self.max_size = max_size
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        where = redact(self.dsn)
+        try:
+            pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                timeout=self.connect_timeout,
+                command_timeout=self.command_timeout,
+                server_settings={"application_name": "runpack"},
+            )
+        except (*DB_ERRORS, ValueError) as exc:
+            raise StoreError(details=f"cannot connect to {where}: {describe(exc)}") from exc
+        try:
+            async with pool.acquire(timeout=self.connect_timeout) as conn:
+                version = await apply_postgres(conn)
+        except DB_ERRORS as exc:
+            await self._close_pool(pool)
+            raise StoreError(
+                details=f"cannot apply the schema on {where}: {describe(exc)}"
+            ) from exc
+        log.info("PostgreSQL store open on %s (schema version %d)", where, version)
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await self._close_pool(pool)
+
+    async def _close_pool(self, pool: asyncpg.Pool) -> None:
+        try:
+            await asyncio.wait_for(pool.close(), timeout=self.connect_timeout)
+        except TimeoutError:
+            log.warning("PostgreSQL pool did not close in time; terminating its connections")
+            pool.terminate()
+
+    # --- plumbing -------------------------------------------------------------
+    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]], *, read: bool) -> T:
+        """Run ``op`` on a pooled connection, mapping driver errors to StoreError.
+
+        A connection found dead (server restart, failover, terminated backend)
+        expires the whole pool, since its siblings are likely dead too: every
+        connection is replaced on its next use instead of failing one caller
+        each. A read then runs once more on a fresh connection; a write does not.
+        """
+        if self._pool is None:
+            raise StoreError(details="store is closed")
+        pool = self._pool
+        tries = 2 if read else 1
+        for attempt in range(1, tries + 1):
+            closed = False
+            try:
+                async with pool.acquire(timeout=self.connect_timeout) as conn:
+                    try:
+                        return await op(conn)
+                    except DB_ERRORS:
+                        closed = _is_closed(conn)
+                        raise
+            except DB_ERRORS as exc:
+                if not (closed or isinstance(exc, DROPPED)):
+                    raise StoreError(details=describe(exc)) from exc
+                await pool.expire_connections()
+                if attempt == tries:
+                    raise StoreError(details=f"database connection lost: {describe(exc)}") from exc
+                log.warning("database connection lost (%s); retrying the read", describe(exc))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _args(sql: str, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        text, names = numbered(sql)
+        return text, [params[name] for name in names]
+
+    async def _rows(self, sql: str, params: Mapping[str, Any], *, read: bool = True) -> list[Any]:
+        text, args = self._args(sql, params)
+        return await self._run(lambda c: c.fetch(text, *args), read=read)
+
+    async def _read_jobs(self, sql: str, params: Mapping[str, Any]) -> list[JobRow]:
+        return [JobRow(*row) for row in await self._rows(sql, params)]
+
+    async def _read_job(self, sql: str, params: Mapping[str, Any]) -> JobRow | None:
+        rows = await self._read_jobs(sql, params)
+        return rows[0] if rows else None
+
+    async def _write_job(self, sql: str, params: Mapping[str, Any]) -> JobRow | None:
+        text, args = self._args(sql, params)
+        return _job(await self._run(lambda c: c.fetchrow(text, *args), read=False))
+
+    async def _write_count(self, sql: str, params: Mapping[str, Any]) -> int:
+        text, args = self._args(sql, params)
+        return _status_count(await self._run(lambda c: c.execute(text, *args), read=False))
+
+    # --- jobs: reads ------------------------------------------------------------
+    async def get_job(self, job_id: str) -> JobRow | None:
+        return await self._read_job(q.GET_JOB, {"id": job_id})
+
+    async def get_job_by_hash(self, job_hash: str) -> JobRow | None:
+        return await self._read_job(q.GET_JOB_BY_HASH, {"job_hash": job_hash})
+
+    async def available_jobs(self, job_types: Sequence[str], now: int, limit: int) -> list[JobRow]:
+        if not job_types:
+            return []
+        params = {"job_types": list(job_types), "now": now, "limit": limit}
+        return await self._read_jobs(AVAILABLE, params)
+
+    async def list_jobs(
+        self, status: str | None, job_type: str | None, limit: int, offset: int
+    ) -> list[JobRow]:
+        params = {"status": status, "job_type": job_type, "limit": limit, "offset": offset}
+        return await self._read_jobs(q.LIST_JOBS, params)
+
+    async def count_jobs(self) -> dict[str, int]:
+        return {status: int(n) for status, n in await self._rows(q.COUNT_JOBS, {})}
+
+    async def jobs_of_runner(self, runner_id: str, limit: int) -> list[JobRow]:
+        return await self._read_jobs(q.JOBS_OF_RUNNER, {"runner_id": runner_id, "limit": limit})
+
+    async def stale_jobs(self, cutoff: int, limit: int) -> list[JobRow]:
+        return await self._read_jobs(q.STALE, {"cutoff": cutoff, "limit": limit})
+
+    # --- jobs: transitions --------------------------------------------------------
+    async def insert_job(self, job: NewJob) -> tuple[JobRow, bool]:
+        insert, insert_args = self._args(
+            q.INSERT_JOB,
+            {
+                "id": job.id,
+                "job_hash": job.job_hash,
+                "job_type": job.job_type,
+                "input_params": job.input_params,
+                "priority": job.priority,
+                "max_attempts": job.max_attempts,
+                "timeout": job.timeout,
+                "now": job.now,
+            },
+        )
+        select, select_args = self._args(q.GET_JOB_BY_HASH, {"job_hash": job.job_hash})
+
+        async def op(conn: asyncpg.Connection) -> tuple[JobRow, bool]:
+            # A conflicting insert waits for the other one to commit, so the
+            # row is then visible; it can only vanish if deleted in between.
+            for _ in range(3):
+                row = await conn.fetchrow(insert, *insert_args)
+                if row is not None:
+                    return JobRow(*row), True
+                row = await conn.fetchrow(select, *select_args)
+                if row is not None:
+                    return JobRow(*row), False
+            raise StoreError(details=f"job {job.job_hash} was deleted while being inserted")
+
+        return await self._run(op, read=False)
+
+    async def requeue(
+        self, job_id: str, from_status: Sequence[str], now: int, not_before: int
+    ) -> JobRow | None:
+        params = {"from_status": list(from_status), "id": job_id, "now": now}
+        return await self._write_job(REQUEUE, {**params, "not_before": not_before})
+
+    async def cancel(
+        self, job_id: str, from_status: Sequence[str], now: int, reason: str
+    ) -> JobRow | None:
+        params = {"from_status": list(from_status), "id": job_id, "now": now}
+        return await self._write_job(CANCEL, {**params, "reason": reason})
+
+    async def expire(self, job_id: str, now: int) -> bool:
+        return await self._write_count(q.EXPIRE, {"id": job_id, "now": now}) > 0
+
+    async def claim(self, job_id: str, runner_id: str, now: int) -> JobRow | None:
+        return await self._write_job(q.CLAIM, {"id": job_id, "runner_id": runner_id, "now": now})
+
+    async def claim_next(self, runner_id: str, job_types: Sequence[str], now: int) -> JobRow | None:
+        if not job_types:
+            return None
+        params = {"job_types": list(job_types), "runner_id": runner_id, "now": now}
+        return await self._write_job(CLAIM_NEXT, params)
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        runner_id: str,
+        now: int,
+        progress_current: int | None,
+        progress_total: int | None,
+        console_output: str | None,
+        console_append: str | None = None,
+        max_console: int = 1_048_576,
+    ) -> bool:
+        params: dict[str, Any] = {
+            "id": job_id,
+            "runner_id": runner_id,
+            "now": now,
+            "progress_current": progress_current,
+            "progress_total": progress_total,
+        }
+        if console_append is not None:
+            params.update(console_append=console_append, max_console=max_console)
+            return await self._write_count(q.HEARTBEAT_APPEND, params) > 0
+        params["console_output"] = console_output
+        return await self._write_count(q.HEARTBEAT, params) > 0
+
+    async def complete(
+        self, job_id: str, runner_id: str, now: int, output_data: str, console_output: str | None
+    ) -> bool:
+        params = {
+            "id": job_id,
+            "runner_id": runner_id,
+            "now": now,
+            "output_data": output_data,
+            "console_output": console_output,
+        }
+        return await self._write_count(q.COMPLETE, params) > 0
+
+    async def fail(
+        self, job_id: str, runner_id: str, now: int, error_message: str, console_output: str | None
+    ) -> bool:
+        params = {
+            "id": job_id,
+            "runner_id": runner_id,
+            "now": now,
+            "error_message": error_message,
+            "console_output": console_output,
+        }
+        return await self._write_count(q.FAIL, params) > 0
+
+    async def retry_stale(self, job: JobRow, now: int, not_before: int, note: str) -> bool:
+        params = {
+            "id": job.id,
+            "runner_id": job.claimed_by,
+            "last_heartbeat": job.last_heartbeat,
+            "now": now,
+            "not_before": not_before,
+            "note": note,
+        }
+        return await self._write_count(q.RETRY_STALE, params) > 0
+
+    async def fail_stale(self, job: JobRow, now: int, error_message: str) -> bool:
+        params = {
+            "id": job.id,
+            "runner_id": job.claimed_by,
+            "last_heartbeat": job.last_heartbeat,
+            "now": now,
+            "error_message": error_message,
+        }
+        return await self._write_count(q.FAIL_STALE, params) > 0
+
+    async def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return []
+        rows = await self._rows(q.DELETE_JOBS_PG, {"ids": ids}, read=False)
+        gone = {row[0] for row in rows}
+        return [job_id for job_id in ids if job_id in gone]  # in the order asked, as SQLite
+
+    # --- runners ------------------------------------------------------------------
+    async def insert_runner(self, runner: RunnerRow) -> None:
+        params = {
+            "id": runner.id,
+            "name": runner.name,
+            "capabilities": runner.capabilities,
+            "registered_at": runner.registered_at,
+            "last_seen": runner.last_seen,
+        }
+        await self._write_count(q.INSERT_RUNNER, params)
+
+    async def get_runner(self, runner_id: str) -> RunnerRow | None:
+        rows = await self._rows(q.GET_RUNNER, {"id": runner_id})
+        return RunnerRow(*rows[0]) if rows else None
+
+    async def touch_runner(self, runner_id: str, now: int) -> bool:
+        return await self._write_count(q.TOUCH_RUNNER, {"id": runner_id, "now": now}) > 0
+
+    async def list_runners(self) -> list[RunnerRow]:
+        return [RunnerRow(*row) for row in await self._rows(q.LIST_RUNNERS, {})]
+
+    async def count_runners(self, active_since: int) -> tuple[int, int]:
+        total, active = (await self._rows(q.COUNT_RUNNERS, {"active_since": active_since}))[0]
+        return int(total), int(active)
+
+    # --- imports --------------------------------------------------------------------
+    async def import_jobs(self, rows: Sequence[JobRow]) -> int:
+        return await self._import(q.IMPORT_JOBS_PG, JOB_COLUMNS, rows)
+
+    async def import_runners(self, rows: Sequence[RunnerRow]) -> int:
+        return await self._import(q.IMPORT_RUNNERS_PG, RUNNER_COLUMNS, rows)
+
+    async def _import(
+        self, sql: str, columns: tuple[str, ...], rows: Sequence[JobRow] | Sequence[RunnerRow]
+    ) -> int:
+        """The batch as one statement (so one transaction): one array per column."""
+        if not rows:
+            return 0
+        arrays = {name: [getattr(row, name) for row in rows] for name in columns}
+        return await self._write_count(sql, arrays)

@@ -1,0 +1,1 @@
+runpack/store/schema.sql
