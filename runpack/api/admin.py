@@ -1,0 +1,123 @@
+"""Admin routes: the admin key, or the runner key for reads as in the original."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from runpack.api.common import SERVICE, json_response, policy, read_json
+from runpack.api.runner_ws import HUB
+from runpack.api.views import job_detail, job_summary, runner_summary
+from runpack.errors import BadRequest, JobNotFound
+from runpack.protocol import JobStatus, Role
+
+routes = web.RouteTableDef()
+MAX_LIST = 1000
+MAX_BATCH = 1000
+STATUSES = frozenset(s.value for s in JobStatus)
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer", details=raw) from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}")
+    return value
+
+
+@routes.get("/api/admin/stats")
+@policy(Role.ADMIN_READ, failure="Failed to get statistics")
+async def stats(request: web.Request) -> web.Response:
+    return json_response(await request.app[SERVICE].stats())
+
+
+@routes.get("/api/admin/jobs")
+@policy(Role.ADMIN_READ, failure="Failed to get jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    status = request.query.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise BadRequest("Invalid status", details=f"one of {', '.join(JobStatus)}")
+    job_type = request.query.get("job_type") or None
+    limit = _int_query(request, "limit", 100, 1, MAX_LIST)
+    offset = _int_query(request, "offset", 0, 0, 10**9)
+    jobs = await request.app[SERVICE].list_jobs(status, job_type, limit, offset)
+    return json_response({"jobs": [job_summary(j) for j in jobs], "total": len(jobs)})
+
+
+@routes.get("/api/admin/jobs/{job_id}")
+@policy(Role.PUBLIC, failure="Failed to get job details")
+async def get_job(request: web.Request) -> web.Response:
+    job = await request.app[SERVICE].get_job(request.match_info["job_id"])
+    return json_response(job_detail(job))
+
+
+@routes.post("/api/admin/jobs/{job_id}/retry")
+@policy(Role.ADMIN, failure="Failed to retry job")
+async def retry_job(request: web.Request) -> web.Response:
+    job = await request.app[SERVICE].retry(request.match_info["job_id"])
+    return json_response({"job_id": job.id, "status": job.status, "message": "Job queued again"})
+
+
+@routes.delete("/api/admin/jobs/{job_id}")
+@policy(Role.ADMIN, failure="Failed to delete job")
+async def delete_job(request: web.Request) -> web.Response:
+    deleted = await request.app[SERVICE].delete_jobs([request.match_info["job_id"]])
+    if not deleted:
+        raise JobNotFound()
+    return json_response({"success": True, "message": "Job deleted successfully"})
+
+
+@routes.post("/api/admin/jobs/batch-delete")
+@policy(Role.ADMIN, failure="Failed to delete jobs")
+async def batch_delete(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    ids = body.get("job_ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise BadRequest("Invalid request body. Expected { job_ids: string[] }")
+    if not ids:
+        raise BadRequest("No job IDs provided")
+    if len(ids) > MAX_BATCH:
+        raise BadRequest(f"At most {MAX_BATCH} job IDs per request")
+    deleted = set(await request.app[SERVICE].delete_jobs(ids))
+    failed = [i for i in ids if i not in deleted]
+    return json_response(
+        {
+            "success": len(deleted) > 0,
+            "deleted": len(deleted),
+            "failed": failed,
+            "message": f"Deleted {len(deleted)} of {len(ids)} jobs",
+        }
+    )
+
+
+@routes.get("/api/admin/runners")
+@policy(Role.ADMIN_READ, failure="Failed to get runners")
+async def list_runners(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    runners = await service.list_runners()
+    live = request.app[HUB].snapshot()
+    return json_response(
+        {
+            "runners": [
+                runner_summary(r, service.runner_is_active(r), live.get(r.id)) for r in runners
+            ],
+            "total": len(runners),
+        }
+    )
+
+
+@routes.get("/api/admin/runners/{runner_id}")
+@policy(Role.ADMIN_READ, failure="Failed to get runner details")
+async def get_runner(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    runner = await service.get_runner(request.match_info["runner_id"])
+    jobs = await service.runner_jobs(runner.id)
+    live = request.app[HUB].snapshot().get(runner.id)
+    body = runner_summary(runner, service.runner_is_active(runner), live)
+    body["registered_at"] = runner.registered_at
+    body["jobs"] = [{k: v for k, v in job_summary(j).items() if k != "claimed_by"} for j in jobs]
+    return json_response(body)

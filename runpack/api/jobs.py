@@ -1,0 +1,83 @@
+"""Client routes: submit, check, status (submit key)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from runpack.api.common import ROLE, SERVICE, json_response, policy, read_json
+from runpack.api.views import job_status, result_of
+from runpack.protocol import Role
+from runpack.service import Outcome, SubmitResult
+
+routes = web.RouteTableDef()
+
+
+def _error_text(result: SubmitResult) -> str:
+    assert result.job is not None
+    return result.job.error_message or "Unknown error"
+
+
+@routes.post("/api/jobs/submit")
+@policy(Role.SUBMIT, bucket="submit", failure="Failed to submit job")
+async def submit(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    result = await service.submit(service.job_request(await read_json(request)))
+    job = result.job
+    assert job is not None
+    body: dict[str, Any] = {"job_id": job.id, "status": job.status}
+    if result.outcome == Outcome.CREATED:
+        body["message"] = "Job queued successfully"
+        return json_response(body, status=201)
+    if result.outcome == Outcome.CACHED:
+        body["message"] = "Job already completed (cached result)"
+        body["result"] = result_of(job)
+    elif result.outcome == Outcome.FAILED:
+        body["message"] = "Job previously failed"
+        body["error"] = _error_text(result)
+    else:
+        body["message"] = f"Job is {job.status}"
+    return json_response(body)
+
+
+@routes.post("/api/jobs/check")
+@policy(Role.SUBMIT, bucket="submit", failure="Failed to check job")
+async def check(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    result = await service.check(service.job_request(await read_json(request)))
+    job = result.job
+    if result.outcome == Outcome.MISSING or job is None:
+        return json_response({"exists": False, "message": "Job does not exist"})
+    body: dict[str, Any] = {"exists": True, "job_id": job.id, "status": job.status}
+    if result.outcome == Outcome.CACHED:
+        body["message"] = "Job exists with cached result"
+        body["result"] = result_of(job)
+    elif result.outcome == Outcome.EXPIRED:
+        body["status"] = "expired"
+        body["message"] = "Job exists but result has expired"
+    elif result.outcome == Outcome.FAILED:
+        body["message"] = "Job exists but previously failed"
+        body["error"] = _error_text(result)
+    else:
+        body["message"] = f"Job exists and is {job.status}"
+    return json_response(body)
+
+
+@routes.post("/api/jobs/{job_id}/cancel")
+@policy(Role.SUBMIT, failure="Failed to cancel job")
+async def cancel(request: web.Request) -> web.Response:
+    """Pending jobs with the submit key; running ones too with the admin key."""
+    is_admin = request.get(ROLE) == Role.ADMIN
+    who = "an administrator" if is_admin else "the client"
+    job = await request.app[SERVICE].cancel(
+        request.match_info["job_id"], any_state=is_admin, reason=f"Cancelled by {who}"
+    )
+    return json_response({"job_id": job.id, "status": job.status, "message": "Job cancelled"})
+
+
+@routes.get("/api/jobs/{job_id}")
+@policy(Role.SUBMIT, bucket="poll", failure="Failed to get job status")
+async def status(request: web.Request) -> web.Response:
+    job = await request.app[SERVICE].get_job(request.match_info["job_id"])
+    return json_response(job_status(job))

@@ -1,0 +1,143 @@
+"""Shared fixtures: a real app on a real SQLite file, keys, and helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from runpack.app import create_app
+from runpack.settings import Settings
+from tests.pg import ADMIN_DSN, dsn_for, unavailable, unreachable_reason
+
+SUBMIT_KEY = "test-submit-key"
+RUNNER_KEY = "test-runner-key"
+ADMIN_KEY = "test-admin-key"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+SUBMIT = bearer(SUBMIT_KEY)
+RUNNER = bearer(RUNNER_KEY)
+ADMIN = bearer(ADMIN_KEY)
+
+
+def _run(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even inside a running loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@pytest.fixture(scope="session")
+def pg_session_dsn() -> Iterator[str]:
+    """One PostgreSQL database for the session; each test starts from empty tables."""
+    reason = unreachable_reason()
+    if reason is not None:
+        unavailable(reason)
+    name = f"runpack_test_session_{secrets.token_hex(4)}"
+    _run(_admin_execute(f'CREATE DATABASE "{name}" TEMPLATE template0'))
+    try:
+        yield dsn_for(name)
+    finally:
+        _run(_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _admin_execute(sql: str) -> None:
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _empty_tables(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        if await conn.fetchval("SELECT to_regclass('public.jobs') IS NOT NULL"):
+            await conn.execute("TRUNCATE jobs, runners")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every behaviour test runs on both engines: a fresh SQLite file, or empty PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "runpack.db")
+    dsn: str = request.getfixturevalue("pg_session_dsn")
+    _run(_empty_tables(dsn))
+    return dsn
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db: str) -> Settings:
+    """Test settings: fixed keys, a fresh database, a sweeper that stays out of the way."""
+    return Settings(
+        db=db,
+        data_dir=str(tmp_path / "data"),
+        submit_api_key=SUBMIT_KEY,
+        runner_api_key=RUNNER_KEY,
+        admin_api_key=ADMIN_KEY,
+        sweep_interval=3600.0,
+        rate_submit=0,
+        rate_poll=0,
+        rate_available=0,
+        rate_heartbeat=0,
+    )
+
+
+MakeClient = Callable[..., Any]
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, settings: Settings) -> MakeClient:
+    """``await make_client(**setting_changes)``: a test client on a real app."""
+
+    async def make(**changes: Any) -> TestClient:
+        return await aiohttp_client(create_app(settings.replace(**changes)))  # type: ignore[no-any-return]
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: MakeClient) -> TestClient:
+    return await make_client()  # type: ignore[no-any-return]
+
+
+async def submit(client: TestClient, job_type: str = "hello_world", **params: Any) -> Any:
+    resp = await client.post(
+        "/api/jobs/submit",
+        json={"job_type": job_type, "input_params": params or {"name": "Ada"}},
+        headers=SUBMIT,
+    )
+    assert resp.status in (200, 201), await resp.text()
+    return await resp.json()
+
+
+async def register(client: TestClient, name: str = "r1", caps: list[str] | None = None) -> str:
+    resp = await client.post(
+        "/api/runner/register",
+        json={"name": name, "capabilities": caps if caps is not None else ["hello_world"]},
+        headers=RUNNER,
+    )
+    assert resp.status == 201, await resp.text()
+    return str((await resp.json())["runner_id"])
+
+
+def as_runner(runner_id: str) -> dict[str, str]:
+    return {**RUNNER, "X-Runner-ID": runner_id}
+
+
+async def claim(client: TestClient, runner_id: str, job_id: str) -> Any:
+    resp = await client.post(f"/api/runner/jobs/{job_id}/claim", headers=as_runner(runner_id))
+    assert resp.status == 200, await resp.text()
+    return await resp.json()

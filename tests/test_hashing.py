@@ -1,0 +1,207 @@
+"""The job hash must equal the original JavaScript worker's for every input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from runpack.hashing import canonical_json, job_canonical, job_hash, js_stringify, utf8_size
+
+VECTORS = Path(__file__).resolve().parents[2] / "shared" / "spec" / "hash-vectors.json"
+
+
+def _load_vectors() -> list[dict[str, str]]:
+    if not VECTORS.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"hash vectors missing: {VECTORS}")
+        pytest.skip(f"hash vectors not found at {VECTORS} (sibling 'shared' checkout)")
+    vectors: list[dict[str, str]] = orjson.loads(VECTORS.read_bytes())
+    return vectors
+
+
+def test_shared_hash_vectors() -> None:
+    vectors = _load_vectors()
+    assert vectors
+    for vector in vectors:
+        body = orjson.loads(vector["request_body"])
+        job_type, params = body["job_type"], body["input_params"]
+        assert job_canonical(job_type, params) == vector["canonical"], vector["request_body"]
+        assert job_hash(job_type, params) == vector["job_hash"], vector["request_body"]
+
+
+@pytest.mark.parametrize(
+    ("job_type", "params_json", "canonical", "digest"),
+    [
+        (
+            "hello_world",
+            '{"processing_time":10,"name":"Alice"}',
+            '{"type":"hello_world","params":{"name":"Alice","processing_time":10}}',
+            "537d4d355d05cd39138a91f451faf112326d8f3d17708a015a98c3777c1f3e7b",
+        ),
+        (
+            "x",
+            '{"b":1,"10":2,"9":3,"a":1.0,"c":1e21,"d":-0,"e":"\u00e9\\u2028",'
+            '"f":12345678901234567890}',
+            '{"type":"x","params":{"9":3,"10":2,"a":1,"b":1,"c":1e+21,"d":0,'
+            '"e":"\u00e9\u2028","f":12345678901234567000}}',
+            "8289c5daa7c275ff6026c45ad21578e6e3b7b35b62bc0d3d1bbf6410dfcc30a7",
+        ),
+    ],
+)
+def test_spec_examples(job_type: str, params_json: str, canonical: str, digest: str) -> None:
+    params = orjson.loads(params_json)
+    assert job_canonical(job_type, params) == canonical
+    assert job_hash(job_type, params) == digest
+
+
+def test_top_level_is_type_then_params() -> None:
+    assert job_canonical("z", {"b": 1, "a": 2}) == '{"type":"z","params":{"a":2,"b":1}}'
+    assert job_canonical("t", []) == '{"type":"t","params":[]}'
+
+
+@pytest.mark.parametrize(
+    ("number", "expected"),
+    [
+        (0, "0"),
+        (-0.0, "0"),
+        (1.0, "1"),
+        (1.5, "1.5"),
+        (-1.5, "-1.5"),
+        (0.1, "0.1"),
+        (1e21, "1e+21"),
+        (1e-7, "1e-7"),
+        (5e-7, "5e-7"),
+        (1e-6, "0.000001"),
+        (0.000001234, "0.000001234"),
+        (1.23e22, "1.23e+22"),
+        (1e20, "100000000000000000000"),
+        (123e18, "123000000000000000000"),
+        (2**53, "9007199254740992"),
+        (2**53 + 1, "9007199254740992"),
+        (-(2**53) - 1, "-9007199254740992"),
+        (12345678901234567890, "12345678901234567000"),
+        (123456789012345678901234567890, "1.2345678901234568e+29"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+        (5e-324, "5e-324"),
+        (-2.5e-10, "-2.5e-10"),
+        (123456.789, "123456.789"),
+    ],
+)
+def test_number_formatting(number: float, expected: str) -> None:
+    assert canonical_json(number) == expected
+    assert js_stringify([number]) == f"[{expected}]"
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf"), 10**400])
+def test_non_finite_numbers_rejected(number: float) -> None:
+    with pytest.raises(ValueError, match=r"not valid JSON|overflows a double"):
+        canonical_json(number)
+
+
+def test_bool_and_null_are_not_numbers() -> None:
+    assert canonical_json([True, False, None, 1, 0]) == "[true,false,null,1,0]"
+    assert canonical_json({"a": True, "b": 1}) == '{"a":true,"b":1}'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("plain", '"plain"'),
+        ('say "hi"', '"say \\"hi\\""'),
+        ("back\\slash", '"back\\\\slash"'),
+        ("a/b", '"a/b"'),
+        ("\b\f\n\r\t", '"\\b\\f\\n\\r\\t"'),
+        ("\x00\x01\x1f\x7f", '"\\u0000\\u0001\\u001f\x7f"'),
+        ("Zo\u00eb \u65e5\u672c \U0001f600", '"Zo\u00eb \u65e5\u672c \U0001f600"'),
+        ("\u2028\u2029", '"\u2028\u2029"'),
+        ("\ud800 \udc00x", '"\\ud800 \\udc00x"'),  # lone surrogates, as ES2019
+        ("\ud83d\ude00", '"\U0001f600"'),  # a pair held as two code points
+    ],
+)
+def test_string_escaping(text: str, expected: str) -> None:
+    assert canonical_json(text) == expected
+    assert js_stringify({text: 0}) == "{" + expected + ":0}"
+
+
+def test_lone_surrogate_from_stdlib_json() -> None:
+    assert canonical_json(json.loads(r'"\udfff"')) == '"\\udfff"'
+
+
+def test_integer_like_keys_first_in_numeric_order() -> None:
+    keys = ["b", "01", "10", "-1", "4294967295", "a", "4294967294", "9", "0", "1.5", " 1", "\u0661"]
+    value = dict.fromkeys(keys, 0)
+    assert list(orjson.loads(canonical_json(value))) == [
+        "0",
+        "9",
+        "10",
+        "4294967294",
+        " 1",
+        "-1",
+        "01",
+        "1.5",
+        "4294967295",
+        "a",
+        "b",
+        "\u0661",
+    ]
+    assert list(orjson.loads(js_stringify(value))) == [
+        "0",
+        "9",
+        "10",
+        "4294967294",
+        "b",
+        "01",
+        "-1",
+        "4294967295",
+        "a",
+        "1.5",
+        " 1",
+        "\u0661",
+    ]
+
+
+def test_keys_sorted_by_utf16_code_units() -> None:
+    # Code point order would put U+FFFF last; UTF-16 puts the emoji (a surrogate pair) first.
+    value = {"\uffff": 1, "\U0001f600": 2, "\ue000": 3, "Z": 4, "a": 5, "\u00e9": 6}
+    assert canonical_json(value) == '{"Z":4,"a":5,"\u00e9":6,"\U0001f600":2,"\ue000":3,"\uffff":1}'
+
+
+def test_nested_objects_sorted_arrays_kept() -> None:
+    value: Any = {"b": [3, {"z": 1, "a": 2}, [2, 1]], "a": {"y": None, "x": {"d": 1, "c": 2}}}
+    assert canonical_json(value) == (
+        '{"a":{"x":{"c":2,"d":1},"y":null},"b":[3,{"a":2,"z":1},[2,1]]}'
+    )
+    assert canonical_json({}) == "{}"
+    assert canonical_json([]) == "[]"
+
+
+def test_js_stringify_keeps_insertion_order() -> None:
+    value = orjson.loads('{"b":1,"a":{"z":1,"y":2},"2":3,"1":[{"d":0,"c":0}]}')
+    assert js_stringify(value) == '{"1":[{"d":0,"c":0}],"2":3,"b":1,"a":{"z":1,"y":2}}'
+
+
+def test_proto_key_dropped_only_from_sorted_form() -> None:
+    # The original assigned sorted[key] = ..., which sets the prototype for "__proto__".
+    value = orjson.loads('{"__proto__":{"x":1},"b":{"__proto__":null,"c":1},"a":[{"__proto__":5}]}')
+    assert job_canonical("t", value) == '{"type":"t","params":{"a":[{}],"b":{"c":1}}}'
+    assert job_hash("t", value) == (
+        "29c9b23411d38bb54c7cdd72efa342b3f9e1156659868427df38ce212054d10e"
+    )
+    assert js_stringify(value) == (
+        '{"__proto__":{"x":1},"b":{"__proto__":null,"c":1},"a":[{"__proto__":5}]}'
+    )
+
+
+def test_non_json_values_rejected() -> None:
+    with pytest.raises(TypeError):
+        canonical_json({"a": {1, 2}})
+
+
+def test_utf8_size() -> None:
+    assert utf8_size("") == 0
+    assert utf8_size("a\u00e9\u65e5\U0001f600") == 1 + 2 + 3 + 4
