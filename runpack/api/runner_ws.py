@@ -1,0 +1,380 @@
+"""The runner channel: ``GET /api/runner/ws`` (push) and the long-poll fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from runpack import __version__, protocol
+from runpack.api.common import SERVICE, SETTINGS, json_response, policy, runner_id
+from runpack.errors import BadRequest, NotOwned, RunpackError
+from runpack.hub import SEND_QUEUE, Hub, RunnerConn
+from runpack.protocol import FINAL, Role
+from runpack.service import JobService, parse_json_text
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+HUB = web.AppKey("hub", Hub)
+HELLO_TIMEOUT = 10.0
+MAX_LONG_POLL = 60.0
+MAX_INFLIGHT = 256
+
+
+class FrameError(Exception):
+    """A runner frame that cannot be used; answered with an ``error`` frame."""
+
+    def __init__(self, error: str, details: str | None = None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.details = details
+
+
+def _field(
+    frame: dict[str, Any], name: str, kind: type | tuple[type, ...], optional: bool = False
+) -> Any:
+    value = frame.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise FrameError(f"Invalid or missing field: {name}", f"expected {_kind_name(kind)}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+class RunnerSession:
+    """One runner's socket: hello/welcome, then frames until it closes."""
+
+    def __init__(self, ws: web.WebSocketResponse, hub: Hub, service: JobService) -> None:
+        self.ws = ws
+        self.hub = hub
+        self.service = service
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue(SEND_QUEUE)
+        self.conn: RunnerConn | None = None
+        self.inflight = asyncio.Semaphore(MAX_INFLIGHT)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.tails: dict[str, asyncio.Task[None]] = {}  # the last frame task per job
+
+    # --- sending -------------------------------------------------------------------------
+    def send(self, frame: dict[str, Any]) -> None:
+        try:
+            self.outbox.put_nowait(orjson.dumps(frame))
+        except asyncio.QueueFull:
+            log.warning("runner %s is not reading its socket: disconnecting", self.runner_label)
+            self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.outbox.put_nowait(None)
+
+    async def _sender(self) -> None:
+        while (data := await self.outbox.get()) is not None:
+            await self.ws.send_str(data.decode())
+        await self.ws.close(code=WSCloseCode.GOING_AWAY)
+
+    @property
+    def runner_label(self) -> str:
+        return self.conn.runner_id if self.conn else "(before hello)"
+
+    def reply_error(self, error: str, details: str | None = None, **extra: Any) -> None:
+        frame: dict[str, Any] = {"type": "error", "error": error, **extra}
+        if details is not None:
+            frame["details"] = details
+        self.send(frame)
+
+    # --- the conversation -------------------------------------------------------------
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._sender(), name="runner-ws-sender")
+        try:
+            if await self._hello():
+                await self._receive()
+        finally:
+            if self.conn is not None:
+                self.hub.detach(self.conn)
+            if self.tasks:
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+            self.close()
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
+                await asyncio.wait_for(sender, 5)
+            sender.cancel()
+
+    async def _hello(self) -> bool:
+        try:
+            msg = await self.ws.receive(timeout=HELLO_TIMEOUT)
+        except TimeoutError:
+            self.reply_error("No hello", f"send a hello frame within {HELLO_TIMEOUT:g} s")
+            return False
+        if msg.type != WSMsgType.TEXT:
+            return False
+        try:
+            frame = self._parse(msg.data)
+            if frame.get("type") != "hello":
+                raise FrameError("Expected hello", "the first frame must be a hello")
+            name = _field(frame, "name", str)
+            capabilities = _field(frame, "capabilities", list)
+            if not all(isinstance(c, str) for c in capabilities):
+                raise FrameError("Invalid or missing field: capabilities", "expected strings")
+            concurrency = _field(frame, "concurrency", int)
+            if not 1 <= concurrency <= 1000:
+                raise FrameError("Invalid field: concurrency", "from 1 to 1000")
+            held = _field(frame, "jobs", list, optional=True) or []
+            if not all(isinstance(j, str) for j in held):
+                raise FrameError("Invalid field: jobs", "expected job ids")
+            wanted_id = _field(frame, "runner_id", str, optional=True)
+            runner = None
+            if wanted_id:
+                with contextlib.suppress(RunpackError):
+                    runner = await self.service.get_runner(wanted_id)
+            if runner is None:
+                runner = await self.service.register_runner(name, capabilities)
+            else:
+                await self.service.touch_runner(runner.id)
+        except FrameError as exc:
+            self.reply_error(exc.error, exc.details, ref="hello")
+            return False
+        except BadRequest as exc:
+            self.reply_error(exc.message, exc.details, ref="hello")
+            return False
+        self.conn = RunnerConn(
+            runner_id=runner.id,
+            name=name,
+            capabilities=frozenset(capabilities),
+            concurrency=concurrency,
+            send=self.send,
+            close=self.close,
+            connected_at=time.time(),
+        )
+        resumed, dropped = await self.hub.attach(self.conn, held)
+        settings = self.service.settings
+        self.send(
+            {
+                "type": "welcome",
+                "runner_id": runner.id,
+                "heartbeat_interval": min(
+                    protocol.HEARTBEAT_INTERVAL, settings.heartbeat_timeout / 3
+                ),
+                "limits": {
+                    "max_output_bytes": settings.max_output_bytes,
+                    "max_console_bytes": settings.max_console_bytes,
+                    "max_error_bytes": settings.max_error_bytes,
+                },
+                "resumed": resumed,
+                "dropped": dropped,
+                "server_version": __version__,
+            }
+        )
+        log.info(
+            "runner %s (%s) connected: %d slots, resumed %d jobs",
+            runner.id,
+            name,
+            concurrency,
+            len(resumed),
+        )
+        return True
+
+    def _parse(self, data: str) -> dict[str, Any]:
+        try:
+            frame = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise FrameError("Invalid JSON", str(exc)) from None
+        if not isinstance(frame, dict):
+            raise FrameError("A frame must be a JSON object")
+        return frame
+
+    async def _receive(self) -> None:
+        async for msg in self.ws:
+            if msg.type != WSMsgType.TEXT:
+                if msg.type == WSMsgType.BINARY:
+                    self.reply_error("Binary frames are not accepted", "send JSON text frames")
+                    continue
+                break
+            try:
+                frame = self._parse(msg.data)
+            except FrameError as exc:
+                self.reply_error(exc.error, exc.details)
+                continue
+            await self.inflight.acquire()
+            # Frames about different jobs run concurrently, so their writes share a
+            # commit; frames about one job run in arrival order, each after the last.
+            job_id = frame.get("job_id") if isinstance(frame.get("job_id"), str) else None
+            before = self.tails.get(job_id) if job_id else None
+            task = asyncio.create_task(self._handle(frame, before))
+            self.tasks.add(task)
+            task.add_done_callback(self._frame_done)
+            if job_id:
+                self.tails[job_id] = task
+
+    def _frame_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.inflight.release()
+        for job_id, tail in list(self.tails.items()):
+            if tail is task:
+                del self.tails[job_id]
+
+    async def _handle(self, frame: dict[str, Any], before: asyncio.Task[None] | None) -> None:
+        if before is not None:
+            await asyncio.wait([before])  # the previous frame about this job goes first
+        kind = frame.get("type")
+        job_id = frame.get("job_id") if isinstance(frame.get("job_id"), str) else None
+        try:
+            handler = {
+                "ready": self._on_ready,
+                "heartbeat": self._on_heartbeat,
+                "complete": self._on_complete,
+                "error": self._on_error,
+                "release": self._on_release,
+            }.get(kind)  # type: ignore[arg-type]
+            if handler is None:
+                raise FrameError(
+                    "Unknown message type",
+                    f"{kind!r}; one of {', '.join(protocol.RUNNER_TO_SERVER[1:])}",
+                )
+            await handler(frame)
+        except FrameError as exc:
+            self.reply_error(exc.error, exc.details, ref=kind, job_id=job_id)
+        except NotOwned:
+            self.reply_error("Job not held by this runner", ref=kind, job_id=job_id)
+        except RunpackError as exc:
+            self.reply_error(exc.message, exc.details, ref=kind, job_id=job_id)
+        except Exception:
+            log.exception("runner %s: %s frame failed", self.runner_label, kind)
+            self.reply_error("Internal error", ref=kind, job_id=job_id)
+
+    async def _on_ready(self, frame: dict[str, Any]) -> None:
+        slots = _field(frame, "slots", int)
+        if slots < 0:
+            raise FrameError("Invalid field: slots", "must be 0 or more")
+        assert self.conn is not None
+        self.hub.grant(self.conn, slots)
+
+    async def _on_heartbeat(self, frame: dict[str, Any]) -> None:
+        assert self.conn is not None
+        job_id = _field(frame, "job_id", str)
+        await self.service.heartbeat(
+            self.conn.runner_id,
+            job_id,
+            _field(frame, "progress_current", int, optional=True),
+            _field(frame, "progress_total", int, optional=True),
+            _field(frame, "console_output", str, optional=True),
+            console_append=_field(frame, "console_append", str, optional=True),
+        )
+
+    async def _on_complete(self, frame: dict[str, Any]) -> None:
+        assert self.conn is not None
+        job_id = _field(frame, "job_id", str)
+        output = _field(frame, "output_data", dict)
+        console = _field(frame, "console_output", str, optional=True)
+        try:
+            await self.service.complete(self.conn.runner_id, job_id, output, console)
+        except BadRequest as exc:
+            if isinstance(exc, NotOwned):
+                await self._ack_unapplied(job_id, "complete")
+                return
+            # A result that can never be stored: the job fails with the reason.
+            await self._fail_instead(job_id, exc.message, console)
+            return
+        self._ack(job_id, "complete", True)
+
+    async def _on_error(self, frame: dict[str, Any]) -> None:
+        assert self.conn is not None
+        job_id = _field(frame, "job_id", str)
+        message = _field(frame, "error_message", str)
+        console = _field(frame, "console_output", str, optional=True)
+        limit = self.service.settings.max_error_bytes
+        if len(message.encode()) > limit:
+            message = message.encode()[: limit - 20].decode(errors="ignore") + " … (truncated)"
+        try:
+            await self.service.fail(self.conn.runner_id, job_id, message, console)
+        except NotOwned:
+            await self._ack_unapplied(job_id, "error")
+            return
+        self._ack(job_id, "error", True)
+
+    async def _on_release(self, frame: dict[str, Any]) -> None:
+        assert self.conn is not None
+        job_id = _field(frame, "job_id", str)
+        reason = _field(frame, "reason", str, optional=True) or "released by the runner"
+        await self.service.release_jobs(self.conn.runner_id, [job_id], reason)
+        self._ack(job_id, "release", True)
+
+    async def _fail_instead(self, job_id: str, message: str, console: str | None) -> None:
+        assert self.conn is not None
+        with contextlib.suppress(BadRequest):
+            await self.service.fail(self.conn.runner_id, job_id, message, None)
+        self.reply_error(message, "the job was failed instead", ref="complete", job_id=job_id)
+        self._ack(job_id, "complete", False, reason=message)
+
+    async def _ack_unapplied(self, job_id: str, of: str) -> None:
+        """A result for a job this runner no longer holds: it will never apply."""
+        try:
+            job = await self.service.get_job(job_id)
+            reason = (
+                f"job is {job.status}" if job.status in FINAL else "job is not held by this runner"
+            )
+        except RunpackError:
+            reason = "no such job"
+        self._ack(job_id, of, False, reason=reason)
+
+    def _ack(self, job_id: str, of: str, applied: bool, **extra: Any) -> None:
+        assert self.conn is not None
+        self.hub.finished(self.conn, job_id)
+        self.send({"type": "ack", "job_id": job_id, "of": of, "applied": applied, **extra})
+
+
+@routes.get("/api/runner/ws")
+@policy(Role.RUNNER, failure="Failed to open the runner channel")
+async def runner_socket(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=settings.max_body_bytes)
+    if not ws.can_prepare(request).ok:
+        raise BadRequest("Expected a WebSocket upgrade", details="GET with Upgrade: websocket")
+    await ws.prepare(request)
+    await RunnerSession(ws, request.app[HUB], request.app[SERVICE]).run()
+    return ws
+
+
+@routes.get("/api/runner/jobs/next")
+@policy(Role.RUNNER, runner_header=True, failure="Failed to get the next job")
+async def next_job(request: web.Request) -> web.Response:
+    """Long-poll: a job already claimed for the caller, or 204 after ``wait`` seconds."""
+    service = request.app[SERVICE]
+    hub = request.app[HUB]
+    rid = runner_id(request)
+    types = request.query.getall("types[]", [])
+    try:
+        wait = float(request.query.get("wait", "20"))
+    except ValueError:
+        raise BadRequest("wait must be a number of seconds") from None
+    if not 0 <= wait <= MAX_LONG_POLL:
+        raise BadRequest(f"wait must be from 0 to {MAX_LONG_POLL:g} seconds")
+    await service.touch_runner(rid)
+    deadline = time.monotonic() + wait
+    while True:
+        signal = hub.queued_signal()
+        job = await service.claim_next(rid, types)
+        if job is not None:
+            return json_response(
+                {
+                    "job": {
+                        "job_id": job.id,
+                        "job_type": job.job_type,
+                        "input_params": parse_json_text(job.input_params, {}),
+                        "attempt": job.attempts,
+                        "timeout": job.timeout / 1000 if job.timeout else None,
+                    }
+                }
+            )
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return web.Response(status=204)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(signal.wait(), min(left, 1.0))

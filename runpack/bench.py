@@ -1,0 +1,356 @@
+"""``runpack bench``: end-to-end throughput and latency, like pgbench or redis-benchmark.
+
+It starts a server (SQLite, or PostgreSQL with ``--db``) and runner processes on
+loopback, or targets a running server with ``--url``; submits distinct no-op jobs
+from concurrent clients; follows them on the admin event stream; and reports
+jobs/s end to end, submit→start and submit→completed latency percentiles,
+cache-hit submits/s, and the peak memory of the server and the runners.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+BENCH_KEYS = {
+    "RUNPACK_SUBMIT_API_KEY": "bench-submit",
+    "RUNPACK_RUNNER_API_KEY": "bench-runner",
+    "RUNPACK_ADMIN_API_KEY": "bench-admin",
+}
+JOB_TYPE = "noop"
+
+
+@dataclass
+class Timeline:
+    """When the admin stream showed each job start and finish (client clock)."""
+
+    started: dict[str, float] = field(default_factory=dict)
+    completed: dict[str, float] = field(default_factory=dict)
+    waiters: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+
+    def saw(self, job_id: str, status: str, t: float) -> None:
+        if status == "claimed":
+            self.started.setdefault(job_id, t)
+        elif status in ("completed", "failed"):
+            self.completed.setdefault(job_id, t)
+            waiter = self.waiters.pop(job_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def completion(self, job_id: str) -> asyncio.Future[None]:
+        """A future done once the job finished (at once if it already has)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if job_id in self.completed:
+            fut.set_result(None)
+        else:
+            self.waiters[job_id] = fut
+        return fut
+
+
+def percentiles(values_s: list[float]) -> dict[str, float]:
+    if not values_s:
+        return {"p50": float("nan"), "p90": float("nan"), "p99": float("nan")}
+    ms = sorted(v * 1000 for v in values_s)
+    if len(ms) == 1:
+        return {"p50": ms[0], "p90": ms[0], "p99": ms[0]}
+    cuts = statistics.quantiles(ms, n=100, method="inclusive")
+    return {"p50": round(cuts[49], 3), "p90": round(cuts[89], 3), "p99": round(cuts[98], 3)}
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident memory (VmHWM) of a live process, in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _processes(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[str, list[int]]]:
+    """Start the server and runners; yield (url, [server pid, runner pids…])."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPACK_")}
+    env.update(BENCH_KEYS)
+    db = args.db or str(workdir / "bench.db")
+    procs: list[subprocess.Popen[bytes]] = []
+    log = (workdir / "bench-processes.log").open("ab")
+    try:
+        server_cmd = [sys.executable, "-m", "runpack.cli", "serve", "--host", "127.0.0.1"]
+        server_cmd += ["--port", str(port), "--db", db, "--data-dir", str(workdir / "data")]
+        server_env = {
+            **env,
+            "RUNPACK_RATE_SUBMIT": "0",
+            "RUNPACK_RATE_POLL": "0",
+            "RUNPACK_LOG_LEVEL": "warning",
+        }
+        procs.append(subprocess.Popen(server_cmd, env=server_env, stdout=log, stderr=log))
+        runner_env = {**env, "RUNPACK_WORKER_URL": url, "RUNPACK_LOG_LEVEL": "warning"}
+        for i in range(args.runners):
+            folder = workdir / f"runner-{i}"
+            folder.mkdir(exist_ok=True)
+            cmd = [sys.executable, "-m", "runpack_runner.cli", "--name", f"bench-{i}"]
+            cmd += ["--concurrency", str(args.runner_concurrency), "--job-types", JOB_TYPE]
+            procs.append(subprocess.Popen(cmd, env=runner_env, cwd=folder, stdout=log, stderr=log))
+        yield url, [p.pid for p in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+async def _wait_ready(
+    session: aiohttp.ClientSession, url: str, admin: dict[str, str], runners: int
+) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(f"{url}/api/admin/runners", headers=admin) as resp:
+                if resp.status == 200:
+                    body = await resp.json()
+                    live = [r for r in body["runners"] if r.get("connected")]
+                    if len(live) >= runners:
+                        return
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"runpack bench: {runners} runner(s) did not connect to {url} in 60 s")
+
+
+async def _follow(
+    session: aiohttp.ClientSession,
+    url: str,
+    admin: dict[str, str],
+    timeline: Timeline,
+    ready: asyncio.Event,
+) -> None:
+    """Read the admin event stream, noting when each job started and finished."""
+    async with session.get(f"{url}/api/admin/events", headers=admin, timeout=None) as resp:
+        resp.raise_for_status()
+        ready.set()
+        event = ""
+        async for raw in resp.content:
+            line = raw.rstrip(b"\n")
+            if line.startswith(b"event: "):
+                event = line[7:].decode()
+            elif line.startswith(b"data: ") and event == "status":
+                data = orjson.loads(line[6:])
+                timeline.saw(data["job_id"], data["status"], time.perf_counter())
+
+
+async def _submit_all(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    bodies: list[bytes],
+    clients: int,
+    on_answer: Any = None,
+) -> float:
+    """Submit every body with ``clients`` concurrent clients; return the elapsed seconds."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(bodies)):
+        queue.put_nowait(i)
+
+    async def client() -> None:
+        while True:
+            try:
+                i = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            t = time.perf_counter()
+            async with session.post(f"{url}/api/jobs/submit", data=bodies[i], headers=headers) as r:
+                body = await r.read()
+                if r.status not in (200, 201):
+                    raise SystemExit(f"runpack bench: submit answered {r.status}: {body[:200]!r}")
+            if on_answer is not None:
+                on_answer(i, t, orjson.loads(body))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return time.perf_counter() - start
+
+
+async def _latency_phase(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    timeline: Timeline,
+    bodies: list[bytes],
+    limit_s: float,
+) -> tuple[list[float], list[float]]:
+    """One job at a time, each after the previous one completed: latency without a queue."""
+    to_start: list[float] = []
+    to_done: list[float] = []
+    for body in bodies:
+        t0 = time.perf_counter()
+        async with session.post(f"{url}/api/jobs/submit", data=body, headers=headers) as resp:
+            job_id = (await resp.json())["job_id"]
+        done = timeline.completion(job_id)
+        await asyncio.wait_for(done, limit_s)
+        to_start.append(timeline.started.get(job_id, timeline.completed[job_id]) - t0)
+        to_done.append(timeline.completed[job_id] - t0)
+    return to_start, to_done
+
+
+async def run_bench(args: argparse.Namespace, url: str, pids: list[int]) -> dict[str, Any]:
+    keys = {k: os.environ.get(k, v) if args.url else v for k, v in BENCH_KEYS.items()}
+    submit_h = {
+        "Authorization": f"Bearer {keys['RUNPACK_SUBMIT_API_KEY']}",
+        "Content-Type": "application/json",
+    }
+    admin_h = {"Authorization": f"Bearer {keys['RUNPACK_ADMIN_API_KEY']}"}
+    connector = aiohttp.TCPConnector(limit=args.concurrency + 4)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await _wait_ready(session, url, admin_h, args.runners if not args.url else 1)
+        run = uuid.uuid4().hex[:8]
+
+        def bodies(phase: str, n: int) -> list[bytes]:
+            params = ({"run": run, "phase": phase, "i": i} for i in range(n))
+            return [orjson.dumps({"job_type": JOB_TYPE, "input_params": p}) for p in params]
+
+        timeline = Timeline()
+        ready = asyncio.Event()
+        follower = asyncio.create_task(_follow(session, url, admin_h, timeline, ready))
+        await asyncio.wait_for(ready.wait(), 10)
+
+        # 1. Latency: jobs one after another on an idle server.
+        idle_start, idle_done = await _latency_phase(
+            session, url, submit_h, timeline, bodies("latency", args.latency_jobs), args.timeout
+        )
+
+        # 2. Throughput: every job at once from concurrent clients.
+        load = bodies("load", args.jobs)
+        submitted: dict[str, float] = {}
+
+        def answered(i: int, t: float, body: dict[str, Any]) -> None:
+            submitted[body["job_id"]] = t
+
+        first = time.perf_counter()
+        await _submit_all(session, url, submit_h, load, args.concurrency, answered)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(timeline.completion(j) for j in submitted)), args.timeout
+            )
+        finished = [timeline.completed[j] for j in submitted if j in timeline.completed]
+        last = max(finished) if finished else time.perf_counter()
+        loaded_start = [
+            timeline.started[j] - t for j, t in submitted.items() if j in timeline.started
+        ]
+        loaded_done = [
+            timeline.completed[j] - t for j, t in submitted.items() if j in timeline.completed
+        ]
+
+        # 3. Cache hits: the same inputs again.
+        hits = max(1, args.cache_hits)
+        hit_elapsed = await _submit_all(
+            session, url, submit_h, [load[i % len(load)] for i in range(hits)], args.concurrency
+        )
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+            await follower
+    server_pid, runner_pids = (pids[0], pids[1:]) if pids else (None, [])
+    runner_rss = [r for r in (peak_rss_mb(p) for p in runner_pids) if r is not None]
+    return {
+        "jobs": args.jobs,
+        "completed": len(finished),
+        "runners": args.runners,
+        "runner_concurrency": args.runner_concurrency,
+        "clients": args.concurrency,
+        "db": "postgresql" if (args.db or "").startswith("postgres") else "sqlite",
+        "elapsed_s": round(last - first, 3),
+        "jobs_per_s": round(len(finished) / max(last - first, 1e-9), 1),
+        "latency_jobs": args.latency_jobs,
+        "submit_to_start_ms": percentiles(idle_start),
+        "submit_to_completed_ms": percentiles(idle_done),
+        "under_load_submit_to_start_ms": percentiles(loaded_start),
+        "under_load_submit_to_completed_ms": percentiles(loaded_done),
+        "cache_hits": hits,
+        "cache_hits_per_s": round(hits / hit_elapsed, 1),
+        "server_rss_mb": peak_rss_mb(server_pid) if server_pid else None,
+        "runner_rss_mb": max(runner_rss) if runner_rss else None,
+        "runners_rss_total_mb": round(sum(runner_rss), 1) if runner_rss else None,
+    }
+
+
+def _pcts(p: dict[str, float]) -> str:
+    return f"p50 {p['p50']:.2f} ms  p90 {p['p90']:.2f} ms  p99 {p['p99']:.2f} ms"
+
+
+def report(result: dict[str, Any]) -> str:
+    s, c = result["submit_to_start_ms"], result["submit_to_completed_ms"]
+    ls, lc = result["under_load_submit_to_start_ms"], result["under_load_submit_to_completed_ms"]
+    lines = [
+        f"runpack bench: {result['jobs']} jobs ({result['completed']} completed), "
+        f"{result['runners']} runner(s) x {result['runner_concurrency']} slots, "
+        f"{result['clients']} clients, {result['db']}",
+        f"  end to end          {result['jobs_per_s']:>10.1f} jobs/s  ({result['elapsed_s']} s)",
+        f"  submit -> start     {_pcts(s)}   (one job at a time)",
+        f"  submit -> completed {_pcts(c)}",
+        f"  under load: start   {_pcts(ls)}",
+        f"  under load: done    {_pcts(lc)}",
+        f"  cache-hit submits   {result['cache_hits_per_s']:>10.1f} /s",
+        f"  peak RSS            server {result['server_rss_mb']} MiB, "
+        f"runner {result['runner_rss_mb']} MiB each",
+    ]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", type=int, default=2000, help="Distinct no-op jobs to run.")
+    parser.add_argument("--runners", type=int, default=1, help="Runner processes to start.")
+    parser.add_argument(
+        "--runner-concurrency", type=int, default=16, help="Slots per runner process."
+    )
+    parser.add_argument("--concurrency", type=int, default=32, help="Concurrent clients.")
+    parser.add_argument(
+        "--latency-jobs", type=int, default=200, help="Jobs run one at a time for latency."
+    )
+    parser.add_argument("--cache-hits", type=int, default=5000, help="Cache-hit submits to time.")
+    parser.add_argument("--db", default=None, help="SQLite path or postgresql:// DSN.")
+    parser.add_argument(
+        "--url", default=None, help="Target a running server (keys from RUNPACK_*_API_KEY)."
+    )
+    parser.add_argument("--timeout", type=float, default=300, help="Give up after this long.")
+    parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+
+
+def main(args: argparse.Namespace) -> int:
+    if min(args.jobs, args.runners, args.concurrency, args.runner_concurrency) < 1:
+        raise SystemExit("runpack bench: --jobs, --runners and the concurrencies must be ≥ 1")
+    with tempfile.TemporaryDirectory(prefix="runpack-bench-") as tmp:
+        if args.url:
+            result = asyncio.run(run_bench(args, args.url.rstrip("/"), []))
+        else:
+            with _processes(args, Path(tmp)) as (url, pids):
+                result = asyncio.run(run_bench(args, url, pids))
+    print(orjson.dumps(result).decode() if args.json else report(result))
+    return 0 if result["completed"] == result["jobs"] else 1

@@ -1,0 +1,258 @@
+"""Connected runners: who holds which job, who gets the next one.
+
+The hub assigns jobs: when a job is queued or a runner grants slots, it claims
+jobs in SQL for the least busy runners that can run them (one claim per free
+slot, all claims of a round sharing one commit) and pushes them over the
+runner's socket. Each connection has a bounded send queue; a runner that
+cannot keep up is disconnected, never waited for. A runner whose socket drops
+keeps its jobs for ``reconnect_grace`` seconds; after that they go back to the
+queue with the sweeper's backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runpack.errors import RunpackError
+from runpack.notify import Event
+from runpack.protocol import JobStatus
+from runpack.service import JobService, parse_json_text
+from runpack.store import JobRow
+
+log = logging.getLogger(__name__)
+
+SEND_QUEUE = 1000
+#: Also look for work this often, for retries whose backoff has passed.
+POLL_INTERVAL = 1.0
+#: Refresh connected runners' last_seen this often (they count as active).
+TOUCH_INTERVAL = 60.0
+
+
+@dataclass(eq=False)
+class RunnerConn:
+    """One runner's live connection, as the hub sees it."""
+
+    runner_id: str
+    name: str
+    capabilities: frozenset[str]
+    concurrency: int
+    send: Callable[[dict[str, Any]], None]
+    close: Callable[[], None]
+    transport: str = "websocket"
+    credits: int = 0
+    held: set[str] = field(default_factory=set)
+    connected_at: float = 0.0
+
+    @property
+    def load(self) -> float:
+        return len(self.held) / max(self.concurrency, 1)
+
+    def grant(self, slots: int) -> None:
+        room = self.concurrency - len(self.held) - self.credits
+        self.credits += max(0, min(slots, room))
+
+
+class Hub:
+    def __init__(self, service: JobService, reconnect_grace: float) -> None:
+        self.service = service
+        self.reconnect_grace = reconnect_grace
+        self.conns: dict[str, RunnerConn] = {}
+        self._wake = asyncio.Event()
+        self._queued = asyncio.Event()  # replaced each time a job is queued (long-poll)
+        self._grace: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        self._unsubscribe = self.service.notifier.subscribe(self._on_event)
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="runpack-hub")
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        for handle in self._grace.values():
+            handle.cancel()
+        self._grace.clear()
+        tasks = [t for t in (self._dispatcher, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("hub task %s failed", task.get_name(), exc_info=task.exception())
+
+    # --- events -----------------------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        if event.type in ("job_queued", "resync"):
+            self.wake()
+            self._queued.set()
+            self._queued = asyncio.Event()
+        elif event.type == "runner_attached" and event.origin is not None:
+            # It came back through another instance: our grace period is over.
+            handle = self._grace.pop(event.data.get("runner_id", ""), None)
+            if handle is not None:
+                handle.cancel()
+        elif event.type == "job_updated" and event.data.get("status") == JobStatus.CANCELLED:
+            self.cancel(event.job_id or "", event.data.get("reason", "cancelled"))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def queued_signal(self) -> asyncio.Event:
+        """An event set when the next job is queued: take it before looking for work."""
+        return self._queued
+
+    # --- connections ------------------------------------------------------------------
+    async def attach(self, conn: RunnerConn, held: list[str]) -> tuple[list[str], list[str]]:
+        """A runner (re)connected holding ``held``: (jobs it keeps, jobs to drop)."""
+        old = self.conns.get(conn.runner_id)
+        if old is not None and old is not conn:
+            old.close()
+        handle = self._grace.pop(conn.runner_id, None)
+        if handle is not None:
+            handle.cancel()
+        self.conns[conn.runner_id] = conn
+        self.service.notifier.publish(Event("runner_attached", data={"runner_id": conn.runner_id}))
+        owned = {j.id for j in await self.service.running_jobs_of(conn.runner_id)}
+        resumed = [j for j in held if j in owned]
+        dropped = [j for j in held if j not in owned]
+        conn.held.update(resumed)
+        lost = owned - set(held)  # pushed before the drop but never received
+        if lost:
+            await self.service.release_jobs(conn.runner_id, sorted(lost), "runner reconnected")
+        return resumed, dropped
+
+    def detach(self, conn: RunnerConn) -> None:
+        if self.conns.get(conn.runner_id) is not conn:
+            return
+        del self.conns[conn.runner_id]
+        loop = asyncio.get_running_loop()
+        self._grace[conn.runner_id] = loop.call_later(
+            self.reconnect_grace, self._grace_over, conn.runner_id
+        )
+
+    def _grace_over(self, runner_id: str) -> None:
+        self._grace.pop(runner_id, None)
+        if runner_id not in self.conns:
+            self._spawn(self.service.take_back_runner(runner_id), f"take-back-{runner_id}")
+
+    def grant(self, conn: RunnerConn, slots: int) -> None:
+        conn.grant(slots)
+        if conn.credits:
+            self.wake()
+
+    def finished(self, conn: RunnerConn, job_id: str) -> None:
+        conn.held.discard(job_id)
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        for conn in self.conns.values():
+            if job_id in conn.held:
+                conn.send({"type": "cancel", "job_id": job_id, "reason": reason})
+
+    def holder_of(self, job_id: str) -> RunnerConn | None:
+        for conn in self.conns.values():
+            if job_id in conn.held:
+                return conn
+        return None
+
+    # --- assignment -------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        last_touch = time.monotonic()
+        while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 a wait_for whose timeout
+            # fires as the task is cancelled swallows the cancel, and stop() hangs.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_INTERVAL):
+                    await self._wake.wait()
+            self._wake.clear()
+            if time.monotonic() - last_touch > TOUCH_INTERVAL:
+                last_touch = time.monotonic()
+                self._spawn(self._touch_connected(), "touch-runners")
+            try:
+                while await self._dispatch_round():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatch round failed")
+
+    async def _touch_connected(self) -> None:
+        """Connected runners are in contact: keep their last_seen fresh."""
+        for runner_id in list(self.conns):
+            with contextlib.suppress(RunpackError):
+                await self.service.touch_runner(runner_id)
+
+    async def _dispatch_round(self) -> bool:
+        """Claim and push one batch; True if anything was assigned."""
+        ready = sorted((c for c in self.conns.values() if c.credits > 0), key=lambda c: c.load)
+        if not ready:
+            return False
+        asks: list[tuple[RunnerConn, int]] = [(c, math.ceil(c.credits / 2)) for c in ready]
+        for conn, n in asks:
+            conn.credits -= n  # reserved while the claims are in flight
+        claims = [
+            self.service.claim_next(conn.runner_id, sorted(conn.capabilities))
+            for conn, n in asks
+            for _ in range(n)
+        ]
+        results = await asyncio.gather(*claims, return_exceptions=True)
+        assigned = False
+        i = 0
+        for conn, n in asks:
+            for _ in range(n):
+                result = results[i]
+                i += 1
+                if isinstance(result, BaseException):
+                    log.error("claim for %s failed: %s", conn.runner_id, result)
+                    conn.credits += 1
+                elif result is None:
+                    conn.credits += 1
+                else:
+                    assigned = True
+                    self._push(conn, result)
+        return assigned
+
+    def _push(self, conn: RunnerConn, job: JobRow) -> None:
+        if self.conns.get(conn.runner_id) is not conn:
+            # Gone while claiming: the grace period or a reconnect sorts it out.
+            return
+        conn.held.add(job.id)
+        conn.send(
+            {
+                "type": "job",
+                "job_id": job.id,
+                "job_type": job.job_type,
+                "input_params": parse_json_text(job.input_params, {}),
+                "attempt": job.attempts,
+                "timeout": job.timeout / 1000 if job.timeout else None,
+            }
+        )
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Live state per connected runner (for the admin API)."""
+        return {
+            rid: {
+                "connected": True,
+                "transport": c.transport,
+                "concurrency": c.concurrency,
+                "free_slots": c.credits,
+                "current_jobs": sorted(c.held),
+            }
+            for rid, c in self.conns.items()
+        }

@@ -1,0 +1,266 @@
+"""Job events inside one server process, and the optional NotifyRelay announcement.
+
+The service publishes small events (ids and deltas); the hub, watchers and the
+NotifyRelay integration subscribe. A subscriber is a plain callable that must
+not block: it hands slow work to a task of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str  # "job_queued" | "job_updated" | "job_deleted"
+    job_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    #: The server instance it came from over LISTEN/NOTIFY; None when it is local.
+    origin: str | None = None
+
+
+Subscriber = Callable[[Event], None]
+
+
+class Notifier:
+    """Fan-out of events to the subscribers of this process."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def publish(self, event: Event) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("event subscriber %r failed on %s", callback, event.type)
+
+
+class NotifyRelay:
+    """Announces new jobs to NotifyRelay, as the original did (runners may wake on it)."""
+
+    TOPIC = "runpack_notifications"
+
+    def __init__(self, base_url: str, publish_key: str, timeout: float = 5.0) -> None:
+        self.url = base_url.rstrip("/") + "/publish"
+        self.publish_key = publish_key
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=self.timeout)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def __call__(self, event: Event) -> None:
+        if event.type != "job_queued" or not event.data.get("new") or self._session is None:
+            return
+        message = {
+            "type": "new_job",
+            "job_id": event.job_id,
+            "job_hash": event.data.get("job_hash"),
+            "job_type": event.data.get("job_type"),
+            "timestamp": int(time.time() * 1000),
+        }
+        task = asyncio.create_task(self._publish(message), name="notify-relay-publish")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, message: dict[str, Any]) -> None:
+        assert self._session is not None
+        body = {"topic": self.TOPIC, "message": orjson.dumps(message).decode()}
+        headers = {"Authorization": self.publish_key, "Content-Type": "application/json"}
+        try:
+            async with self._session.post(self.url, data=orjson.dumps(body), headers=headers) as r:
+                if r.status >= 300:
+                    log.warning("NotifyRelay answered %s", r.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("NotifyRelay publish failed: %s", exc)
+
+
+CHANNEL = "runpack_events"
+#: PostgreSQL's NOTIFY payload limit is 8000 bytes; stay well under it.
+MAX_PAYLOAD = 7000
+#: How often the listening connection is checked (seconds).
+LISTEN_PROBE = 5.0
+#: Fields too large to send; the receiving side reads them from the database.
+HEAVY = ("output_data", "console_output")
+
+
+class PgBridge:
+    """Fan-out between server instances through PostgreSQL LISTEN/NOTIFY.
+
+    Local events go out as small JSON payloads (ids and deltas; long console
+    chunks split across several); events from other instances are published to
+    the local subscribers (hub, watchers, result cache). The listening
+    connection is re-opened after a drop, and the hub catches up by itself.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        notifier: Notifier,
+        fetch_job: Callable[[str], Any],
+        instance: str,
+    ) -> None:
+        self.dsn = dsn
+        self.notifier = notifier
+        self.fetch_job = fetch_job  # async: job id -> JobRow | None
+        self.instance = instance
+        self._outbox: asyncio.Queue[str] = asyncio.Queue(100_000)
+        self._inbox: asyncio.Queue[tuple[Event, list[str]]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribe: Callable[[], None] | None = None
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        self._unsubscribe = self.notifier.subscribe(self._outgoing)
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="runpack-pg-listen"),
+            asyncio.create_task(self._send(), name="runpack-pg-notify"),
+            asyncio.create_task(self._deliver(), name="runpack-pg-deliver"),
+        ]
+
+    async def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- out ---------------------------------------------------------------------
+    def _outgoing(self, event: Event) -> None:
+        if event.origin is not None:
+            return  # it came from another instance: do not echo it back
+        for payload in self.encode(event):
+            try:
+                self._outbox.put_nowait(payload)
+            except asyncio.QueueFull:
+                log.warning("NOTIFY backlog full: dropping an event for job %s", event.job_id)
+
+    def encode(self, event: Event) -> list[str]:
+        data = {k: v for k, v in event.data.items() if k not in HEAVY}
+        heavy = [k for k in HEAVY if event.data.get(k) is not None]
+        base = {"o": self.instance, "t": event.type, "j": event.job_id, "d": data, "h": heavy}
+        append = data.pop("console_append", None)
+        text = orjson.dumps(base).decode()
+        if not append:
+            return [text]
+        # Console chunks travel in pieces that fit, in order, after the event itself.
+        room = MAX_PAYLOAD - len(text) - 64
+        step = max(room // 6, 1)  # a character is at most 6 bytes in JSON (\u00xx)
+        pieces = [append[i : i + step] for i in range(0, len(append), step)]
+        out = []
+        for i, piece in enumerate(pieces):
+            chunk = {**base, "d": {**data, "console_append": piece}}
+            if i:  # only the first piece carries the event's other fields' effect
+                chunk["d"] = {"status": data.get("status"), "console_append": piece}
+                chunk["h"] = []
+            out.append(orjson.dumps(chunk).decode())
+        return out
+
+    async def _send(self) -> None:
+        import asyncpg
+
+        conn: Any = None
+        try:
+            while True:
+                payload = await self._outbox.get()
+                batch = [payload]
+                while not self._outbox.empty() and len(batch) < 500:
+                    batch.append(self._outbox.get_nowait())
+                while True:
+                    try:
+                        if conn is None or conn.is_closed():
+                            conn = await asyncpg.connect(self.dsn)
+                        await conn.executemany(
+                            "SELECT pg_notify($1, $2)", [(CHANNEL, p) for p in batch]
+                        )
+                        break
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                        log.warning("NOTIFY failed (%s); retrying", exc)
+                        if conn is not None and not conn.is_closed():
+                            conn.terminate()
+                        conn = None
+                        await asyncio.sleep(0.5)
+        finally:
+            if conn is not None and not conn.is_closed():
+                conn.terminate()
+
+    # --- in ----------------------------------------------------------------------
+    async def _listen(self) -> None:
+        import asyncpg
+
+        delay = 0.2
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.dsn)
+                await conn.add_listener(CHANNEL, self._incoming)
+                self.connected.set()
+                delay = 0.2
+                # Nudge the hub: jobs queued while we were not listening are found now.
+                self.notifier.publish(Event("resync", origin=self.instance))
+                while True:  # an idle connection only shows it is gone when used
+                    await asyncio.sleep(LISTEN_PROBE)
+                    await conn.execute("SELECT 1")
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("LISTEN failed (%s); retrying in %.1f s", exc, delay)
+            finally:
+                self.connected.clear()
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _incoming(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            msg = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if msg.get("o") == self.instance:
+            return
+        event = Event(msg["t"], msg.get("j"), msg.get("d") or {}, origin=msg.get("o"))
+        self._inbox.put_nowait((event, msg.get("h") or []))
+
+    async def _deliver(self) -> None:
+        """Publish remote events in arrival order, filling in what was too big to send."""
+        while True:
+            event, heavy = await self._inbox.get()
+            if heavy and event.job_id:
+                job = None
+                try:
+                    job = await self.fetch_job(event.job_id)
+                except Exception:
+                    log.exception("cannot read job %s for a remote event", event.job_id)
+                data = dict(event.data)
+                if job is not None:
+                    for name in heavy:
+                        value = getattr(job, name, None)
+                        if name == "output_data" and isinstance(value, str):
+                            value = orjson.loads(value)
+                        data[name] = value
+                event = Event(event.type, event.job_id, data, origin=event.origin)
+            self.notifier.publish(event)

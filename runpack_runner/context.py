@@ -1,0 +1,195 @@
+"""What a running handler sees: progress, console lines, cancellation.
+
+A handler runs in its own thread; the runner reads the context from the event
+loop. Everything here is thread-safe. A :class:`JobContext` is also the
+original's ``heartbeat_callback``: calling it with ``progress_current``,
+``progress_total`` and ``console_output`` records them, and raises
+:class:`Cancelled` once the job was cancelled, so handlers written for the
+original stop too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from runpack.protocol import MAX_CONSOLE_BYTES
+
+log = logging.getLogger(__name__)
+
+TRIMMED = "[… earlier console output trimmed]\n"
+
+
+class Cancelled(Exception):
+    """The job was stopped: cancelled by the server, timed out, or released at shutdown."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A consistent view of a job's reportable state."""
+
+    progress_current: int | None
+    progress_total: int | None
+    console: str
+    #: Changes when the console was replaced or trimmed (not a pure append).
+    epoch: int
+    #: Changes on every update.
+    version: int
+
+
+class JobContext:
+    """Progress, console and cancellation of one job (the handler's side)."""
+
+    def __init__(
+        self,
+        job_id: str = "local",
+        job_type: str = "",
+        attempt: int = 1,
+        *,
+        notify: Callable[[], None] | None = None,
+        max_console_bytes: int = MAX_CONSOLE_BYTES,
+    ) -> None:
+        self.job_id = job_id
+        self.job_type = job_type
+        self.attempt = attempt
+        self._notify = notify
+        self._max_console = max_console_bytes
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._reason: str | None = None
+        self._current: int | None = None
+        self._total: int | None = None
+        self._chunks: list[str] = []
+        self._bytes = 0
+        self._epoch = 0
+        self._version = 0
+        #: Sends a folder to the server and returns its URL (set by the runner).
+        self.uploader: Callable[[JobContext, Path], str] | None = None
+
+    # --- cancellation -------------------------------------------------------------
+    @property
+    def cancelled(self) -> bool:
+        """True once the job should stop; a handler returns or raises soon after."""
+        return self._stopped.is_set()
+
+    @property
+    def cancel_reason(self) -> str | None:
+        return self._reason
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Ask the handler to stop (the runner calls this; thread-safe)."""
+        with self._lock:
+            if self._reason is None:
+                self._reason = reason
+        self._stopped.set()
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`Cancelled` if the job should stop."""
+        if self._stopped.is_set():
+            raise Cancelled(self._reason or "cancelled")
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, waking at once on cancel; True if cancelled."""
+        return self._stopped.wait(max(seconds, 0.0))
+
+    # --- reporting ----------------------------------------------------------------
+    def progress(self, current: int | float, total: int | float | None = None) -> None:
+        """Report progress (``total`` unchanged when None); raises Cancelled if cancelled."""
+        with self._lock:
+            self._current = int(current)
+            if total is not None:
+                self._total = int(total)
+            self._version += 1
+        self._changed()
+        self.check_cancelled()
+
+    def log(self, line: str) -> None:
+        """Append a timestamped line to the job's console (never raises Cancelled)."""
+        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        text = "".join(f"[{stamp}] {part}\n" for part in str(line).splitlines() or [""])
+        log.debug("job %s: %s", self.job_id, line)
+        with self._lock:
+            self._chunks.append(text)
+            self._bytes += len(text.encode())
+            if self._bytes > self._max_console:
+                self._trim()
+            self._version += 1
+        self._changed()
+
+    def set_console(self, text: str) -> None:
+        """Replace the whole console (what the original's handlers send)."""
+        with self._lock:
+            self._chunks = [text]
+            self._bytes = len(text.encode())
+            self._epoch += 1
+            if self._bytes > self._max_console:
+                self._trim()
+            self._version += 1
+        self._changed()
+
+    def __call__(
+        self,
+        progress_current: int | float | None = None,
+        progress_total: int | float | None = None,
+        console_output: str | None = None,
+    ) -> None:
+        """The original's ``heartbeat_callback``: record, then raise Cancelled if cancelled.
+
+        Progress left as None keeps the last reported value; ``console_output``
+        replaces the console.
+        """
+        with self._lock:
+            if progress_current is not None:
+                self._current = int(progress_current)
+            if progress_total is not None:
+                self._total = int(progress_total)
+            self._version += 1
+        if console_output is not None:
+            self.set_console(console_output)
+        else:
+            self._changed()
+        self.check_cancelled()
+
+    heartbeat = __call__
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            if len(self._chunks) > 1:
+                self._chunks = ["".join(self._chunks)]
+            console = self._chunks[0] if self._chunks else ""
+            return Snapshot(self._current, self._total, console, self._epoch, self._version)
+
+    @property
+    def console(self) -> str:
+        return self.snapshot().console
+
+    # --- files ----------------------------------------------------------------------
+    def upload_folder(self, folder: str | os.PathLike[str]) -> str:
+        """Send a folder (a saved figpack figure) to the server; the URL it is served at.
+
+        Blocks until the server has every file, so call it before returning the
+        result that names the URL. Raises Cancelled if the job is stopped meanwhile,
+        and RuntimeError if the server refuses the files or cannot be reached.
+        """
+        if self.uploader is None:
+            raise RuntimeError("this job runs without a server to upload files to")
+        return self.uploader(self, Path(folder))
+
+    # --- internals ----------------------------------------------------------------
+    def _trim(self) -> None:
+        """Keep the newest three quarters of the limit (lock held)."""
+        data = "".join(self._chunks).encode()
+        keep = data[-(self._max_console * 3 // 4) :].decode(errors="ignore")
+        text = TRIMMED + keep
+        self._chunks = [text]
+        self._bytes = len(text.encode())
+        self._epoch += 1
+
+    def _changed(self) -> None:
+        if self._notify is not None:
+            self._notify()

@@ -1,0 +1,1 @@
+"""Built-in job handlers (registered in pyproject.toml under ``runpack.handlers``)."""

@@ -1,0 +1,90 @@
+"""Handler discovery through the ``runpack.handlers`` entry-point group.
+
+Any installed package adds job types by declaring, in its ``pyproject.toml``::
+
+    [project.entry-points."runpack.handlers"]
+    my_job = "my_package.jobs:MyJob"        # a JobHandler subclass, or a @job function
+
+The entry point's name is the job type. Loading an entry point imports its
+module, so handler modules keep their heavy imports inside the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from importlib.metadata import EntryPoint, entry_points
+
+from runpack.protocol import HANDLER_ENTRY_POINT_GROUP
+from runpack_runner.handler import JobHandler
+
+log = logging.getLogger(__name__)
+
+
+class UnknownJobTypes(ValueError):
+    """Job types asked for that no installed handler provides."""
+
+
+def installed(group: str = HANDLER_ENTRY_POINT_GROUP) -> dict[str, EntryPoint]:
+    """Job type -> entry point, without importing anything."""
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+def as_handler(job_type: str, obj: object) -> JobHandler:
+    """An entry point's object as a handler instance (a class is instantiated)."""
+    if isinstance(obj, type) and issubclass(obj, JobHandler):
+        handler = obj()
+    elif isinstance(obj, JobHandler):
+        handler = obj
+    else:
+        raise TypeError(f"{job_type}: {obj!r} is neither a JobHandler subclass nor a @job function")
+    if handler.job_type and handler.job_type != job_type:
+        log.warning(
+            "handler %r declares job_type %r but is installed as %r; using %r",
+            handler,
+            handler.job_type,
+            job_type,
+            job_type,
+        )
+    return handler
+
+
+class Registry:
+    """The job types this runner runs, each with its handler."""
+
+    def __init__(self, handlers: Mapping[str, JobHandler]) -> None:
+        self._handlers = dict(handlers)
+
+    @classmethod
+    def discover(cls, only: Iterable[str] = (), group: str = HANDLER_ENTRY_POINT_GROUP) -> Registry:
+        """Load installed handlers (all, or only these types); skip broken ones with a log."""
+        found = installed(group)
+        wanted = list(dict.fromkeys(only))
+        missing = [t for t in wanted if t not in found]
+        if missing:
+            raise UnknownJobTypes(
+                f"no installed handler for: {', '.join(missing)} "
+                f"(installed: {', '.join(sorted(found)) or 'none'})"
+            )
+        handlers: dict[str, JobHandler] = {}
+        for job_type in wanted or sorted(found):
+            try:
+                handlers[job_type] = as_handler(job_type, found[job_type].load())
+            except ImportError as exc:  # an optional dependency is not installed
+                log.warning("job type %r is not available: %s", job_type, exc)
+            except Exception:
+                log.exception("cannot load the handler of %r (%s)", job_type, found[job_type].value)
+        return cls(handlers)
+
+    @property
+    def job_types(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def get(self, job_type: str) -> JobHandler | None:
+        return self._handlers.get(job_type)
+
+    def __contains__(self, job_type: object) -> bool:
+        return job_type in self._handlers
+
+    def __len__(self) -> int:
+        return len(self._handlers)

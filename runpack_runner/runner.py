@@ -1,0 +1,443 @@
+"""The daemon's core: connect, take jobs, run them, report them, shut down cleanly.
+
+Bookkeeping, all on the event loop:
+
+- ``busy``: jobs that use a slot. A job stays busy while its handler runs and
+  while its result (or release) waits for the server's ``ack``; the server counts
+  it as held until then. When a job leaves ``busy`` its slot is granted back
+  (``ready {slots: 1}``), so granted credits plus busy jobs always equal the
+  concurrency. A new connection starts with ``concurrency - len(busy)`` credits.
+- ``outbox``: results not yet acknowledged; re-sent after every reconnect, so a
+  network blip loses none, and the server applies each one once.
+- Shutdown: the first SIGINT/SIGTERM stops taking jobs and exits 0 once every
+  busy job is done and acknowledged; a second one releases the running jobs back
+  to the queue and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from runpack import protocol
+from runpack_runner import __version__
+from runpack_runner.backoff import Backoff
+from runpack_runner.execution import JobRun, StopReason
+from runpack_runner.handler import JobHandler
+from runpack_runner.registry import Registry
+from runpack_runner.settings import RunnerSettings
+from runpack_runner.state import RunnerState, save_state
+from runpack_runner.transports import (
+    Acked,
+    Assignment,
+    AuthFailed,
+    CancelJob,
+    Event,
+    Hello,
+    HttpTransport,
+    Reconnect,
+    Result,
+    Transport,
+    TransportClosed,
+    Welcome,
+)
+from runpack_runner.transports.connect import open_transport
+from runpack_runner.uploads import FolderUploader
+
+log = logging.getLogger(__name__)
+
+#: After a second signal: how long to wait for releases and results to be acknowledged.
+FORCED_EXIT_WAIT = 5.0
+CONNECT_TIMEOUT = 15.0
+SHUTTING_DOWN = "the runner is shutting down"
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        registry: Registry,
+        *,
+        state_path: Path,
+        state: RunnerState,
+        name: str,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.state_path = state_path
+        self.runner_id = state.runner_id
+        self.name = name
+        self.transport: Transport | None = None
+        self.runs: dict[str, JobRun] = {}
+        self.outbox: dict[str, Result] = {}
+        self.releasing: set[str] = set()
+        self.busy: set[str] = set()
+        self.draining = False
+        self.forced = False
+        self.heartbeat_interval = settings.heartbeat_interval
+        self.limits = {
+            "max_output_bytes": protocol.MAX_OUTPUT_BYTES,
+            "max_console_bytes": protocol.MAX_CONSOLE_BYTES,
+            "max_error_bytes": protocol.MAX_ERROR_BYTES,
+        }
+        self._granted = False
+        self._exit = asyncio.Event()
+        self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._long_poll = True
+        self._link: str | None = None
+        self.uploader: FolderUploader | None = None
+
+    # --- the whole life -----------------------------------------------------------------
+    async def run(self, *, handle_signals: bool = True) -> int:
+        """Run until stopped; the exit code (0 clean, 1 results left, 2 bad key)."""
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+        for sig in signals:
+            loop.add_signal_handler(sig, self.request_stop)
+        log.info(
+            "runpack-runner %s: server %s, name %s, job types %s, concurrency %d",
+            __version__,
+            self.settings.worker_url,
+            self.name,
+            ", ".join(self.registry.job_types),
+            self.settings.concurrency,
+        )
+        code = 0
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
+        headers = {"User-Agent": f"runpack-runner/{__version__}"}
+        try:
+            async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+                self.uploader = FolderUploader(session, self.settings, lambda: self.runner_id)
+                try:
+                    await self._connect_loop(session)
+                finally:
+                    await self._cancel_tasks()
+        except AuthFailed as exc:
+            log.error("%s: check RUNPACK_RUNNER_API_KEY", exc)
+            code = 2
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        if code == 0 and (self.outbox or self.releasing):
+            log.warning("exiting with %d unacknowledged result(s)", len(self.outbox))
+            code = 1
+        log.info("runner stopped")
+        return code
+
+    def request_stop(self) -> None:
+        """SIGINT/SIGTERM: first drain, then release, then (a third time) just exit."""
+        if not self.draining:
+            self.draining = True
+            log.info(
+                "stopping: taking no new jobs, finishing %d running job(s) "
+                "(signal again to release them to the queue)",
+                len(self.runs),
+            )
+            if self.transport is not None:
+                self.transport.stop_taking()
+            self._check_exit()
+        elif not self.forced:
+            self.forced = True
+            log.warning("releasing %d running job(s) to the queue and exiting", len(self.runs))
+            for job_id, run in list(self.runs.items()):
+                if run.stop_reason is None:
+                    run.stop(StopReason.RELEASED, SHUTTING_DOWN)
+                    if job_id not in self.outbox:
+                        self._release(job_id, SHUTTING_DOWN)
+            asyncio.get_running_loop().call_later(FORCED_EXIT_WAIT, self._exit.set)
+            self._check_exit()
+        else:
+            self._exit.set()
+
+    # --- connections ----------------------------------------------------------------------
+    async def _connect_loop(self, session: aiohttp.ClientSession) -> None:
+        while not self._exit.is_set():
+            transport = await open_transport(
+                session,
+                self.settings,
+                self.registry.job_types,
+                long_poll=self._long_poll,
+                quiet=self._link is not None and self._link.startswith("http"),
+            )
+            if transport is None:
+                self._link = None
+            again = transport is not None and await self._session(transport)
+            if not again and not self._exit.is_set():
+                delay = self._backoff.next()
+                log.info("connecting again in %.1f s", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._exit.wait(), delay)
+
+    async def _session(self, transport: Transport) -> bool:
+        """One connection, from hello to its end; True to reconnect at once."""
+        try:
+            welcome = await transport.start(self._hello())
+            self._adopt(welcome)
+            self.transport = transport
+            self._backoff.reset()
+            link = f"{transport.name}/{transport.mode}"
+            log.log(
+                logging.INFO if link != self._link else logging.DEBUG,
+                "connected to %s over %s (%s) as runner %s",
+                self.settings.worker_url,
+                transport.name,
+                transport.mode,
+                self.runner_id,
+            )
+            self._link = link
+            for result in list(self.outbox.values()):
+                await transport.send_result(result)
+            for run in self.runs.values():
+                run.reporter.poke()
+            if self.draining:
+                transport.stop_taking()
+            else:
+                await transport.grant(self.settings.concurrency - len(self.busy))
+            self._granted = True
+            self._check_exit()
+            while (event := await self._next_event(transport)) is not None:
+                if isinstance(event, Reconnect):
+                    log.debug("reconnecting: %s", event.reason)
+                    return True
+                self._handle(event)
+            return False
+        except TransportClosed as exc:
+            log.warning("connection lost (%s): %s", transport.name, exc)
+            self._link = None
+            return False
+        finally:
+            if isinstance(transport, HttpTransport):
+                self._long_poll = transport.mode == "long-poll"
+            self.transport = None
+            self._granted = False
+            await transport.close()
+            # Releases in flight are moot: a job left out of the next hello goes back
+            # to the queue on the server's side.
+            released, self.releasing = self.releasing, set()
+            for job_id in released:
+                self._settled(job_id)
+
+    async def _next_event(self, transport: Transport) -> Event | None:
+        """The transport's next event, or None once the runner should exit."""
+        receive = asyncio.ensure_future(transport.receive())
+        exiting = asyncio.ensure_future(self._exit.wait())
+        try:
+            await asyncio.wait({receive, exiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exiting.cancel()
+            if not receive.done():
+                receive.cancel()
+        return receive.result() if receive.done() and not receive.cancelled() else None
+
+    def _hello(self) -> Hello:
+        held = [j for j, r in self.runs.items() if r.stop_reason in (None, StopReason.TIMEOUT)]
+        held += [j for j in self.outbox if j not in held]
+        return Hello(
+            runner_id=self.runner_id,
+            name=self.name,
+            capabilities=self.registry.job_types,
+            concurrency=self.settings.concurrency,
+            version=__version__,
+            jobs=held,
+        )
+
+    def _adopt(self, welcome: Welcome) -> None:
+        if welcome.runner_id != self.runner_id:
+            if self.runner_id:
+                log.warning("the server knows this runner as %s now", welcome.runner_id)
+            else:
+                log.info("registered as runner %s", welcome.runner_id)
+            self.runner_id = welcome.runner_id
+            save_state(self.state_path, RunnerState(self.runner_id, self.name))
+        if welcome.heartbeat_interval:
+            self.heartbeat_interval = welcome.heartbeat_interval
+        for key in self.limits:
+            value = welcome.limits.get(key)
+            if isinstance(value, int) and value > 0:
+                self.limits[key] = value
+        for job_id in welcome.dropped:
+            self._lose(job_id, "the server no longer assigns it to this runner")
+
+    # --- events -------------------------------------------------------------------------
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, Assignment):
+            self._accept(event)
+        elif isinstance(event, CancelJob):
+            if event.lost:
+                self._lose(event.job_id, event.reason)
+            else:
+                self._cancel(event.job_id, event.reason)
+        elif isinstance(event, Acked):
+            self._acked(event)
+
+    def _accept(self, job: Assignment) -> None:
+        if job.job_id in self.busy:
+            log.warning("job %s was assigned again while held: ignored", job.job_id)
+            self._grant_back()  # the push used a credit
+            return
+        self.busy.add(job.job_id)
+        if self.draining:
+            self._release(job.job_id, SHUTTING_DOWN)
+            return
+        if len(self.busy) > self.settings.concurrency:
+            log.warning("job %s arrived with no free slot: released", job.job_id)
+            self._release(job.job_id, "no free slot")
+            return
+        handler = self.registry.get(job.job_type)
+        if handler is None:
+            message = f"Unsupported job type: {job.job_type}"
+            log.error("job %s: %s", job.job_id, message)
+            self._report(Result(job.job_id, "error", message, error_message=message))
+            self._settled(job.job_id)
+            return
+        self._spawn(self._run_job(job, handler), f"job-{job.job_id}")
+
+    def _cancel(self, job_id: str, reason: str) -> None:
+        log.info("job %s cancelled by the server: %s", job_id, reason)
+        run = self.runs.get(job_id)
+        if run is not None:
+            run.stop(StopReason.CANCELLED, f"cancelled: {reason}")
+        if job_id in self.busy and job_id not in self.outbox:
+            self._release(job_id, "cancelled")  # so the server stops counting it as held
+        self._settled(job_id)
+
+    def _lose(self, job_id: str, reason: str) -> None:
+        run = self.runs.get(job_id)
+        if run is not None:
+            run.stop(StopReason.LOST, reason)
+        if self.outbox.pop(job_id, None) is not None or run is not None:
+            log.warning("job %s dropped: %s", job_id, reason)
+        self._settled(job_id)
+
+    def _acked(self, ack: Acked) -> None:
+        if ack.of == "release":
+            self.releasing.discard(ack.job_id)
+            if not ack.applied:
+                log.warning("job %s not released: %s", ack.job_id, ack.reason)
+        else:
+            result = self.outbox.get(ack.job_id)
+            if result is not None and ack.of in (result.kind, ""):
+                del self.outbox[ack.job_id]
+                if not ack.applied:
+                    log.warning(
+                        "the server did not apply the %s of job %s: %s",
+                        result.kind,
+                        ack.job_id,
+                        ack.reason or "not needed",
+                    )
+        self._settled(ack.job_id)
+
+    # --- jobs -----------------------------------------------------------------------------
+    async def _run_job(self, job: Assignment, handler: JobHandler) -> None:
+        run = JobRun(
+            job,
+            handler,
+            transport=lambda: self.transport,
+            heartbeat_interval=lambda: self.heartbeat_interval,
+            limits=self.limits,
+        )
+        run.ctx.uploader = self.uploader
+        self.runs[job.job_id] = run
+        log.info("job %s (%s) started, attempt %d", job.job_id, job.job_type, job.attempt)
+        run.start()
+        try:
+            result = await run.outcome(job.timeout or self.settings.job_timeout or None)
+            elapsed = time.monotonic() - run.started
+            if result is None:
+                log.info("job %s stopped after %.1f s: %s", job.job_id, elapsed, run.stop_reason)
+            elif result.kind == "complete":
+                log.info("job %s completed in %.1f s", job.job_id, elapsed)
+            else:
+                log.warning(
+                    "job %s failed after %.1f s: %s", job.job_id, elapsed, result.error_message
+                )
+            if result is not None:
+                self._report(result)
+            if not run.finished and not await run.wait_stopped(self.settings.stop_grace):
+                log.warning(
+                    "the handler of job %s did not stop within %g s: its thread is left behind",
+                    job.job_id,
+                    self.settings.stop_grace,
+                )
+        finally:
+            run.reporter.cancel()
+            self.runs.pop(job.job_id, None)
+            self._settled(job.job_id)
+
+    def _report(self, result: Result) -> None:
+        """Keep a result until acknowledged, and send it now if connected."""
+        self.outbox[result.job_id] = result
+        if self.transport is not None:
+            self._spawn(self._send_result(self.transport, result), f"result-{result.job_id}")
+
+    async def _send_result(self, transport: Transport, result: Result) -> None:
+        try:
+            await transport.send_result(result)
+        except TransportClosed as exc:
+            log.info("result of job %s waits for the next connection: %s", result.job_id, exc)
+
+    def _release(self, job_id: str, reason: str) -> None:
+        transport = self.transport
+        if transport is None:
+            return  # the next hello leaves it out: the server takes it back
+        self.releasing.add(job_id)
+        self._spawn(self._send_release(transport, job_id, reason), f"release-{job_id}")
+
+    async def _send_release(self, transport: Transport, job_id: str, reason: str) -> None:
+        with contextlib.suppress(TransportClosed):
+            await transport.release(job_id, reason)
+
+    def _settled(self, job_id: str) -> None:
+        """Free a job's slot once nothing about it is pending any more."""
+        if (
+            job_id not in self.busy
+            or job_id in self.runs
+            or job_id in self.outbox
+            or job_id in self.releasing
+        ):
+            return
+        self.busy.discard(job_id)
+        self._grant_back()
+        self._check_exit()
+
+    def _grant_back(self) -> None:
+        transport = self.transport
+        if transport is not None and self._granted and not self.draining:
+            self._spawn(self._grant(transport), "grant")
+
+    async def _grant(self, transport: Transport) -> None:
+        with contextlib.suppress(TransportClosed):
+            await transport.grant(1)
+
+    def _check_exit(self) -> None:
+        if self.forced:
+            if not self.releasing and not self.outbox:
+                self._exit.set()
+        elif self.draining and not self.busy:
+            self._exit.set()
+
+    # --- tasks ----------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,135 @@
+"""One frozen settings object for the runner daemon.
+
+Every field has a default, a help text, a ``--flag`` and a ``RUNPACK_<NAME>``
+environment variable (``worker_url`` is ``RUNPACK_WORKER_URL``, the original's
+name). The CLI is the only reader of the environment (:meth:`RunnerSettings.from_env`);
+nothing here reads it at import time. Durations are in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from runpack.protocol import HEARTBEAT_INTERVAL
+
+TRANSPORTS = ("auto", "websocket", "http")
+
+
+def _s(default: Any, help: str, *, secret: bool = False, flag: str | None = None) -> Any:
+    return field(
+        default=default,
+        repr=not secret,
+        metadata={"help": help, "secret": secret, "flag": flag},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    worker_url: str = _s("http://127.0.0.1:8080", "Base URL of the Runpack server.", flag="--url")
+    runner_api_key: str = _s("", "The server's runner key (environment only).", secret=True)
+    concurrency: int = _s(1, "Jobs run at the same time.")
+    job_types: tuple[str, ...] = _s(
+        (), "Comma-separated job types to run, a subset of the installed ones (default: all)."
+    )
+    name: str = _s("", "Runner name shown by the server (default: host name plus a suffix).")
+    state_file: str = _s(".runpack_runner.json", "Where the runner keeps its id and name.")
+    log_file: str = _s("runpack_runner.log", "Log file, besides stdout ('' for none).")
+    log_level: str = _s("info", "Logging level.")
+    job_timeout: float = _s(
+        0.0, "Default time limit per job when the server gives none (0 = no limit)."
+    )
+    transport: str = _s("auto", "auto (WebSocket, HTTP when it cannot connect), websocket, http.")
+    heartbeat_interval: float = _s(
+        HEARTBEAT_INTERVAL,
+        "Heartbeat per running job at least this often (the server may lower it).",
+    )
+    poll_wait: float = _s(20.0, "HTTP fallback: how long one long-poll waits for a job.")
+    socket_retry_interval: float = _s(
+        30.0, "HTTP fallback: how often to try to return to the WebSocket."
+    )
+    reconnect_min: float = _s(0.5, "First reconnect delay (exponential backoff, full jitter).")
+    reconnect_max: float = _s(30.0, "Longest reconnect delay.")
+    stop_grace: float = _s(
+        30.0,
+        "How long a cancelled or timed-out handler may take to stop before its slot is reused.",
+    )
+
+    def replace(self, **changes: Any) -> RunnerSettings:
+        return dataclasses.replace(self, **changes)
+
+    def check(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        if not self.worker_url.startswith(("http://", "https://")):
+            raise ValueError(f"worker URL must start with http:// or https://: {self.worker_url}")
+        if not 1 <= self.concurrency <= 1000:
+            raise ValueError("concurrency must be from 1 to 1000")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
+        for name in ("heartbeat_interval", "poll_wait", "socket_retry_interval", "reconnect_max"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be more than 0")
+        if self.job_timeout < 0 or self.reconnect_min < 0 or self.stop_grace < 0:
+            raise ValueError("durations cannot be negative")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> RunnerSettings:
+        """Settings from ``RUNPACK_*`` variables, then explicit overrides (CLI flags)."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(env_name(f.name))
+            if raw is not None and raw != "":
+                values[f.name] = parse_value(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+
+def env_name(name: str) -> str:
+    return "RUNPACK_" + name.upper()
+
+
+def flag_name(f: dataclasses.Field[Any]) -> str:
+    return str(f.metadata["flag"] or "--" + f.name.replace("_", "-"))
+
+
+def type_name(f: dataclasses.Field[Any]) -> str:
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+
+def parse_value(f: dataclasses.Field[Any], raw: str) -> Any:
+    """A setting's value from its text (environment variable or flag)."""
+    kind = type_name(f)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{env_name(f.name)}: cannot read {raw!r} as {kind}") from None
+    if kind.startswith("tuple"):
+        return split_list(raw)
+    return raw
+
+
+def split_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def describe() -> list[dict[str, Any]]:
+    """Name, variable, flag, default and help of every setting (the CLI reads this)."""
+    return [
+        {
+            "name": f.name,
+            "env": env_name(f.name),
+            "flag": flag_name(f),
+            "type": type_name(f),
+            "default": f.default,
+            "help": f.metadata["help"],
+            "secret": f.metadata["secret"],
+        }
+        for f in dataclasses.fields(RunnerSettings)
+    ]

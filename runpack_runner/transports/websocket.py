@@ -1,0 +1,239 @@
+"""The runner channel over a WebSocket (``GET /api/runner/ws``): jobs are pushed.
+
+Frames are JSON text (runpack/protocol.py documents each). Flow control is by
+credits: ``ready {slots}`` grants the server that many more jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import aiohttp
+import orjson
+
+from runpack_runner.transports.base import (
+    Acked,
+    Assignment,
+    AuthFailed,
+    Beat,
+    CancelJob,
+    Event,
+    Hello,
+    Result,
+    ServerUnreachable,
+    SocketUnavailable,
+    TransportClosed,
+    Welcome,
+    positive,
+)
+
+log = logging.getLogger(__name__)
+
+PATH = "/api/runner/ws"
+#: aiohttp pings this often and closes the socket when pongs stop.
+PING_INTERVAL = 20.0
+CONNECT_TIMEOUT = 15.0
+WELCOME_TIMEOUT = 15.0
+MAX_FRAME = 16 * 1024 * 1024
+
+
+class _Closed:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class WebSocketTransport:
+    name = "websocket"
+    mode = "push"
+    min_heartbeat_gap = 0.25
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self._events: asyncio.Queue[Event | _Closed] = asyncio.Queue()
+        self._send_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls, session: aiohttp.ClientSession, base_url: str, api_key: str
+    ) -> WebSocketTransport:
+        """Open the socket; SocketUnavailable if the server answers without upgrading."""
+        url = base_url.rstrip("/") + PATH
+        try:
+            ws = await session.ws_connect(
+                url,
+                headers={"Authorization": f"Bearer {api_key}"},
+                heartbeat=PING_INTERVAL,
+                max_msg_size=MAX_FRAME,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status in (401, 403):
+                raise AuthFailed(f"the server refused the runner key (HTTP {exc.status})") from None
+            raise SocketUnavailable(f"HTTP {exc.status} on {PATH}") from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ServerUnreachable(f"{type(exc).__name__}: {exc}") from None
+        return cls(ws)
+
+    # --- session --------------------------------------------------------------------
+    async def start(self, hello: Hello) -> Welcome:
+        await self._send(hello.frame())
+        try:
+            async with asyncio.timeout(WELCOME_TIMEOUT):
+                while True:
+                    frame = await self._read()
+                    kind = frame.get("type")
+                    if kind == "welcome":
+                        break
+                    if kind == "error":
+                        raise TransportClosed(f"hello refused: {_describe_error(frame)}")
+                    log.warning("ignoring a %r frame before welcome", kind)
+        except TimeoutError:
+            raise TransportClosed(f"no welcome within {WELCOME_TIMEOUT:g} s") from None
+        runner_id = frame.get("runner_id")
+        if not isinstance(runner_id, str) or not runner_id:
+            raise TransportClosed("welcome without a runner_id")
+        interval = frame.get("heartbeat_interval")
+        limits = frame.get("limits")
+        welcome = Welcome(
+            runner_id=runner_id,
+            heartbeat_interval=positive(interval),
+            resumed=_ids(frame.get("resumed")),
+            dropped=_ids(frame.get("dropped")),
+            limits=limits if isinstance(limits, dict) else {},
+        )
+        self._reader = asyncio.create_task(self._read_loop(), name="runner-ws-reader")
+        return welcome
+
+    async def receive(self) -> Event:
+        item = await self._events.get()
+        if isinstance(item, _Closed):
+            self._events.put_nowait(item)  # every later call sees it too
+            raise TransportClosed(item.reason)
+        return item
+
+    async def grant(self, slots: int) -> None:
+        if slots > 0:
+            await self._send({"type": "ready", "slots": slots})
+
+    def stop_taking(self) -> None:
+        """Nothing to do: the runner simply grants no more slots."""
+
+    async def heartbeat(self, beat: Beat) -> None:
+        frame: dict[str, Any] = {
+            "type": "heartbeat",
+            "job_id": beat.job_id,
+            "progress_current": beat.progress_current,
+            "progress_total": beat.progress_total,
+        }
+        if beat.append is None:
+            frame["console_output"] = beat.console
+        elif beat.append:
+            frame["console_append"] = beat.append
+        await self._send(frame)
+
+    async def send_result(self, result: Result) -> None:
+        await self._send({"type": result.kind, "job_id": result.job_id, **result.body()})
+
+    async def release(self, job_id: str, reason: str) -> None:
+        await self._send({"type": "release", "job_id": job_id, "reason": reason})
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
+            await self._ws.close()
+
+    # --- frames ---------------------------------------------------------------------
+    async def _send(self, frame: dict[str, Any]) -> None:
+        if self._ws.closed:
+            raise TransportClosed("the socket is closed")
+        try:
+            async with self._send_lock:
+                await self._ws.send_str(orjson.dumps(frame).decode())
+        except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+            raise TransportClosed(f"send failed: {exc}") from None
+
+    async def _read(self) -> dict[str, Any]:
+        """The next JSON object frame (skipping malformed ones)."""
+        while True:
+            msg = await self._ws.receive()
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
+                raise TransportClosed(f"closed by the server ({msg.data}: {msg.extra or ''})")
+            if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                raise TransportClosed(f"socket {msg.type.name.lower()}: {self._ws.exception()}")
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            try:
+                frame = orjson.loads(msg.data)
+            except orjson.JSONDecodeError:
+                log.warning("ignoring a frame that is not JSON: %.200s", msg.data)
+                continue
+            if isinstance(frame, dict):
+                return frame
+            log.warning("ignoring a frame that is not an object: %.200s", msg.data)
+
+    async def _read_loop(self) -> None:
+        reason = "closed"
+        try:
+            while True:
+                event = self._parse(await self._read())
+                if event is not None:
+                    self._events.put_nowait(event)
+        except TransportClosed as exc:
+            reason = str(exc)
+        finally:
+            self._events.put_nowait(_Closed(reason))
+
+    def _parse(self, frame: dict[str, Any]) -> Event | None:
+        kind = frame.get("type")
+        job_id = frame.get("job_id")
+        if kind == "error":
+            log.warning("server error frame: %s", _describe_error(frame))
+            return None
+        if not isinstance(job_id, str) or not job_id:
+            log.warning("ignoring a %r frame without a job_id", kind)
+            return None
+        if kind == "job":
+            params = frame.get("input_params")
+            job_type = frame.get("job_type")
+            attempt = frame.get("attempt")
+            timeout = frame.get("timeout")
+            return Assignment(
+                job_id=job_id,
+                job_type=job_type if isinstance(job_type, str) else "",
+                input_params=params if isinstance(params, dict) else {},
+                attempt=attempt if isinstance(attempt, int) else 1,
+                timeout=positive(timeout),
+            )
+        if kind == "cancel":
+            reason = frame.get("reason")
+            return CancelJob(job_id, reason if isinstance(reason, str) else "cancelled")
+        if kind == "ack":
+            of = frame.get("of")
+            reason = frame.get("reason")
+            return Acked(
+                job_id,
+                of if isinstance(of, str) else "",
+                frame.get("applied") is not False,
+                reason if isinstance(reason, str) else None,
+            )
+        log.warning("ignoring an unknown %r frame", kind)
+        return None
+
+
+def _ids(value: object) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _describe_error(frame: dict[str, Any]) -> str:
+    parts = [str(frame.get("error", "error"))]
+    for key in ("details", "ref", "job_id"):
+        if frame.get(key):
+            parts.append(f"{key}={frame[key]}")
+    return "; ".join(parts)

@@ -1,0 +1,110 @@
+"""Real ``runpack serve`` and ``runpack-runner`` processes on loopback ports, for tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+KEYS = {
+    "RUNPACK_SUBMIT_API_KEY": "proc-submit-key",
+    "RUNPACK_RUNNER_API_KEY": "proc-runner-key",
+    "RUNPACK_ADMIN_API_KEY": "proc-admin-key",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The test's environment without any RUNPACK_* variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPACK_")}
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"server at {url} not healthy after {timeout} s:\n{log.read_text()}")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def running_server(
+    cwd: Path, env: Mapping[str, str] | None = None, args: tuple[str, ...] = ()
+) -> Iterator[Proc]:
+    """``runpack serve`` on a free loopback port in ``cwd``; stopped on exit."""
+    port = free_port()
+    cwd.mkdir(parents=True, exist_ok=True)
+    log = cwd / f"server-{port}.log"
+    cmd = [sys.executable, "-m", "runpack.cli", "serve", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), *args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=clean_env(env), stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log)
+        yield Proc(proc, url, log)
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def running_runner(
+    cwd: Path, url: str, *args: str, env: Mapping[str, str] | None = None
+) -> Iterator[Proc]:
+    """``runpack-runner`` against ``url`` with the test runner key, in ``cwd``; stopped on exit."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    log = cwd / "runner-output.log"
+    extra = {
+        "RUNPACK_WORKER_URL": url,
+        "RUNPACK_RUNNER_API_KEY": KEYS["RUNPACK_RUNNER_API_KEY"],
+        **(env or {}),
+    }
+    cmd = [sys.executable, "-m", "runpack_runner.cli", *args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=clean_env(extra), stdout=out, stderr=out)
+    try:
+        yield Proc(proc, url, log)
+    finally:
+        stop(proc)
