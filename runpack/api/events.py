@@ -1,0 +1,237 @@
+"""Live streams: one job (by id or by hash) and everything (admin).
+
+Server-Sent Events by default (``curl -N`` works), or a WebSocket when the
+request asks for an upgrade. Each event has an id ``<epoch>-<seq>``: a client
+that reconnects with ``Last-Event-ID`` (or ``?last_event_id=``) gets what it
+missed, or a fresh snapshot when the server can no longer tell. A job's stream
+starts with a ``snapshot`` of the job and ends after a final status. A watcher
+that falls too far behind (see runpack.watch) or does not take an event for
+``SEND_TIMEOUT`` seconds is disconnected, never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from runpack.api.common import CORS_HEADERS, SERVICE, policy
+from runpack.api.views import job_detail
+from runpack.errors import JobNotFound
+from runpack.protocol import Role
+from runpack.watch import Channel, Item, Watcher, WatchHub, is_final
+
+routes = web.RouteTableDef()
+WATCH = web.AppKey("watch", WatchHub)
+KEEPALIVE = 15.0
+#: A client that takes longer than this to accept one event is disconnected.
+SEND_TIMEOUT = 30.0
+#: Reads of a job's snapshot before giving up on one that no console append overlaps.
+SNAPSHOT_TRIES = 3
+
+
+class _Sink:
+    """Where a stream's events go: an SSE response or a WebSocket."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.ws: web.WebSocketResponse | None = None
+        self.sse: web.StreamResponse | None = None
+
+    async def open(self) -> web.StreamResponse:
+        ws = web.WebSocketResponse(heartbeat=30.0)
+        if ws.can_prepare(self.request).ok:
+            await ws.prepare(self.request)
+            self.ws = ws
+            return ws
+        sse = web.StreamResponse(
+            headers={
+                **CORS_HEADERS,
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await sse.prepare(self.request)
+        self.sse = sse
+        return sse
+
+    async def send(self, event_id: str, kind: str, data: dict[str, Any]) -> None:
+        if self.ws is not None:
+            frame = orjson.dumps({"id": event_id, "event": kind, "data": data})
+            await self.ws.send_str(frame.decode())
+        elif self.sse is not None:
+            payload = orjson.dumps(data)
+            await self.sse.write(
+                b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id.encode(), kind.encode(), payload)
+            )
+
+    async def keepalive(self) -> None:
+        if self.sse is not None:
+            await self.sse.write(b": keepalive\n\n")
+
+    def abort(self) -> None:
+        """Drop the connection now, even in the middle of a write that does not drain."""
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+    async def run(self, pump: Coroutine[Any, Any, None]) -> None:
+        """Run the pump; over a WebSocket, also read (and ignore) what the client sends,
+        so its pings are answered and its close ends the stream at once."""
+        if self.ws is None:
+            await pump
+            return
+        tasks = [asyncio.ensure_future(pump), asyncio.ensure_future(self._read())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.ws.close()
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for _ in self.ws:
+            pass
+
+
+def _resume_point(request: web.Request, epoch: str) -> int | None:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if not raw:
+        return None
+    got_epoch, _, seq = raw.partition("-")
+    if got_epoch != epoch or not seq.isdigit():
+        return None
+    return int(seq)
+
+
+def _ends(kind: str, data: dict[str, Any]) -> bool:
+    return kind in ("status", "snapshot") and is_final(data)
+
+
+async def _pump(
+    sink: _Sink, hub: WatchHub, watcher: Watcher, backlog: list[Item], after: int, job: bool
+) -> None:
+    """Send the backlog, then the live events numbered above ``after`` until a final
+    status (job streams), a drop or a disconnect."""
+    try:
+        for seq, kind, data in backlog:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await sink.send(f"{hub.epoch}-{seq}", kind, data)
+            if job and _ends(kind, data):
+                return
+        while True:
+            try:
+                async with asyncio.timeout(KEEPALIVE):
+                    item = await watcher.queue.get()
+            except TimeoutError:
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    await sink.keepalive()
+                continue
+            if item is None:
+                return  # dropped for being slow: the client reconnects and catches up
+            seq, kind, data = item
+            if seq <= after:
+                continue  # already in the backlog or the snapshot
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await sink.send(f"{hub.epoch}-{seq}", kind, data)
+            if job and _ends(kind, data):
+                return
+    except TimeoutError:
+        sink.abort()  # the client stopped reading
+
+
+async def _serve(
+    request: web.Request,
+    hub: WatchHub,
+    watcher: Watcher,
+    backlog: list[Item],
+    after: int,
+    job: bool,
+) -> web.StreamResponse:
+    sink = _Sink(request)
+    watcher.on_drop = sink.abort
+    response = await sink.open()
+    with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
+        await sink.run(_pump(sink, hub, watcher, backlog, after, job))
+    return response
+
+
+async def _snapshot(request: web.Request, channel: Channel, job_id: str) -> Item:
+    """The job as it is now, numbered so that the events after it are the ones it lacks.
+
+    Events published while the job is read may or may not be in what was read.
+    Sending them after the snapshot is harmless for states (status, progress, a
+    replaced console) but would show a console append twice: so the job is read
+    again until no append happened meanwhile.
+    """
+    service = request.app[SERVICE]
+    for _ in range(SNAPSHOT_TRIES):
+        start = channel.seq
+        job = await service.get_job(job_id)
+        meanwhile = channel.since(start)
+        if meanwhile is not None and not any(
+            kind == "console" and "append" in data for _, kind, data in meanwhile
+        ):
+            return (start, "snapshot", job_detail(job))
+    # Appends on every read (a very chatty job): what was read includes at least
+    # everything published before the read ended.
+    return (channel.seq, "snapshot", job_detail(job))
+
+
+async def _stream_job(request: web.Request, job_id: str) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    hub = request.app[WATCH]
+    await service.get_job(job_id)  # 404 before any stream starts
+    channel = hub.channel(job_id)
+    watcher = hub.watch(channel)
+    try:
+        resume = _resume_point(request, hub.epoch)
+        backlog = channel.since(resume) if resume is not None else None
+        after = channel.seq
+        if backlog is None:
+            snapshot = await _snapshot(request, channel, job_id)
+            backlog, after = [snapshot], snapshot[0]
+        return await _serve(request, hub, watcher, backlog, after, job=True)
+    finally:
+        hub.unwatch(channel, watcher)
+
+
+@routes.get("/api/jobs/{job_id}/events")
+@policy(Role.PUBLIC, failure="Failed to stream job events")
+async def job_events(request: web.Request) -> web.StreamResponse:
+    return await _stream_job(request, request.match_info["job_id"])
+
+
+@routes.get("/api/jobs/by-hash/{job_hash}/events")
+@policy(Role.PUBLIC, failure="Failed to stream job events")
+async def job_events_by_hash(request: web.Request) -> web.StreamResponse:
+    job_hash = request.match_info["job_hash"]
+    # A NUL cannot name a row (and PostgreSQL refuses it in a text parameter).
+    job = None if "\x00" in job_hash else await request.app[SERVICE].store.get_job_by_hash(job_hash)
+    if job is None:
+        raise JobNotFound()
+    return await _stream_job(request, job.id)
+
+
+@routes.get("/api/admin/events")
+@policy(Role.ADMIN_READ, failure="Failed to stream events")
+async def admin_events(request: web.Request) -> web.StreamResponse:
+    hub = request.app[WATCH]
+    channel = hub.admin
+    watcher = hub.watch(channel)
+    try:
+        resume = _resume_point(request, hub.epoch)
+        backlog = channel.since(resume) if resume is not None else None
+        if backlog is None:
+            # No way to replay: tell the client to reload what it shows.
+            backlog = [(channel.seq, "reset", {"watchers": hub.watcher_count()})]
+        return await _serve(request, hub, watcher, backlog, channel.seq, job=False)
+    finally:
+        hub.unwatch(channel, watcher)

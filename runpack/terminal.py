@@ -1,0 +1,447 @@
+"""``runpack submit/watch/status/cancel/jobs/runners``: the server, seen from a terminal.
+
+cli.py parses the command line and reads the environment; this module talks to
+the server through :mod:`runpack.client` and draws. Following a job shows a live
+progress bar and the last console lines on a terminal, and one line per change
+otherwise (pipes, logs, CI). Progress and messages go to stderr; the result
+(JSON) and the tables go to stdout, so ``runpack submit … --wait > result.json``
+keeps only the result.
+
+Exit status: 0 success; 1 the job failed or was cancelled, or the server refused
+(say, a job that can no longer be cancelled); 2 bad usage, a missing or wrong
+key, an unknown job, or no server to talk to; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from runpack.client import AsyncClient, Event, RunpackClientError, RunpackConnectionError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+KEYFILE_HINT = "make run saved it in runpack-data/dev-keys.env"
+TAIL_LINES = 10
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+STATUS_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "expired": "yellow",
+    "deleted": "yellow",
+    "in_progress": "cyan",
+}
+
+
+class UsageError(Exception):
+    """A command that cannot run as given (the message says what to do)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the server is and the keys to use (from flags and the environment)."""
+
+    url: str
+    submit_key: str | None = None
+    admin_key: str | None = None
+
+    def client(self, *, need: str | None = None) -> AsyncClient:
+        """A client; ``need`` ("submit" or "admin") names a key that must be set."""
+        if need == "submit" and not self.submit_key:
+            raise UsageError(f"set RUNPACK_SUBMIT_API_KEY ({KEYFILE_HINT})")
+        if need == "admin" and not self.admin_key:
+            raise UsageError(f"set RUNPACK_ADMIN_API_KEY ({KEYFILE_HINT})")
+        return AsyncClient(self.url, self.submit_key, self.admin_key)
+
+
+def parse_params(pairs: list[str], json_params: str | None = None) -> dict[str, Any]:
+    """``--json-params`` (an object), then each ``-p key=value`` on top of it.
+
+    A value is JSON when it parses as JSON (``3`` is a number, ``true`` a boolean,
+    ``[1,2]`` a list), else the text as it is (``Ada``).
+    """
+    params: dict[str, Any] = {}
+    if json_params:
+        try:
+            loaded = json.loads(json_params)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--json-params is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError("--json-params must be a JSON object")
+        params.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"-p takes key=value, got {pair!r}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def consoles() -> tuple[Console, Console]:
+    """stdout and stderr; when not a terminal, wide enough that nothing wraps."""
+    out, err = Console(), Console(stderr=True)
+    for console in (out, err):
+        if not console.is_terminal:
+            console.width = max(console.width, 200)
+    return out, err
+
+
+def run(command: Coroutine[Any, Any, int], err: Console) -> int:
+    """Run one command to its exit status, reporting errors as one clear line."""
+    try:
+        return asyncio.run(command)
+    except UsageError as exc:
+        err.print(f"runpack: {exc}", markup=False, highlight=False)
+        return EXIT_USAGE
+    except RunpackConnectionError as exc:
+        err.print(f"runpack: {exc} — is the server running? (make run)", markup=False)
+        return EXIT_USAGE
+    except RunpackClientError as exc:
+        err.print(f"runpack: the server answered {exc}", markup=False, highlight=False)
+        return EXIT_USAGE if exc.status in (400, 401, 403, 404) else EXIT_FAILED
+    except KeyboardInterrupt:
+        err.print("runpack: interrupted (the job goes on on the server)")
+        return EXIT_INTERRUPTED
+
+
+# --- following one job ---------------------------------------------------------------------
+
+
+@dataclass
+class JobView:
+    """What the terminal knows of a job, from its events."""
+
+    job_id: str
+    job_type: str = ""
+    status: str = "connecting"
+    current: int | None = None
+    total: int | None = None
+    console: str = ""
+    final: Event | None = None
+    #: Console text already printed in line mode.
+    printed: str = field(default="", repr=False)
+
+    def apply(self, event: Event) -> list[str]:
+        """Take in one event; the lines that tell the change (for line mode)."""
+        lines: list[str] = []
+        data = event.data
+        if event.type == "snapshot":
+            self.job_type = str(data.get("job_type", ""))
+            progress = data.get("progress") or {}
+            self.current, self.total = progress.get("current"), progress.get("total")
+            self.console = str(data.get("console_output") or "")
+            self.status = str(data.get("status"))
+            lines.append(f"job {self.job_id} ({self.job_type}): {self.status}")
+            if self.total is not None:
+                lines.append(self.progress_line())
+            lines += self._console_lines(skip_to_tail=True)
+        elif event.type == "status" and event.status is not None:
+            if event.status != self.status or event.is_final:
+                self.status = event.status
+                lines.append(f"status: {self.status}")
+        elif event.type == "progress":
+            progress = (data.get("current"), data.get("total"))
+            if progress != (self.current, self.total):
+                self.current, self.total = progress
+                lines.append(self.progress_line())
+        elif event.type == "console":
+            if "replace" in data:
+                self.console = str(data["replace"])
+            else:
+                self.console += str(data.get("append", ""))
+            lines += self._console_lines()
+        if event.is_final:
+            self.final = event
+            lines += self._console_lines(flush=True)
+        return lines
+
+    def progress_line(self) -> str:
+        if self.total:
+            percent = 100 * (self.current or 0) / self.total
+            return f"progress: {self.current}/{self.total} ({percent:.0f}%)"
+        return f"progress: {self.current}/{self.total}"
+
+    def tail(self) -> list[str]:
+        return self.console.rstrip("\n").split("\n")[-TAIL_LINES:] if self.console else []
+
+    def _console_lines(self, skip_to_tail: bool = False, flush: bool = False) -> list[str]:
+        """Console lines not printed yet (complete ones, unless ``flush``)."""
+        if not self.console.startswith(self.printed):
+            self.printed = ""  # the console was replaced by other text: show it again
+            skip_to_tail = True
+        new = self.console[len(self.printed) :]
+        if not flush:
+            new = new[: new.rfind("\n") + 1]
+        if not new:
+            return []
+        self.printed += new
+        lines = new.rstrip("\n").split("\n")
+        out = []
+        if skip_to_tail and len(lines) > TAIL_LINES:
+            out.append(f"  │ … {len(lines) - TAIL_LINES} earlier lines")
+            lines = lines[-TAIL_LINES:]
+        return out + [f"  │ {line}" for line in lines]
+
+
+class _Tail:
+    """The last console lines, redrawn by Live on each refresh."""
+
+    def __init__(self, view: JobView) -> None:
+        self.view = view
+
+    def __rich__(self) -> RenderableType:
+        lines = self.view.tail()
+        return Text("\n".join(lines), style="dim", no_wrap=True, overflow="ellipsis")
+
+
+class Renderer:
+    """Shows a job's events: a live bar and console tail, or lines."""
+
+    def __init__(self, err: Console, view: JobView) -> None:
+        self.err = err
+        self.view = view
+        self.live: Live | None = None
+        if err.is_terminal:
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TimeElapsedColumn(),
+                console=err,
+            )
+            self.task = self.progress.add_task(view.status, total=None)
+            self.live = Live(Group(self.progress, _Tail(view)), console=err, refresh_per_second=10)
+
+    def __enter__(self) -> Renderer:
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def show(self, event: Event) -> None:
+        lines = self.view.apply(event)
+        if self.live is None:
+            for line in lines:
+                self.err.print(line, markup=False, highlight=False, soft_wrap=True)
+            return
+        view = self.view
+        style = STATUS_STYLE.get(view.status, "")
+        description = f"[{style}]{view.status}[/]" if style else view.status
+        total, completed = view.total, view.current or 0
+        if view.status == "completed":
+            total = completed = total or 1  # a full bar, even for a job without progress
+        # Until the first progress the total is None: an indeterminate (pulsing) bar.
+        self.progress.update(self.task, description=description, completed=completed, total=total)
+        if event.is_final:
+            self.live.refresh()
+
+
+async def follow(client: AsyncClient, job_id: str, out: Console, err: Console) -> int:
+    """Show a job live until it ends; print its result. The exit status."""
+    view = JobView(job_id)
+    with Renderer(err, view) as renderer:
+        async for event in client.watch(job_id):
+            renderer.show(event)
+    final = view.final
+    assert final is not None  # watch() ends only after a final status
+    if final.status == "completed":
+        print_json(out, final.output_data or {})
+        return EXIT_OK
+    err.print(
+        f"job {job_id} {final.status}: {final.error or 'no result'}",
+        style="red",
+        markup=False,
+        highlight=False,
+    )
+    return EXIT_FAILED
+
+
+def print_json(out: Console, value: Any) -> None:
+    out.print(json.dumps(value, indent=2, ensure_ascii=False), markup=False, highlight=False)
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+
+async def submit(
+    target: Target,
+    job_type: str,
+    pairs: list[str],
+    json_params: str | None,
+    *,
+    wait: bool,
+    force: bool,
+    priority: int,
+    out: Console,
+    err: Console,
+) -> int:
+    """``runpack submit TYPE -p key=value … [--json-params JSON] [--wait]``."""
+    params = parse_params(pairs, json_params)
+    async with target.client(need="submit") as client:
+        result = await client.submit(job_type, params, force=force, priority=priority)
+        if not wait:
+            reply: dict[str, Any] = {
+                "job_id": result.job_id,
+                "status": result.status,
+                "message": result.message,
+            }
+            if result.result is not None:
+                reply["result"] = result.result
+            if result.error is not None:
+                reply["error"] = result.error
+            print_json(out, reply)
+            return EXIT_OK
+        err.print(f"{result.message}: {result.job_id}", markup=False, highlight=False)
+        return await follow(client, result.job_id, out, err)
+
+
+async def watch(target: Target, job_id: str, *, out: Console, err: Console) -> int:
+    async with target.client() as client:
+        return await follow(client, job_id, out, err)
+
+
+async def status(target: Target, job_id: str, *, as_json: bool, out: Console) -> int:
+    async with target.client() as client:
+        job = await client.details(job_id)
+    if as_json:
+        print_json(out, job)
+        return EXIT_OK
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    state = job["status"]
+    table.add_row("job", job["job_id"])
+    table.add_row("type", job["job_type"])
+    table.add_row("status", Text(state, style=STATUS_STYLE.get(state, "")))
+    progress = job.get("progress")
+    if progress:
+        table.add_row("progress", f"{progress['current']}/{progress['total']}")
+    table.add_row("params", compact(job.get("input_params")))
+    if job.get("claimed_by"):
+        table.add_row("runner", job["claimed_by"])
+    table.add_row("attempts", f"{job.get('attempts', 0)} of {job.get('max_attempts', '?')}")
+    table.add_row("created", when(job.get("created_at")))
+    table.add_row("updated", when(job.get("updated_at")))
+    if "output_data" in job:
+        table.add_row("result", compact(job["output_data"]))
+    if job.get("error_message"):
+        table.add_row("error", Text(job["error_message"], style="red"))
+    console = str(job.get("console_output") or "").rstrip("\n")
+    if console:
+        table.add_row("console", Text("\n".join(console.split("\n")[-5:]), style="dim"))
+    out.print(table)
+    return EXIT_OK
+
+
+async def cancel(target: Target, job_id: str, *, out: Console) -> int:
+    async with target.client(need="submit") as client:
+        result = await client.cancel(job_id)
+    out.print(f"{result.message}: {result.job_id} is {result.status}", markup=False)
+    return EXIT_OK
+
+
+async def jobs(
+    target: Target,
+    *,
+    status: str | None,
+    job_type: str | None,
+    limit: int,
+    as_json: bool,
+    out: Console,
+) -> int:
+    async with target.client(need="admin") as client:
+        rows = await client.jobs(status=status, job_type=job_type, limit=limit)
+    if as_json:
+        print_json(out, [_as_dict(row) for row in rows])
+        return EXIT_OK
+    table = Table()
+    for name in ("job id", "type", "status", "created", "updated", "runner"):
+        table.add_column(name, no_wrap=name == "job id")
+    for row in rows:
+        table.add_row(
+            row.job_id,
+            row.job_type,
+            Text(row.status, style=STATUS_STYLE.get(row.status, "")),
+            when(row.created_at),
+            when(row.updated_at),
+            row.claimed_by or "",
+        )
+    out.print(table)
+    out.print(f"{plural(len(rows), 'job')}, newest first", markup=False, highlight=False)
+    return EXIT_OK
+
+
+async def runners(target: Target, *, as_json: bool, out: Console) -> int:
+    async with target.client(need="admin") as client:
+        rows = await client.runners()
+    if as_json:
+        print_json(out, [_as_dict(row) for row in rows])
+        return EXIT_OK
+    table = Table()
+    for name in ("runner id", "name", "job types", "connected", "active", "last seen", "jobs"):
+        table.add_column(name, no_wrap=name == "runner id")
+    for row in rows:
+        current = row.live.get("current_jobs") or []
+        slots = row.live.get("concurrency")
+        table.add_row(
+            row.runner_id,
+            row.name,
+            ", ".join(row.capabilities),
+            Text("yes", style="green") if row.connected else Text("no", style="dim"),
+            "yes" if row.is_active else "no",
+            when(row.last_seen),
+            f"{len(current)}/{slots}" if slots else "",
+        )
+    out.print(table)
+    out.print(plural(len(rows), "runner"), markup=False, highlight=False)
+    return EXIT_OK
+
+
+def _as_dict(row: Any) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in row.__dataclass_fields__}
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def when(ms: Any) -> str:
+    if not isinstance(ms, int | float):
+        return ""
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")

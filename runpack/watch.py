@@ -1,0 +1,216 @@
+"""Live job events for watchers (browsers, curl, the Python client, the dashboard).
+
+Every job has a channel: a short buffer of recent events and its watchers. Each
+event gets a sequence number from one counter shared by all channels, so a
+number never means two things, even for a channel that was evicted and made
+anew. Each watcher has a bounded queue; one that falls behind is dropped (its
+connection is closed at once, never waited for) and catches up on reconnect
+from the buffer, or from a fresh snapshot when the buffer no longer reaches back
+that far. The admin channel carries every job's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runpack.notify import Event, Notifier
+from runpack.protocol import FINAL, JobStatus
+
+WATCH_QUEUE = 256
+BUFFER = 512
+MAX_CHANNELS = 10_000
+ADMIN = "*"
+
+#: One event as watchers see it: (sequence number, event type, data).
+Item = tuple[int, str, dict[str, Any]]
+
+
+@dataclass(eq=False)
+class Watcher:
+    queue: asyncio.Queue[Item | None] = field(default_factory=lambda: asyncio.Queue(WATCH_QUEUE))
+    dropped: bool = False
+    #: Called once when the watcher is dropped: closes its connection, so a stream
+    #: stuck writing to a client that does not read ends too.
+    on_drop: Callable[[], None] | None = None
+
+    def offer(self, item: Item) -> None:
+        if self.dropped:
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.drop()
+
+    def drop(self) -> None:
+        """Too slow: end its stream now; it resumes from the buffer on reconnect."""
+        if self.dropped:
+            return
+        self.dropped = True
+        self.queue = asyncio.Queue(1)  # the full one is not being waited on
+        self.queue.put_nowait(None)
+        if self.on_drop is not None:
+            self.on_drop()
+
+    def end(self, item: Item) -> None:
+        """Send ``item`` last, then end the stream (the server is shutting down)."""
+        if self.dropped:
+            return
+        self.dropped = True
+        try:
+            self.queue.put_nowait(item)
+            self.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            self.queue = asyncio.Queue(2)
+            self.queue.put_nowait(item)
+            self.queue.put_nowait(None)
+
+
+class SequenceCounter:
+    """Sequence numbers, one counter for every channel of a hub."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def next(self) -> int:
+        self.last += 1
+        return self.last
+
+
+@dataclass(eq=False)
+class Channel:
+    #: Hands out sequence numbers (shared by all the channels of a hub).
+    counter: SequenceCounter = field(default_factory=SequenceCounter)
+    #: The counter's value when this channel was made: it knows nothing before that.
+    created_at: int = 0
+    #: The number of its last event (``created_at`` before the first).
+    seq: int = 0
+    status: str | None = None
+    buffer: deque[Item] = field(default_factory=lambda: deque(maxlen=BUFFER))
+    #: The number of the newest event that fell out of the buffer.
+    forgotten: int = 0
+    watchers: set[Watcher] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.seq = max(self.seq, self.created_at)
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        self.seq = self.counter.next()
+        item = (self.seq, kind, data)
+        if len(self.buffer) == self.buffer.maxlen:
+            self.forgotten = self.buffer[0][0]
+        self.buffer.append(item)
+        for watcher in list(self.watchers):
+            watcher.offer(item)
+
+    def since(self, seq: int) -> list[Item] | None:
+        """Events after ``seq``, or None if this channel cannot tell them all."""
+        if seq > self.seq or seq < self.created_at or seq < self.forgotten:
+            return None
+        return [item for item in self.buffer if item[0] > seq]
+
+
+def translate(event: Event) -> list[tuple[str, dict[str, Any]]]:
+    """A service event as the events a watcher sees."""
+    data = event.data
+    if event.type == "job_queued":
+        return [("status", {"status": JobStatus.PENDING.value})]
+    if event.type == "job_deleted":
+        return [("status", {"status": "deleted"})]
+    if event.type != "job_updated":
+        return []
+    status = data.get("status")
+    out: list[tuple[str, dict[str, Any]]] = []
+    if status == JobStatus.IN_PROGRESS:
+        if data.get("progress_current") is not None or data.get("progress_total") is not None:
+            out.append(
+                ("progress", {"current": data["progress_current"], "total": data["progress_total"]})
+            )
+        if data.get("console_output") is not None:
+            out.append(("console", {"replace": data["console_output"]}))
+        if data.get("console_append"):
+            out.append(("console", {"append": data["console_append"]}))
+    elif status in (JobStatus.COMPLETED, JobStatus.FAILED) and data.get("console_output"):
+        # The runner's final console: the lines printed since its last heartbeat too.
+        out.append(("console", {"replace": data["console_output"]}))
+    body: dict[str, Any] = {"status": status}
+    if status == JobStatus.COMPLETED:
+        body["result"] = {"output_data": data.get("output_data") or {}}
+    elif status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        body["error"] = data.get("error_message") or data.get("reason") or "Unknown error"
+    elif status == JobStatus.CLAIMED:
+        body["runner_id"] = data.get("runner_id")
+    out.append(("status", body))
+    return out
+
+
+class WatchHub:
+    def __init__(self, notifier: Notifier, clock: Callable[[], float] = time.monotonic) -> None:
+        #: Sequence numbers are valid only with this epoch (it changes on restart).
+        self.epoch = uuid.uuid4().hex[:8]
+        self.counter = SequenceCounter()
+        self.channels: OrderedDict[str, Channel] = OrderedDict()
+        self.admin = Channel(self.counter)
+        self.clock = clock
+        self._unsubscribe = notifier.subscribe(self.on_event)
+
+    def close(self) -> None:
+        self._unsubscribe()
+        for channel in [self.admin, *self.channels.values()]:
+            for watcher in channel.watchers:
+                watcher.end((channel.seq, "closing", {}))
+
+    def channel(self, job_id: str) -> Channel:
+        channel = self.channels.get(job_id)
+        if channel is None:
+            last = self.counter.last
+            channel = self.channels[job_id] = Channel(self.counter, created_at=last)
+            if len(self.channels) > MAX_CHANNELS:
+                self._evict()
+        else:
+            self.channels.move_to_end(job_id)
+        return channel
+
+    def _evict(self) -> None:
+        for job_id, channel in list(self.channels.items()):
+            if len(self.channels) <= MAX_CHANNELS * 0.9:
+                break
+            if not channel.watchers:
+                del self.channels[job_id]
+
+    def on_event(self, event: Event) -> None:
+        if event.job_id is None:
+            if event.type.startswith("runner_"):  # e.g. runner_attached: for the dashboard
+                self.admin.emit("runner", {"change": event.type[7:], **event.data})
+            return
+        items = translate(event)
+        if not items:
+            return
+        channel = self.channel(event.job_id)
+        for kind, data in items:
+            if kind == "status":
+                if data["status"] == channel.status and data["status"] == JobStatus.IN_PROGRESS:
+                    continue  # a heartbeat: progress and console already say it
+                channel.status = data["status"]
+            channel.emit(kind, data)
+            self.admin.emit(kind, {"job_id": event.job_id, **data})
+
+    def watch(self, channel: Channel) -> Watcher:
+        watcher = Watcher()
+        channel.watchers.add(watcher)
+        return watcher
+
+    def unwatch(self, channel: Channel, watcher: Watcher) -> None:
+        channel.watchers.discard(watcher)
+
+    def watcher_count(self) -> int:
+        return len(self.admin.watchers) + sum(len(c.watchers) for c in self.channels.values())
+
+
+def is_final(data: dict[str, Any]) -> bool:
+    return data.get("status") in (*FINAL, "deleted")
