@@ -1,0 +1,108 @@
+"""Figure files: runners upload a job's folder; anyone reads it at ``/figures/<job_id>/``.
+
+``POST /api/runner/jobs/{job_id}/files`` (runner key, ``X-Runner-ID`` of the runner
+holding the job) takes the folder as one tar archive and answers its URLs.
+``GET /figures/{job_id}/{path}`` serves a stored file with its content type,
+HTTP range requests and CORS for any origin; no folder is ever listed. Files are
+cached for a year (``immutable``) except ``index.html``, which is revalidated: a
+job computed again after its figure was deleted gets the same URL. There is no
+``figpack.json`` (figpack's cloud status file): without one, figpack's viewer shows
+no "Manage Figure" button pointing at a cloud that does not know the figure, and
+this server checks its own figures on disk.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from runpack.api.common import SERVICE, json_response, policy, runner_id
+from runpack.artifacts import FigureStore, content_type
+from runpack.errors import TooLarge
+from runpack.protocol import Role
+
+routes = web.RouteTableDef()
+FIGURES = web.AppKey("figures", FigureStore)
+UPLOAD_CHUNK = 256 * 1024
+
+FIGURE_CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+    "Access-Control-Allow-Headers": "Range, If-None-Match, If-Modified-Since",
+    "Access-Control-Expose-Headers": "Content-Length, Content-Range, Accept-Ranges, ETag",
+}
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "no-cache"
+#: Served with no-cache: it may change when a job is computed again.
+MUTABLE_NAMES = frozenset({"index.html"})
+#: A figure's pages run in an opaque origin: figure scripts can never read what this
+#: server's dashboard keeps for its origin (the API keys in localStorage). They load
+#: their files with CORS, which every figure response allows.
+SANDBOX = {
+    "Content-Security-Policy": (
+        "sandbox allow-scripts allow-popups allow-popups-to-escape-sandbox "
+        "allow-downloads allow-modals"
+    )
+}
+
+
+@routes.post("/api/runner/jobs/{job_id}/files")
+@policy(Role.RUNNER, runner_header=True, failure="Failed to store files")
+async def upload(request: web.Request) -> web.Response:
+    """Store a job's figure folder (a tar archive body) before the job completes."""
+    service = request.app[SERVICE]
+    figures = request.app[FIGURES]
+    rid = runner_id(request)
+    job_id = request.match_info["job_id"]
+    await service.touch_runner(rid)
+    await service.check_holder(rid, job_id)
+    length = request.content_length
+    if length is not None and length > figures.max_bytes:
+        raise TooLarge(f"Upload exceeds size limit of {figures.max_bytes} bytes")
+
+    async def still_held() -> None:
+        await service.check_holder(rid, job_id)
+
+    stored = await figures.receive(
+        job_id, request.content.iter_chunked(UPLOAD_CHUNK), still_allowed=still_held
+    )
+    body = {
+        "success": True,
+        "message": "Files stored",
+        "url": stored.base_url,
+        "files": stored.files,
+        "bytes": stored.bytes,
+    }
+    if stored.index_url is not None:
+        body["figpack_url"] = stored.index_url
+    return json_response(body, status=201)
+
+
+def _not_found() -> web.Response:
+    return json_response({"error": "Not found"}, status=404, headers=FIGURE_CORS_HEADERS)
+
+
+@routes.get("/figures/{job_id}")
+@policy(Role.PUBLIC, failure="Failed to serve the figure")
+async def figure_root(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMovedPermanently(f"/figures/{request.match_info['job_id']}/index.html")
+
+
+@routes.get("/figures/{job_id}/{path:.*}")
+@policy(Role.PUBLIC, failure="Failed to serve the figure")
+async def figure_file(request: web.Request) -> web.StreamResponse:
+    figures = request.app[FIGURES]
+    job_id = request.match_info["job_id"]
+    path = request.match_info["path"] or "index.html"
+    target = figures.file(job_id, path)
+    if target is None:
+        return _not_found()
+    cache = REVALIDATE if path in MUTABLE_NAMES else IMMUTABLE
+    headers = {
+        **FIGURE_CORS_HEADERS,
+        "Content-Type": content_type(path),
+        "Cache-Control": cache,
+        "X-Content-Type-Options": "nosniff",
+    }
+    if headers["Content-Type"].startswith("text/html"):
+        headers.update(SANDBOX)
+    return web.FileResponse(target, headers=headers)

@@ -1,0 +1,418 @@
+"""Stored figures: the folders runners upload, kept under ``<data_dir>/figures/<job_id>/``.
+
+An upload is one tar archive (plain or gzip-compressed). It is spooled to disk,
+unpacked into a fresh folder under ``figures/.incoming/``, checked, given a
+manifest (every file's path and size) and renamed into place in one step, so a
+reader sees the old figure or the new one, never half of one. Only regular files
+and folders with plain relative names are accepted; sizes and file counts are
+limited while reading, before anything is kept. A figure is *complete* while
+every file in its manifest exists with its size: a cached result whose figure
+is not complete is expired and computed again.
+
+Imports neither aiohttp nor a database driver; blocking file work runs in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import stat
+import tarfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from runpack.errors import BadRequest, NotOwned, TooLarge
+
+log = logging.getLogger(__name__)
+
+#: Written beside the files of every stored figure; never uploaded, never served.
+MANIFEST = ".runpack-manifest.json"
+INCOMING = ".incoming"
+MAX_PATH_CHARS = 1024
+MAX_NAME_BYTES = 255
+#: Leftovers of uploads interrupted by a crash are removed at start once this old.
+STALE_INCOMING_S = 3600.0
+WRITE_BUFFER = 1024 * 1024
+
+#: Content types by suffix; anything else is served as application/octet-stream.
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".htm": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+    ".md": "text/markdown; charset=utf-8",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".svg": "image/svg+xml",
+    ".ico": "image/x-icon",
+    ".wasm": "application/wasm",
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".woff": "font/woff",
+    ".woff2": "font/woff2",
+    ".ttf": "font/ttf",
+}
+#: Zarr's metadata files (``.zmetadata`` …) are JSON; its chunks are binary.
+ZARR_METADATA = frozenset({".zmetadata", ".zattrs", ".zgroup", ".zarray"})
+BINARY = "application/octet-stream"
+
+
+def figpack_urls(value: Any) -> Iterator[Any]:
+    """Every value of a key named ``figpack_url``, anywhere in a JSON value."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "figpack_url":
+                yield item
+            else:
+                yield from figpack_urls(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from figpack_urls(item)
+
+
+def content_type(name: str) -> str:
+    base = name.rsplit("/", 1)[-1]
+    if base in ZARR_METADATA:
+        return "application/json"
+    suffix = os.path.splitext(base)[1].lower()
+    return CONTENT_TYPES.get(suffix, BINARY)
+
+
+def check_path(path: str) -> str:
+    """``path`` if it is a plain relative path inside a figure folder; BadRequest if not."""
+
+    def bad(why: str) -> BadRequest:
+        return BadRequest("Invalid file path", details=f"{path[:200]!r}: {why}")
+
+    if not path:
+        raise bad("empty")
+    if len(path) > MAX_PATH_CHARS:
+        raise bad(f"longer than {MAX_PATH_CHARS} characters")
+    if "\x00" in path:
+        raise bad("contains NUL")
+    if "\\" in path:
+        raise bad("contains a backslash")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise bad("contains control characters")
+    if path.startswith("/"):
+        raise bad("absolute")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise bad("empty, '.' or '..' segment")
+        if len(part.encode()) > MAX_NAME_BYTES:
+            raise bad(f"a name longer than {MAX_NAME_BYTES} bytes")
+    if path == MANIFEST:
+        raise bad("reserved name")
+    return path
+
+
+def is_job_id(value: str) -> bool:
+    if len(value) != 36:
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFigure:
+    job_id: str
+    files: int
+    bytes: int
+    #: The folder's URL, ending in ``/``.
+    base_url: str
+    #: ``<base_url>index.html`` when the upload has one, else None.
+    index_url: str | None
+
+
+class FigureStore:
+    """Figure folders of jobs on local disk, and their public URLs."""
+
+    def __init__(self, root: Path, public_url: str, max_bytes: int, max_files: int) -> None:
+        self.root = root
+        self.prefix = public_url.rstrip("/") + "/figures/"
+        self.max_bytes = max_bytes
+        self.max_files = max_files
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # --- names ------------------------------------------------------------------------
+    def folder(self, job_id: str) -> Path:
+        if not is_job_id(job_id):
+            raise NotOwned()
+        return self.root / job_id
+
+    def base_url(self, job_id: str) -> str:
+        return f"{self.prefix}{job_id}/"
+
+    def job_of_url(self, url: str) -> str | None:
+        """The job whose stored figure ``url`` names, if it is one of ours."""
+        if not url.startswith(self.prefix):
+            return None
+        job_id = url[len(self.prefix) :].split("/", 1)[0]
+        return job_id if is_job_id(job_id) else None
+
+    def file(self, job_id: str, path: str) -> Path | None:
+        """The stored file to serve for ``path`` of a job's figure, or None."""
+        if not is_job_id(job_id):
+            return None
+        try:
+            rel = check_path(path)
+        except BadRequest:
+            return None
+        folder = self.root / job_id
+        target = folder / rel
+        try:
+            st = target.lstat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None  # folders are not listed; links are never followed
+        if not target.resolve().is_relative_to(folder.resolve()):
+            return None
+        return target
+
+    # --- completeness -------------------------------------------------------------------
+    async def is_complete(self, job_id: str) -> bool:
+        return await asyncio.to_thread(self.is_complete_now, job_id)
+
+    def is_complete_now(self, job_id: str) -> bool:
+        """Does every file of the job's manifest still exist with its size?"""
+        if not is_job_id(job_id):
+            return False
+        folder = self.root / job_id
+        try:
+            manifest = orjson.loads((folder / MANIFEST).read_bytes())
+            entries = manifest["files"]
+            for entry in entries:
+                st = os.stat(folder / entry["path"], follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode) or st.st_size != entry["size"]:
+                    return False
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return isinstance(entries, list) and bool(entries)
+
+    # --- removal --------------------------------------------------------------------------
+    async def remove(self, job_id: str) -> bool:
+        """Delete a job's figure folder; True if there was one."""
+        if not is_job_id(job_id):
+            return False
+        folder = self.root / job_id
+        if not folder.exists():
+            return False
+        async with self._lock(job_id):
+            return await asyncio.to_thread(self._move_away_and_delete, folder)
+
+    def _move_away_and_delete(self, folder: Path) -> bool:
+        incoming = self._incoming()
+        trash = incoming / f"deleted-{folder.name}-{secrets.token_hex(4)}"
+        try:
+            os.rename(folder, trash)  # gone at once for readers, whatever rmtree takes
+        except FileNotFoundError:
+            return False
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    def clean_incoming(self, older_than: float = STALE_INCOMING_S) -> None:
+        """Remove what interrupted uploads left behind (only old entries: other
+        instances sharing the folder may be receiving right now)."""
+        incoming = self.root / INCOMING
+        if not incoming.is_dir():
+            return
+        cutoff = time.time() - older_than
+        for entry in incoming.iterdir():
+            with contextlib.suppress(OSError):
+                if entry.lstat().st_mtime < cutoff:
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink()
+
+    # --- upload ---------------------------------------------------------------------------
+    async def receive(
+        self,
+        job_id: str,
+        body: AsyncIterator[bytes],
+        still_allowed: Callable[[], Awaitable[None]] | None = None,
+    ) -> StoredFigure:
+        """Store a tar archive as the job's figure, replacing any previous one.
+
+        ``still_allowed`` is awaited after unpacking, just before the figure is
+        put in place; it raises to refuse (the job changed hands meanwhile).
+        """
+        self.folder(job_id)  # validates the id
+        incoming = await asyncio.to_thread(self._incoming)
+        token = secrets.token_hex(8)
+        archive = incoming / f"{job_id}-{token}.tar"
+        staging = incoming / f"{job_id}-{token}"
+        try:
+            await self._spool(body, archive)
+            files, total = await asyncio.to_thread(self._unpack, archive, staging, job_id)
+            if still_allowed is not None:
+                await still_allowed()
+            async with self._lock(job_id):
+                await asyncio.to_thread(self._commit, staging, job_id)
+        finally:
+            await asyncio.to_thread(_remove_quietly, archive, staging)
+        base = self.base_url(job_id)
+        has_index = any(f["path"] == "index.html" for f in files)
+        return StoredFigure(
+            job_id, len(files), total, base, base + "index.html" if has_index else None
+        )
+
+    def _incoming(self) -> Path:
+        incoming = self.root / INCOMING
+        incoming.mkdir(parents=True, exist_ok=True)
+        return incoming
+
+    def _lock(self, job_id: str) -> asyncio.Lock:
+        lock = self._locks.get(job_id)
+        if lock is None:
+            if len(self._locks) > 1000:
+                self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+            lock = self._locks[job_id] = asyncio.Lock()
+        return lock
+
+    async def _spool(self, body: AsyncIterator[bytes], archive: Path) -> None:
+        """Write the request body to ``archive``, refusing more than max_bytes."""
+        size = 0
+        buffer: list[bytes] = []
+        buffered = 0
+        out = await asyncio.to_thread(archive.open, "wb")
+        try:
+            async for chunk in body:
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise TooLarge(f"Upload exceeds size limit of {self.max_bytes} bytes")
+                buffer.append(chunk)
+                buffered += len(chunk)
+                if buffered >= WRITE_BUFFER:
+                    await asyncio.to_thread(out.write, b"".join(buffer))
+                    buffer, buffered = [], 0
+            if buffer:
+                await asyncio.to_thread(out.write, b"".join(buffer))
+        finally:
+            await asyncio.to_thread(out.close)
+        if size == 0:
+            raise BadRequest("The upload is empty", details="send a tar archive of the folder")
+
+    def _unpack(
+        self, archive: Path, staging: Path, job_id: str
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Unpack regular files and folders into ``staging``, checking every name and size."""
+        staging.mkdir()
+        files: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        total = 0
+        try:
+            with tarfile.open(archive, "r:*") as tar:
+                for member in tar:
+                    name = member.name
+                    while name.startswith("./"):
+                        name = name[2:]
+                    name = name.rstrip("/") if member.isdir() else name
+                    if name in ("", "."):
+                        continue
+                    rel = check_path(name)
+                    target = staging / rel
+                    if member.isdir():
+                        _mkdirs(staging, rel)
+                        continue
+                    if not member.isreg():
+                        raise BadRequest(
+                            "Only regular files and folders can be uploaded",
+                            details=f"{rel} is a link or a special file",
+                        )
+                    if rel in seen:
+                        raise BadRequest("A file appears twice in the upload", details=rel)
+                    seen.add(rel)
+                    if len(files) >= self.max_files:
+                        raise TooLarge(f"Upload exceeds the limit of {self.max_files} files")
+                    total += member.size
+                    if total > self.max_bytes:
+                        raise TooLarge(f"Upload exceeds size limit of {self.max_bytes} bytes")
+                    if "/" in rel:
+                        _mkdirs(staging, rel.rsplit("/", 1)[0])
+                    source = tar.extractfile(member)
+                    if source is None:
+                        raise BadRequest("Unreadable file in the upload", details=rel)
+                    _write_new(target, source, member.size)
+                    files.append({"path": rel, "size": member.size})
+        except tarfile.TarError as exc:
+            raise BadRequest("The upload must be a tar archive", details=str(exc)) from None
+        except EOFError:
+            raise BadRequest("The upload must be a tar archive", details="truncated") from None
+        if not files:
+            raise BadRequest("The upload has no files")
+        manifest = {
+            "version": 1,
+            "job_id": job_id,
+            "stored_at": int(time.time() * 1000),
+            "total_bytes": total,
+            "files": files,
+        }
+        (staging / MANIFEST).write_bytes(orjson.dumps(manifest))
+        return files, total
+
+    def _commit(self, staging: Path, job_id: str) -> None:
+        """Put ``staging`` in place as the job's folder (an older one is replaced)."""
+        final = self.root / job_id
+        old = None
+        if final.exists():
+            old = self.root / INCOMING / f"replaced-{job_id}-{secrets.token_hex(4)}"
+            os.rename(final, old)
+        os.rename(staging, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("stored the figure of job %s", job_id)
+
+
+def _mkdirs(staging: Path, rel: str) -> None:
+    try:
+        (staging / rel).mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise BadRequest("A file and a folder share a name in the upload", details=rel) from None
+
+
+def _write_new(target: Path, source: IO[bytes], size: int) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(target, flags, 0o644)
+    except (FileExistsError, IsADirectoryError, NotADirectoryError):
+        raise BadRequest(
+            "A file and a folder share a name in the upload", details=str(target.name)
+        ) from None
+    with os.fdopen(fd, "wb") as out:
+        left = size
+        while left > 0:
+            chunk = source.read(min(left, WRITE_BUFFER))
+            if not chunk:
+                raise BadRequest("The upload must be a tar archive", details="truncated")
+            out.write(chunk)
+            left -= len(chunk)
+
+
+def _remove_quietly(*paths: Path) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

@@ -1,0 +1,314 @@
+"""Figure files: upload as the runner holding the job, serve them, validate and delete them."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from runpack.artifacts import MANIFEST, check_path, content_type
+from runpack.errors import BadRequest
+from runpack.settings import Settings
+from tests.conftest import (
+    ADMIN,
+    RUNNER,
+    SUBMIT,
+    MakeClient,
+    as_runner,
+    claim,
+    register,
+    submit,
+)
+
+JOB = "figure_job"
+FILES = {
+    "index.html": b"<!doctype html><title>figure</title>",
+    "assets/index-abc.js": b"console.log('figure');" * 10,
+    "assets/style.css": b"body{}",
+    "data.zarr/.zmetadata": b'{"metadata": {}}',
+    "data.zarr/_consolidated_0.dat": bytes(range(256)) * 8,
+    "video.mp4": b"\x00\x00\x00\x18ftypmp42" + bytes(100),
+    "extension_manifest.json": b"{}",
+}
+
+
+def tar_of(files: dict[str, bytes], *, gz: bool = False, extra: Any = None) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if extra is not None:
+            extra(tar)
+    body = raw.getvalue()
+    return gzip.compress(body) if gz else body
+
+
+async def held_job(client: TestClient, **params: Any) -> tuple[str, str]:
+    """A job claimed by a new runner: (job_id, runner_id)."""
+    job_id = (await submit(client, JOB, nwb_url="https://x/a.nwb", **params))["job_id"]
+    runner_id = await register(client, caps=[JOB])
+    await claim(client, runner_id, job_id)
+    return job_id, runner_id
+
+
+async def upload(client: TestClient, job_id: str, runner_id: str, body: bytes) -> Any:
+    return await client.post(
+        f"/api/runner/jobs/{job_id}/files",
+        data=body,
+        headers={**as_runner(runner_id), "Content-Type": "application/x-tar"},
+    )
+
+
+def figure_dir(settings: Settings, job_id: str) -> Path:
+    return Path(settings.data_dir) / "figures" / job_id
+
+
+async def test_upload_then_serve_with_types_ranges_and_caching(
+    client: TestClient, settings: Settings
+) -> None:
+    job_id, runner_id = await held_job(client)
+    resp = await upload(client, job_id, runner_id, tar_of(FILES))
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    base = f"{settings.base_url}/figures/{job_id}/"
+    assert body["url"] == base
+    assert body["figpack_url"] == base + "index.html"
+    assert body["files"] == len(FILES)
+    assert body["bytes"] == sum(len(v) for v in FILES.values())
+    for name, data in FILES.items():
+        got = await client.get(f"/figures/{job_id}/{name}")
+        assert got.status == 200, name
+        assert await got.read() == data
+        assert got.headers["Access-Control-Allow-Origin"] == "*"
+        assert got.headers["Content-Type"].split(";")[0] == content_type(name).split(";")[0]
+    types = {
+        "index.html": "text/html",
+        "assets/index-abc.js": "text/javascript",
+        "assets/style.css": "text/css",
+        "data.zarr/.zmetadata": "application/json",
+        "data.zarr/_consolidated_0.dat": "application/octet-stream",
+        "video.mp4": "video/mp4",
+    }
+    for name, kind in types.items():
+        got = await client.head(f"/figures/{job_id}/{name}")
+        assert got.headers["Content-Type"].startswith(kind), name
+    js = await client.get(f"/figures/{job_id}/assets/index-abc.js")
+    assert js.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    index = await client.get(f"/figures/{job_id}/index.html")
+    assert index.headers["Cache-Control"] == "no-cache"  # the same URL after a recompute
+    assert index.headers["Content-Security-Policy"].startswith("sandbox allow-scripts")
+    assert "Content-Security-Policy" not in js.headers
+    folder = await client.get(f"/figures/{job_id}/")
+    assert await folder.read() == FILES["index.html"]
+    # HTTP range requests, as figpack's viewer reads its zarr data.
+    part = await client.get(
+        f"/figures/{job_id}/data.zarr/_consolidated_0.dat", headers={"Range": "bytes=10-19"}
+    )
+    assert part.status == 206
+    assert part.headers["Content-Range"] == "bytes 10-19/2048"
+    assert await part.read() == FILES["data.zarr/_consolidated_0.dat"][10:20]
+    # A preflight for a cross-origin range request.
+    pre = await client.options(
+        f"/figures/{job_id}/data.zarr/_consolidated_0.dat",
+        headers={"Origin": "https://neurosift.app", "Access-Control-Request-Headers": "range"},
+    )
+    assert pre.status == 204
+    assert "Range" in pre.headers["Access-Control-Allow-Headers"]
+    assert "Content-Range" in pre.headers["Access-Control-Expose-Headers"]
+    # No figpack.json: that is figpack's cloud's, and its viewer would offer to manage it there.
+    assert (await client.get(f"/figures/{job_id}/figpack.json")).status == 404
+
+
+async def test_missing_files_folders_and_the_manifest_are_404(client: TestClient) -> None:
+    job_id, runner_id = await held_job(client)
+    assert (await upload(client, job_id, runner_id, tar_of(FILES))).status == 201
+    for path in ("nope.js", "assets", "assets/", MANIFEST, "data.zarr/%2E%2E/%2E%2E/x"):
+        resp = await client.get(f"/figures/{job_id}/{path}")
+        assert resp.status == 404, path
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    other = "00000000-0000-4000-8000-000000000000"
+    assert (await client.get(f"/figures/{other}/index.html")).status == 404
+    assert (await client.get("/figures/not-a-job/index.html")).status == 404
+    assert (await client.get("/figures/..%2F..%2Fetc/passwd")).status == 404
+
+
+async def test_upload_needs_the_runner_that_holds_the_job(client: TestClient) -> None:
+    job_id, runner_id = await held_job(client)
+    body = tar_of(FILES)
+    headers = {"Content-Type": "application/x-tar"}
+    no_runner = await client.post(
+        f"/api/runner/jobs/{job_id}/files", data=body, headers={**RUNNER, **headers}
+    )
+    assert no_runner.status == 400
+    wrong_key = await client.post(
+        f"/api/runner/jobs/{job_id}/files",
+        data=body,
+        headers={**SUBMIT, "X-Runner-ID": runner_id, **headers},
+    )
+    assert wrong_key.status in (401, 403)
+    other = await register(client, "r2", caps=[JOB])
+    assert (await upload(client, job_id, other, body)).status == 400
+    pending = (await submit(client, JOB, nwb_url="https://x/b.nwb"))["job_id"]
+    assert (await upload(client, pending, runner_id, body)).status == 400
+    assert (await upload(client, "not-a-uuid", runner_id, body)).status == 400
+    assert (await client.get(f"/figures/{job_id}/index.html")).status == 404
+    assert (await upload(client, job_id, runner_id, body)).status == 201
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../x", "/abs", "a/../../b", "a\\b", "a//b", "./../x", "x" * 2000, "a/" + "b" * 300, MANIFEST],
+)
+async def test_paths_that_would_leave_the_folder_are_refused(
+    client: TestClient, settings: Settings, name: str
+) -> None:
+    job_id, runner_id = await held_job(client)
+    resp = await upload(client, job_id, runner_id, tar_of({"index.html": b"ok", name: b"bad"}))
+    assert resp.status == 400, name
+    assert (await resp.json())["error"] == "Invalid file path"
+    assert not figure_dir(settings, job_id).exists()
+    assert not (Path(settings.data_dir) / "x").exists()
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE])
+async def test_links_and_special_files_are_refused(client: TestClient, kind: bytes) -> None:
+    job_id, runner_id = await held_job(client)
+
+    def add_link(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo("link")
+        info.type = kind
+        info.linkname = "/etc/passwd"
+        tar.addfile(info)
+
+    resp = await upload(client, job_id, runner_id, tar_of({"index.html": b"ok"}, extra=add_link))
+    assert resp.status == 400
+    assert "regular files" in (await resp.json())["error"]
+
+
+def test_check_path_rejects_nul_control_characters_and_escapes() -> None:
+    for bad in ["a\x00b", "a\nb", "", "..", "a/./b", "/x", "a\\b", "a/"]:
+        with pytest.raises(BadRequest):
+            check_path(bad)
+    assert check_path("data.zarr/.zmetadata") == "data.zarr/.zmetadata"
+    assert check_path("assets/index-BD6xv7FX.js") == "assets/index-BD6xv7FX.js"
+
+
+async def test_size_and_file_count_limits_answer_413(make_client: MakeClient) -> None:
+    client = await make_client(max_upload_bytes=3000, max_upload_files=3)
+    job_id, runner_id = await held_job(client)
+    big = await upload(client, job_id, runner_id, tar_of({"index.html": bytes(5000)}))
+    assert big.status == 413
+    assert "3000 bytes" in (await big.json())["error"]
+    # A gzip body under the limit whose contents are over it.
+    bomb = await upload(client, job_id, runner_id, tar_of({"index.html": bytes(3500)}, gz=True))
+    assert bomb.status == 413
+    many = {f"f{i}.txt": b"x" for i in range(4)}
+    count = await upload(client, job_id, runner_id, tar_of(many, gz=True))
+    assert count.status == 413
+    assert "3 files" in (await count.json())["error"]
+
+
+async def test_bad_archives_are_400_and_gzip_is_accepted(client: TestClient) -> None:
+    job_id, runner_id = await held_job(client)
+    assert (await upload(client, job_id, runner_id, b"not a tar archive" * 40)).status == 400
+    assert (await upload(client, job_id, runner_id, b"")).status == 400
+    assert (await upload(client, job_id, runner_id, tar_of({}))).status == 400
+    dup = io.BytesIO()
+    with tarfile.open(fileobj=dup, mode="w") as tar:
+        for _ in range(2):
+            info = tarfile.TarInfo("index.html")
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"ok"))
+    assert (await upload(client, job_id, runner_id, dup.getvalue())).status == 400
+    assert (await upload(client, job_id, runner_id, tar_of(FILES, gz=True))).status == 201
+
+
+async def test_a_new_upload_replaces_the_old_figure(client: TestClient) -> None:
+    job_id, runner_id = await held_job(client)
+    assert (await upload(client, job_id, runner_id, tar_of(FILES))).status == 201
+    assert (await upload(client, job_id, runner_id, tar_of({"index.html": b"v2"}))).status == 201
+    assert await (await client.get(f"/figures/{job_id}/index.html")).read() == b"v2"
+    assert (await client.get(f"/figures/{job_id}/video.mp4")).status == 404
+
+
+async def complete(client: TestClient, job_id: str, runner_id: str, url: str) -> Any:
+    return await client.post(
+        f"/api/runner/jobs/{job_id}/complete",
+        json={"output_data": {"figpack_url": url}, "console_output": "done"},
+        headers=as_runner(runner_id),
+    )
+
+
+async def test_complete_needs_the_files_then_validation_checks_them_on_disk(
+    client: TestClient, settings: Settings
+) -> None:
+    job_id, runner_id = await held_job(client)
+    url = f"{settings.base_url}/figures/{job_id}/index.html"
+    early = await complete(client, job_id, runner_id, url)
+    assert early.status == 400
+    assert "upload them" in (await early.json())["error"]
+    assert (await upload(client, job_id, runner_id, tar_of(FILES))).status == 201
+    assert (await complete(client, job_id, runner_id, url)).status == 200
+    again = await submit(client, JOB, nwb_url="https://x/a.nwb")
+    assert again["status"] == "completed"
+    assert again["result"]["output_data"]["figpack_url"] == url
+    # A file shrinks on disk: the figure is incomplete, the job expires and is queued again.
+    (figure_dir(settings, job_id) / "video.mp4").write_bytes(b"short")
+    check = await client.post(
+        "/api/jobs/check",
+        json={"job_type": JOB, "input_params": {"nwb_url": "https://x/a.nwb"}},
+        headers=SUBMIT,
+    )
+    assert (await check.json())["status"] == "expired"
+    resp = await client.post(
+        "/api/jobs/submit",
+        json={"job_type": JOB, "input_params": {"nwb_url": "https://x/a.nwb"}},
+        headers=SUBMIT,
+    )
+    assert resp.status == 201
+    assert (await resp.json())["job_id"] == job_id
+
+
+async def test_deleting_a_job_deletes_its_files(client: TestClient, settings: Settings) -> None:
+    job_id, runner_id = await held_job(client)
+    assert (await upload(client, job_id, runner_id, tar_of(FILES))).status == 201
+    assert figure_dir(settings, job_id).is_dir()
+    resp = await client.delete(f"/api/admin/jobs/{job_id}", headers=ADMIN)
+    assert resp.status == 200
+    assert not figure_dir(settings, job_id).exists()
+    assert (await client.get(f"/figures/{job_id}/index.html")).status == 404
+    leftovers = list((Path(settings.data_dir) / "figures").iterdir())
+    assert all(p.name == ".incoming" for p in leftovers)
+    assert list((Path(settings.data_dir) / "figures" / ".incoming").iterdir()) == []
+
+
+async def test_metadata_params_of_figure_jobs_do_not_split_the_cache(client: TestClient) -> None:
+    params = {"nwb_url": "https://x/a.nwb", "units_path": "/units"}
+    a = await submit(
+        client, "figpack_nwb_raster_plot", **params, neurosift_url="https://neurosift.app/?p=1"
+    )
+    b = await submit(
+        client,
+        "figpack_nwb_raster_plot",
+        **params,
+        neurosift_url="https://neurosift.app/?p=2",
+        dandiset_id="000409",
+    )
+    c = await submit(client, "figpack_nwb_raster_plot", **params)
+    assert a["job_id"] == b["job_id"] == c["job_id"]
+    other = await submit(client, "figpack_nwb_raster_plot", **{**params, "units_path": "/u2"})
+    assert other["job_id"] != a["job_id"]
+    # Other job types keep the original's hash: every parameter counts.
+    d = await submit(client, "hello_world", name="Ada", neurosift_url="1")
+    e = await submit(client, "hello_world", name="Ada", neurosift_url="2")
+    assert d["job_id"] != e["job_id"]
+    # The first submit's metadata is what the job keeps.
+    detail = await (await client.get(f"/api/admin/jobs/{a['job_id']}")).json()
+    assert detail["input_params"]["neurosift_url"] == "https://neurosift.app/?p=1"

@@ -1,0 +1,246 @@
+"""The whole figure path, offline: NWB file -> runner -> stored figure -> a browser draws it.
+
+pynwb writes a small NWB file (examples/local_nwb.py, which also serves it on
+loopback with range requests); a real ``runpack serve`` and a real
+``runpack-runner`` run each figure job as examples/neurosift_like.py asks for it;
+the figure URL in the result is opened in Debian's headless Chromium, which must
+draw it without any request leaving this machine. Screenshots go to
+test-artifacts/screenshots/figpack-<kind>.png (raster_plot,
+video_preview, pose_estimation). Then: the same submit is
+answered from the cache at once, and deleting the figure's files makes the next
+submit compute it again.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.procs import KEYS, clean_env, free_port, running_runner, running_server, stop
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+SUBMIT_KEY = KEYS["RUNPACK_SUBMIT_API_KEY"]
+JOB_TYPES = ("figpack_nwb_raster_plot", "figpack_nwb_video_preview", "figpack_nwb_pose_estimation")
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+neurosift = load_example("neurosift_like")
+local_nwb = load_example("local_nwb")
+
+
+@dataclass
+class Stack:
+    url: str
+    nwb_url: str
+    figures: Path
+
+    def params(self, job_type: str) -> dict[str, Any]:
+        path = {
+            "figpack_nwb_raster_plot": ("units_path", local_nwb.UNITS_PATH),
+            "figpack_nwb_video_preview": ("image_series_path", local_nwb.IMAGE_SERIES_PATH),
+            "figpack_nwb_pose_estimation": ("path", local_nwb.POSE_PATH),
+        }[job_type]
+        return {"nwb_url": self.nwb_url, path[0]: path[1]}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The NWB file server, runpack serve and a runner with the figure job types."""
+    tmp = tmp_path_factory.mktemp("figpack")
+    port = free_port()
+    log = (tmp / "nwb-server.log").open("wb")
+    example = [sys.executable, str(ROOT / "examples" / "local_nwb.py")]
+    nwb_server = subprocess.Popen(
+        [*example, "--dir", str(tmp / "nwb"), "--port", str(port)],
+        stdout=log,
+        stderr=log,
+        env=clean_env(),
+    )
+    nwb_url = f"http://127.0.0.1:{port}/demo.nwb"
+    try:
+        wait_for(nwb_url, nwb_server)
+        env = {**KEYS, "RUNPACK_RATE_SUBMIT": "0", "RUNPACK_RATE_POLL": "0"}
+        with running_server(tmp / "server", env=env) as server:
+            runner_env = {"FIGPACK_API_KEY": ""}  # figures go to this server, not the cloud
+            with running_runner(
+                tmp / "runner",
+                server.url,
+                "--job-types",
+                ",".join(JOB_TYPES),
+                "--name",
+                "figures",
+                env=runner_env,
+            ) as runner:
+                try:
+                    yield Stack(server.url, nwb_url, tmp / "server" / "runpack-data" / "figures")
+                except BaseException:
+                    print(server.output()[-5000:], runner.output()[-5000:])
+                    raise
+    finally:
+        stop(nwb_server)
+        log.close()
+
+
+def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the NWB file server exited"
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(url, method="HEAD"), timeout=1
+            ) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} not served after {timeout} s")
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {})) as resp:
+        return resp.status, dict(resp.headers), resp.read()
+
+
+def run_job(stack: Stack, job_type: str, params: dict[str, Any]) -> tuple[str, str]:
+    """Submit as Neurosift does and follow the stream: (job_id, figpack_url)."""
+    job = neurosift.submit(stack.url, SUBMIT_KEY, job_type, params)
+    assert job["status"] == "pending", job
+    final = neurosift.follow(stack.url, job["job_id"], show=lambda line: None, timeout=120)
+    assert final["status"] == "completed", final
+    return job["job_id"], final["result"]["output_data"]["figpack_url"]
+
+
+#: What each figure must show once drawn (checked in the page, not just its status).
+RENDERED = {
+    "figpack_nwb_raster_plot": "() => document.querySelectorAll('canvas').length > 0",
+    "figpack_nwb_video_preview": (
+        "() => { const v = document.querySelector('.runpack-video-preview video');"
+        " return !!v && v.readyState >= 2 && v.videoWidth === 32 && !v.error; }"
+    ),
+    "figpack_nwb_pose_estimation": (
+        "() => document.querySelectorAll('canvas').length >= 2"
+        " && document.body.innerText.includes('Position')"
+    ),
+}
+
+
+def render(url: str, job_type: str) -> Path:
+    """Open the figure in headless Chromium, check it drew, save a screenshot."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOTS / f"figpack-{job_type.removeprefix('figpack_nwb_')}.png"
+    outside: list[str] = []
+    problems: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 700})
+
+            def only_loopback(route: Any) -> None:
+                if route.request.url.startswith("http://127.0.0.1:"):
+                    route.continue_()
+                else:  # figpack's viewer must need nothing from the internet
+                    outside.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", only_loopback)
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            page.on("requestfailed", lambda req: problems.append(f"failed: {req.url}"))
+            page.goto(url)
+            page.wait_for_function(RENDERED[job_type], timeout=30_000)
+            page.get_by_text("Figure ready").wait_for(timeout=30_000)
+            page.wait_for_timeout(500)
+            text = page.inner_text("body")
+            # Sandboxed: the figure cannot read what the dashboard keeps for this origin.
+            assert page.evaluate("() => window.origin") == "null"
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    assert not outside, f"the figure asked the internet for {outside}"
+    assert not problems, problems
+    assert "error" not in text.lower(), text[:500]
+    return shot
+
+
+@pytest.mark.parametrize("job_type", JOB_TYPES)
+def test_figure_job_end_to_end(stack: Stack, job_type: str) -> None:
+    params = stack.params(job_type)
+    params["neurosift_url"] = "https://neurosift.app/nwb?url=demo&tab=1"
+    params["dandiset_id"] = "000000"
+    job_id, url = run_job(stack, job_type, params)
+    assert url == f"{stack.url}/figures/{job_id}/index.html"
+    status, headers, body = fetch(url)
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b'<div id="root">' in body
+    # The figure's files, as the viewer reads them: zarr chunks with range requests.
+    folder = stack.figures / job_id
+    chunk = next(folder.glob("data.zarr/_consolidated_*.dat"))
+    part_url = f"{stack.url}/figures/{job_id}/data.zarr/{chunk.name}"
+    status, headers, part = fetch(part_url, {"Range": "bytes=0-15"})
+    assert status == 206 and len(part) == 16 and headers["Content-Range"].startswith("bytes 0-15/")
+    assert render(url, job_type).stat().st_size > 5000
+
+    # The same request from another Neurosift page: the cached result, at once.
+    started = time.monotonic()
+    params["neurosift_url"] = "https://neurosift.app/nwb?url=demo&tab=2"
+    again = neurosift.submit(stack.url, SUBMIT_KEY, job_type, params)
+    assert time.monotonic() - started < 1.0
+    assert again["status"] == "completed" and again["job_id"] == job_id
+    assert again["result"]["output_data"]["figpack_url"] == url
+    found = neurosift.check(stack.url, SUBMIT_KEY, job_type, params)
+    assert found["exists"] and found["status"] == "completed"
+
+    # Its files are gone: the next submit computes the figure again, at the same URL.
+    shutil.rmtree(folder)
+    status, _, _ = fetch_status(url)
+    assert status == 404
+    job_id_2, url_2 = run_job(stack, job_type, params)
+    assert (job_id_2, url_2) == (job_id, url)
+    assert fetch(url)[0] == 200
+
+
+def fetch_status(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        return fetch(url)
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def test_the_runner_reports_a_missing_object_clearly(stack: Stack) -> None:
+    params = {"nwb_url": stack.nwb_url, "units_path": "/no/such/units"}
+    job = neurosift.submit(stack.url, SUBMIT_KEY, "figpack_nwb_raster_plot", params)
+    final = neurosift.follow(stack.url, job["job_id"], show=lambda line: None, timeout=60)
+    assert final["status"] == "failed"
+    assert "No units table at '/no/such/units'" in final["error"]
