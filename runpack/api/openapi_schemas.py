@@ -1,0 +1,377 @@
+"""The shapes of the OpenAPI description: component schemas and security schemes.
+
+Shared by every operation in runpack/api/openapi.py; the job states come from
+runpack.protocol.JobStatus, so the description cannot drift from the database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runpack.protocol import MAX_PARAMS_BYTES, JobStatus, Role
+
+Json = dict[str, Any]
+JSON = "application/json"
+#: What a live stream sends (runpack.watch): a job's stream starts with a snapshot, the
+#: admin stream with a reset; ``closing`` when the server stops.
+EVENT_KINDS = ("snapshot", "status", "progress", "console", "reset", "runner", "closing")
+NULLABLE_INT: Json = {"type": ["integer", "null"]}
+NULLABLE_STR: Json = {"type": ["string", "null"]}
+MS: Json = {"type": "integer", "description": "Milliseconds since the epoch."}
+NULLABLE_MS: Json = {"type": ["integer", "null"], "description": "Milliseconds since the epoch."}
+
+
+def ref(name: str) -> Json:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(required: dict[str, Json], optional: dict[str, Json] | None = None, **extra: Any) -> Json:
+    """An object schema: ``required`` properties, then ``optional`` ones."""
+    out: Json = {"type": "object", "properties": {**required, **(optional or {})}, **extra}
+    if required:
+        out["required"] = list(required)
+    return out
+
+
+def event(kind: str, data: Json) -> Json:
+    """An event of a stream: its ``data`` is JSON of the given shape."""
+    return {
+        "if": {"properties": {"event": {"const": kind}}, "required": ["event"]},
+        "then": {"properties": {"data": {"contentMediaType": JSON, "contentSchema": data}}},
+    }
+
+
+def json_reply(description: str, schema: Json, headers: Json | None = None) -> Json:
+    out: Json = {"description": description, "content": {JSON: {"schema": schema}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def error_reply(description: str) -> Json:
+    return json_reply(description, ref("Error"))
+
+
+SCHEMAS: Json = {
+    "JobStatus": {
+        "type": "string",
+        "enum": [s.value for s in JobStatus],
+        "description": "pending → claimed → in_progress → completed | failed; "
+        "completed → expired (cached result no longer valid); cancelled.",
+    },
+    "Error": obj(
+        {"error": {"type": "string"}},
+        {"details": {"type": "string"}},
+        description="Every error not fixed otherwise by the original API.",
+    ),
+    "SuccessMessage": obj(
+        {"success": {"type": "boolean"}, "message": {"type": "string"}},
+        description="The original's fixed body for runner and delete replies.",
+    ),
+    "ExistsMessage": obj({"exists": {"type": "boolean"}, "message": {"type": "string"}}),
+    "RateLimited": obj(
+        {"error": {"const": "Rate limit exceeded"}, "resetTime": MS},
+        description="The original's 429 body; `Retry-After` says the same in seconds.",
+    ),
+    "Health": obj({"status": {"const": "ok"}, "service": {"const": "runpack-worker"}}),
+    "Progress": obj({"current": {"type": "integer"}, "total": {"type": "integer"}}),
+    "Result": obj({"output_data": {"type": "object"}, "console_output": {"type": "string"}}),
+    "JobRequest": obj(
+        {
+            "job_type": {"type": "string", "minLength": 1, "maxLength": 200},
+            "input_params": {
+                "type": "object",
+                "description": f"Any JSON object, at most {MAX_PARAMS_BYTES} bytes as JSON.",
+            },
+        },
+        {
+            "force": {
+                "type": "boolean",
+                "description": "Queue a failed, expired or cancelled job again at once.",
+            },
+            "priority": {"type": "integer", "minimum": -1000, "maximum": 1000},
+        },
+    ),
+    "SubmitReply": obj(
+        {"job_id": {"type": "string"}, "status": ref("JobStatus"), "message": {"type": "string"}},
+        {"result": ref("Result"), "error": {"type": "string"}},
+    ),
+    "CheckReply": obj(
+        {"exists": {"type": "boolean"}, "message": {"type": "string"}},
+        {
+            "job_id": {"type": "string"},
+            "status": ref("JobStatus"),
+            "result": ref("Result"),
+            "error": {"type": "string"},
+        },
+    ),
+    "JobState": obj(
+        {
+            "job_id": {"type": "string"},
+            "status": ref("JobStatus"),
+            "job_type": {"type": "string"},
+            "created_at": MS,
+            "updated_at": MS,
+        },
+        {"progress": ref("Progress"), "result": ref("Result"), "error": {"type": "string"}},
+        description="`GET /api/jobs/{job_id}`: no `message`, as in the original.",
+    ),
+    "StatusChange": obj(
+        {"job_id": {"type": "string"}, "status": ref("JobStatus"), "message": {"type": "string"}}
+    ),
+    "Job": obj(
+        {
+            "job_id": {"type": "string"},
+            "job_type": {"type": "string"},
+            "status": ref("JobStatus"),
+            "input_params": {"type": "object"},
+            "created_at": MS,
+            "updated_at": MS,
+            "claimed_by": NULLABLE_STR,
+            "claimed_at": NULLABLE_MS,
+            "console_output": {"type": "string"},
+            "last_heartbeat": NULLABLE_MS,
+            "job_hash": {"type": "string"},
+            "priority": {"type": "integer"},
+            "attempts": {"type": "integer"},
+            "max_attempts": {"type": "integer"},
+        },
+        {
+            "progress": ref("Progress"),
+            "output_data": {"type": "object"},
+            "error_message": {"type": "string"},
+        },
+        description="A job's details (also the `snapshot` event of its stream).",
+    ),
+    "JobSummary": obj(
+        {
+            "job_id": {"type": "string"},
+            "job_type": {"type": "string"},
+            "status": ref("JobStatus"),
+            "created_at": MS,
+            "updated_at": MS,
+        },
+        {"claimed_by": NULLABLE_STR},
+    ),
+    "JobList": obj(
+        {"jobs": {"type": "array", "items": ref("JobSummary")}, "total": {"type": "integer"}}
+    ),
+    "Stats": obj(
+        {
+            "jobs": obj(
+                {s.value: {"type": "integer"} for s in JobStatus} | {"total": {"type": "integer"}}
+            ),
+            "runners": obj({"total": {"type": "integer"}, "active": {"type": "integer"}}),
+        }
+    ),
+    "Runner": obj(
+        {
+            "runner_id": {"type": "string"},
+            "name": {"type": "string"},
+            "capabilities": {"type": "array", "items": {"type": "string"}},
+            "last_seen": MS,
+            "is_active": {"type": "boolean"},
+            "connected": {"type": "boolean", "description": "Has a WebSocket to this server."},
+        },
+        {
+            "transport": {"type": "string"},
+            "concurrency": {"type": "integer"},
+            "free_slots": {"type": "integer"},
+            "current_jobs": {"type": "array", "items": {"type": "string"}},
+        },
+    ),
+    "RunnerList": obj(
+        {"runners": {"type": "array", "items": ref("Runner")}, "total": {"type": "integer"}}
+    ),
+    "RunnerDetail": {
+        "allOf": [
+            ref("Runner"),
+            obj(
+                {
+                    "registered_at": MS,
+                    "jobs": {
+                        "type": "array",
+                        "items": obj(
+                            {
+                                "job_id": {"type": "string"},
+                                "job_type": {"type": "string"},
+                                "status": ref("JobStatus"),
+                                "created_at": MS,
+                                "updated_at": MS,
+                            }
+                        ),
+                    },
+                }
+            ),
+        ]
+    },
+    "BatchDelete": obj(
+        {
+            "job_ids": {
+                "type": "array",
+                "items": {"type": "string"},
+                "minItems": 1,
+                "maxItems": 1000,
+            }
+        }
+    ),
+    "BatchDeleted": obj(
+        {
+            "success": {"type": "boolean"},
+            "deleted": {"type": "integer"},
+            "failed": {"type": "array", "items": {"type": "string"}},
+            "message": {"type": "string"},
+        }
+    ),
+    "Registration": obj(
+        {
+            "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"},
+            "capabilities": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "maxItems": 1000,
+            },
+        }
+    ),
+    "Registered": obj({"runner_id": {"type": "string"}, "message": {"type": "string"}}),
+    "Verified": obj(
+        {
+            "exists": {"const": True},
+            "runner_name": {"type": "string"},
+            "message": {"type": "string"},
+        }
+    ),
+    "AvailableJobs": obj(
+        {
+            "jobs": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "job_id": {"type": "string"},
+                        "job_type": {"type": "string"},
+                        "input_params": {"type": "object"},
+                        "created_at": MS,
+                    }
+                ),
+            }
+        }
+    ),
+    "AssignedJob": obj(
+        {
+            "job_id": {"type": "string"},
+            "job_type": {"type": "string"},
+            "input_params": {"type": "object"},
+            "attempt": {"type": "integer"},
+        },
+        {"timeout": {"type": ["number", "null"], "description": "Seconds; null for none."}},
+    ),
+    "Claimed": {
+        "allOf": [ref("SuccessMessage"), obj({"job": ref("AssignedJob")})],
+    },
+    "NextJob": obj({"job": ref("AssignedJob")}),
+    "Heartbeat": obj(
+        {},
+        {
+            "progress_current": NULLABLE_INT,
+            "progress_total": NULLABLE_INT,
+            "console_output": {**NULLABLE_STR, "description": "Replaces the stored console."},
+        },
+    ),
+    "Completion": obj(
+        {"output_data": {"type": "object"}},
+        {"console_output": {**NULLABLE_STR, "description": "Empty or missing: keep it."}},
+    ),
+    "Failure": obj(
+        {"error_message": {"type": "string"}},
+        {"console_output": {**NULLABLE_STR, "description": "Empty or missing: keep it."}},
+    ),
+    "Release": obj({}, {"reason": NULLABLE_STR}),
+    "Event": {
+        **obj(
+            {
+                "id": {"type": "string", "description": "`<epoch>-<seq>`, for `Last-Event-ID`."},
+                "event": {"enum": list(EVENT_KINDS)},
+                "data": {"type": "string", "contentMediaType": JSON},
+            }
+        ),
+        "description": "One Server-Sent Event. Admin stream events carry the `job_id`.",
+        "allOf": [
+            event("snapshot", ref("Job")),
+            event(
+                "status",
+                obj(
+                    {"status": {"anyOf": [ref("JobStatus"), {"const": "deleted"}]}},
+                    {
+                        "result": obj({"output_data": {"type": "object"}}),
+                        "error": {"type": "string"},
+                        "runner_id": NULLABLE_STR,
+                    },
+                ),
+            ),
+            event("progress", obj({"current": NULLABLE_INT, "total": NULLABLE_INT})),
+            event(
+                "console",
+                {
+                    "anyOf": [
+                        obj({"replace": {"type": "string"}}),
+                        obj({"append": {"type": "string"}}),
+                    ]
+                },
+            ),
+            event("reset", obj({"watchers": {"type": "integer"}})),
+            event("runner", obj({"change": {"type": "string"}})),
+        ],
+    },
+    "FilesStored": obj(
+        {
+            "success": {"type": "boolean"},
+            "message": {"type": "string"},
+            "url": {"type": "string", "description": "The folder's URL, ending in `/`."},
+            "files": {"type": "integer"},
+            "bytes": {"type": "integer"},
+        },
+        {"figpack_url": {"type": "string", "description": "`<url>index.html`, if uploaded."}},
+    ),
+    "FigpackStatus": obj(
+        {
+            "status": {"const": "completed"},
+            "pinned": {"type": "boolean"},
+            "deleted": {"type": "boolean"},
+            "figureUrl": {"type": "string"},
+        },
+        {
+            "uploadCompleted": NULLABLE_MS,
+            "totalFiles": {"type": "integer"},
+            "totalSize": NULLABLE_INT,
+        },
+        description="figpack's status file, as figpack's cloud answers it.",
+    ),
+}
+
+KEY_HELP = "`Authorization: Bearer <key>`; a wrong or missing key is a 401."
+SECURITY_SCHEMES: Json = {
+    "submitKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": f"RUNPACK_SUBMIT_API_KEY: clients submit and read jobs. {KEY_HELP}",
+    },
+    "runnerKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "RUNPACK_RUNNER_API_KEY: runner daemons; also reads admin endpoints "
+        f"unless --runner-key-reads-admin is off. {KEY_HELP}",
+    },
+    "adminKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": f"RUNPACK_ADMIN_API_KEY: every route but the runners' own. {KEY_HELP}",
+    },
+}
+#: Which keys open a route of each role (runpack.auth.KeyRing.authorize).
+SECURITY: dict[Role, list[Json]] = {
+    Role.PUBLIC: [],
+    Role.SUBMIT: [{"submitKey": []}, {"adminKey": []}],
+    Role.RUNNER: [{"runnerKey": []}],
+    Role.ADMIN_READ: [{"adminKey": []}, {"runnerKey": []}],
+    Role.ADMIN: [{"adminKey": []}],
+}
