@@ -1,0 +1,221 @@
+"""``create_app(settings)``: middlewares, routes and the lifecycle of every resource."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from runpack.api import admin, events, files, jobs, openapi, runner, runner_ws, ui
+from runpack.api.common import (
+    CORS_HEADERS,
+    ROLE,
+    SERVICE,
+    SETTINGS,
+    Handler,
+    json_response,
+    policy_of,
+)
+from runpack.api.events import WATCH
+from runpack.api.files import FIGURE_CORS_HEADERS, FIGURES
+from runpack.api.runner_ws import HUB
+from runpack.artifacts import FigureStore
+from runpack.auth import KeyRing
+from runpack.errors import BadRequest, RunpackError, StoreError, TooLarge
+from runpack.hub import Hub
+from runpack.local_runners import local_runners
+from runpack.notify import Notifier, NotifyRelay, PgBridge
+from runpack.ratelimit import RateLimiter
+from runpack.service import JobService
+from runpack.settings import Settings
+from runpack.store import Store, open_store
+from runpack.sweeper import run_sweeper
+from runpack.validation import ResultValidator
+from runpack.watch import WatchHub
+
+log = logging.getLogger(__name__)
+
+HEALTH_PATHS = ("/", "/health")
+STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
+KEYS = web.AppKey("keys", KeyRing)
+LIMITER = web.AppKey("limiter", RateLimiter)
+
+
+def _render(exc: RunpackError) -> web.Response:
+    return json_response(exc.to_body(), status=exc.status, headers=exc.headers)
+
+
+@web.middleware
+async def errors_and_cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One error renderer, and the original's CORS headers on every /api response.
+
+    aiohttp-cors is not used: it answers only preflights that carry an Origin and
+    decorates only matched routes, while the original's clients rely on the
+    headers on every /api reply (404s included) and on a 204 for any OPTIONS.
+    """
+    path = request.path
+    if request.method == "OPTIONS" and path not in HEALTH_PATHS:
+        figure = path.startswith("/figures/")
+        return web.Response(status=204, headers=FIGURE_CORS_HEADERS if figure else CORS_HEADERS)
+    try:
+        response = await handler(request)
+    except RunpackError as exc:
+        response = _failure(request, exc) if isinstance(exc, StoreError) else _render(exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        response = _render(TooLarge(details=exc.text))
+    except web.RequestPayloadError as exc:
+        # A body that cannot be read, such as one not in its declared Content-Encoding.
+        why = getattr(exc.__cause__, "message", None) or str(exc)
+        response = _render(BadRequest("Invalid request body", details=why))
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
+        response = json_response({"error": "Not found"}, status=404)
+    except web.HTTPException as exc:
+        if exc.empty_body or exc.status < 400:
+            raise
+        response = json_response({"error": exc.reason}, status=exc.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        response = _failure(request, exc)
+    if path.startswith("/api/") and not response.prepared:
+        response.headers.update(CORS_HEADERS)
+    return response
+
+
+def _failure(request: web.Request, exc: Exception) -> web.Response:
+    """An unexpected failure: logged with an id, answered without internals."""
+    incident = uuid.uuid4().hex[:12]
+    log.error("%s %s failed (incident %s)", request.method, request.path, incident, exc_info=exc)
+    route_policy = policy_of(request.match_info.handler)
+    message = route_policy.failure if route_policy else "Internal server error"
+    return json_response({"error": message, "details": f"incident {incident}"}, status=500)
+
+
+@web.middleware
+async def enforce_policy(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Per-route policy: X-Runner-ID presence, then auth (401/403), then rate limit (429)."""
+    route_policy = policy_of(request.match_info.handler)
+    if route_policy is None:
+        return await handler(request)
+    if route_policy.runner_header and not request.headers.get("X-Runner-ID"):
+        return json_response({"error": "Missing X-Runner-ID header"}, status=400)
+    request[ROLE] = request.app[KEYS].authorize(
+        request.headers.get("Authorization"), route_policy.role
+    )
+    if route_policy.bucket is not None:
+        settings = request.app[SETTINGS]
+        limit: int = getattr(settings, f"rate_{route_policy.bucket}")
+        who = (
+            request.headers.get("X-Runner-ID", "")
+            if route_policy.per_runner
+            else client_ip(request, settings.trust_proxy)
+        )
+        request.app[LIMITER].hit(f"{route_policy.bucket}:{who}", limit)
+    return await handler(request)
+
+
+def client_ip(request: web.Request, trust_proxy: bool) -> str:
+    if trust_proxy:
+        cf = request.headers.get("CF-Connecting-IP")
+        if cf:
+            return cf.strip()
+        forwarded = request.headers.get("X-Forwarded-For")
+        if forwarded:
+            # The right-most entry is the one our proxy appended; the rest is hearsay.
+            return forwarded.split(",")[-1].strip()
+    return request.remote or "unknown"
+
+
+async def health(request: web.Request) -> web.Response:
+    return json_response({"status": "ok", "service": "runpack-worker"})
+
+
+def create_app(settings: Settings, store: Store | None = None) -> web.Application:
+    """The whole server; tests use it with ``aiohttp_client(create_app(...))``."""
+    app = web.Application(
+        middlewares=[errors_and_cors, enforce_policy],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[STORE] = store if store is not None else open_store(settings.db)
+    app[KEYS] = KeyRing(settings)
+    app[LIMITER] = RateLimiter(settings.rate_window)
+    if not settings.base_url.startswith(("http://", "https://")):
+        raise ValueError(f"public_url must start with http:// or https://: {settings.public_url}")
+    app[FIGURES] = FigureStore(
+        Path(settings.data_dir) / "figures",
+        settings.base_url,
+        settings.max_upload_bytes,
+        settings.max_upload_files,
+    )
+    app.router.add_route("*", "/", health)
+    app.router.add_route("*", "/health", health)
+    app.add_routes(events.routes)  # before jobs: /api/jobs/by-hash/… must win
+    app.add_routes(jobs.routes)
+    app.add_routes(runner.routes)
+    app.add_routes(runner_ws.routes)
+    app.add_routes(admin.routes)
+    app.add_routes(ui.routes)
+    app.add_routes(files.routes)
+    app.add_routes(openapi.routes)
+    app.cleanup_ctx.append(_lifecycle)
+    if settings.local_runners:
+        app.cleanup_ctx.append(local_runners(settings))  # type: ignore[arg-type]
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """Close every runner socket with GOING_AWAY so runners reconnect elsewhere."""
+    for conn in list(app[HUB].conns.values()):
+        conn.close()
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = app[STORE]
+    await store.open()
+    figures = app[FIGURES]
+    await asyncio.to_thread(figures.clean_incoming)
+    validator = ResultValidator(
+        settings.validation_timeout, settings.validation_cache_ttl, local=figures
+    )
+    await validator.start()
+    notifier = Notifier()
+    relay = None
+    if settings.notify_relay_base_url:
+        relay = NotifyRelay(settings.notify_relay_base_url, settings.notify_relay_publish_key)
+        await relay.start()
+        notifier.subscribe(relay)
+    service = JobService(store, settings, validator, notifier, figures=figures)
+    app[SERVICE] = service
+    bridge = None
+    if settings.db.startswith(("postgres://", "postgresql://")):
+        # Other instances on the same database hear of our jobs, and we of theirs.
+        bridge = PgBridge(settings.db, notifier, store.get_job, uuid.uuid4().hex[:12])
+        await bridge.start()
+    watch = WatchHub(notifier)
+    app[WATCH] = watch
+    hub = Hub(service, settings.reconnect_grace)
+    app[HUB] = hub
+    await hub.start()
+    sweeper = asyncio.create_task(
+        run_sweeper(service, settings.sweep_interval), name="runpack-sweeper"
+    )
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+        await hub.stop()
+        watch.close()
+        if relay is not None:
+            await relay.close()
+        if bridge is not None:
+            await bridge.close()
+        await validator.close()
+        await store.close()
