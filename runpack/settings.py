@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runpack import protocol
+from runpack.envvars import env_name, read_values, type_name
 
 
 def _s(default: Any, help: str, *, secret: bool = False) -> Any:
@@ -37,6 +38,11 @@ class Settings:
     runner_key_reads_admin: bool = _s(
         True, "Let the runner key read admin endpoints, as the original did."
     )
+    key_cache_ttl: float = _s(
+        5.0,
+        "How long a stored key (runpack keys), or a wrong token, is remembered: a revoked "
+        "key stops working on every instance within this time.",
+    )
     heartbeat_timeout: float = _s(
         90.0, "A running job whose runner sends nothing for this long is taken back."
     )
@@ -51,6 +57,28 @@ class Settings:
     )
     runner_active_window: float = _s(300.0, "A runner counts as active this long after contact.")
     sweep_interval: float = _s(5.0, "How often the sweeper looks for stale jobs.")
+    result_ttl: float = _s(
+        0.0,
+        "Delete completed (and expired) jobs this long after they finished; a later submit "
+        "computes again (0 = keep forever).",
+    )
+    failure_ttl: float = _s(
+        0.0, "Delete failed and cancelled jobs this long after they finished (0 = keep forever)."
+    )
+    console_ttl: float = _s(
+        0.0, "Clear the console output of jobs finished longer ago than this (0 = keep it)."
+    )
+    figure_ttl: float = _s(
+        0.0,
+        "Delete the stored figure files of jobs finished longer ago than this; the next "
+        "submit computes the figure again (0 = keep them).",
+    )
+    runner_ttl: float = _s(
+        0.0, "Forget runners not seen for this long and holding no job (0 = keep them)."
+    )
+    gc_interval: float = _s(
+        3600.0, "How often the retention pass applies the TTLs above (only when one is set)."
+    )
     rate_window: float = _s(60.0, "Rate-limit window.")
     rate_submit: int = _s(10, "Submits and checks per window per client IP (0 = unlimited).")
     rate_poll: int = _s(60, "Job status reads per window per client IP (0 = unlimited).")
@@ -76,6 +104,12 @@ class Settings:
         0, "Runner daemons to start beside the server, for local use (`make run` starts one)."
     )
     log_level: str = _s("info", "Logging level.")
+    log_format: str = _s("text", "Log lines for people (text) or one JSON object per line (json).")
+    metrics_public: bool = _s(
+        False,
+        "Serve /metrics without a key, for a Prometheus on a trusted network "
+        "(default: the admin key, or the runner key as for other admin reads).",
+    )
 
     @property
     def has_keys(self) -> bool:
@@ -97,36 +131,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from ``RUNPACK_*`` variables, then explicit overrides (CLI flags)."""
         environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = environ.get(env_name(f.name))
-            if raw is not None and raw != "":
-                values[f.name] = parse_value(f, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-
-def env_name(name: str) -> str:
-    return "RUNPACK_" + name.upper()
-
-
-def parse_value(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
-    try:
-        if kind == "bool":
-            lowered = raw.strip().lower()
-            if lowered in {"1", "true", "yes", "on"}:
-                return True
-            if lowered in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(raw)
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-    except ValueError:
-        raise ValueError(f"{env_name(f.name)}: cannot read {raw!r} as {kind}") from None
-    return raw
+        return cls(**read_values(cls, environ, overrides))
 
 
 def describe() -> list[dict[str, Any]]:
@@ -138,7 +143,7 @@ def describe() -> list[dict[str, Any]]:
                 "name": f.name,
                 "env": env_name(f.name),
                 "flag": "--" + f.name.replace("_", "-"),
-                "type": f.type if isinstance(f.type, str) else f.type.__name__,
+                "type": type_name(f),
                 "default": f.default,
                 "help": f.metadata["help"],
                 "secret": f.metadata["secret"],

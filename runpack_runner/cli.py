@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runpack.envvars import split_list
 from runpack_runner import __version__
-from runpack_runner.settings import RunnerSettings, describe, split_list
+from runpack_runner.settings import RunnerSettings, describe
 
 log = logging.getLogger("runpack_runner")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

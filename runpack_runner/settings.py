@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runpack.envvars import env_name, read_values, type_name
 from runpack.protocol import HEARTBEAT_INTERVAL
 
 TRANSPORTS = ("auto", "websocket", "http")
@@ -77,46 +78,14 @@ class RunnerSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> RunnerSettings:
         """Settings from ``RUNPACK_*`` variables, then explicit overrides (CLI flags)."""
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = environ.get(env_name(f.name))
-            if raw is not None and raw != "":
-                values[f.name] = parse_value(f, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values = read_values(cls, environ, overrides)
         settings = cls(**values)
         settings.check()
         return settings
 
 
-def env_name(name: str) -> str:
-    return "RUNPACK_" + name.upper()
-
-
 def flag_name(f: dataclasses.Field[Any]) -> str:
     return str(f.metadata["flag"] or "--" + f.name.replace("_", "-"))
-
-
-def type_name(f: dataclasses.Field[Any]) -> str:
-    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-
-
-def parse_value(f: dataclasses.Field[Any], raw: str) -> Any:
-    """A setting's value from its text (environment variable or flag)."""
-    kind = type_name(f)
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-    except ValueError:
-        raise ValueError(f"{env_name(f.name)}: cannot read {raw!r} as {kind}") from None
-    if kind.startswith("tuple"):
-        return split_list(raw)
-    return raw
-
-
-def split_list(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
 def describe() -> list[dict[str, Any]]:

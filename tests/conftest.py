@@ -22,6 +22,15 @@ RUNNER_KEY = "test-runner-key"
 ADMIN_KEY = "test-admin-key"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--load-full",
+        action="store_true",
+        default=False,
+        help="run tests/test_load.py at full size (1000 runner sockets and watchers)",
+    )
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -62,8 +71,14 @@ async def _admin_execute(sql: str) -> None:
 async def _empty_tables(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        if await conn.fetchval("SELECT to_regclass('public.jobs') IS NOT NULL"):
-            await conn.execute("TRUNCATE jobs, runners")
+        # Every table but schema_version, whatever migrations have added.
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            " AND tablename <> 'schema_version'"
+        )
+        if tables:
+            names = ", ".join(f'"{row[0]}"' for row in tables)
+            await conn.execute(f"TRUNCATE {names}")
     finally:
         await conn.close()
 

@@ -325,10 +325,12 @@ async def test_a_handler_that_ignores_cancel_is_left_behind() -> None:
 
 
 def test_the_runner_needs_no_server_modules() -> None:
+    """The runner shares only the wire protocol and settings parsing with the server."""
     code = (
         "import sys, runpack_runner.cli, runpack_runner.runner\n"
+        "shared = ('runpack.protocol', 'runpack.envvars')\n"
         "server = [m for m in sys.modules if m.startswith(('aiosqlite', 'asyncpg'))\n"
-        "          or (m.startswith('runpack.') and m != 'runpack.protocol')]\n"
+        "          or (m.startswith('runpack.') and m not in shared)]\n"
         "assert not server, server\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)

@@ -30,6 +30,8 @@ from tests.pg import fresh_database, pg_dsn_fixture  # noqa: F401
 
 T0 = 1_700_000_000_000
 ENGINES = ["sqlite", "postgres"]
+#: What a new database records: schema.sql names every version it includes.
+ALL_VERSIONS = list(range(1, latest_version() + 1))
 
 
 @asynccontextmanager
@@ -313,6 +315,42 @@ async def test_concurrent_claim_next_hands_out_each_job_once(store: Store) -> No
         assert (stored.status, stored.claimed_by, stored.attempts) == ("claimed", row.claimed_by, 1)
 
 
+async def test_claim_batch_takes_up_to_limit_best_first(store: Store) -> None:
+    low = await insert(store, job_type="a", priority=0, now=T0)
+    high = await insert(store, job_type="a", priority=5, now=T0 + 10)
+    mid_old = await insert(store, job_type="a", priority=2, now=T0 + 1)
+    mid_new = await insert(store, job_type="a", priority=2, now=T0 + 2)
+    other = await insert(store, job_type="b", priority=9, now=T0)
+    assert await store.claim_batch("r", ["a"], T0 + 100, 0) == []
+    assert await store.claim_batch("r", [], T0 + 100, 5) == []
+    first = await store.claim_batch("r", ["a"], T0 + 100, 3)
+    assert [row.id for row in first] == [high.id, mid_old.id, mid_new.id]
+    assert {(row.status, row.claimed_by, row.attempts) for row in first} == {("claimed", "r", 1)}
+    rest = await store.claim_batch("r2", ["a", "zzz"], T0 + 100, 10)
+    assert [row.id for row in rest] == [low.id]
+    assert await store.claim_batch("r2", ["a"], T0 + 100, 10) == []
+    assert (await current(store, other.id)).status == "pending"
+
+
+async def test_concurrent_claim_batches_hand_out_each_job_once(store: Store) -> None:
+    jobs = {(await insert(store, job_type="x", now=T0 + i)).id for i in range(20)}
+    other = twin(store) if isinstance(store, PostgresStore) else store
+    if other is not store:
+        await other.open()
+    try:
+        stores = [store, other] * 4
+        results = await asyncio.gather(
+            *(s.claim_batch(f"r{i}", ["x"], T0 + 100, 3) for i, s in enumerate(stores))
+        )
+    finally:
+        if other is not store:
+            await other.close()
+    claimed = [row for batch in results for row in batch]
+    assert all(len(batch) <= 3 for batch in results)
+    assert len(claimed) == len({row.id for row in claimed}) == 20
+    assert {row.id for row in claimed} == jobs
+
+
 async def test_available_jobs(store: Store) -> None:
     a = await insert(store, job_type="a", now=T0 + 2)
     b = await insert(store, job_type="b", priority=3, now=T0 + 3)
@@ -551,7 +589,7 @@ async def test_reopening_applies_no_migration_twice(store: Store) -> None:
         await again.open()
         assert await again.get_job(job.id) == job
         await again.close()
-    assert await schema_versions(store) == [1] == [latest_version()]
+    assert await schema_versions(store) == ALL_VERSIONS
 
 
 async def test_pending_migrations_upgrade_an_existing_database(
@@ -559,22 +597,28 @@ async def test_pending_migrations_upgrade_an_existing_database(
 ) -> None:
     runner = RunnerRow("r", "n", "[]", T0, T0)
     await store.insert_runner(runner)
-    extra = (2, "0002_runner_note.sql", "-- a note\nALTER TABLE runners ADD COLUMN note TEXT;\n")
+    next_version = latest_version() + 1
+    extra = (
+        next_version,
+        f"{next_version:04d}_runner_note.sql",
+        "-- a note\nALTER TABLE runners ADD COLUMN note TEXT;\n",
+    )
     monkeypatch.setattr(migrations, "migrations", lambda: [extra])
     for _ in range(2):  # the second time finds nothing to do
         again = twin(store)
         await again.open()
         assert await again.get_runner("r") == runner
         await again.close()
-        assert await schema_versions(store) == [1, 2]
+        assert await schema_versions(store) == [*ALL_VERSIONS, next_version]
 
 
 async def test_apply_sqlite_twice_is_a_no_op(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
     try:
-        assert apply_sqlite(conn) == 1
-        assert apply_sqlite(conn) == 1
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert apply_sqlite(conn) == latest_version()
+        assert apply_sqlite(conn) == latest_version()
+        rows = conn.execute("SELECT version FROM schema_version ORDER BY 1").fetchall()
+        assert [v for (v,) in rows] == ALL_VERSIONS
     finally:
         conn.close()
 
@@ -582,9 +626,10 @@ async def test_apply_sqlite_twice_is_a_no_op(tmp_path: Path) -> None:
 async def test_apply_postgres_twice_is_a_no_op(pg_dsn: str) -> None:
     conn = await asyncpg.connect(pg_dsn)
     try:
-        assert await apply_postgres(conn) == 1
-        assert await apply_postgres(conn) == 1
-        assert [tuple(r) for r in await conn.fetch("SELECT version FROM schema_version")] == [(1,)]
+        assert await apply_postgres(conn) == latest_version()
+        assert await apply_postgres(conn) == latest_version()
+        rows = await conn.fetch("SELECT version FROM schema_version ORDER BY 1")
+        assert [r[0] for r in rows] == ALL_VERSIONS
     finally:
         await conn.close()
 
@@ -597,7 +642,7 @@ async def test_postgres_instances_starting_together_share_one_schema(pg_dsn: str
             *(s.insert_job(new_job("one-hash", job_id=str(uuid.uuid4()))) for s in stores)
         )
         assert sum(created for _, created in results) == 1
-        assert await schema_versions(stores[0]) == [1]
+        assert await schema_versions(stores[0]) == ALL_VERSIONS
     finally:
         await asyncio.gather(*(s.close() for s in stores))
 

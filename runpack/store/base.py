@@ -61,6 +61,11 @@ class JobRow:
     error_message: str | None
 
 
+def claim_order(jobs: list[JobRow]) -> list[JobRow]:
+    """Jobs in the order claims take them: highest priority, then oldest."""
+    return sorted(jobs, key=lambda j: (-j.priority, j.created_at, j.id))
+
+
 @dataclass(slots=True)
 class RunnerRow:
     id: str
@@ -131,6 +136,13 @@ class Store(Protocol):
         """Claim the best due pending job of these types (priority, then age), if any."""
         ...
 
+    async def claim_batch(
+        self, runner_id: str, job_types: Sequence[str], now: int, limit: int
+    ) -> list[JobRow]:
+        """Claim up to ``limit`` of the best due pending jobs of these types, in one
+        statement; returned best first."""
+        ...
+
     async def heartbeat(
         self,
         job_id: str,
@@ -183,3 +195,88 @@ class Store(Protocol):
     async def import_runners(self, rows: Sequence[RunnerRow]) -> int:
         """Insert these runners as given, in one transaction, skipping known ids; count new."""
         ...
+
+    # --- retention (runpack.retention) ---------------------------------------------------
+    # ``status`` is one finished state; a running or pending job is never touched.
+    async def delete_finished(self, status: str, before: int, limit: int) -> list[str]:
+        """Delete up to ``limit`` jobs in ``status`` last updated before ``before``,
+        oldest first; return their ids."""
+        ...
+
+    async def count_finished(self, status: str, before: int) -> int: ...
+
+    async def clear_consoles(
+        self, status: str, since: int, before: int, limit: int
+    ) -> list[tuple[str, int]]:
+        """Clear the console of up to ``limit`` jobs in ``status`` last updated in
+        [since, before), oldest first; return (id, updated_at) of each."""
+        ...
+
+    async def count_consoles(self, status: str, since: int, before: int) -> int: ...
+
+    async def job_states(self, job_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """Status and updated_at of those of these jobs that exist."""
+        ...
+
+    async def delete_idle_runners(self, before: int, limit: int) -> list[str]:
+        """Delete up to ``limit`` runners last seen before ``before`` that hold no
+        running job; return their ids."""
+        ...
+
+    async def count_idle_runners(self, before: int) -> int: ...
+
+    # --- stored API keys (runpack keys) ------------------------------------------------
+    async def insert_api_key(self, key: ApiKeyRow) -> None: ...
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRow | None: ...
+
+    async def api_key_by_hash(self, secret_sha256: str) -> ApiKeyRow | None:
+        """The key whose secret hashes to this, revoked or not (one index probe)."""
+        ...
+
+    async def list_api_keys(self) -> list[ApiKeyRow]:
+        """Every key, oldest first."""
+        ...
+
+    async def revoke_api_key(self, key_id: str, now: int) -> ApiKeyRow | None:
+        """Revoke a key that is not revoked yet; its row, or None if nothing changed."""
+        ...
+
+    async def touch_api_key(self, key_id: str, now: int) -> bool:
+        """Record a use: ``last_used_at`` moves forward only."""
+        ...
+
+    # --- metrics (runpack.metrics) ----------------------------------------------------
+    async def count_jobs_by_status_and_type(self) -> dict[tuple[str, str], int]:
+        """The number of jobs per (status, job_type)."""
+        ...
+
+
+API_KEY_COLUMNS = (
+    "id",
+    "name",
+    "role",
+    "secret_sha256",
+    "job_types",
+    "origins",
+    "rate",
+    "created_at",
+    "last_used_at",
+    "revoked_at",
+)
+
+
+@dataclass(slots=True)
+class ApiKeyRow:
+    """A stored key. The secret itself is never stored, only its SHA-256 hex."""
+
+    id: str
+    name: str
+    role: str
+    secret_sha256: str
+    job_types: str | None  # JSON array, or None for any job type
+    origins: str | None  # JSON array, or None for any Origin
+    rate: int | None  # requests per rate window, or None for the per-IP limits
+    created_at: int
+    last_used_at: int | None
+    revoked_at: int | None

@@ -5,7 +5,9 @@ transition is atomic on its own, and claims use ``FOR UPDATE SKIP LOCKED``: any
 number of server instances can share one database. The ``:name`` statements of
 :mod:`runpack.store.queries` are rewritten to ``$n`` once and cached.
 
-Driver and network failures become :class:`StoreError`. The pool replaces a
+Driver and network failures become :class:`StoreError`, and those that a later
+try may not meet (a lost connection, a server that cannot be reached or does
+not answer in time) :class:`StoreUnavailable`, a 503. The pool replaces a
 dropped connection by itself; a read that fails because its connection dropped
 under it is tried once more, a write never is (it may have committed before the
 connection went).
@@ -22,19 +24,34 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from runpack.errors import StoreError
+from runpack.errors import StoreError, StoreUnavailable
 from runpack.store import queries as q
-from runpack.store.base import JOB_COLUMNS, RUNNER_COLUMNS, JobRow, NewJob, RunnerRow
+from runpack.store.base import (
+    API_KEY_COLUMNS,
+    JOB_COLUMNS,
+    RUNNER_COLUMNS,
+    ApiKeyRow,
+    JobRow,
+    NewJob,
+    RunnerRow,
+    claim_order,
+)
 from runpack.store.migrations import apply_postgres
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Statements whose `IN {…}` slot takes one array parameter on PostgreSQL.
-AVAILABLE = q.AVAILABLE.format(job_types=q.pg_in("job_types"))
-CLAIM_NEXT = q.CLAIM_NEXT.format(job_types=q.pg_in("job_types"), lock=q.SKIP_LOCKED)
+AVAILABLE = q.AVAILABLE.format(job_types=q.pg_in("job_types"), pending_index="")
+CLAIM_BATCH = q.CLAIM_BATCH.format(picked=q.PG_PICKED).format(
+    job_types=q.pg_in("job_types"), lock=q.SKIP_LOCKED, pending_index=""
+)
 REQUEUE = q.REQUEUE.format(from_status=q.pg_in("from_status"))
 CANCEL = q.CANCEL.format(from_status=q.pg_in("from_status"))
+DELETE_FINISHED = q.DELETE_FINISHED.format(lock=q.SKIP_LOCKED)
+CLEAR_CONSOLES = q.CLEAR_CONSOLES.format(lock=q.SKIP_LOCKED)
+JOB_STATES = q.JOB_STATES.format(ids=q.pg_in("ids"))
+DELETE_IDLE_RUNNERS = q.DELETE_IDLE_RUNNERS.format(lock=q.SKIP_LOCKED)
 
 # Everything the driver, the server or the network can raise at us. (An idle
 # connection whose backend was terminated can fail with InternalClientError.)
@@ -53,6 +70,8 @@ DROPPED = (
     asyncpg.CannotConnectNowError,
     ConnectionError,
 )
+# Errors a later try may not meet: no route, no connection, no answer in time.
+UNREACHABLE = (OSError, TimeoutError)
 
 
 @functools.cache
@@ -82,6 +101,16 @@ def _is_closed(conn: asyncpg.Connection) -> bool:
         return bool(conn.is_closed())
     except asyncpg.InterfaceError:  # the pool took it back already: it closed under us
         return True
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Return a connection to the pool as it is, without asyncpg's reset query.
+
+    The default reset (``RESET ALL``, ``UNLISTEN *``, unlocking advisory locks…)
+    costs a round trip on every release, as much as the statement itself. The
+    store leaves no session state behind: statements run in autocommit, the
+    migration lock is transaction-scoped, and LISTEN has connections of its own.
+    """
 
 
 def _job(row: Sequence[Any] | None) -> JobRow | None:
@@ -120,6 +149,7 @@ class PostgresStore:
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
                 server_settings={"application_name": "runpack"},
+                reset=_keep_session,
             )
         except (*DB_ERRORS, ValueError) as exc:
             raise StoreError(details=f"cannot connect to {where}: {describe(exc)}") from exc
@@ -170,10 +200,12 @@ class PostgresStore:
                         raise
             except DB_ERRORS as exc:
                 if not (closed or isinstance(exc, DROPPED)):
-                    raise StoreError(details=describe(exc)) from exc
+                    kind = StoreUnavailable if isinstance(exc, UNREACHABLE) else StoreError
+                    raise kind(details=describe(exc)) from exc
                 await pool.expire_connections()
                 if attempt == tries:
-                    raise StoreError(details=f"database connection lost: {describe(exc)}") from exc
+                    lost = f"database connection lost: {describe(exc)}"
+                    raise StoreUnavailable(details=lost) from exc
                 log.warning("database connection lost (%s); retrying the read", describe(exc))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -279,10 +311,17 @@ class PostgresStore:
         return await self._write_job(q.CLAIM, {"id": job_id, "runner_id": runner_id, "now": now})
 
     async def claim_next(self, runner_id: str, job_types: Sequence[str], now: int) -> JobRow | None:
-        if not job_types:
-            return None
+        jobs = await self.claim_batch(runner_id, job_types, now, 1)
+        return jobs[0] if jobs else None
+
+    async def claim_batch(
+        self, runner_id: str, job_types: Sequence[str], now: int, limit: int
+    ) -> list[JobRow]:
+        if not job_types or limit < 1:
+            return []
         params = {"job_types": list(job_types), "runner_id": runner_id, "now": now}
-        return await self._write_job(CLAIM_NEXT, params)
+        rows = await self._rows(CLAIM_BATCH, {**params, "limit": limit}, read=False)
+        return claim_order([JobRow(*row) for row in rows])
 
     async def heartbeat(
         self,
@@ -401,3 +440,64 @@ class PostgresStore:
             return 0
         arrays = {name: [getattr(row, name) for row in rows] for name in columns}
         return await self._write_count(sql, arrays)
+
+    # --- retention ------------------------------------------------------------------
+    async def delete_finished(self, status: str, before: int, limit: int) -> list[str]:
+        params = {"status": status, "before": before, "limit": limit}
+        return [row[0] for row in await self._rows(DELETE_FINISHED, params, read=False)]
+
+    async def count_finished(self, status: str, before: int) -> int:
+        rows = await self._rows(q.COUNT_FINISHED, {"status": status, "before": before})
+        return int(rows[0][0])
+
+    async def clear_consoles(
+        self, status: str, since: int, before: int, limit: int
+    ) -> list[tuple[str, int]]:
+        params = {"status": status, "since": since, "before": before, "limit": limit}
+        rows = await self._rows(CLEAR_CONSOLES, params, read=False)
+        return [(row[0], int(row[1])) for row in rows]
+
+    async def count_consoles(self, status: str, since: int, before: int) -> int:
+        params = {"status": status, "since": since, "before": before}
+        return int((await self._rows(q.COUNT_CONSOLES, params))[0][0])
+
+    async def job_states(self, job_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        if not job_ids:
+            return {}
+        rows = await self._rows(JOB_STATES, {"ids": list(job_ids)})
+        return {job_id: (status, int(updated_at)) for job_id, status, updated_at in rows}
+
+    async def delete_idle_runners(self, before: int, limit: int) -> list[str]:
+        params = {"before": before, "limit": limit}
+        return [row[0] for row in await self._rows(DELETE_IDLE_RUNNERS, params, read=False)]
+
+    async def count_idle_runners(self, before: int) -> int:
+        return int((await self._rows(q.COUNT_IDLE_RUNNERS, {"before": before}))[0][0])
+
+    # --- stored API keys ----------------------------------------------------------------
+    async def insert_api_key(self, key: ApiKeyRow) -> None:
+        params = {name: getattr(key, name) for name in API_KEY_COLUMNS}
+        await self._write_count(q.INSERT_API_KEY, params)
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRow | None:
+        rows = await self._rows(q.GET_API_KEY, {"id": key_id})
+        return ApiKeyRow(*rows[0]) if rows else None
+
+    async def api_key_by_hash(self, secret_sha256: str) -> ApiKeyRow | None:
+        rows = await self._rows(q.API_KEY_BY_HASH, {"secret_sha256": secret_sha256})
+        return ApiKeyRow(*rows[0]) if rows else None
+
+    async def list_api_keys(self) -> list[ApiKeyRow]:
+        return [ApiKeyRow(*row) for row in await self._rows(q.LIST_API_KEYS, {})]
+
+    async def revoke_api_key(self, key_id: str, now: int) -> ApiKeyRow | None:
+        rows = await self._rows(q.REVOKE_API_KEY, {"id": key_id, "now": now}, read=False)
+        return ApiKeyRow(*rows[0]) if rows else None
+
+    async def touch_api_key(self, key_id: str, now: int) -> bool:
+        return await self._write_count(q.TOUCH_API_KEY, {"id": key_id, "now": now}) > 0
+
+    # --- metrics ----------------------------------------------------------------------
+    async def count_jobs_by_status_and_type(self) -> dict[tuple[str, str], int]:
+        rows = await self._rows(q.COUNT_JOBS_BY_STATUS_AND_TYPE, {})
+        return {(status, job_type): int(n) for status, job_type, n in rows}

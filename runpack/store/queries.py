@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from runpack.store.base import JOB_COLUMNS, RUNNER_COLUMNS
+from runpack.store.base import API_KEY_COLUMNS, JOB_COLUMNS, RUNNER_COLUMNS
 
 JOB_COLS = ", ".join(JOB_COLUMNS)
 RUNNER_COLS = ", ".join(RUNNER_COLUMNS)
@@ -59,20 +59,27 @@ WHERE id = :id AND status = 'pending' AND not_before <= :now
 RETURNING {JOB_COLS}
 """
 
-# The best pending job of some types, claimed in one statement. `{lock}` is
-# SKIP_LOCKED on PostgreSQL (concurrent claimers step over each other's row) and
-# empty on SQLite, whose single writer already makes the statement atomic.
-CLAIM_NEXT = f"""
+# The best pending jobs of some types (priority, then age), up to :limit, claimed
+# in one statement; RETURNING gives them in no particular order. `{picked}` is
+# PG_PICKED on PostgreSQL: `= ANY(ARRAY(…))` runs the choice once (an `IN (…)`
+# may run it again per row and claim more than :limit), with SKIP_LOCKED as
+# `{lock}` so concurrent claimers step over each other's rows. On SQLite it is
+# SQLITE_PICKED, and its single writer already makes the statement atomic.
+CLAIM_BATCH = f"""
 UPDATE jobs SET {_CLAIM_SET}
-WHERE status = 'pending' AND id = (
-    SELECT id FROM jobs
-    WHERE status = 'pending' AND not_before <= :now AND job_type IN {{job_types}}
-    ORDER BY priority DESC, created_at, id
-    LIMIT 1 {{lock}}
-)
+WHERE status = 'pending' AND id {{picked}}
 RETURNING {JOB_COLS}
 """
+_PICK = """SELECT id FROM jobs {pending_index}
+    WHERE status = 'pending' AND not_before <= :now AND job_type IN {job_types}
+    ORDER BY priority DESC, created_at, id
+    LIMIT :limit {lock}"""
+PG_PICKED = f"= ANY(ARRAY({_PICK}))"
+SQLITE_PICKED = f"IN ({_PICK})"
 SKIP_LOCKED = "FOR UPDATE SKIP LOCKED"
+# `{pending_index}` on SQLite: its planner would rather take an index on `status`
+# and sort every pending job than walk jobs_pending_idx and stop at the first.
+SQLITE_PENDING_INDEX = "INDEXED BY jobs_pending_idx"
 
 HEARTBEAT = f"""
 UPDATE jobs SET status = 'in_progress', last_heartbeat = :now, updated_at = :now,
@@ -105,7 +112,7 @@ WHERE id = :id AND claimed_by = :runner_id AND status IN {RUNNING}
 """
 
 AVAILABLE = f"""
-SELECT {JOB_COLS} FROM jobs
+SELECT {JOB_COLS} FROM jobs {{pending_index}}
 WHERE status = 'pending' AND not_before <= :now AND job_type IN {{job_types}}
 ORDER BY priority DESC, created_at, id
 LIMIT :limit
@@ -142,6 +149,10 @@ LIMIT :limit OFFSET :offset
 """
 
 COUNT_JOBS = "SELECT status, COUNT(*) FROM jobs GROUP BY status"
+# For /metrics; the claim index (status, job_type, …) covers it.
+COUNT_JOBS_BY_STATUS_AND_TYPE = (
+    "SELECT status, job_type, COUNT(*) FROM jobs GROUP BY status, job_type"
+)
 
 JOBS_OF_RUNNER = f"""
 SELECT {JOB_COLS} FROM jobs WHERE claimed_by = :runner_id
@@ -235,3 +246,80 @@ def to_numbered(sql: str) -> tuple[str, list[str]]:
         return f"${order.index(name) + 1}"
 
     return _PARAM.sub(repl, sql), order
+
+
+# --- retention (runpack.retention) -----------------------------------------------------
+# One state at a time, so the (status, updated_at) index gives the oldest rows first with
+# no sort, and in batches of :limit, so a large backlog never holds the writer for long.
+# The batch is a MATERIALIZED CTE: chosen once (PostgreSQL would rescan an IN subquery
+# and, skipping the rows it just changed, pick more). The outer conditions are checked
+# again on each row: on PostgreSQL a job queued again after the batch was chosen is
+# re-read and left alone. `{lock}` as in CLAIM_BATCH.
+FINISHED = "('completed', 'failed', 'expired', 'cancelled')"
+
+DELETE_FINISHED = f"""
+WITH batch AS MATERIALIZED (
+    SELECT id FROM jobs WHERE status = :status AND updated_at < :before
+    ORDER BY updated_at LIMIT :limit {{lock}}
+)
+DELETE FROM jobs WHERE id IN (SELECT id FROM batch)
+  AND status = :status AND status IN {FINISHED} AND updated_at < :before
+RETURNING id
+"""
+
+COUNT_FINISHED = "SELECT COUNT(*) FROM jobs WHERE status = :status AND updated_at < :before"
+
+# The job keeps its updated_at: the console's age does not restart the job's.
+CLEAR_CONSOLES = f"""
+WITH batch AS MATERIALIZED (
+    SELECT id FROM jobs
+    WHERE status = :status AND updated_at >= :since AND updated_at < :before
+      AND console_output IS NOT NULL
+    ORDER BY updated_at LIMIT :limit {{lock}}
+)
+UPDATE jobs SET console_output = NULL WHERE id IN (SELECT id FROM batch)
+  AND status = :status AND status IN {FINISHED} AND updated_at < :before
+RETURNING id, updated_at
+"""
+
+COUNT_CONSOLES = """
+SELECT COUNT(*) FROM jobs
+WHERE status = :status AND updated_at >= :since AND updated_at < :before
+  AND console_output IS NOT NULL
+"""
+
+# Status and finish time of some jobs (their figure folders are being judged).
+JOB_STATES = "SELECT id, status, updated_at FROM jobs WHERE id IN {ids}"
+
+_IDLE_RUNNER = f"""last_seen < :before AND NOT EXISTS (
+        SELECT 1 FROM jobs WHERE jobs.claimed_by = runners.id AND jobs.status IN {RUNNING})"""
+
+DELETE_IDLE_RUNNERS = f"""
+WITH batch AS MATERIALIZED (
+    SELECT id FROM runners WHERE {_IDLE_RUNNER}
+    ORDER BY last_seen LIMIT :limit {{lock}}
+)
+DELETE FROM runners WHERE id IN (SELECT id FROM batch) AND {_IDLE_RUNNER}
+RETURNING id
+"""
+
+COUNT_IDLE_RUNNERS = f"SELECT COUNT(*) FROM runners WHERE {_IDLE_RUNNER}"
+
+
+# --- stored API keys (runpack keys) ------------------------------------------------------
+API_KEY_COLS = ", ".join(API_KEY_COLUMNS)
+INSERT_API_KEY = f"""
+INSERT INTO api_keys ({API_KEY_COLS}) VALUES ({", ".join(":" + c for c in API_KEY_COLUMNS)})
+"""
+GET_API_KEY = f"SELECT {API_KEY_COLS} FROM api_keys WHERE id = :id"
+API_KEY_BY_HASH = f"SELECT {API_KEY_COLS} FROM api_keys WHERE secret_sha256 = :secret_sha256"
+LIST_API_KEYS = f"SELECT {API_KEY_COLS} FROM api_keys ORDER BY created_at, id"
+REVOKE_API_KEY = f"""
+UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL
+RETURNING {API_KEY_COLS}
+"""
+# Several instances may record uses of one key: the time only moves forward.
+TOUCH_API_KEY = """
+UPDATE api_keys SET last_used_at = :now
+WHERE id = :id AND (last_used_at IS NULL OR last_used_at < :now)
+"""

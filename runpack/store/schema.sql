@@ -33,14 +33,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_message    TEXT
 );
 
--- The claim query: pending jobs of some types, highest priority, then oldest.
-CREATE INDEX IF NOT EXISTS jobs_claim_idx ON jobs (status, job_type, priority DESC, created_at);
+-- The claim query: pending jobs in claim order (highest priority, then oldest); it
+-- stops at the first of the runner's types. Only pending rows are in it.
+CREATE INDEX IF NOT EXISTS jobs_pending_idx ON jobs (priority DESC, created_at, id)
+    WHERE status = 'pending';
 -- The admin list (newest first, optionally by status) and runner detail.
 CREATE INDEX IF NOT EXISTS jobs_created_idx ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_status_created_idx ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_claimed_by_idx ON jobs (claimed_by, created_at);
 -- The sweeper: running jobs by last heartbeat.
 CREATE INDEX IF NOT EXISTS jobs_heartbeat_idx ON jobs (status, last_heartbeat);
+-- Retention: finished jobs of a state, oldest first (runpack.retention).
+CREATE INDEX IF NOT EXISTS jobs_status_updated_idx ON jobs (status, updated_at);
 
 CREATE TABLE IF NOT EXISTS runners (
     id            TEXT   NOT NULL PRIMARY KEY,
@@ -52,4 +56,27 @@ CREATE TABLE IF NOT EXISTS runners (
 
 CREATE INDEX IF NOT EXISTS runners_last_seen_idx ON runners (last_seen);
 
+-- API keys beyond the three environment keys (runpack keys create / list / revoke).
+-- Only the SHA-256 hex of a secret is kept. The secrets are 256-bit random strings,
+-- so a fast unsalted hash is enough: there is no dictionary or brute force to slow
+-- down (that is what bcrypt or argon2 are for, with human-chosen passwords), and a
+-- token is then found with one probe of the UNIQUE index, whose timing says nothing
+-- about any stored secret. job_types and origins are JSON arrays of text, NULL for
+-- no limit. rate is requests per RUNPACK_RATE_WINDOW, NULL for the per-IP limits.
+CREATE TABLE IF NOT EXISTS api_keys (
+    id            TEXT    NOT NULL PRIMARY KEY,
+    name          TEXT    NOT NULL DEFAULT '',
+    role          TEXT    NOT NULL CHECK (role IN ('submit', 'runner', 'admin')),
+    secret_sha256 TEXT    NOT NULL UNIQUE,
+    job_types     TEXT,
+    origins       TEXT,
+    rate          INTEGER CHECK (rate IS NULL OR rate >= 0),
+    created_at    BIGINT  NOT NULL,
+    last_used_at  BIGINT,
+    revoked_at    BIGINT
+);
+
 INSERT INTO schema_version (version, applied_at) VALUES (1, 0) ON CONFLICT (version) DO NOTHING;
+INSERT INTO schema_version (version, applied_at) VALUES (2, 0) ON CONFLICT (version) DO NOTHING;
+INSERT INTO schema_version (version, applied_at) VALUES (3, 0) ON CONFLICT (version) DO NOTHING;
+INSERT INTO schema_version (version, applied_at) VALUES (4, 0) ON CONFLICT (version) DO NOTHING;

@@ -29,7 +29,16 @@ import aiosqlite
 
 from runpack.errors import StoreError
 from runpack.store import queries as q
-from runpack.store.base import JOB_COLUMNS, RUNNER_COLUMNS, JobRow, NewJob, RunnerRow
+from runpack.store.base import (
+    API_KEY_COLUMNS,
+    JOB_COLUMNS,
+    RUNNER_COLUMNS,
+    ApiKeyRow,
+    JobRow,
+    NewJob,
+    RunnerRow,
+    claim_order,
+)
 from runpack.store.migrations import apply_sqlite
 
 log = logging.getLogger(__name__)
@@ -226,7 +235,7 @@ class SqliteStore:
         if not job_types:
             return []
         in_sql, params = q.in_list(list(job_types), "t")
-        sql = q.AVAILABLE.format(job_types=in_sql)
+        sql = q.AVAILABLE.format(job_types=in_sql, pending_index=q.SQLITE_PENDING_INDEX)
         return await self._read_jobs(sql, {**params, "now": now, "limit": limit})
 
     async def list_jobs(
@@ -289,11 +298,21 @@ class SqliteStore:
         return await self._write_job(q.CLAIM, {"id": job_id, "runner_id": runner_id, "now": now})
 
     async def claim_next(self, runner_id: str, job_types: Sequence[str], now: int) -> JobRow | None:
-        if not job_types:
-            return None
+        jobs = await self.claim_batch(runner_id, job_types, now, 1)
+        return jobs[0] if jobs else None
+
+    async def claim_batch(
+        self, runner_id: str, job_types: Sequence[str], now: int, limit: int
+    ) -> list[JobRow]:
+        if not job_types or limit < 1:
+            return []
         in_sql, params = q.in_list(list(job_types), "t")
-        sql = q.CLAIM_NEXT.format(job_types=in_sql, lock="")
-        return await self._write_job(sql, {**params, "runner_id": runner_id, "now": now})
+        sql = q.CLAIM_BATCH.format(picked=q.SQLITE_PICKED).format(
+            job_types=in_sql, lock="", pending_index=q.SQLITE_PENDING_INDEX
+        )
+        args = {**params, "runner_id": runner_id, "now": now, "limit": limit}
+        rows = await self._write(lambda c: c.execute(sql, args).fetchall())
+        return claim_order([JobRow(*row) for row in rows])
 
     async def heartbeat(
         self,
@@ -416,3 +435,69 @@ class SqliteStore:
         if not params:
             return 0
         return await self._write(lambda c: c.executemany(sql, params).rowcount)
+
+    # --- stored API keys ----------------------------------------------------------------
+    async def insert_api_key(self, key: ApiKeyRow) -> None:
+        params = {name: getattr(key, name) for name in API_KEY_COLUMNS}
+        await self._write_count(q.INSERT_API_KEY, params)
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRow | None:
+        return _api_key(self._get(q.GET_API_KEY, {"id": key_id}))
+
+    async def api_key_by_hash(self, secret_sha256: str) -> ApiKeyRow | None:
+        return _api_key(self._get(q.API_KEY_BY_HASH, {"secret_sha256": secret_sha256}))
+
+    async def list_api_keys(self) -> list[ApiKeyRow]:
+        return [ApiKeyRow(*row) for row in await self._read(q.LIST_API_KEYS, {})]
+
+    async def revoke_api_key(self, key_id: str, now: int) -> ApiKeyRow | None:
+        params = {"id": key_id, "now": now}
+        return await self._write(lambda c: _api_key(c.execute(q.REVOKE_API_KEY, params).fetchone()))
+
+    async def touch_api_key(self, key_id: str, now: int) -> bool:
+        return await self._write_count(q.TOUCH_API_KEY, {"id": key_id, "now": now}) > 0
+
+    # --- retention ------------------------------------------------------------------
+    async def delete_finished(self, status: str, before: int, limit: int) -> list[str]:
+        params = {"status": status, "before": before, "limit": limit}
+        sql = q.DELETE_FINISHED.format(lock="")
+        return await self._write(lambda c: [row[0] for row in c.execute(sql, params)])
+
+    async def count_finished(self, status: str, before: int) -> int:
+        rows = await self._read(q.COUNT_FINISHED, {"status": status, "before": before})
+        return int(rows[0][0])
+
+    async def clear_consoles(
+        self, status: str, since: int, before: int, limit: int
+    ) -> list[tuple[str, int]]:
+        params = {"status": status, "since": since, "before": before, "limit": limit}
+        sql = q.CLEAR_CONSOLES.format(lock="")
+        return await self._write(lambda c: [(r[0], r[1]) for r in c.execute(sql, params)])
+
+    async def count_consoles(self, status: str, since: int, before: int) -> int:
+        params = {"status": status, "since": since, "before": before}
+        return int((await self._read(q.COUNT_CONSOLES, params))[0][0])
+
+    async def job_states(self, job_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        if not job_ids:
+            return {}
+        in_sql, params = q.in_list(list(job_ids), "i")
+        rows = await self._read(q.JOB_STATES.format(ids=in_sql), params)
+        return {job_id: (status, int(updated_at)) for job_id, status, updated_at in rows}
+
+    async def delete_idle_runners(self, before: int, limit: int) -> list[str]:
+        params = {"before": before, "limit": limit}
+        sql = q.DELETE_IDLE_RUNNERS.format(lock="")
+        return await self._write(lambda c: [row[0] for row in c.execute(sql, params)])
+
+    async def count_idle_runners(self, before: int) -> int:
+        return int((await self._read(q.COUNT_IDLE_RUNNERS, {"before": before}))[0][0])
+
+    # --- metrics ----------------------------------------------------------------------
+    async def count_jobs_by_status_and_type(self) -> dict[tuple[str, str], int]:
+        rows = await self._read(q.COUNT_JOBS_BY_STATUS_AND_TYPE, {})
+        return {(status, job_type): int(n) for status, job_type, n in rows}
+
+
+def _api_key(row: Sequence[Any] | None) -> ApiKeyRow | None:
+    return ApiKeyRow(*row) if row is not None else None

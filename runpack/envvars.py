@@ -1,0 +1,65 @@
+"""Reading ``RUNPACK_*`` variables into a settings dataclass.
+
+The server's :class:`runpack.settings.Settings` and the runner's
+:class:`runpack_runner.settings.RunnerSettings` are both frozen dataclasses whose
+fields are settings; this is how either is filled from the environment and flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+TRUE = frozenset({"1", "true", "yes", "on"})
+FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def env_name(name: str) -> str:
+    """The variable of a setting: ``heartbeat_timeout`` → ``RUNPACK_HEARTBEAT_TIMEOUT``."""
+    return "RUNPACK_" + name.upper()
+
+
+def type_name(f: dataclasses.Field[Any]) -> str:
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+
+def split_list(raw: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` → ``("a", "b", "c")``."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def parse_value(f: dataclasses.Field[Any], raw: str) -> Any:
+    """A setting's value from its text, by the field's type; ValueError names the variable."""
+    kind = type_name(f)
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in TRUE:
+                return True
+            if lowered in FALSE:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{env_name(f.name)}: cannot read {raw!r} as {kind}") from None
+    if kind.startswith("tuple"):
+        return split_list(raw)
+    return raw
+
+
+def read_values(
+    cls: type[Any], environ: Mapping[str, str], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Field values from ``RUNPACK_*`` variables (empty ones ignored), then ``overrides``
+    that are not None (the command line's flags)."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        raw = environ.get(env_name(f.name))
+        if raw is not None and raw != "":
+            values[f.name] = parse_value(f, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return values
