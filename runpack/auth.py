@@ -1,14 +1,59 @@
-"""API keys and roles. Keys are compared in constant time and never logged."""
+"""API keys and roles: the three environment keys, and keys stored in the database.
+
+The environment keys are compared in constant time, every one of them on every
+request. A stored key (``runpack keys create``) is found by the SHA-256 of the
+token instead: the database never holds a secret, and the timing of an index probe
+on a hash tells nothing about any stored secret, since a guess's hash has nothing in
+common with a key's. Only tokens shaped like a stored key (``rpk_`` and random
+text) ever reach the database. Keys and tokens are never logged.
+
+Each instance remembers a stored key, or that a token is wrong, for
+``key_cache_ttl`` seconds: a flood of requests with one token costs one lookup
+per period, and a key revoked in the database stops working on every instance
+within that time (at once on the instance that revoked it over HTTP).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from runpack.errors import Forbidden, Unauthorized
+import orjson
+
+from runpack.errors import Forbidden, StoreError, Unauthorized
 from runpack.protocol import Role
 from runpack.settings import Settings
 
+if TYPE_CHECKING:
+    from runpack.store.base import ApiKeyRow, Store
+
+log = logging.getLogger(__name__)
+
 FORMAT_HINT = "Invalid Authorization header format. Use: Bearer <token>"
+#: The roles a stored key may have: the same three as the environment keys.
+KEY_ROLES = (Role.SUBMIT, Role.RUNNER, Role.ADMIN)
+SECRET_PREFIX = "rpk_"
+_SECRET_SHAPE = re.compile(r"rpk_[A-Za-z0-9_-]{32,128}")
+#: A key's ``last_used_at`` is written at most this often per instance (seconds).
+TOUCH_INTERVAL = 60.0
+#: Remembered tokens per instance; past this, expired ones go, then all of them.
+MAX_CACHED = 10_000
+
+
+def new_secret() -> str:
+    """A stored key's secret: 256 random bits."""
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def bearer_token(header: str | None) -> str:
@@ -21,18 +66,77 @@ def bearer_token(header: str | None) -> str:
     return parts[1]
 
 
-class KeyRing:
-    """The three environment keys; answers which roles a token holds."""
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """A stored key as the policy middleware uses it (never its secret)."""
 
-    def __init__(self, settings: Settings) -> None:
+    id: str
+    role: Role
+    #: Job types it may submit and check; None for any.
+    job_types: frozenset[str] | None
+    #: Browser Origins it may be used from; None for any.
+    origins: frozenset[str] | None
+    #: Requests per rate window on rate-limited routes, in place of the per-IP limits.
+    rate: int | None
+    revoked: bool
+
+    @classmethod
+    def from_row(cls, row: ApiKeyRow) -> StoredKey:
+        def names(text: str | None) -> frozenset[str] | None:
+            return None if text is None else frozenset(orjson.loads(text))
+
+        return cls(
+            id=row.id,
+            role=Role(row.role),
+            job_types=names(row.job_types),
+            origins=names(row.origins),
+            rate=row.rate,
+            revoked=row.revoked_at is not None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who made a request: a role, and the stored key if it was one."""
+
+    role: Role
+    key: StoredKey | None = None
+    #: The request's Origin, when the key lists its Origins (CORS replies name it).
+    origin: str | None = None
+
+    def check_job_type(self, job_type: str) -> None:
+        """Refuse a job type the key may not submit or check."""
+        allowed = self.key.job_types if self.key is not None else None
+        if allowed is not None and job_type not in allowed:
+            raise Forbidden(
+                "This key may not submit this job type",
+                details=f"{job_type!r} is not one of: {', '.join(sorted(allowed))}",
+            )
+
+
+class KeyRing:
+    """Answers which role a token holds: an environment key, or a stored key."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._keys = {
             Role.SUBMIT: settings.submit_api_key.encode(),
             Role.RUNNER: settings.runner_api_key.encode(),
             Role.ADMIN: settings.admin_api_key.encode(),
         }
         self.runner_reads_admin = settings.runner_key_reads_admin
+        self.store = store
+        self.cache_ttl = settings.key_cache_ttl
+        self.clock = clock
+        self._cache: dict[str, tuple[float, StoredKey | None]] = {}  # hash -> (until, key)
+        self._touched: dict[str, float] = {}  # key id -> when its use was last written
 
     def holder(self, token: str) -> Role | None:
+        """The environment key this token is, if any."""
         given = token.encode()
         found = None
         for role, key in self._keys.items():
@@ -41,13 +145,32 @@ class KeyRing:
                 found = role
         return found
 
-    def authorize(self, header: str | None, required: Role) -> Role:
-        """The caller's role if it may use a route that requires ``required``."""
+    async def authorize(
+        self, header: str | None, required: Role, origin: str | None = None
+    ) -> Caller:
+        """The caller, if it may use a route that requires ``required`` from ``origin``."""
         if required == Role.PUBLIC:
-            return Role.PUBLIC
-        holder = self.holder(bearer_token(header))
-        if holder is None:
+            return Caller(Role.PUBLIC)
+        token = bearer_token(header)
+        holder = self.holder(token)
+        if holder is not None:
+            return Caller(self.permit(holder, required))
+        key = await self.stored(token)
+        if key is None:
             raise Unauthorized("Invalid API key")
+        if key.revoked:
+            raise Unauthorized("Invalid API key", details="This key has been revoked")
+        role = self.permit(key.role, required)
+        if key.origins is None:
+            origin = None
+        elif origin is not None and origin not in key.origins:
+            # Browsers always send Origin on cross-site requests; other clients may omit it.
+            raise Forbidden("This key may not be used from this origin", details=origin)
+        await self._touch(key)
+        return Caller(role, key, origin)
+
+    def permit(self, holder: Role, required: Role) -> Role:
+        """The role a key of ``holder`` acts with on a route requiring ``required``."""
         if holder == required:
             return holder
         if holder == Role.ADMIN and required != Role.RUNNER:
@@ -57,3 +180,43 @@ class KeyRing:
         if required == Role.ADMIN and holder == Role.RUNNER:
             raise Forbidden("Admin key required", details="This key may read but not change jobs")
         raise Unauthorized("Invalid API key")
+
+    async def stored(self, token: str) -> StoredKey | None:
+        """The stored key with this secret (revoked or not), or None."""
+        if self.store is None or not _SECRET_SHAPE.fullmatch(token):
+            return None
+        digest = hash_secret(token)
+        now = self.clock()
+        cached = self._cache.get(digest)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        row = await self.store.api_key_by_hash(digest)
+        key = StoredKey.from_row(row) if row is not None else None
+        self._remember(digest, key, now)
+        return key
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from this instance's cache (it was just revoked here)."""
+        self._cache = {d: e for d, e in self._cache.items() if e[1] is None or e[1].id != key_id}
+
+    def _remember(self, digest: str, key: StoredKey | None, now: float) -> None:
+        if self.cache_ttl <= 0:
+            return
+        if len(self._cache) >= MAX_CACHED:
+            self._cache = {d: e for d, e in self._cache.items() if now < e[0]}
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+        self._cache[digest] = (now + self.cache_ttl, key)
+
+    async def _touch(self, key: StoredKey) -> None:
+        """Record that the key was used, at most once per TOUCH_INTERVAL."""
+        now = self.clock()
+        last = self._touched.get(key.id)
+        if last is not None and now - last < TOUCH_INTERVAL:
+            return
+        self._touched[key.id] = now
+        assert self.store is not None  # a stored key came from it
+        try:
+            await self.store.touch_api_key(key.id, int(time.time() * 1000))
+        except StoreError as exc:  # the request goes on: this is bookkeeping
+            log.warning("could not record a use of API key %s: %s", key.id, exc.details)

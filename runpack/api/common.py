@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from runpack.auth import Caller, KeyRing
 from runpack.errors import BadRequest
 from runpack.protocol import Role
 from runpack.service import JobService
@@ -26,6 +27,9 @@ SERVICE = web.AppKey("service", JobService)
 #: The caller's role, set on each request by the policy middleware.
 ROLE = web.RequestKey("role", Role)
 SETTINGS = web.AppKey("settings", Settings)
+KEYS = web.AppKey("keys", KeyRing)
+#: The caller (role, and the stored key if it was one), set by the policy middleware.
+CALLER = web.RequestKey("caller", Caller)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from runpack.api.common import ROLE, SERVICE, json_response, policy, read_json
+from runpack.api.common import CALLER, ROLE, SERVICE, json_response, policy, read_json
 from runpack.api.views import job_status, result_of
 from runpack.protocol import Role
 from runpack.service import Outcome, SubmitResult
@@ -23,7 +23,9 @@ def _error_text(result: SubmitResult) -> str:
 @policy(Role.SUBMIT, bucket="submit", failure="Failed to submit job")
 async def submit(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    result = await service.submit(service.job_request(await read_json(request)))
+    job_request = service.job_request(await read_json(request))
+    request[CALLER].check_job_type(job_request.job_type)
+    result = await service.submit(job_request)
     job = result.job
     assert job is not None
     body: dict[str, Any] = {"job_id": job.id, "status": job.status}
@@ -45,7 +47,9 @@ async def submit(request: web.Request) -> web.Response:
 @policy(Role.SUBMIT, bucket="submit", failure="Failed to check job")
 async def check(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    result = await service.check(service.job_request(await read_json(request)))
+    job_request = service.job_request(await read_json(request))
+    request[CALLER].check_job_type(job_request.job_type)
+    result = await service.check(job_request)
     job = result.job
     if result.outcome == Outcome.MISSING or job is None:
         return json_response({"exists": False, "message": "Job does not exist"})
