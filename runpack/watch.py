@@ -26,6 +26,8 @@ WATCH_QUEUE = 256
 BUFFER = 512
 MAX_CHANNELS = 10_000
 ADMIN = "*"
+#: Internal event: the stream sends the job as it is now (a ``snapshot``) instead.
+REFRESH = "refresh"
 
 #: One event as watchers see it: (sequence number, event type, data).
 Item = tuple[int, str, dict[str, Any]]
@@ -157,9 +159,15 @@ class WatchHub:
         self.channels: OrderedDict[str, Channel] = OrderedDict()
         self.admin = Channel(self.counter)
         self.clock = clock
+        self.closed = False
         self._unsubscribe = notifier.subscribe(self.on_event)
 
     def close(self) -> None:
+        """End every stream with a ``closing`` event (the server is shutting down);
+        a stream opened after this ends at once. Closing again does nothing."""
+        if self.closed:
+            return
+        self.closed = True
         self._unsubscribe()
         for channel in [self.admin, *self.channels.values()]:
             for watcher in channel.watchers:
@@ -185,7 +193,9 @@ class WatchHub:
 
     def on_event(self, event: Event) -> None:
         if event.job_id is None:
-            if event.type.startswith("runner_"):  # e.g. runner_attached: for the dashboard
+            if event.type == "resync" and event.data.get("reconnected"):
+                self.resync()
+            elif event.type.startswith("runner_"):  # e.g. runner_attached: for the dashboard
                 self.admin.emit("runner", {"change": event.type[7:], **event.data})
             return
         items = translate(event)
@@ -200,9 +210,25 @@ class WatchHub:
             channel.emit(kind, data)
             self.admin.emit(kind, {"job_id": event.job_id, **data})
 
+    def resync(self) -> None:
+        """Events from other instances may have been missed (LISTEN was re-opened).
+
+        Every job stream gets a ``refresh``, which its pump answers with a fresh
+        snapshot, and the dashboard a ``reset``; a client resuming from an
+        event before this one gets a snapshot too.
+        """
+        for channel in [*self.channels.values(), self.admin]:
+            channel.forgotten = channel.seq
+        for channel in self.channels.values():
+            if channel.watchers:
+                channel.emit(REFRESH, {})
+        self.admin.emit("reset", {"watchers": self.watcher_count()})
+
     def watch(self, channel: Channel) -> Watcher:
         watcher = Watcher()
         channel.watchers.add(watcher)
+        if self.closed:
+            watcher.end((channel.seq, "closing", {}))
         return watcher
 
     def unwatch(self, channel: Channel, watcher: Watcher) -> None:

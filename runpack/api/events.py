@@ -4,16 +4,18 @@ Server-Sent Events by default (``curl -N`` works), or a WebSocket when the
 request asks for an upgrade. Each event has an id ``<epoch>-<seq>``: a client
 that reconnects with ``Last-Event-ID`` (or ``?last_event_id=``) gets what it
 missed, or a fresh snapshot when the server can no longer tell. A job's stream
-starts with a ``snapshot`` of the job and ends after a final status. A watcher
-that falls too far behind (see runpack.watch) or does not take an event for
-``SEND_TIMEOUT`` seconds is disconnected, never waited for.
+starts with a ``snapshot`` of the job and ends after a final status; it gets
+another ``snapshot`` when events from other instances may have been missed (the
+LISTEN connection to PostgreSQL was re-opened). A watcher that falls too far
+behind (see runpack.watch) or does not take an event for ``SEND_TIMEOUT``
+seconds is disconnected, never waited for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -21,9 +23,9 @@ from aiohttp import web
 
 from runpack.api.common import CORS_HEADERS, SERVICE, policy
 from runpack.api.views import job_detail
-from runpack.errors import JobNotFound
+from runpack.errors import JobNotFound, RunpackError
 from runpack.protocol import Role
-from runpack.watch import Channel, Item, Watcher, WatchHub, is_final
+from runpack.watch import REFRESH, Channel, Item, Watcher, WatchHub, is_final
 
 routes = web.RouteTableDef()
 WATCH = web.AppKey("watch", WatchHub)
@@ -32,6 +34,8 @@ KEEPALIVE = 15.0
 SEND_TIMEOUT = 30.0
 #: Reads of a job's snapshot before giving up on one that no console append overlaps.
 SNAPSHOT_TRIES = 3
+#: Reads the job as it is now (for a stream that may have missed events).
+Refresh = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class _Sink:
@@ -116,15 +120,31 @@ def _ends(kind: str, data: dict[str, Any]) -> bool:
 
 
 async def _pump(
-    sink: _Sink, hub: WatchHub, watcher: Watcher, backlog: list[Item], after: int, job: bool
+    sink: _Sink,
+    hub: WatchHub,
+    watcher: Watcher,
+    backlog: list[Item],
+    after: int,
+    job: bool,
+    refresh: Refresh | None = None,
 ) -> None:
     """Send the backlog, then the live events numbered above ``after`` until a final
-    status (job streams), a drop or a disconnect."""
+    status (job streams), a drop or a disconnect. A ``refresh`` (events may have
+    been missed) is sent as a fresh snapshot."""
+
+    async def send(seq: int, kind: str, data: dict[str, Any]) -> bool:
+        """Send one event; True if it ends the stream."""
+        if kind == REFRESH:
+            if refresh is None:
+                return False
+            kind, data = "snapshot", await refresh()
+        async with asyncio.timeout(SEND_TIMEOUT):
+            await sink.send(f"{hub.epoch}-{seq}", kind, data)
+        return job and _ends(kind, data)
+
     try:
         for seq, kind, data in backlog:
-            async with asyncio.timeout(SEND_TIMEOUT):
-                await sink.send(f"{hub.epoch}-{seq}", kind, data)
-            if job and _ends(kind, data):
+            if await send(seq, kind, data):
                 return
         while True:
             try:
@@ -137,14 +157,14 @@ async def _pump(
             if item is None:
                 return  # dropped for being slow: the client reconnects and catches up
             seq, kind, data = item
-            if seq <= after:
+            if seq <= after and kind != "closing":
                 continue  # already in the backlog or the snapshot
-            async with asyncio.timeout(SEND_TIMEOUT):
-                await sink.send(f"{hub.epoch}-{seq}", kind, data)
-            if job and _ends(kind, data):
+            if await send(seq, kind, data):
                 return
     except TimeoutError:
         sink.abort()  # the client stopped reading
+    except RunpackError:
+        sink.abort()  # no fresh snapshot now: the client reconnects and gets one then
 
 
 async def _serve(
@@ -154,12 +174,13 @@ async def _serve(
     backlog: list[Item],
     after: int,
     job: bool,
+    refresh: Refresh | None = None,
 ) -> web.StreamResponse:
     sink = _Sink(request)
     watcher.on_drop = sink.abort
     response = await sink.open()
     with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
-        await sink.run(_pump(sink, hub, watcher, backlog, after, job))
+        await sink.run(_pump(sink, hub, watcher, backlog, after, job, refresh))
     return response
 
 
@@ -198,7 +219,11 @@ async def _stream_job(request: web.Request, job_id: str) -> web.StreamResponse:
         if backlog is None:
             snapshot = await _snapshot(request, channel, job_id)
             backlog, after = [snapshot], snapshot[0]
-        return await _serve(request, hub, watcher, backlog, after, job=True)
+
+        async def refresh() -> dict[str, Any]:
+            return job_detail(await service.get_job(job_id))
+
+        return await _serve(request, hub, watcher, backlog, after, job=True, refresh=refresh)
     finally:
         hub.unwatch(channel, watcher)
 

@@ -1,0 +1,111 @@
+"""Log records for people (``text``) or machines (``json``), each with its context.
+
+While an HTTP request is handled, :func:`bind_request` holds its id in a context
+variable, and :func:`bind` may add more (on a runner's socket, the runner's id);
+tasks started meanwhile inherit them.
+A filter copies that context onto every record, where an explicit
+``extra={"job_id": …}`` may add more. ``text`` appends the context to the usual
+line; ``json`` writes one object per line: ``ts``, ``level``, ``logger``,
+``message``, ``request_id`` and every extra field. No headers are ever logged,
+so keys never reach a record.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, TextIO
+
+import orjson
+
+FORMATS = ("text", "json")
+#: Context fields the text format shows, in this order (json shows every field).
+TEXT_FIELDS = ("request_id", "runner_id", "job_id")
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+_CONTEXT: ContextVar[Mapping[str, str]] = ContextVar("runpack_log_context", default=_EMPTY)
+#: The request id on its own: it is set for every request, so it must cost little.
+_REQUEST_ID: ContextVar[str | None] = ContextVar("runpack_request_id", default=None)
+#: Attributes every LogRecord has: anything else on a record is an extra field.
+_STANDARD = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
+)
+
+
+def bind(**fields: str) -> Token[Mapping[str, str]]:
+    """Add fields to the log context of this task (and the tasks it starts)."""
+    return _CONTEXT.set(MappingProxyType({**_CONTEXT.get(), **fields}))
+
+
+def unbind(token: Token[Mapping[str, str]]) -> None:
+    _CONTEXT.reset(token)
+
+
+def bind_request(request_id: str) -> Token[str | None]:
+    """The id of the request this task is handling (``request_id`` on records)."""
+    return _REQUEST_ID.set(request_id)
+
+
+def unbind_request(token: Token[str | None]) -> None:
+    _REQUEST_ID.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Puts the bound context on each record; an explicit ``extra`` field wins."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = record.__dict__
+        request_id = _REQUEST_ID.get()
+        if request_id is not None:
+            fields.setdefault("request_id", request_id)
+        for key, value in _CONTEXT.get().items():
+            fields.setdefault(key, value)
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """The usual human line, then ``[request_id=… runner_id=… job_id=…]`` when known."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        known = [f"{k}={record.__dict__[k]}" for k in TEXT_FIELDS if record.__dict__.get(k)]
+        return f"{line} [{' '.join(known)}]" if known else line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        out: dict[str, Any] = {
+            "ts": ts.replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": record.__dict__.get("request_id"),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out.setdefault(key, value)
+        if record.exc_info:
+            out["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack_info"] = self.formatStack(record.stack_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+def setup_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
+    """Send every logger's records to ``stream`` (stderr) in ``fmt``, at ``level``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"log_format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
