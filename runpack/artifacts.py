@@ -9,6 +9,11 @@ limited while reading, before anything is kept. A figure is *complete* while
 every file in its manifest exists with its size: a cached result whose figure
 is not complete is expired and computed again.
 
+When the disk is full or the folder cannot be written (ENOSPC, EDQUOT, EFBIG,
+EROFS, EACCES, EPERM…), an upload is refused with :class:`InsufficientStorage`
+(507) or :class:`StorageNotWritable` (503) naming the cause, everything it wrote
+is removed and a figure already stored stays as it was: the runner tries again.
+
 Imports neither aiohttp nor a database driver; blocking file work runs in threads.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -31,7 +37,14 @@ from typing import IO, Any
 
 import orjson
 
-from runpack.errors import BadRequest, NotOwned, TooLarge
+from runpack.errors import (
+    BadRequest,
+    InsufficientStorage,
+    NotOwned,
+    RunpackError,
+    StorageNotWritable,
+    TooLarge,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +85,22 @@ CONTENT_TYPES = {
 #: Zarr's metadata files (``.zmetadata`` …) are JSON; its chunks are binary.
 ZARR_METADATA = frozenset({".zmetadata", ".zattrs", ".zgroup", ".zarray"})
 BINARY = "application/octet-stream"
+
+#: Write errors that mean "no room": answered 507, the runner tries again later.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: Write errors that mean "cannot write here now": answered 503.
+NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
+
+def storage_error(exc: OSError, doing: str) -> RunpackError | None:
+    """The error to answer for a failed write of figure files, None if not a storage one."""
+    if exc.errno not in NO_SPACE | NOT_WRITABLE:
+        return None
+    cause = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+    details = f"{cause} while {doing}; try again later"
+    if exc.errno in NO_SPACE:
+        return InsufficientStorage(details=details)
+    return StorageNotWritable(details=details)
 
 
 def figpack_urls(value: Any) -> Iterator[Any]:
@@ -258,17 +287,26 @@ class FigureStore:
         put in place; it raises to refuse (the job changed hands meanwhile).
         """
         self.folder(job_id)  # validates the id
-        incoming = await asyncio.to_thread(self._incoming)
         token = secrets.token_hex(8)
-        archive = incoming / f"{job_id}-{token}.tar"
-        staging = incoming / f"{job_id}-{token}"
+        archive = self.root / INCOMING / f"{job_id}-{token}.tar"
+        staging = self.root / INCOMING / f"{job_id}-{token}"
+        doing = "receiving the upload"
         try:
+            await asyncio.to_thread(self._incoming)
             await self._spool(body, archive)
+            doing = "unpacking the upload"
             files, total = await asyncio.to_thread(self._unpack, archive, staging, job_id)
             if still_allowed is not None:
                 await still_allowed()
+            doing = "putting the figure in place"
             async with self._lock(job_id):
                 await asyncio.to_thread(self._commit, staging, job_id)
+        except OSError as exc:
+            refusal = storage_error(exc, doing)
+            if refusal is None:
+                raise
+            log.warning("cannot store the figure of job %s: %s (%s)", job_id, exc, doing)
+            raise refusal from None
         finally:
             await asyncio.to_thread(_remove_quietly, archive, staging)
         base = self.base_url(job_id)
@@ -378,7 +416,13 @@ class FigureStore:
         if final.exists():
             old = self.root / INCOMING / f"replaced-{job_id}-{secrets.token_hex(4)}"
             os.rename(final, old)
-        os.rename(staging, final)
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if old is not None:  # the previous figure stays
+                with contextlib.suppress(OSError):
+                    os.rename(old, final)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         log.info("stored the figure of job %s", job_id)
@@ -410,9 +454,10 @@ def _write_new(target: Path, source: IO[bytes], size: int) -> None:
 
 
 def _remove_quietly(*paths: Path) -> None:
+    """Remove what an upload left; what cannot be removed now goes at the next start."""
     for path in paths:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 path.unlink()

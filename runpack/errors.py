@@ -101,6 +101,18 @@ class TooLarge(RunpackError):
     status = 413
 
 
+class InsufficientStorage(RunpackError):
+    """Insufficient storage: the server cannot store the files now"""
+
+    status = 507
+
+
+class StorageNotWritable(RunpackError):
+    """The server's file storage is not writable now"""
+
+    status = 503
+
+
 class RateLimited(RunpackError):
     """Rate limit exceeded"""
 
@@ -117,3 +129,13 @@ class StoreError(RunpackError):
     """Database error"""
 
     status = 503
+
+
+class StoreUnavailable(StoreError):
+    """Database unavailable: try again shortly"""
+
+    #: Seconds a client should wait before trying again (the ``Retry-After`` header).
+    RETRY_AFTER = 1
+
+    def __init__(self, *, details: str | None = None) -> None:
+        super().__init__(details=details, headers={"Retry-After": str(self.RETRY_AFTER)})

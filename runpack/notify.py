@@ -8,6 +8,7 @@ not block: it hands slow work to a task of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -103,6 +104,13 @@ CHANNEL = "runpack_events"
 MAX_PAYLOAD = 7000
 #: How often the listening connection is checked (seconds).
 LISTEN_PROBE = 5.0
+#: How long opening the LISTEN or the NOTIFY connection may take (seconds).
+CONNECT_TIMEOUT = 10.0
+#: Delays before opening a lost connection again: doubling from the first to the last.
+RETRY_MIN = 0.2
+RETRY_MAX = 5.0
+#: How the bridge's connections show in pg_stat_activity (as the store's pool's do).
+APPLICATION_NAME = "runpack"
 #: Fields too large to send; the receiving side reads them from the database.
 HEAVY = ("output_data", "console_output")
 
@@ -112,8 +120,10 @@ class PgBridge:
 
     Local events go out as small JSON payloads (ids and deltas; long console
     chunks split across several); events from other instances are published to
-    the local subscribers (hub, watchers, result cache). The listening
-    connection is re-opened after a drop, and the hub catches up by itself.
+    the local subscribers (hub, watchers, result cache). A connection that
+    drops (database restart, failover, terminated backend) is opened again with
+    backoff: the listening one at once, since it hears of its loss, and the
+    hub then looks for the jobs queued meanwhile (a ``resync`` event).
     """
 
     def __init__(
@@ -132,6 +142,7 @@ class PgBridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
         self.connected = asyncio.Event()
+        self._listened = False  # has the LISTEN connection been open before?
 
     async def start(self) -> None:
         self._unsubscribe = self.notifier.subscribe(self._outgoing)
@@ -179,10 +190,19 @@ class PgBridge:
             out.append(orjson.dumps(chunk).decode())
         return out
 
-    async def _send(self) -> None:
+    async def _connect(self) -> Any:
         import asyncpg
 
+        return await asyncpg.connect(
+            self.dsn,
+            timeout=CONNECT_TIMEOUT,
+            server_settings={"application_name": APPLICATION_NAME},
+        )
+
+    async def _send(self) -> None:
+        errors = _db_errors()
         conn: Any = None
+        delay = RETRY_MIN
         try:
             while True:
                 payload = await self._outbox.get()
@@ -192,48 +212,62 @@ class PgBridge:
                 while True:
                     try:
                         if conn is None or conn.is_closed():
-                            conn = await asyncpg.connect(self.dsn)
+                            conn = await self._connect()
+                        # One transaction: the batch is sent whole or not at all.
                         await conn.executemany(
                             "SELECT pg_notify($1, $2)", [(CHANNEL, p) for p in batch]
                         )
+                        delay = RETRY_MIN
                         break
-                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                        log.warning("NOTIFY failed (%s); retrying", exc)
+                    except errors as exc:
+                        log.warning("NOTIFY failed (%s); retrying in %.1f s", exc, delay)
                         if conn is not None and not conn.is_closed():
                             conn.terminate()
                         conn = None
-                        await asyncio.sleep(0.5)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, RETRY_MAX)
         finally:
             if conn is not None and not conn.is_closed():
                 conn.terminate()
 
     # --- in ----------------------------------------------------------------------
     async def _listen(self) -> None:
-        import asyncpg
-
-        delay = 0.2
+        errors = _db_errors()
+        delay = RETRY_MIN
         while True:
             conn = None
+            lost = asyncio.Event()
             try:
-                conn = await asyncpg.connect(self.dsn)
+                conn = await self._connect()
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._incoming)
                 self.connected.set()
-                delay = 0.2
-                # Nudge the hub: jobs queued while we were not listening are found now.
-                self.notifier.publish(Event("resync", origin=self.instance))
-                while True:  # an idle connection only shows it is gone when used
-                    await asyncio.sleep(LISTEN_PROBE)
-                    await conn.execute("SELECT 1")
+                delay = RETRY_MIN
+                log.info("listening to other instances on PostgreSQL channel %s", CHANNEL)
+                # Nudge the hub: jobs queued while we were not listening are found now;
+                # after a loss, watchers get the state of what they may have missed.
+                again = {"reconnected": self._listened}
+                self._listened = True
+                self.notifier.publish(Event("resync", data=again, origin=self.instance))
+                while not lost.is_set():
+                    # A closed connection says so at once; one whose peer vanished
+                    # without a word (a cut network) shows it only when used.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(LISTEN_PROBE):
+                            await lost.wait()
+                    if not lost.is_set():
+                        await conn.execute("SELECT 1")
+                log.warning("LISTEN connection lost; listening again in %.1f s", delay)
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except errors as exc:
                 log.warning("LISTEN failed (%s); retrying in %.1f s", exc, delay)
             finally:
                 self.connected.clear()
                 if conn is not None and not conn.is_closed():
                     conn.terminate()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, RETRY_MAX)
 
     def _incoming(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         try:
@@ -264,3 +298,19 @@ class PgBridge:
                         data[name] = value
                 event = Event(event.type, event.job_id, data, origin=event.origin)
             self.notifier.publish(event)
+
+
+def _db_errors() -> tuple[type[BaseException], ...]:
+    """What the driver, the server or the network can raise on the bridge's connections.
+
+    (asyncpg is imported here, not at the top: the server runs without it on SQLite.)
+    """
+    import asyncpg
+
+    return (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+    )

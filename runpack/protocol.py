@@ -57,7 +57,9 @@ MAX_ERROR_BYTES = 10_240
 #   heartbeat  {job_id, progress_current?: int|null, progress_total?: int|null,
 #               console_output?: str (replaces), console_append?: str (appends)}
 #   complete   {job_id, output_data: object, console_output?: str}
-#   error      {job_id, error_message: str, console_output?: str}
+#   error      {job_id, error_message: str, console_output?: str, retryable?: bool}
+#              retryable: a reason outside the job (the server's disk was full); the
+#              job is queued again with backoff while it has attempts left
 #   release    {job_id, reason?: str}                  give a job back to the queue
 #
 # server -> runner

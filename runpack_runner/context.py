@@ -29,6 +29,12 @@ class Cancelled(Exception):
     """The job was stopped: cancelled by the server, timed out, or released at shutdown."""
 
 
+class RetryLater(Exception):
+    """The job could not finish for a reason outside it (the server could not store its
+    files, the network failed): the server queues it again, with backoff, while it has
+    attempts left. Raise it (or an exception caused by it) from a handler."""
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """A consistent view of a job's reportable state."""

@@ -27,7 +27,7 @@ from runpack.protocol import (
     MAX_ERROR_BYTES,
     MAX_OUTPUT_BYTES,
 )
-from runpack_runner.context import Cancelled, JobContext
+from runpack_runner.context import Cancelled, JobContext, RetryLater
 from runpack_runner.handler import JobHandler
 from runpack_runner.heartbeats import HeartbeatReporter
 from runpack_runner.transports.base import Assignment, Result, Transport
@@ -175,6 +175,10 @@ class JobRun:
             return self._error(f"Invalid parameters: {exc}")
         if isinstance(exc, Cancelled):
             return self._error(f"Job cancelled: {exc}")
+        retry = _retry_later(exc)
+        if retry is not None:
+            self.ctx.log(f"Could not finish, to be retried: {retry}")
+            return self._error(str(retry) or type(retry).__name__, retryable=True)
         if exc is not None:
             self.ctx.log("".join(traceback.format_exception(exc)).rstrip())
             return self._error(f"Job execution failed: {exc}")
@@ -199,10 +203,25 @@ class JobRun:
             output_data=orjson.loads(data),
         )
 
-    def _error(self, message: str) -> Result:
+    def _error(self, message: str, *, retryable: bool = False) -> Result:
         raw = message.encode()
         if len(raw) > self.max_error_bytes:
             message = raw[: self.max_error_bytes - 20].decode(errors="ignore") + " … (truncated)"
         return Result(
-            job_id=self.job_id, kind="error", console_output=self.ctx.console, error_message=message
+            job_id=self.job_id,
+            kind="error",
+            console_output=self.ctx.console,
+            error_message=message,
+            retryable=retryable,
         )
+
+
+def _retry_later(exc: BaseException | None) -> RetryLater | None:
+    """The RetryLater that ``exc`` is or was raised from (``raise … from``), if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, RetryLater):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return None

@@ -9,6 +9,9 @@ Bookkeeping, all on the event loop:
   concurrency. A new connection starts with ``concurrency - len(busy)`` credits.
 - ``outbox``: results not yet acknowledged; re-sent after every reconnect, so a
   network blip loses none, and the server applies each one once.
+- ``waiting``: jobs the server assigned again while a run of theirs it had given
+  up on (``dropped``) is still stopping; each starts, in the same slot, as soon
+  as that run has stopped.
 - Shutdown: the first SIGINT/SIGTERM stops taking jobs and exits 0 once every
   busy job is done and acknowledged; a second one releases the running jobs back
   to the queue and exits.
@@ -79,6 +82,7 @@ class Runner:
         self.runs: dict[str, JobRun] = {}
         self.outbox: dict[str, Result] = {}
         self.releasing: set[str] = set()
+        self.waiting: dict[str, Assignment] = {}
         self.busy: set[str] = set()
         self.draining = False
         self.forced = False
@@ -153,6 +157,9 @@ class Runner:
                     run.stop(StopReason.RELEASED, SHUTTING_DOWN)
                     if job_id not in self.outbox:
                         self._release(job_id, SHUTTING_DOWN)
+            for job_id in list(self.waiting):
+                del self.waiting[job_id]
+                self._release(job_id, SHUTTING_DOWN)
             asyncio.get_running_loop().call_later(FORCED_EXIT_WAIT, self._exit.set)
             self._check_exit()
         else:
@@ -240,7 +247,7 @@ class Runner:
 
     def _hello(self) -> Hello:
         held = [j for j, r in self.runs.items() if r.stop_reason in (None, StopReason.TIMEOUT)]
-        held += [j for j in self.outbox if j not in held]
+        held += [j for j in (*self.outbox, *self.waiting) if j not in held]
         return Hello(
             runner_id=self.runner_id,
             name=self.name,
@@ -281,8 +288,15 @@ class Runner:
 
     def _accept(self, job: Assignment) -> None:
         if job.job_id in self.busy:
-            log.warning("job %s was assigned again while held: ignored", job.job_id)
-            self._grant_back()  # the push used a credit
+            old = self.runs.get(job.job_id)
+            if old is not None and old.stop_reason == StopReason.LOST:
+                # A new claim of a job whose earlier run we were told to drop: it
+                # takes the slot that run still holds, once the run has stopped.
+                log.info("job %s assigned again: it starts once its lost run stops", job.job_id)
+                self.waiting[job.job_id] = job
+            else:
+                log.warning("job %s was assigned again while held: ignored", job.job_id)
+            self._grant_back()  # the push used a credit; the job already has a slot
             return
         self.busy.add(job.job_id)
         if self.draining:
@@ -306,6 +320,7 @@ class Runner:
         run = self.runs.get(job_id)
         if run is not None:
             run.stop(StopReason.CANCELLED, f"cancelled: {reason}")
+        self.waiting.pop(job_id, None)
         if job_id in self.busy and job_id not in self.outbox:
             self._release(job_id, "cancelled")  # so the server stops counting it as held
         self._settled(job_id)
@@ -314,7 +329,8 @@ class Runner:
         run = self.runs.get(job_id)
         if run is not None:
             run.stop(StopReason.LOST, reason)
-        if self.outbox.pop(job_id, None) is not None or run is not None:
+        waiting = self.waiting.pop(job_id, None)
+        if self.outbox.pop(job_id, None) is not None or run is not None or waiting is not None:
             log.warning("job %s dropped: %s", job_id, reason)
         self._settled(job_id)
 
@@ -371,7 +387,12 @@ class Runner:
         finally:
             run.reporter.cancel()
             self.runs.pop(job.job_id, None)
-            self._settled(job.job_id)
+            again = self.waiting.pop(job.job_id, None)
+            if again is not None:
+                self.busy.discard(job.job_id)
+                self._accept(again)  # in the slot this run held
+            else:
+                self._settled(job.job_id)
 
     def _report(self, result: Result) -> None:
         """Keep a result until acknowledged, and send it now if connected."""

@@ -4,8 +4,12 @@ A handler thread calls the uploader (through ``JobContext.upload_folder``); the
 folder is packed into a temporary tar file in that thread, then sent on the
 event loop with the runner key and ``X-Runner-ID``, whichever transport carries
 the jobs. Network failures and 5xx answers are retried with backoff; a refusal
-(too large, not our job any more) fails at once with the server's message. The
-job completes only after this returns, so a result never names missing files.
+(too large, not our job any more) fails at once with the server's message. When
+the tries run out on a passing condition (the server's disk is full: 507; its
+storage or a proxy is unavailable: 503, 502, 504; the network), the upload raises
+:class:`UploadRetryable`, a :class:`RetryLater`: the runner reports the job as
+retryable and the server queues it again. The job completes only after this
+returns, so a result never names missing files.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from runpack_runner.context import JobContext
+from runpack_runner.context import JobContext, RetryLater
 from runpack_runner.settings import RunnerSettings
 
 log = logging.getLogger(__name__)
@@ -32,10 +36,16 @@ FIRST_RETRY_DELAY = 1.0
 #: Reading the answer may take a while: the server unpacks the archive first.
 UPLOAD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=300)
 POLL = 0.25
+#: Answers that say "not now": the job is worth running again later.
+PASSING = frozenset({408, 429, 502, 503, 504, 507})
 
 
 class UploadFailed(RuntimeError):
     """The server refused the files or could not be reached."""
+
+
+class UploadRetryable(UploadFailed, RetryLater):
+    """The files could not be stored for a passing reason (disk full, network down)."""
 
 
 def pack(folder: Path) -> tuple[Path, int, int]:
@@ -96,6 +106,7 @@ class FolderUploader:
     async def upload(self, job_id: str, archive: Path) -> str:
         url = f"{self._settings.worker_url.rstrip('/')}/api/runner/jobs/{job_id}/files"
         problem = ""
+        passing = False
         for attempt in range(TRIES):
             if attempt:
                 await asyncio.sleep(FIRST_RETRY_DELAY * 2 ** (attempt - 1))
@@ -113,12 +124,15 @@ class FolderUploader:
                         if resp.status == 201 and isinstance(reply, dict):
                             return str(reply.get("figpack_url") or reply["url"])
                         problem = f"HTTP {resp.status}: {_error_text(reply)}"
-                        if 400 <= resp.status < 500 and resp.status not in (408, 429):
+                        passing = resp.status in PASSING
+                        if 400 <= resp.status < 500 and not passing:
                             raise UploadFailed(f"The server refused the files ({problem})")
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+                passing = True
             log.warning("upload of job %s failed (%s), attempt %d", job_id, problem, attempt + 1)
-        raise UploadFailed(f"Could not upload the files after {TRIES} attempts ({problem})")
+        failure = UploadRetryable if passing else UploadFailed
+        raise failure(f"Could not upload the files after {TRIES} attempts ({problem})")
 
 
 async def _json(resp: aiohttp.ClientResponse) -> Any:

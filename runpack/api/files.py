@@ -1,7 +1,8 @@
 """Figure files: runners upload a job's folder; anyone reads it at ``/figures/<job_id>/``.
 
 ``POST /api/runner/jobs/{job_id}/files`` (runner key, ``X-Runner-ID`` of the runner
-holding the job) takes the folder as one tar archive and answers its URLs.
+holding the job) takes the folder as one tar archive and answers its URLs, or 507
+(disk full) or 503 (storage not writable) naming the cause, keeping nothing of it.
 ``GET /figures/{job_id}/{path}`` serves a stored file with its content type,
 HTTP range requests and CORS for any origin; no folder is ever listed. Files are
 cached for a year (``immutable``) except ``index.html``, which is revalidated: a

@@ -137,8 +137,19 @@ async def error(request: web.Request) -> web.Response:
     message = body.get("error_message")
     if not isinstance(message, str):
         raise BadRequest("error_message must be a string")
+    retryable = body.get("retryable", False)
+    if not isinstance(retryable, bool):
+        raise BadRequest("retryable must be a boolean")
     service = request.app[SERVICE]
     await service.touch_runner(runner_id(request))
+    if retryable:
+        await service.retry_later(
+            runner_id(request),
+            request.match_info["job_id"],
+            message,
+            optional_str(body, "console_output"),
+        )
+        return json_response({"success": True, "message": "Job queued again to be retried"})
     await service.fail(
         runner_id(request),
         request.match_info["job_id"],

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from runpack import __version__, protocol
+from runpack import __version__, logs, protocol
 from runpack.api.common import SERVICE, SETTINGS, json_response, policy, runner_id
-from runpack.errors import BadRequest, NotOwned, RunpackError
+from runpack.errors import BadRequest, NotOwned, RunpackError, StoreError, StoreUnavailable
 from runpack.hub import SEND_QUEUE, Hub, RunnerConn
 from runpack.protocol import FINAL, Role
 from runpack.service import JobService, parse_json_text
@@ -24,6 +26,11 @@ HUB = web.AppKey("hub", Hub)
 HELLO_TIMEOUT = 10.0
 MAX_LONG_POLL = 60.0
 MAX_INFLIGHT = 256
+#: Frames whose loss would lose a job's outcome (the runner holds them until acked).
+RESULTS = ("complete", "error", "release")
+#: Pauses between tries of such a frame while the database is out of reach; after
+#: the last, the socket is closed and the runner sends it again once reconnected.
+RESULT_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 class FrameError(Exception):
@@ -63,6 +70,7 @@ class RunnerSession:
         self.inflight = asyncio.Semaphore(MAX_INFLIGHT)
         self.tasks: set[asyncio.Task[None]] = set()
         self.tails: dict[str, asyncio.Task[None]] = {}  # the last frame task per job
+        self._log_context: contextvars.Token[Mapping[str, str]] | None = None
 
     # --- sending -------------------------------------------------------------------------
     def send(self, frame: dict[str, Any]) -> None:
@@ -106,6 +114,8 @@ class RunnerSession:
             with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
                 await asyncio.wait_for(sender, 5)
             sender.cancel()
+            if self._log_context is not None:
+                logs.unbind(self._log_context)
 
     async def _hello(self) -> bool:
         try:
@@ -144,6 +154,10 @@ class RunnerSession:
         except BadRequest as exc:
             self.reply_error(exc.message, exc.details, ref="hello")
             return False
+        except StoreError as exc:
+            log.warning("runner hello refused: database error: %s", exc.details)
+            self.reply_error(exc.message, ref="hello")  # the runner connects again later
+            return False
         self.conn = RunnerConn(
             runner_id=runner.id,
             name=name,
@@ -153,6 +167,8 @@ class RunnerSession:
             close=self.close,
             connected_at=time.time(),
         )
+        # Every record of this session (and of the frame tasks it starts) names the runner.
+        self._log_context = logs.bind(runner_id=runner.id)
         resumed, dropped = await self.hub.attach(self.conn, held)
         settings = self.service.settings
         self.send(
@@ -238,7 +254,10 @@ class RunnerSession:
                     "Unknown message type",
                     f"{kind!r}; one of {', '.join(protocol.RUNNER_TO_SERVER[1:])}",
                 )
-            await handler(frame)
+            if kind in RESULTS:
+                await self._durably(lambda: handler(frame))
+            else:
+                await handler(frame)
         except FrameError as exc:
             self.reply_error(exc.error, exc.details, ref=kind, job_id=job_id)
         except NotOwned:
@@ -248,6 +267,33 @@ class RunnerSession:
         except Exception:
             log.exception("runner %s: %s frame failed", self.runner_label, kind)
             self.reply_error("Internal error", ref=kind, job_id=job_id)
+
+    async def _durably(self, store: Callable[[], Awaitable[None]]) -> None:
+        """Handle a result frame, again while the database is out of reach.
+
+        Safe to repeat: every transition names the state it starts from, so a try
+        whose commit was lost with its connection makes the next one find the job
+        done (the runner hears it was not applied, and drops it). If the database
+        stays away, the socket is closed instead of answering: the runner keeps
+        the result and sends it again after reconnecting.
+        """
+        for delay in RESULT_RETRY_DELAYS:
+            try:
+                return await store()
+            except StoreUnavailable as exc:
+                log.warning(
+                    "runner %s: result not stored (%s); trying again in %g s",
+                    self.runner_label,
+                    exc.details,
+                    delay,
+                )
+            await asyncio.sleep(delay)
+        try:
+            return await store()
+        except StoreUnavailable:
+            log.warning("runner %s: database unavailable: closing its socket", self.runner_label)
+            self.close()
+            raise
 
     async def _on_ready(self, frame: dict[str, Any]) -> None:
         slots = _field(frame, "slots", int)
@@ -289,11 +335,15 @@ class RunnerSession:
         job_id = _field(frame, "job_id", str)
         message = _field(frame, "error_message", str)
         console = _field(frame, "console_output", str, optional=True)
+        retryable = _field(frame, "retryable", bool, optional=True)
         limit = self.service.settings.max_error_bytes
         if len(message.encode()) > limit:
             message = message.encode()[: limit - 20].decode(errors="ignore") + " … (truncated)"
         try:
-            await self.service.fail(self.conn.runner_id, job_id, message, console)
+            if retryable:
+                await self.service.retry_later(self.conn.runner_id, job_id, message, console)
+            else:
+                await self.service.fail(self.conn.runner_id, job_id, message, console)
         except NotOwned:
             await self._ack_unapplied(job_id, "error")
             return
@@ -359,6 +409,8 @@ async def next_job(request: web.Request) -> web.Response:
     await service.touch_runner(rid)
     deadline = time.monotonic() + wait
     while True:
+        if hub.stopping:
+            return web.Response(status=204)
         signal = hub.queued_signal()
         job = await service.claim_next(rid, types)
         if job is not None:

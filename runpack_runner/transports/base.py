@@ -62,12 +62,20 @@ class Result:
     console_output: str
     output_data: dict[str, Any] | None = None
     error_message: str | None = None
+    #: An error outside the job (see RetryLater): the server queues the job again.
+    retryable: bool = False
 
     def body(self) -> dict[str, Any]:
         """The HTTP body of ``POST /api/runner/jobs/{id}/{kind}`` (and the frame's fields)."""
         if self.kind == "complete":
             return {"output_data": self.output_data or {}, "console_output": self.console_output}
-        return {"error_message": self.error_message or "", "console_output": self.console_output}
+        body: dict[str, Any] = {
+            "error_message": self.error_message or "",
+            "console_output": self.console_output,
+        }
+        if self.retryable:
+            body["retryable"] = True
+        return body
 
 
 # --- what the server sends -----------------------------------------------------------------
