@@ -77,16 +77,35 @@ def local_keys(settings: Settings) -> Settings:
     return settings.replace(**values)
 
 
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one: every runner socket and
+    event stream holds a descriptor, and the usual soft limit (1024) is far too low."""
+    try:
+        import resource
+    except ImportError:  # not on this platform: nothing to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # e.g. macOS refuses an infinite soft limit
+        logging.getLogger(__name__).warning("open files limit stays at %d: %s", soft, exc)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from runpack.app import create_app
+    from runpack.logs import setup_logging
 
     settings = settings_from(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        setup_logging(settings.log_level, settings.log_format)
+    except ValueError as exc:
+        print(f"runpack: {exc}", file=sys.stderr)
+        return 2
+    raise_open_files_limit()
     base = f"http://{settings.host}:{settings.port}"
     if not settings.has_keys:
         if not is_loopback(settings.host):
@@ -339,6 +358,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_module.add_arguments(bench)
     bench.set_defaults(func=bench_module.main)
+    from runpack import backup as backup_module
+    from runpack import retention as retention_module
+
+    gc = sub.add_parser(
+        "gc", help="Apply the retention TTLs now: delete old jobs, consoles, figures, runners."
+    )
+    retention_module.add_arguments(gc)
+    gc.set_defaults(func=retention_module.main)
+    backup = sub.add_parser("backup", help="Copy a SQLite database safely while it is in use.")
+    backup_module.add_arguments(backup)
+    backup.set_defaults(func=backup_module.main)
+    from runpack import keys as keys_module
+
+    keys = sub.add_parser(
+        "keys",
+        help="Create, list and revoke API keys kept in the database.",
+        description=keys_module.DESCRIPTION,
+    )
+    keys_module.add_arguments(keys)
+    keys.set_defaults(func=keys_module.main)
     settings = sub.add_parser("settings", help="List every setting and its variable.")
     settings.add_argument("--markdown", action="store_true", help="Print the README's table.")
     settings.set_defaults(func=cmd_settings)

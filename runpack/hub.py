@@ -1,9 +1,10 @@
 """Connected runners: who holds which job, who gets the next one.
 
 The hub assigns jobs: when a job is queued or a runner grants slots, it claims
-jobs in SQL for the least busy runners that can run them (one claim per free
-slot, all claims of a round sharing one commit) and pushes them over the
-runner's socket. Each connection has a bounded send queue; a runner that
+jobs in SQL for the least busy runners that can run them (in waves that share a
+commit each, stopping at the first claim that finds nothing, so an idle server
+holding many runners makes few claims) and pushes them over the runner's
+socket. Each connection has a bounded send queue; a runner that
 cannot keep up is disconnected, never waited for. A runner whose socket drops
 keeps its jobs for ``reconnect_grace`` seconds; after that they go back to the
 queue with the sweeper's backoff.
@@ -16,6 +17,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,9 +69,16 @@ class Hub:
         self._wake = asyncio.Event()
         self._queued = asyncio.Event()  # replaced each time a job is queued (long-poll)
         self._grace: dict[str, asyncio.TimerHandle] = {}
+        #: Runners a claim failed for: it may have committed with its answer lost.
+        self._unsure: set[str] = set()
+        #: Groups (by capabilities) whose last round used every slot and still found
+        #: jobs: their next round claims with all its slots at once.
+        self._backlog: set[frozenset[str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dispatcher: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        #: The server is shutting down: long-polls answer at once, with no job.
+        self.stopping = False
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -86,6 +95,11 @@ class Hub:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def shutting_down(self) -> None:
+        """End the long-polls now (the server waits for open requests before stopping)."""
+        self.stopping = True
+        self._queued.set()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -185,6 +199,7 @@ class Hub:
                 last_touch = time.monotonic()
                 self._spawn(self._touch_connected(), "touch-runners")
             try:
+                await self._reconcile()
                 while await self._dispatch_round():
                     pass
             except asyncio.CancelledError:
@@ -198,34 +213,82 @@ class Hub:
             with contextlib.suppress(RunpackError):
                 await self.service.touch_runner(runner_id)
 
+    async def _reconcile(self) -> None:
+        """Queue again the jobs whose claim committed but whose answer was lost.
+
+        A claim whose database connection drops may have committed: its job is
+        then claimed for a runner that never hears of it. Between rounds no claim
+        of this hub is in flight, so a claimed job that the runner's connection
+        does not hold is such a job. (A runner that reconnects says what it holds,
+        and the rest is taken back then.)
+        """
+        for runner_id in list(self._unsure):
+            conn = self.conns.get(runner_id)
+            if conn is not None:
+                try:
+                    jobs = await self.service.running_jobs_of(runner_id)
+                    unheld = [j for j in jobs if j.id not in conn.held]
+                    lost = [j.id for j in unheld if j.status == JobStatus.CLAIMED]
+                    if lost:
+                        log.warning("claims for %s lost their answer: %s", runner_id, lost)
+                        await self.service.release_jobs(runner_id, lost, "the claim was lost")
+                except RunpackError as exc:
+                    log.warning("cannot check the claims of %s yet: %s", runner_id, exc)
+                    continue
+            self._unsure.discard(runner_id)
+
     async def _dispatch_round(self) -> bool:
-        """Claim and push one batch; True if anything was assigned."""
-        ready = sorted((c for c in self.conns.values() if c.credits > 0), key=lambda c: c.load)
-        if not ready:
-            return False
-        asks: list[tuple[RunnerConn, int]] = [(c, math.ceil(c.credits / 2)) for c in ready]
-        for conn, n in asks:
-            conn.credits -= n  # reserved while the claims are in flight
-        claims = [
-            self.service.claim_next(conn.runner_id, sorted(conn.capabilities))
-            for conn, n in asks
-            for _ in range(n)
-        ]
-        results = await asyncio.gather(*claims, return_exceptions=True)
+        """Claim and push one batch; True if anything was assigned.
+
+        Runners that can run the same job types form a group; each runner offers
+        half its free slots (rounds repeat while jobs are found), least busy first.
+        A group claims in waves of 1, 2, 4… slots, one statement per runner for all
+        its slots in the wave, and stops at its first claim that comes back short:
+        looking for work costs a claim per group, not one per free slot, however
+        many idle runners are connected.
+        """
+        groups: dict[frozenset[str], list[RunnerConn]] = {}
+        for conn in sorted(self.conns.values(), key=lambda c: c.load):
+            for _ in range(math.ceil(conn.credits / 2)):
+                groups.setdefault(conn.capabilities, []).append(conn)
+        wave = {caps: len(slots) if caps in self._backlog else 1 for caps, slots in groups.items()}
         assigned = False
-        i = 0
-        for conn, n in asks:
-            for _ in range(n):
-                result = results[i]
-                i += 1
+        while groups:
+            # This wave's slots, as (group, runner, slots): one claim statement each.
+            asks: list[tuple[frozenset[str], RunnerConn, int]] = []
+            for caps, slots in groups.items():
+                taken = Counter(c for c in slots[: wave[caps]] if self.conns.get(c.runner_id) is c)
+                asks += [(caps, conn, n) for conn, n in taken.items()]
+                del slots[: wave[caps]]
+            for _, conn, n in asks:
+                conn.credits -= n  # reserved while the claim is in flight
+            results = await asyncio.gather(
+                *(self.service.claim_batch(c.runner_id, sorted(caps), n) for caps, c, n in asks),
+                return_exceptions=True,
+            )
+            found_nothing: set[frozenset[str]] = set()
+            for (caps, conn, n), result in zip(asks, results, strict=True):
                 if isinstance(result, BaseException):
                     log.error("claim for %s failed: %s", conn.runner_id, result)
-                    conn.credits += 1
-                elif result is None:
-                    conn.credits += 1
-                else:
+                    conn.credits += n
+                    self._unsure.add(conn.runner_id)
+                    found_nothing.add(caps)
+                    continue
+                conn.credits += n - len(result)
+                if len(result) < n:
+                    found_nothing.add(caps)
+                for job in result:
                     assigned = True
-                    self._push(conn, result)
+                    self._push(conn, job)
+            for caps in list(groups):
+                if caps in found_nothing:
+                    self._backlog.discard(caps)
+                    del groups[caps]
+                elif not groups[caps]:
+                    self._backlog.add(caps)  # every slot taken a job: likely more
+                    del groups[caps]
+                else:
+                    wave[caps] *= 2
         return assigned
 
     def _push(self, conn: RunnerConn, job: JobRow) -> None:
