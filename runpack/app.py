@@ -10,9 +10,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from runpack.api import admin, events, files, jobs, openapi, runner, runner_ws, ui
+from runpack.api import admin, events, files, jobs, keys, monitoring, openapi, runner, runner_ws, ui
 from runpack.api.common import (
+    CALLER,
     CORS_HEADERS,
+    KEYS,
     ROLE,
     SERVICE,
     SETTINGS,
@@ -22,14 +24,17 @@ from runpack.api.common import (
 )
 from runpack.api.events import WATCH
 from runpack.api.files import FIGURE_CORS_HEADERS, FIGURES
+from runpack.api.monitoring import METRICS, echo_request_id, incident_id, observe_requests
 from runpack.api.runner_ws import HUB
 from runpack.artifacts import FigureStore
 from runpack.auth import KeyRing
-from runpack.errors import BadRequest, RunpackError, StoreError, TooLarge
+from runpack.errors import BadRequest, RunpackError, StoreError, StoreUnavailable, TooLarge
 from runpack.hub import Hub
 from runpack.local_runners import local_runners
+from runpack.metrics import Metrics
 from runpack.notify import Notifier, NotifyRelay, PgBridge
 from runpack.ratelimit import RateLimiter
+from runpack.retention import Policy, Retention
 from runpack.service import JobService
 from runpack.settings import Settings
 from runpack.store import Store, open_store
@@ -41,7 +46,6 @@ log = logging.getLogger(__name__)
 
 HEALTH_PATHS = ("/", "/health")
 STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
-KEYS = web.AppKey("keys", KeyRing)
 LIMITER = web.AppKey("limiter", RateLimiter)
 
 
@@ -64,7 +68,12 @@ async def errors_and_cors(request: web.Request, handler: Handler) -> web.StreamR
     try:
         response = await handler(request)
     except RunpackError as exc:
-        response = _failure(request, exc) if isinstance(exc, StoreError) else _render(exc)
+        if isinstance(exc, StoreUnavailable):
+            response = _unavailable(request, exc)
+        elif isinstance(exc, StoreError):
+            response = _failure(request, exc)
+        else:
+            response = _render(exc)
     except web.HTTPRequestEntityTooLarge as exc:
         response = _render(TooLarge(details=exc.text))
     except web.RequestPayloadError as exc:
@@ -83,12 +92,35 @@ async def errors_and_cors(request: web.Request, handler: Handler) -> web.StreamR
         response = _failure(request, exc)
     if path.startswith("/api/") and not response.prepared:
         response.headers.update(CORS_HEADERS)
+        caller = request.get(CALLER)
+        if caller is not None and caller.origin is not None:
+            # A browser key that lists its Origins: the reply is for that Origin only.
+            response.headers["Access-Control-Allow-Origin"] = caller.origin
+            response.headers.add("Vary", "Origin")
     return response
 
 
+def _unavailable(request: web.Request, exc: StoreUnavailable) -> web.Response:
+    """The database is out of reach for now: 503 with Retry-After, the route's message."""
+    incident = incident_id(request)
+    log.warning(
+        "%s %s: database unavailable (incident %s): %s",
+        request.method,
+        request.path,
+        incident,
+        exc.details,
+    )
+    route_policy = policy_of(request.match_info.handler)
+    body = {
+        "error": route_policy.failure if route_policy else "Internal server error",
+        "details": f"{exc.message} (incident {incident})",
+    }
+    return json_response(body, status=exc.status, headers=exc.headers)
+
+
 def _failure(request: web.Request, exc: Exception) -> web.Response:
-    """An unexpected failure: logged with an id, answered without internals."""
-    incident = uuid.uuid4().hex[:12]
+    """An unexpected failure: logged with the request's id, answered without internals."""
+    incident = incident_id(request)
     log.error("%s %s failed (incident %s)", request.method, request.path, incident, exc_info=exc)
     route_policy = policy_of(request.match_info.handler)
     message = route_policy.failure if route_policy else "Internal server error"
@@ -103,10 +135,15 @@ async def enforce_policy(request: web.Request, handler: Handler) -> web.StreamRe
         return await handler(request)
     if route_policy.runner_header and not request.headers.get("X-Runner-ID"):
         return json_response({"error": "Missing X-Runner-ID header"}, status=400)
-    request[ROLE] = request.app[KEYS].authorize(
-        request.headers.get("Authorization"), route_policy.role
+    caller = await request.app[KEYS].authorize(
+        request.headers.get("Authorization"), route_policy.role, request.headers.get("Origin")
     )
-    if route_policy.bucket is not None:
+    request[CALLER] = caller
+    request[ROLE] = caller.role
+    if route_policy.bucket is not None and caller.key is not None and caller.key.rate is not None:
+        # A stored key with a rate: one bucket of its own instead of the per-IP ones.
+        request.app[LIMITER].hit(f"key:{caller.key.id}", caller.key.rate)
+    elif route_policy.bucket is not None:
         settings = request.app[SETTINGS]
         limit: int = getattr(settings, f"rate_{route_policy.bucket}")
         who = (
@@ -136,14 +173,20 @@ async def health(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings, store: Store | None = None) -> web.Application:
     """The whole server; tests use it with ``aiohttp_client(create_app(...))``."""
+    metrics = Metrics()
     app = web.Application(
-        middlewares=[errors_and_cors, enforce_policy],
+        middlewares=[
+            observe_requests(metrics, lambda request: client_ip(request, settings.trust_proxy)),
+            errors_and_cors,
+            enforce_policy,
+        ],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[STORE] = store if store is not None else open_store(settings.db)
-    app[KEYS] = KeyRing(settings)
+    app[KEYS] = KeyRing(settings, app[STORE])
     app[LIMITER] = RateLimiter(settings.rate_window)
+    app[METRICS] = metrics
     if not settings.base_url.startswith(("http://", "https://")):
         raise ValueError(f"public_url must start with http:// or https://: {settings.public_url}")
     app[FIGURES] = FigureStore(
@@ -159,20 +202,26 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app.add_routes(runner.routes)
     app.add_routes(runner_ws.routes)
     app.add_routes(admin.routes)
+    app.add_routes(keys.routes)
     app.add_routes(ui.routes)
     app.add_routes(files.routes)
     app.add_routes(openapi.routes)
+    monitoring.add_routes(app, public=settings.metrics_public)
     app.cleanup_ctx.append(_lifecycle)
     if settings.local_runners:
         app.cleanup_ctx.append(local_runners(settings))  # type: ignore[arg-type]
     app.on_shutdown.append(_close_sockets)
+    app.on_response_prepare.append(echo_request_id)
     return app
 
 
 async def _close_sockets(app: web.Application) -> None:
-    """Close every runner socket with GOING_AWAY so runners reconnect elsewhere."""
+    """Close every runner socket with GOING_AWAY so runners reconnect elsewhere, and end
+    event streams and long-polls now: the server waits for open requests before cleanup."""
     for conn in list(app[HUB].conns.values()):
         conn.close()
+    app[HUB].shutting_down()
+    app[WATCH].close()
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -191,7 +240,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         relay = NotifyRelay(settings.notify_relay_base_url, settings.notify_relay_publish_key)
         await relay.start()
         notifier.subscribe(relay)
-    service = JobService(store, settings, validator, notifier, figures=figures)
+    metrics = app[METRICS]
+    service = JobService(
+        metrics.timed(store), settings, validator, notifier, figures=figures, observer=metrics
+    )
     app[SERVICE] = service
     bridge = None
     if settings.db.startswith(("postgres://", "postgresql://")):
@@ -203,8 +255,21 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     hub = Hub(service, settings.reconnect_grace)
     app[HUB] = hub
     await hub.start()
+    metrics.read_live(
+        runners=lambda: len(hub.conns),
+        slots=lambda: sum(c.concurrency for c in hub.conns.values()),
+        jobs=lambda: sum(len(c.held) for c in hub.conns.values()),
+        watchers=watch.watcher_count,
+    )
+    policy = Policy.from_settings(settings)
+    retention = None
+    if policy.active:
+        retention = Retention(
+            service.store, policy, figures=figures, notifier=notifier, clock=lambda: service.clock()
+        )
     sweeper = asyncio.create_task(
-        run_sweeper(service, settings.sweep_interval), name="runpack-sweeper"
+        run_sweeper(service, settings.sweep_interval, retention, settings.gc_interval),
+        name="runpack-sweeper",
     )
     try:
         yield

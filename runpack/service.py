@@ -55,6 +55,30 @@ class Figures(Protocol):
     async def remove(self, job_id: str) -> bool: ...
 
 
+class Observer(Protocol):
+    """What the service reports as it works (runpack.metrics counts it). Must be cheap."""
+
+    def answered(self, request: str, result: SubmitResult) -> None:
+        """A ``"submit"`` or ``"check"`` was answered with ``result``."""
+
+    def started(self, job: JobRow) -> None:
+        """A runner claimed ``job`` (the row as claimed)."""
+
+    def ended(self, job_id: str, how: str, now: int) -> None:
+        """A run ended: completed, failed, lost (taken back), released or cancelled."""
+
+
+class NoObserver:
+    def answered(self, request: str, result: SubmitResult) -> None:
+        pass
+
+    def started(self, job: JobRow) -> None:
+        pass
+
+    def ended(self, job_id: str, how: str, now: int) -> None:
+        pass
+
+
 #: Parameters that describe where a request came from rather than what to compute,
 #: by job-type prefix. They are stored with the job and reach the handler (the
 #: figure's description shows them) but are left out of the job hash: Neurosift
@@ -96,6 +120,8 @@ class JobRequest:
 class SubmitResult:
     outcome: Outcome
     job: JobRow | None
+    #: CREATED for a job that existed and was queued again (not a new row).
+    requeued: bool = False
 
 
 def parse_json_text(text: str | None, default: Any = None) -> Any:
@@ -117,8 +143,10 @@ class JobService:
         clock: Callable[[], int] = now_ms,
         rng: Callable[[], float] = random.random,
         figures: Figures | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
+        self.observer: Observer = observer or NoObserver()
         self.figures = figures
         self.settings = settings
         self.validator = validator
@@ -177,6 +205,11 @@ class JobService:
         return job
 
     async def submit(self, req: JobRequest) -> SubmitResult:
+        result = await self._submit(req)
+        self.observer.answered("submit", result)
+        return result
+
+    async def _submit(self, req: JobRequest) -> SubmitResult:
         job = await self._find(req.job_hash)
         if job is None:
             new = NewJob(
@@ -221,9 +254,14 @@ class JobService:
                 raise JobNotFound()
             return SubmitResult(Outcome.ACTIVE, current)
         self._queued(row, new=False)
-        return SubmitResult(Outcome.CREATED, row)
+        return SubmitResult(Outcome.CREATED, row, requeued=True)
 
     async def check(self, req: JobRequest) -> SubmitResult:
+        result = await self._check(req)
+        self.observer.answered("check", result)
+        return result
+
+    async def _check(self, req: JobRequest) -> SubmitResult:
         job = await self._find(req.job_hash)
         if job is None:
             return SubmitResult(Outcome.MISSING, None)
@@ -256,6 +294,8 @@ class JobService:
         if row is None:  # it moved on meanwhile
             current = await self.get_job(job_id)
             raise NotCancellable(details=f"the job is {current.status}")
+        if job.status in RUNNING:
+            self.observer.ended(row.id, "cancelled", row.updated_at)
         self._updated(row.id, JobStatus.CANCELLED, reason=reason, error_message=reason)
         return row
 
@@ -319,6 +359,7 @@ class JobService:
         job = await self.store.claim(job_id, runner_id, self.clock()) if _is_uuid(job_id) else None
         if job is None:
             raise ClaimLost()
+        self.observer.started(job)
         self._updated(job.id, JobStatus.CLAIMED, runner_id=runner_id)
         return job
 
@@ -369,11 +410,11 @@ class JobService:
         self._check_console(console_output)
         await self._check_figures(output_data)
         console = _printable(console_output) or None  # empty keeps what was streamed
-        ok = _is_uuid(job_id) and await self.store.complete(
-            job_id, runner_id, self.clock(), text, console
-        )
+        now = self.clock()
+        ok = _is_uuid(job_id) and await self.store.complete(job_id, runner_id, now, text, console)
         if not ok:
             raise NotOwned()
+        self.observer.ended(job_id, "completed", now)
         self._updated(job_id, JobStatus.COMPLETED, output_data=output_data, console_output=console)
 
     async def fail(
@@ -385,12 +426,33 @@ class JobService:
         self._check_console(console_output)
         console = _printable(console_output) or None
         error_message = _printable(error_message) or ""
+        now = self.clock()
         ok = _is_uuid(job_id) and await self.store.fail(
-            job_id, runner_id, self.clock(), error_message, console
+            job_id, runner_id, now, error_message, console
         )
         if not ok:
             raise NotOwned()
+        self.observer.ended(job_id, "failed", now)
         self._updated(job_id, JobStatus.FAILED, error_message=error_message, console_output=console)
+
+    async def retry_later(
+        self, runner_id: str, job_id: str, error_message: str, console_output: str | None
+    ) -> JobStatus:
+        """A run that could not finish for a reason outside the job (the server could not
+        store its files…): taken back as a lost run is, so queued again with backoff
+        while attempts remain, else failed. The runner's console is kept."""
+        limit = self.settings.max_error_bytes
+        if hashing.utf8_size(error_message) > limit:
+            raise BadRequest(f"Error message exceeds size limit of {limit} bytes")
+        why = _printable(error_message) or "the runner could not finish the job"
+        if console_output:
+            await self.heartbeat(runner_id, job_id, None, None, console_output)
+        for _ in range(3):  # a heartbeat in between changes the row: read it again
+            job = await self.check_holder(runner_id, job_id)
+            outcome = await self.take_back(job, why)
+            if outcome is not None:
+                return outcome
+        raise NotOwned()
 
     async def _check_figures(self, output_data: dict[str, Any]) -> None:
         """A result may name a figure stored here only once all its files are in."""
@@ -479,12 +541,14 @@ class JobService:
             not_before = now + self.retry_delay_ms(job.attempts)
             if not await self.store.retry_stale(job, now, not_before, note):
                 return None
+            self.observer.ended(job.id, "lost", now)
             log.warning("job %s re-queued: %s", job.id, why)
             self._queued(job, new=False, not_before=not_before)
             return JobStatus.PENDING
         message = f"Job failed after {job.attempts} attempts: {why} on the last attempt"
         if not await self.store.fail_stale(job, now, message):
             return None
+        self.observer.ended(job.id, "lost", now)
         log.warning("job %s failed: %s", job.id, why)
         self._updated(job.id, JobStatus.FAILED, error_message=message)
         return JobStatus.FAILED
@@ -509,19 +573,28 @@ class JobService:
             if job.id in wanted:
                 now = self.clock()
                 if await self.store.retry_stale(job, now, now, f"Released: {_printable(why)}"):
+                    self.observer.ended(job.id, "released", now)
                     released.append(job.id)
                     self._queued(job, new=False)
         return released
 
     async def claim_next(self, runner_id: str, job_types: Sequence[str]) -> JobRow | None:
         """Claim the best pending job of these types for a runner (push and long-poll)."""
+        jobs = await self.claim_batch(runner_id, job_types, 1)
+        return jobs[0] if jobs else None
+
+    async def claim_batch(
+        self, runner_id: str, job_types: Sequence[str], limit: int
+    ) -> list[JobRow]:
+        """Claim up to ``limit`` of the best pending jobs of these types, in one statement."""
         job_types = [t for t in job_types if NUL not in t]  # no job type has one
-        if not job_types:
-            return None
-        job = await self.store.claim_next(runner_id, job_types, self.clock())
-        if job is not None:
+        if not job_types or limit < 1:
+            return []
+        jobs = await self.store.claim_batch(runner_id, job_types, self.clock(), limit)
+        for job in jobs:
+            self.observer.started(job)
             self._updated(job.id, JobStatus.CLAIMED, runner_id=runner_id)
-        return job
+        return jobs
 
     # --- events -----------------------------------------------------------------------
     def _queued(self, job: JobRow, *, new: bool, not_before: int = 0) -> None:

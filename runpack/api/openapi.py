@@ -62,6 +62,11 @@ def path_param(name: str, description: str, fmt: str | None = "uuid") -> Json:
 
 
 JOB_ID = path_param("job_id", "A job id (lower-case UUID v4).")
+ORIGIN_403 = "a stored key sent from a browser Origin that it does not list."
+JOB_TYPE_403 = error_reply(
+    "A stored key sent from a browser Origin that it does not list, "
+    "or for a job type that it may not submit."
+)
 
 
 def operation(
@@ -95,7 +100,9 @@ def operation(
     if role != Role.PUBLIC:
         implied["401"] = error_reply("Missing, malformed or wrong key.")
     if role == Role.ADMIN:
-        implied["403"] = error_reply("The runner key may read but not change jobs.")
+        implied["403"] = error_reply(f"The runner key may read but not change jobs; {ORIGIN_403}")
+    elif role != Role.PUBLIC:
+        implied["403"] = error_reply(ORIGIN_403.capitalize())
     if body is not None:
         implied["413"] = error_reply("The body is over RUNPACK_MAX_BODY_BYTES.")
     if bucket:
@@ -105,6 +112,11 @@ def operation(
             {"Retry-After": {"description": "Seconds", "schema": {"type": "string"}}},
         )
     implied["500"] = error_reply("Unexpected failure, logged with an incident id.")
+    implied["503"] = json_reply(
+        "The database is out of reach for now (the request may be repeated safely).",
+        ref("Error"),
+        {"Retry-After": {"description": "Seconds", "schema": {"type": "string"}}},
+    )
     out["responses"] = dict(sorted({**implied, **replies}.items()))
     return out
 
@@ -147,6 +159,11 @@ RUNNER_WS_HELP = """The runner channel: JSON text frames after a WebSocket upgra
 `ready` (`slots`), `heartbeat`, `complete`, `error`, `release`; server → runner: `job`,
 `cancel`, `ack`, `error`. The server never pushes more jobs than the slots granted.
 See runpack/protocol.py for every field."""
+
+METRICS_HELP = """Jobs by status and type, queue depth, submit→start and run times,
+submits by outcome, cache hits and misses, connected runners and watchers, database call
+times and HTTP requests (README, Monitoring). The admin key or the runner key, as other
+admin reads; with `RUNPACK_METRICS_PUBLIC=true`, no key."""
 
 HEALTH: Json = {
     "summary": "Health (any method)",
@@ -199,11 +216,29 @@ def paths() -> Json:
                 tag="meta",
             )
         },
+        "/metrics": {
+            "get": operation(
+                "Prometheus metrics",
+                Role.ADMIN_READ,
+                {
+                    "200": {
+                        "description": "The metrics in the Prometheus text format, or "
+                        "OpenMetrics when the Accept header asks for it.",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "application/openmetrics-text": {"schema": {"type": "string"}},
+                        },
+                    }
+                },
+                tag="operations",
+                description=METRICS_HELP,
+            )
+        },
         "/api/jobs/submit": {
             "post": operation(
                 "Submit a job (or get the existing one, or its cached result)",
                 Role.SUBMIT,
-                submit_replies,
+                {**submit_replies, "403": JOB_TYPE_403},
                 tag="jobs",
                 body=ref("JobRequest"),
                 bucket=True,
@@ -213,7 +248,10 @@ def paths() -> Json:
             "post": operation(
                 "Does this job exist? Never creates one",
                 Role.SUBMIT,
-                {"200": json_reply("Whether it exists, and its state.", ref("CheckReply"))},
+                {
+                    "200": json_reply("Whether it exists, and its state.", ref("CheckReply")),
+                    "403": JOB_TYPE_403,
+                },
                 tag="jobs",
                 body=ref("JobRequest"),
                 bucket=True,
@@ -481,12 +519,51 @@ def paths() -> Json:
                 parameters=[path_param("runner_id", "A runner id.")],
             )
         },
+        "/api/admin/keys": {
+            "get": operation(
+                "Stored API keys, oldest first (never a secret)",
+                Role.ADMIN,
+                {"200": json_reply("The keys, revoked ones too.", ref("ApiKeyList"))},
+                tag="admin",
+            ),
+            "post": operation(
+                "Create a stored API key (as `runpack keys create`)",
+                Role.ADMIN,
+                {
+                    "201": json_reply(
+                        "Created: the only reply that ever holds its secret.", ref("CreatedApiKey")
+                    )
+                },
+                tag="admin",
+                body=ref("NewApiKey"),
+            ),
+        },
+        "/api/admin/keys/{key_id}": {
+            "delete": operation(
+                "Revoke a stored API key",
+                Role.ADMIN,
+                {
+                    "200": json_reply(
+                        "Revoked (or already revoked): refused by this instance at once, by "
+                        "others within RUNPACK_KEY_CACHE_TTL.",
+                        ref("RevokedApiKey"),
+                    ),
+                    "404": error_reply("No such key."),
+                },
+                tag="admin",
+                parameters=[path_param("key_id", "A key id (`runpack keys list`).", None)],
+            )
+        },
         "/api/runner/jobs/{job_id}/files": {
             "post": runner_op(
                 "Upload a held job's figure folder (one tar archive)",
                 {
                     "201": json_reply("Stored; the folder's URLs.", ref("FilesStored")),
                     "400": NOT_OWNED,
+                    "503": error_reply(
+                        "The figure storage cannot be written now (read-only, no permission)."
+                    ),
+                    "507": error_reply("The server's disk is full: nothing was kept."),
                 },
                 parameters=[JOB_ID],
                 body={"type": "string", "format": "binary"},
@@ -577,6 +654,7 @@ def document() -> Json:
             {"name": "figures", "description": "Figures stored by this server."},
             {"name": "health", "description": "Liveness, no key."},
             {"name": "meta", "description": "This description."},
+            {"name": "operations", "description": "Monitoring."},
         ],
         "paths": paths(),
         "components": {

@@ -52,6 +52,53 @@ def error_reply(description: str) -> Json:
     return json_reply(description, ref("Error"))
 
 
+NAMES: Json = {"type": ["array", "null"], "items": {"type": "string"}}
+_API_KEY: Json = {
+    "id": {"type": "string"},
+    "name": {"type": "string"},
+    "role": {"enum": ["submit", "runner", "admin"]},
+    "job_types": {**NAMES, "description": "Job types it may submit and check; null: any."},
+    "origins": {**NAMES, "description": "Browser Origins it may be used from; null: any."},
+    "rate": {
+        **NULLABLE_INT,
+        "description": "Requests per rate window in place of the per-IP limits (0: unlimited); "
+        "null: the per-IP limits.",
+    },
+    "created_at": MS,
+    "last_used_at": {**NULLABLE_MS, "description": "Written at most once a minute."},
+    "revoked_at": NULLABLE_MS,
+}
+#: Stored API keys (runpack keys, /api/admin/keys).
+API_KEY_SCHEMAS: Json = {
+    "ApiKey": obj(_API_KEY),
+    "ApiKeyList": obj(
+        {"keys": {"type": "array", "items": ref("ApiKey")}, "total": {"type": "integer"}}
+    ),
+    "NewApiKey": obj(
+        {"role": {"enum": ["submit", "runner", "admin"]}},
+        {
+            "name": {"type": "string", "maxLength": 200},
+            "job_types": {
+                **NAMES,
+                "minItems": 1,
+                "maxItems": 100,
+                "description": "Not for a runner key.",
+            },
+            "origins": {
+                **NAMES,
+                "minItems": 1,
+                "maxItems": 100,
+                "description": "Each `scheme://host[:port]`.",
+            },
+            "rate": {**NULLABLE_INT, "minimum": 0, "maximum": 1_000_000_000},
+        },
+        additionalProperties=False,
+    ),
+    "CreatedApiKey": obj({**_API_KEY, "secret": {"type": "string"}, "message": {"type": "string"}}),
+    "RevokedApiKey": obj({"key": ref("ApiKey"), "message": {"type": "string"}}),
+}
+
+
 SCHEMAS: Json = {
     "JobStatus": {
         "type": "string",
@@ -283,7 +330,17 @@ SCHEMAS: Json = {
     ),
     "Failure": obj(
         {"error_message": {"type": "string"}},
-        {"console_output": {**NULLABLE_STR, "description": "Empty or missing: keep it."}},
+        {
+            "console_output": {**NULLABLE_STR, "description": "Empty or missing: keep it."},
+            "retryable": {
+                "type": "boolean",
+                "description": (
+                    "The run failed for a reason outside the job (the server's disk was"
+                    " full): the job is queued again with backoff while it has attempts"
+                    " left, else failed."
+                ),
+            },
+        },
     ),
     "Release": obj({}, {"reason": NULLABLE_STR}),
     "Event": {
@@ -346,9 +403,13 @@ SCHEMAS: Json = {
         },
         description="figpack's status file, as figpack's cloud answers it.",
     ),
+    **API_KEY_SCHEMAS,
 }
 
-KEY_HELP = "`Authorization: Bearer <key>`; a wrong or missing key is a 401."
+KEY_HELP = (
+    "`Authorization: Bearer <key>`; a wrong, missing or revoked key is a 401. A stored key "
+    "of the same role (`runpack keys create`) works alike, within its limits."
+)
 SECURITY_SCHEMES: Json = {
     "submitKey": {
         "type": "http",
