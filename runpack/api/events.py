@@ -32,6 +32,8 @@ WATCH = web.AppKey("watch", WatchHub)
 KEEPALIVE = 15.0
 #: A client that takes longer than this to accept one event is disconnected.
 SEND_TIMEOUT = 30.0
+#: Most queued events sent in one write.
+BURST = 256
 #: Reads of a job's snapshot before giving up on one that no console append overlaps.
 SNAPSHOT_TRIES = 3
 #: Reads the job as it is now (for a stream that may have missed events).
@@ -64,14 +66,20 @@ class _Sink:
         self.sse = sse
         return sse
 
-    async def send(self, event_id: str, kind: str, data: dict[str, Any]) -> None:
+    async def send(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Send ``(id, kind, data)`` events: a frame each over a WebSocket, one write
+        for them all over SSE (a burst costs one system call, not one per event)."""
         if self.ws is not None:
-            frame = orjson.dumps({"id": event_id, "event": kind, "data": data})
-            await self.ws.send_str(frame.decode())
+            for event_id, kind, data in events:
+                frame = orjson.dumps({"id": event_id, "event": kind, "data": data})
+                await self.ws.send_str(frame.decode())
         elif self.sse is not None:
-            payload = orjson.dumps(data)
             await self.sse.write(
-                b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id.encode(), kind.encode(), payload)
+                b"".join(
+                    b"id: %s\nevent: %s\ndata: %s\n\n"
+                    % (event_id.encode(), kind.encode(), orjson.dumps(data))
+                    for event_id, kind, data in events
+                )
             )
 
     async def keepalive(self) -> None:
@@ -132,20 +140,27 @@ async def _pump(
     status (job streams), a drop or a disconnect. A ``refresh`` (events may have
     been missed) is sent as a fresh snapshot."""
 
-    async def send(seq: int, kind: str, data: dict[str, Any]) -> bool:
-        """Send one event; True if it ends the stream."""
-        if kind == REFRESH:
-            if refresh is None:
-                return False
-            kind, data = "snapshot", await refresh()
-        async with asyncio.timeout(SEND_TIMEOUT):
-            await sink.send(f"{hub.epoch}-{seq}", kind, data)
-        return job and _ends(kind, data)
+    async def send(items: list[Item]) -> bool:
+        """Send events together; True if one of them ends the stream (the rest are not sent)."""
+        events = []
+        ends = False
+        for seq, kind, data in items:
+            if kind == REFRESH:
+                if refresh is None:
+                    continue
+                kind, data = "snapshot", await refresh()
+            events.append((f"{hub.epoch}-{seq}", kind, data))
+            if job and _ends(kind, data):
+                ends = True
+                break
+        if events:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await sink.send(events)
+        return ends
 
     try:
-        for seq, kind, data in backlog:
-            if await send(seq, kind, data):
-                return
+        if await send(backlog):
+            return
         while True:
             try:
                 async with asyncio.timeout(KEEPALIVE):
@@ -154,12 +169,19 @@ async def _pump(
                 async with asyncio.timeout(SEND_TIMEOUT):
                     await sink.keepalive()
                 continue
-            if item is None:
-                return  # dropped for being slow: the client reconnects and catches up
-            seq, kind, data = item
-            if seq <= after and kind != "closing":
-                continue  # already in the backlog or the snapshot
-            if await send(seq, kind, data):
+            # Whatever else is already queued goes in the same write.
+            burst = [item]
+            while len(burst) < BURST and not watcher.queue.empty():
+                burst.append(watcher.queue.get_nowait())
+            live = []
+            for queued in burst:
+                if queued is None:
+                    break  # dropped for being slow: the client reconnects and catches up
+                seq, kind, _ = queued
+                if seq <= after and kind != "closing":
+                    continue  # already in the backlog or the snapshot
+                live.append(queued)
+            if await send(live) or None in burst:
                 return
     except TimeoutError:
         sink.abort()  # the client stopped reading

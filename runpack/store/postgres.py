@@ -42,9 +42,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Statements whose `IN {…}` slot takes one array parameter on PostgreSQL.
-AVAILABLE = q.AVAILABLE.format(job_types=q.pg_in("job_types"), pending_index="")
+AVAILABLE = q.AVAILABLE.format(of_types=q.PG_OF_TYPES, pending_index="")
 CLAIM_BATCH = q.CLAIM_BATCH.format(picked=q.PG_PICKED).format(
-    job_types=q.pg_in("job_types"), lock=q.SKIP_LOCKED, pending_index=""
+    of_types=q.PG_OF_TYPES, lock=q.SKIP_LOCKED, pending_index=""
 )
 REQUEUE = q.REQUEUE.format(from_status=q.pg_in("from_status"))
 CANCEL = q.CANCEL.format(from_status=q.pg_in("from_status"))
@@ -148,7 +148,17 @@ class PostgresStore:
                 max_size=self.max_size,
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
-                server_settings={"application_name": "runpack"},
+                server_settings={
+                    "application_name": "runpack",
+                    # The claim must walk jobs_pending_idx in order and stop after
+                    # LIMIT rows. The planner's row counts for the pending jobs are
+                    # often stale in a queue (empty at the last ANALYZE, thousands
+                    # now), and it would then pick a bitmap scan that reads every
+                    # pending job, dead index entries included, and sorts them.
+                    # Bitmap scans would also never mark those entries dead. None of
+                    # the store's statements needs one.
+                    "enable_bitmapscan": "off",
+                },
                 reset=_keep_session,
             )
         except (*DB_ERRORS, ValueError) as exc:

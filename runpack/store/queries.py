@@ -63,19 +63,25 @@ RETURNING {JOB_COLS}
 # in one statement; RETURNING gives them in no particular order. `{picked}` is
 # PG_PICKED on PostgreSQL: `= ANY(ARRAY(…))` runs the choice once (an `IN (…)`
 # may run it again per row and claim more than :limit), with SKIP_LOCKED as
-# `{lock}` so concurrent claimers step over each other's rows. On SQLite it is
-# SQLITE_PICKED, and its single writer already makes the statement atomic.
+# `{lock}` so concurrent claimers step over each other's rows (a row changed by
+# another claim is checked again against the choice's conditions as it is locked).
+# On SQLite it is SQLITE_PICKED: its single writer already makes the statement
+# atomic. Outside the choice only `id` is named, so either planner finds the rows
+# by primary key; a `status` term there led both to scan every pending job.
+# `{of_types}`: `IN (:t0, …)` on SQLite, `= ANY(:job_types)` (an array) on
+# PostgreSQL, where an `IN (SELECT unnest(…))` becomes a join that reads and sorts
+# every pending job instead of walking jobs_pending_idx.
 CLAIM_BATCH = f"""
 UPDATE jobs SET {_CLAIM_SET}
-WHERE status = 'pending' AND id {{picked}}
+WHERE {{picked}}
 RETURNING {JOB_COLS}
 """
 _PICK = """SELECT id FROM jobs {pending_index}
-    WHERE status = 'pending' AND not_before <= :now AND job_type IN {job_types}
+    WHERE status = 'pending' AND not_before <= :now AND job_type {of_types}
     ORDER BY priority DESC, created_at, id
     LIMIT :limit {lock}"""
-PG_PICKED = f"= ANY(ARRAY({_PICK}))"
-SQLITE_PICKED = f"IN ({_PICK})"
+PG_PICKED = f"id = ANY(ARRAY({_PICK}))"
+SQLITE_PICKED = f"id IN ({_PICK})"
 SKIP_LOCKED = "FOR UPDATE SKIP LOCKED"
 # `{pending_index}` on SQLite: its planner would rather take an index on `status`
 # and sort every pending job than walk jobs_pending_idx and stop at the first.
@@ -113,7 +119,7 @@ WHERE id = :id AND claimed_by = :runner_id AND status IN {RUNNING}
 
 AVAILABLE = f"""
 SELECT {JOB_COLS} FROM jobs {{pending_index}}
-WHERE status = 'pending' AND not_before <= :now AND job_type IN {{job_types}}
+WHERE status = 'pending' AND not_before <= :now AND job_type {{of_types}}
 ORDER BY priority DESC, created_at, id
 LIMIT :limit
 """
@@ -224,6 +230,9 @@ def in_list(values: list[str] | tuple[str, ...], prefix: str) -> tuple[str, dict
     """``(:p0, :p1, …)`` and its bindings, for an ``IN`` of caller-given values."""
     names = [f"{prefix}{i}" for i in range(len(values))]
     return "(" + ", ".join(":" + n for n in names) + ")", dict(zip(names, values, strict=True))
+
+
+PG_OF_TYPES = "= ANY(:job_types)"
 
 
 def pg_in(name: str) -> str:

@@ -235,7 +235,7 @@ class SqliteStore:
         if not job_types:
             return []
         in_sql, params = q.in_list(list(job_types), "t")
-        sql = q.AVAILABLE.format(job_types=in_sql, pending_index=q.SQLITE_PENDING_INDEX)
+        sql = q.AVAILABLE.format(of_types=f"IN {in_sql}", pending_index=q.SQLITE_PENDING_INDEX)
         return await self._read_jobs(sql, {**params, "now": now, "limit": limit})
 
     async def list_jobs(
@@ -308,7 +308,7 @@ class SqliteStore:
             return []
         in_sql, params = q.in_list(list(job_types), "t")
         sql = q.CLAIM_BATCH.format(picked=q.SQLITE_PICKED).format(
-            job_types=in_sql, lock="", pending_index=q.SQLITE_PENDING_INDEX
+            of_types=f"IN {in_sql}", lock="", pending_index=q.SQLITE_PENDING_INDEX
         )
         args = {**params, "runner_id": runner_id, "now": now, "limit": limit}
         rows = await self._write(lambda c: c.execute(sql, args).fetchall())
