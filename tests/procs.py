@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import socket
 import subprocess
@@ -9,10 +11,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 KEYS = {
     "RUNPACK_SUBMIT_API_KEY": "proc-submit-key",
@@ -32,6 +35,22 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPACK_")}
     env.update(extra or {})
     return env
+
+
+async def until(check: Callable[[], Any], what: str, limit: float = 20) -> Any:
+    """Poll ``check`` (plain or async) until it returns something truthy; fail after
+    ``limit`` seconds naming ``what``. For state that has no event to wait on."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {limit:g} s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 @dataclass

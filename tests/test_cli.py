@@ -21,17 +21,11 @@ import pytest
 
 from runpack.settings import describe
 from runpack.store.migrations import latest_version
+from tests.procs import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 KEY_VARS = ("RUNPACK_SUBMIT_API_KEY", "RUNPACK_RUNNER_API_KEY", "RUNPACK_ADMIN_API_KEY")
 STARTUP_TIMEOUT = 20.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ from runpack.api.events import WATCH
 from runpack.notify import Event, Notifier
 from runpack.watch import WatchHub
 from tests.conftest import ADMIN, RUNNER, SUBMIT, as_runner, claim, register, submit
+from tests.procs import until
 
 # --- a plain SSE reader ----------------------------------------------------------------
 
@@ -548,16 +549,6 @@ def closed_by_server(sock: socket.socket) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-async def until(check: Any, what: str, limit: float = 10) -> None:
-    """Poll ``check`` until it is true (bounded): for state that has no event."""
-    deadline = time.monotonic() + limit
-    while True:
-        if check():
-            return
-        assert time.monotonic() < deadline, f"timed out after {limit:g} s waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_stalled_watcher_is_dropped_without_delaying_the_others(

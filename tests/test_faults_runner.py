@@ -52,7 +52,7 @@ from runpack_runner.handler import HeartbeatCallback, JobHandler
 from runpack_runner.transports.base import Assignment
 from runpack_runner.uploads import UploadRetryable
 from tests.fault_jobs import install
-from tests.procs import KEYS, Proc, running_runner, running_server
+from tests.procs import KEYS, Proc, running_runner, running_server, until
 from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(60)
@@ -68,21 +68,6 @@ SERVER_ENV = {
     "RUNPACK_SWEEP_INTERVAL": "0.5",
 }
 RUNNER_ENV = {"RUNPACK_RECONNECT_MIN": "0.2", "RUNPACK_RECONNECT_MAX": "1"}
-
-
-async def until(check: Callable[[], Any], what: str, limit: float = 20) -> Any:
-    """Poll ``check`` (plain or async) until it returns something truthy, or fail."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {limit:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 # --- what a test sees of the server ---------------------------------------------------------

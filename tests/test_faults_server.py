@@ -25,7 +25,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ from runpack.store import JobRow
 from tests.conftest import RUNNER, claim, register
 from tests.conftest import submit as conftest_submit
 from tests.pg import fresh_database, require_postgres
-from tests.procs import KEYS, clean_env, free_port
+from tests.procs import KEYS, clean_env, free_port, until
 
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
 ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
@@ -262,20 +261,6 @@ class HoldProxy:
 
 
 # --- the API -----------------------------------------------------------------------------------
-
-
-async def until(check: Callable[[], Any], what: str, within: float = 20) -> Any:
-    """Poll ``check`` (plain or async) until it returns something truthy, or fail."""
-    deadline = time.monotonic() + within
-    while True:
-        value = check()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass

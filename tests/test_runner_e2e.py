@@ -6,11 +6,9 @@ runner's process and files) in a bounded loop.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,29 +20,9 @@ import aiohttp
 import pytest
 
 from tests.conftest import ADMIN, ADMIN_KEY, RUNNER_KEY, SUBMIT, SUBMIT_KEY
+from tests.procs import free_port, until
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def until(check: Callable[[], Any], what: str, limit: float = 20) -> Any:
-    """Poll ``check`` until it returns something truthy (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {limit:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +38,9 @@ from runpack_runner.transports import (
     WebSocketTransport,
 )
 from tests.conftest import ADMIN, RUNNER_KEY, submit
+from tests.procs import until
 
 UNKNOWN_RUNNER = "0f0e0d0c-0b0a-4990-8877-665544332211"
-
-
-async def until(check: Callable[[], Any], what: str, limit: float = 15) -> Any:
-    """Poll ``check`` until it returns something truthy (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def base_url(client: TestClient) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import aiohttp
 import pytest
 
 from tests.pg import fresh_database, require_postgres
-from tests.procs import KEYS, running_runner, running_server
+from tests.procs import KEYS, running_runner, running_server, until
 
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
 ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
@@ -30,17 +29,6 @@ async def dsn() -> AsyncIterator[str]:
     require_postgres()
     async with fresh_database() as url:
         yield url
-
-
-async def _until(check: Any, within: float = 20.0) -> Any:
-    """Poll ``check()`` until it returns something truthy (bounded)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not met within {within} s")
 
 
 async def _submit(http: aiohttp.ClientSession, url: str, **params: Any) -> str:
@@ -85,13 +73,17 @@ async def test_two_instances_share_jobs_runners_and_watchers(tmp_path: Path, dsn
                     runners = (await resp.json())["runners"]
                 return any(r.get("connected") for r in runners)
 
-            await _until(runner_on_b)
+            await until(runner_on_b, "the runner on instance B")
 
             # Pushed across instances: every job is claimed within a fraction of a
             # second of its submit on A (the hub's fallback poll is 1 s).
             for i in range(4):
                 job_id = await _submit(http, a.url, name=f"quick-{i}", processing_time=0)
-                job = await _until(lambda job_id=job_id: _completed(http, a.url, job_id), within=10)
+                job = await until(
+                    lambda job_id=job_id: _completed(http, a.url, job_id),
+                    "the job to complete",
+                    limit=10,
+                )
                 assert job["claimed_at"] - job["created_at"] < 500, job
 
             # A watcher on A sees the progress reported to B, then the result.
@@ -110,10 +102,12 @@ async def test_two_instances_share_jobs_runners_and_watchers(tmp_path: Path, dsn
             async def running_on_b() -> bool:
                 return (await _job(http, b.url, job_id))["status"] == "in_progress"
 
-            await _until(running_on_b)
+            await until(running_on_b, "the job running on instance B")
             os.kill(a.popen.pid, signal.SIGKILL)
             a.popen.wait(10)
-            done = await _until(lambda: _completed(http, b.url, job_id), within=20)
+            done = await until(
+                lambda: _completed(http, b.url, job_id), "the job to complete", limit=20
+            )
             assert done["output_data"] == {"message": "Hello, Survivor!", "processing_time": 2}
             async with http.get(f"{b.url}/api/admin/stats", headers=ADMIN) as resp:
                 stats = await resp.json()
