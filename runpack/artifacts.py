@@ -250,11 +250,17 @@ class FigureStore:
             return await asyncio.to_thread(self._move_away_and_delete, folder)
 
     def _move_away_and_delete(self, folder: Path) -> bool:
-        incoming = self._incoming()
-        trash = incoming / f"deleted-{folder.name}-{secrets.token_hex(4)}"
+        """False if there was nothing, or if the folder cannot be removed now (a
+        read-only or failing disk): the job's rows are gone already, so that is
+        logged, not raised, and the folder waits for ``runpack gc``."""
         try:
+            incoming = self._incoming()
+            trash = incoming / f"deleted-{folder.name}-{secrets.token_hex(4)}"
             os.rename(folder, trash)  # gone at once for readers, whatever rmtree takes
         except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("cannot remove the figure folder %s: %s", folder, exc)
             return False
         shutil.rmtree(trash, ignore_errors=True)
         return True

@@ -312,3 +312,31 @@ async def test_metadata_params_of_figure_jobs_do_not_split_the_cache(client: Tes
     # The first submit's metadata is what the job keeps.
     detail = await (await client.get(f"/api/admin/jobs/{a['job_id']}")).json()
     assert detail["input_params"]["neurosift_url"] == "https://neurosift.app/?p=1"
+
+
+async def test_a_figure_folder_that_cannot_be_removed_is_left_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deleting a job on a read-only disk: its rows are gone already, so the folder
+    is left (for `runpack gc`) with a warning, and the delete does not fail."""
+    import errno
+    import uuid
+
+    from runpack import artifacts
+
+    figures = artifacts.FigureStore(tmp_path / "figures", "http://127.0.0.1:1", 10**6, 100)
+    job_id = str(uuid.uuid4())
+    folder = tmp_path / "figures" / job_id
+    folder.mkdir(parents=True)
+    (folder / "index.html").write_text("<html></html>")
+
+    def read_only(src: Any, dst: Any) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(artifacts.os, "rename", read_only)
+    assert await figures.remove(job_id) is False
+    assert (folder / "index.html").exists()
+    assert "Read-only file system" in caplog.text
+    monkeypatch.undo()
+    assert await figures.remove(job_id) is True
+    assert not folder.exists()
