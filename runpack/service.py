@@ -97,6 +97,12 @@ def hash_params(job_type: str, params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+#: Submit and check bodies remembered with what they ask (see JobService.known_request):
+#: at most this many, each at most this many bytes (so at most 4 MiB).
+REQUEST_MEMO_SIZE = 1024
+REQUEST_MEMO_MAX_BODY = 4096
+
+
 class Outcome(StrEnum):
     CREATED = "created"  # a new job, or an old one queued again: 201
     CACHED = "cached"  # completed, result still valid
@@ -154,9 +160,22 @@ class JobService:
         self.clock = clock
         self.rng = rng
         self.results = ResultCache()
+        self._requests: dict[bytes, JobRequest] = {}
         self.notifier.subscribe(self.results.on_event)
 
     # --- validation of client input ---------------------------------------------
+    def known_request(self, body: bytes) -> JobRequest | None:
+        """What an identical submit or check body asked lately, if it was remembered."""
+        return self._requests.get(body)
+
+    def remember_request(self, body: bytes, job_request: JobRequest) -> None:
+        """Keep what ``body`` asks (small bodies only; the oldest goes first)."""
+        if len(body) > REQUEST_MEMO_MAX_BODY:
+            return
+        if len(self._requests) >= REQUEST_MEMO_SIZE:
+            del self._requests[next(iter(self._requests))]
+        self._requests[body] = job_request
+
     def job_request(self, body: dict[str, Any]) -> JobRequest:
         """Check a submit/check body in the original's order; raise BadRequest."""
         job_type = body.get("job_type")

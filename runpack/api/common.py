@@ -79,7 +79,11 @@ def json_response(
 
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object; a clear 400 for anything else."""
-    raw = await request.read()
+    return parse_json_object(await request.read())
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object; a clear 400 for anything else."""
     if not raw:
         raise BadRequest("Request body must be a JSON object", details="the body is empty")
     try:

@@ -6,12 +6,25 @@ from typing import Any
 
 from aiohttp import web
 
-from runpack.api.common import CALLER, ROLE, SERVICE, json_response, policy, read_json
+from runpack.api.common import CALLER, ROLE, SERVICE, json_response, parse_json_object, policy
 from runpack.api.views import job_status, result_of
 from runpack.protocol import Role
-from runpack.service import Outcome, SubmitResult
+from runpack.service import JobRequest, Outcome, SubmitResult
 
 routes = web.RouteTableDef()
+
+
+async def job_request_of(request: web.Request) -> JobRequest:
+    """What a submit or check body asks. Viewers send the same body again and
+    again, so a body seen lately is not parsed and hashed again."""
+    raw = await request.read()
+    service = request.app[SERVICE]
+    known = service.known_request(raw)
+    if known is not None:
+        return known
+    job_request = service.job_request(parse_json_object(raw))
+    service.remember_request(raw, job_request)
+    return job_request
 
 
 def _error_text(result: SubmitResult) -> str:
@@ -23,7 +36,7 @@ def _error_text(result: SubmitResult) -> str:
 @policy(Role.SUBMIT, bucket="submit", failure="Failed to submit job")
 async def submit(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    job_request = service.job_request(await read_json(request))
+    job_request = await job_request_of(request)
     request[CALLER].check_job_type(job_request.job_type)
     result = await service.submit(job_request)
     job = result.job
@@ -47,7 +60,7 @@ async def submit(request: web.Request) -> web.Response:
 @policy(Role.SUBMIT, bucket="submit", failure="Failed to check job")
 async def check(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    job_request = service.job_request(await read_json(request))
+    job_request = await job_request_of(request)
     request[CALLER].check_job_type(job_request.job_type)
     result = await service.check(job_request)
     job = result.job
