@@ -375,8 +375,17 @@ class JobService:
         return await self.store.available_jobs(job_types, self.clock(), 50)
 
     async def claim(self, runner_id: str, job_id: str) -> JobRow:
-        job = await self.store.claim(job_id, runner_id, self.clock()) if _is_uuid(job_id) else None
+        """Claim a job by id (the original's polling runners). A claim repeated by
+        the runner that holds it, such as a retry after the answer was lost on the
+        way, gets the job again rather than a 409."""
+        if not _is_uuid(job_id):
+            raise ClaimLost()
+        job = await self.store.claim(job_id, runner_id, self.clock())
         if job is None:
+            held = await self.store.get_job(job_id)
+            mine = held is not None and held.claimed_by == runner_id
+            if held is not None and mine and held.status == JobStatus.CLAIMED:
+                return held
             raise ClaimLost()
         self.observer.started(job)
         self._updated(job.id, JobStatus.CLAIMED, runner_id=runner_id)

@@ -273,10 +273,25 @@ async def test_claim_needs_no_body_and_returns_the_job(client: TestClient) -> No
 async def test_second_claim_is_409(client: TestClient) -> None:
     first, job_id = await running_job(client)
     second = await register(client, name="r2")
-    for runner in (second, first):
-        status, body = await runner_call(client, runner, job_id, "claim", {})
-        assert (status, body) == (409, CLAIM_LOST)
+    status, body = await runner_call(client, second, job_id, "claim", {})
+    assert (status, body) == (409, CLAIM_LOST)
     assert (await detail(client, job_id))["claimed_by"] == first
+
+
+async def test_a_claim_repeated_by_its_holder_gets_the_job_again(client: TestClient) -> None:
+    """A retry after the answer was lost on the way: the holder gets the job (not a
+    409, which would strand it until the heartbeat timeout); nothing changes."""
+    holder, job_id = await running_job(client)
+    before = await detail(client, job_id)
+    status, body = await runner_call(client, holder, job_id, "claim", {})
+    assert status == 200 and body["success"] is True
+    assert body["job"]["job_id"] == job_id
+    assert await detail(client, job_id) == before  # attempts, claimed_at: unchanged
+    # Once it has started (a heartbeat), a claim is a mistake again: 409.
+    status, _ = await runner_call(client, holder, job_id, "heartbeat", {})
+    assert status == 200
+    status, body = await runner_call(client, holder, job_id, "claim", {})
+    assert (status, body) == (409, CLAIM_LOST)
 
 
 async def test_claim_of_unknown_job_is_409(client: TestClient) -> None:
