@@ -33,29 +33,42 @@ REFRESH = "refresh"
 Item = tuple[int, str, dict[str, Any]]
 
 
-@dataclass(eq=False)
 class Watcher:
-    queue: asyncio.Queue[Item | None] = field(default_factory=lambda: asyncio.Queue(WATCH_QUEUE))
-    dropped: bool = False
-    #: Called once when the watcher is dropped: closes its connection, so a stream
-    #: stuck writing to a client that does not read ends too.
-    on_drop: Callable[[], None] | None = None
+    """One stream's queue of events: at most ``WATCH_QUEUE``, then it is dropped.
+
+    Thousands of watchers may idle at once, so an empty queue is no object at all,
+    and the stream waits for the next event on a future made only while it waits.
+    """
+
+    __slots__ = ("_items", "_waiter", "dropped", "on_drop")
+
+    def __init__(self) -> None:
+        #: Events not taken yet, oldest first, and None to end the stream (None if none).
+        self._items: deque[Item | None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.dropped = False
+        #: Called once when the watcher is dropped: closes its connection, so a stream
+        #: stuck writing to a client that does not read ends too.
+        self.on_drop: Callable[[], None] | None = None
 
     def offer(self, item: Item) -> None:
         if self.dropped:
             return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if self._items is None:
+            self._items = deque()
+        elif len(self._items) >= WATCH_QUEUE:
             self.drop()
+            return
+        self._items.append(item)
+        self._wake()
 
     def drop(self) -> None:
         """Too slow: end its stream now; it resumes from the buffer on reconnect."""
         if self.dropped:
             return
         self.dropped = True
-        self.queue = asyncio.Queue(1)  # the full one is not being waited on
-        self.queue.put_nowait(None)
+        self._items = deque([None])  # what was queued is not sent
+        self._wake()
         if self.on_drop is not None:
             self.on_drop()
 
@@ -64,13 +77,33 @@ class Watcher:
         if self.dropped:
             return
         self.dropped = True
-        try:
-            self.queue.put_nowait(item)
-            self.queue.put_nowait(None)
-        except asyncio.QueueFull:
-            self.queue = asyncio.Queue(2)
-            self.queue.put_nowait(item)
-            self.queue.put_nowait(None)
+        if self._items is None or len(self._items) > WATCH_QUEUE - 2:
+            self._items = deque()  # no room for both: what was queued is not sent
+        self._items.extend((item, None))
+        self._wake()
+
+    async def wait(self) -> None:
+        """Until something is queued."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def take(self, most: int) -> list[Item | None]:
+        """Up to ``most`` of the queued events, oldest first (None: the stream ends)."""
+        items = self._items
+        if not items:
+            return []
+        if len(items) <= most:
+            self._items = None
+            return list(items)
+        return [items.popleft() for _ in range(most)]
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 class SequenceCounter:

@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from runpack import __version__, logs, protocol
 from runpack.api.common import SERVICE, SETTINGS, json_response, policy, runner_id
+from runpack.api.events import wants_websocket
 from runpack.errors import BadRequest, NotOwned, RunpackError, StoreError, StoreUnavailable
 from runpack.hub import SEND_QUEUE, Hub, RunnerConn
 from runpack.protocol import FINAL, Role
@@ -59,35 +61,98 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 class RunnerSession:
-    """One runner's socket: hello/welcome, then frames until it closes."""
+    """One runner's socket: hello/welcome, then frames until it closes.
 
-    def __init__(self, ws: web.WebSocketResponse, hub: Hub, service: JobService) -> None:
+    Thousands of runners may sit idle on one server, so an idle socket holds only
+    what it needs: the frames to send wait in a queue that exists, and a task sends
+    them, only while there are some; the frame tasks are kept only while they run.
+    """
+
+    __slots__ = (
+        "_closing",
+        "_log_context",
+        "_outbox",
+        "_room",
+        "_sender",
+        "_tails",
+        "_tasks",
+        "conn",
+        "hub",
+        "service",
+        "transport",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        hub: Hub,
+        service: JobService,
+        transport: asyncio.Transport | None,
+    ) -> None:
         self.ws = ws
+        #: Aborted to drop a runner that does not read what it is sent.
+        self.transport = transport
         self.hub = hub
         self.service = service
-        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue(SEND_QUEUE)
         self.conn: RunnerConn | None = None
-        self.inflight = asyncio.Semaphore(MAX_INFLIGHT)
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.tails: dict[str, asyncio.Task[None]] = {}  # the last frame task per job
+        #: Frames not yet handed to the socket, oldest first (None when there are none).
+        self._outbox: deque[bytes] | None = None
+        #: The task sending them, while there are some.
+        self._sender: asyncio.Task[None] | None = None
+        #: The socket closes (GOING_AWAY) after the frames already queued; no more are.
+        self._closing = False
+        #: Frame tasks still running, and the last one per job id (None when none).
+        self._tasks: set[asyncio.Task[None]] | None = None
+        self._tails: dict[str, asyncio.Task[None]] | None = None
+        #: Set when a frame task ends while MAX_INFLIGHT of them run.
+        self._room: asyncio.Future[None] | None = None
         self._log_context: contextvars.Token[Mapping[str, str]] | None = None
 
     # --- sending -------------------------------------------------------------------------
     def send(self, frame: dict[str, Any]) -> None:
-        try:
-            self.outbox.put_nowait(orjson.dumps(frame))
-        except asyncio.QueueFull:
+        if self._closing:
+            return  # the socket closes after what is already queued
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
+        elif len(outbox) >= SEND_QUEUE:
             log.warning("runner %s is not reading its socket: disconnecting", self.runner_label)
-            self.close()
+            self._disconnect()
+            return
+        outbox.append(orjson.dumps(frame))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._flush(), name="runner-ws-sender")
 
     def close(self) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            self.outbox.put_nowait(None)
+        """Close the socket with GOING_AWAY once the frames queued before are sent."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._flush(), name="runner-ws-sender")
 
-    async def _sender(self) -> None:
-        while (data := await self.outbox.get()) is not None:
-            await self.ws.send_str(data.decode())
-        await self.ws.close(code=WSCloseCode.GOING_AWAY)
+    def _disconnect(self) -> None:
+        """Drop the connection now, with whatever is queued: a runner is never waited for."""
+        self._closing = True
+        if self._outbox is not None:
+            self._outbox.clear()
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def _flush(self) -> None:
+        """Send the queued frames in order, then close the socket if that was asked."""
+        outbox = self._outbox
+        try:
+            while outbox:
+                await self.ws.send_frame(outbox.popleft(), WSMsgType.TEXT)
+            if self._closing:
+                await self.ws.close(code=WSCloseCode.GOING_AWAY)
+        except (ConnectionError, RuntimeError):
+            self._closing = True  # the connection is gone: the receiving side ends too
+        finally:
+            self._outbox = None
+            self._sender = None
 
     @property
     def runner_label(self) -> str:
@@ -101,19 +166,36 @@ class RunnerSession:
 
     # --- the conversation -------------------------------------------------------------
     async def run(self) -> None:
-        sender = asyncio.create_task(self._sender(), name="runner-ws-sender")
         try:
-            if await self._hello():
-                await self._receive()
+            if not await self._hello():
+                return
+            while True:
+                msg = await self.ws.receive()
+                if msg.type == WSMsgType.TEXT:
+                    frame = self._frame(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    frame = None
+                    self.reply_error("Binary frames are not accepted", "send JSON text frames")
+                else:
+                    return  # closed, closing or broken
+                del msg  # nothing of a frame stays referenced while the socket idles
+                if frame is not None:
+                    while self._tasks is not None and len(self._tasks) >= MAX_INFLIGHT:
+                        self._room = asyncio.get_running_loop().create_future()
+                        await self._room
+                    self._start(frame)
+                    del frame
         finally:
             if self.conn is not None:
                 self.hub.detach(self.conn)
-            if self.tasks:
-                await asyncio.gather(*self.tasks, return_exceptions=True)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
             self.close()
-            with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
-                await asyncio.wait_for(sender, 5)
-            sender.cancel()
+            sender = self._sender
+            if sender is not None:
+                with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
+                    await asyncio.wait_for(sender, 5)
+                sender.cancel()
             if self._log_context is not None:
                 logs.unbind(self._log_context)
 
@@ -206,35 +288,46 @@ class RunnerSession:
             raise FrameError("A frame must be a JSON object")
         return frame
 
-    async def _receive(self) -> None:
-        async for msg in self.ws:
-            if msg.type != WSMsgType.TEXT:
-                if msg.type == WSMsgType.BINARY:
-                    self.reply_error("Binary frames are not accepted", "send JSON text frames")
-                    continue
-                break
-            try:
-                frame = self._parse(msg.data)
-            except FrameError as exc:
-                self.reply_error(exc.error, exc.details)
-                continue
-            await self.inflight.acquire()
-            # Frames about different jobs run concurrently, so their writes share a
-            # commit; frames about one job run in arrival order, each after the last.
-            job_id = frame.get("job_id") if isinstance(frame.get("job_id"), str) else None
-            before = self.tails.get(job_id) if job_id else None
-            task = asyncio.create_task(self._handle(frame, before))
-            self.tasks.add(task)
-            task.add_done_callback(self._frame_done)
-            if job_id:
-                self.tails[job_id] = task
+    def _frame(self, data: str) -> dict[str, Any] | None:
+        """The frame in ``data``; None if it cannot be used (it is answered)."""
+        try:
+            return self._parse(data)
+        except FrameError as exc:
+            self.reply_error(exc.error, exc.details)
+            return None
+
+    def _start(self, frame: dict[str, Any]) -> None:
+        """Handle ``frame`` in a task of its own.
+
+        Frames about different jobs run concurrently, so their writes share a
+        commit; frames about one job run in arrival order, each after the last.
+        """
+        job_id = frame.get("job_id") if isinstance(frame.get("job_id"), str) else None
+        before = self._tails.get(job_id) if job_id and self._tails else None
+        task = asyncio.create_task(self._handle(frame, before))
+        if self._tasks is None:
+            self._tasks = set()
+        self._tasks.add(task)
+        task.add_done_callback(self._frame_done)
+        if job_id:
+            if self._tails is None:
+                self._tails = {}
+            self._tails[job_id] = task
 
     def _frame_done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        self.inflight.release()
-        for job_id, tail in list(self.tails.items()):
-            if tail is task:
-                del self.tails[job_id]
+        if self._tasks is not None:
+            self._tasks.discard(task)
+            if not self._tasks:
+                self._tasks = None
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
+        if self._tails is not None:
+            for job_id, tail in list(self._tails.items()):
+                if tail is task:
+                    del self._tails[job_id]
+            if not self._tails:
+                self._tails = None
 
     async def _handle(self, frame: dict[str, Any], before: asyncio.Task[None] | None) -> None:
         if before is not None:
@@ -384,11 +477,18 @@ class RunnerSession:
 @policy(Role.RUNNER, failure="Failed to open the runner channel")
 async def runner_socket(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=settings.max_body_bytes)
-    if not ws.can_prepare(request).ok:
+    ws = None
+    if wants_websocket(request):
+        # No permessage-deflate, even for a runner that offers it: its zlib state
+        # would cost about 100 KiB per socket, for frames that are small JSON.
+        ws = web.WebSocketResponse(
+            heartbeat=20.0, max_msg_size=settings.max_body_bytes, compress=False
+        )
+    if ws is None or not ws.can_prepare(request).ok:
         raise BadRequest("Expected a WebSocket upgrade", details="GET with Upgrade: websocket")
     await ws.prepare(request)
-    await RunnerSession(ws, request.app[HUB], request.app[SERVICE]).run()
+    session = RunnerSession(ws, request.app[HUB], request.app[SERVICE], request.transport)
+    await session.run()
     return ws
 
 
