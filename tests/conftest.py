@@ -13,7 +13,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from runpack.api.common import SERVICE
 from runpack.app import create_app
+from runpack.service import JobService
 from runpack.settings import Settings
 from tests.pg import ADMIN_DSN, dsn_for, unavailable, unreachable_reason
 
@@ -156,3 +158,27 @@ async def claim(client: TestClient, runner_id: str, job_id: str) -> Any:
     resp = await client.post(f"/api/runner/jobs/{job_id}/claim", headers=as_runner(runner_id))
     assert resp.status == 200, await resp.text()
     return await resp.json()
+
+
+class Clock:
+    """A service clock the test moves by hand (ms since epoch)."""
+
+    def __init__(self, now: int = 1_700_000_000_000) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def service_of(client: TestClient) -> JobService:
+    """The job service of a test client's app."""
+    app = client.server.app
+    assert app is not None
+    return app[SERVICE]
+
+
+def controlled_clock(client: TestClient) -> Clock:
+    """Give the app's service a clock the test moves by hand."""
+    clock = Clock()
+    service_of(client).clock = clock
+    return clock

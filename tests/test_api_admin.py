@@ -7,35 +7,21 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from runpack.api.common import SERVICE
-from runpack.service import JobService
-from tests.conftest import ADMIN, RUNNER, SUBMIT, MakeClient, as_runner, claim, register, submit
+from tests.conftest import (
+    ADMIN,
+    RUNNER,
+    SUBMIT,
+    MakeClient,
+    as_runner,
+    claim,
+    controlled_clock,
+    register,
+    submit,
+)
 
 UNKNOWN_ID = "0f0e0d0c-0b0a-4990-8877-665544332211"
 WINDOW_MS = 300_000  # runner_active_window default, in ms
 STATES = ("pending", "claimed", "in_progress", "completed", "failed", "expired")
-
-
-class Clock:
-    """A service clock the test moves by hand (ms since epoch)."""
-
-    def __init__(self, now: int = 1_700_000_000_000) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
-def service_of(client: TestClient) -> JobService:
-    app = client.server.app
-    assert app is not None
-    return app[SERVICE]
-
-
-def controlled_clock(client: TestClient) -> Clock:
-    clock = Clock()
-    service_of(client).clock = clock
-    return clock
 
 
 async def get(client: TestClient, path: str, headers: dict[str, str] = ADMIN) -> tuple[int, Any]:

@@ -8,35 +8,19 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from runpack.api.common import SERVICE
-from runpack.service import JobService
-from tests.conftest import RUNNER, SUBMIT, as_runner, claim, register, submit
+from tests.conftest import (
+    RUNNER,
+    SUBMIT,
+    as_runner,
+    claim,
+    controlled_clock,
+    register,
+    submit,
+)
 
 NOT_OWNED = {"success": False, "message": "Job not found or not claimed by this runner"}
 CLAIM_LOST = {"success": False, "message": "Job already claimed or not found"}
 UNKNOWN_JOB = "0f0e0d0c-0b0a-4990-8877-665544332211"
-
-
-class Clock:
-    """A service clock the test moves by hand (ms since epoch)."""
-
-    def __init__(self, now: int = 1_700_000_000_000) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
-def service_of(client: TestClient) -> JobService:
-    app = client.server.app
-    assert app is not None
-    return app[SERVICE]
-
-
-def controlled_clock(client: TestClient) -> Clock:
-    clock = Clock()
-    service_of(client).clock = clock
-    return clock
 
 
 async def runner_call(

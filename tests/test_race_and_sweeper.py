@@ -13,28 +13,21 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from runpack.api.common import SERVICE
 from runpack.service import JobService
-from tests.conftest import ADMIN, SUBMIT, MakeClient, as_runner, claim, register, submit
+from tests.conftest import (
+    ADMIN,
+    SUBMIT,
+    Clock,
+    MakeClient,
+    as_runner,
+    claim,
+    register,
+    service_of,
+    submit,
+)
 
 NOT_OWNED = {"success": False, "message": "Job not found or not claimed by this runner"}
 TIMEOUT_MS = 90_000  # heartbeat_timeout default, in ms
-
-
-class Clock:
-    """A service clock the test moves by hand (ms since epoch)."""
-
-    def __init__(self, now: int = 1_700_000_000_000) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
-def service_of(client: TestClient) -> JobService:
-    app = client.server.app
-    assert app is not None
-    return app[SERVICE]
 
 
 def controlled(client: TestClient, jitter: float = 1.0) -> tuple[JobService, Clock]:

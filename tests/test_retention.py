@@ -35,11 +35,11 @@ from runpack.cache import ResultCache
 from runpack.notify import Event
 from runpack.protocol import JobStatus
 from runpack.retention import CONSOLE_CLEARED, Policy, Retention
-from runpack.service import JobService, now_ms
+from runpack.service import now_ms
 from runpack.settings import Settings
 from runpack.store import JobRow, RunnerRow, Store, open_store
 from runpack.store.sqlite import SqliteStore
-from tests.conftest import ADMIN, SUBMIT, MakeClient, as_runner, claim, register, submit
+from tests.conftest import ADMIN, SUBMIT, MakeClient, as_runner, claim, register, service_of, submit
 from tests.procs import KEYS, clean_env, running_server
 
 NOW = 1_700_000_000_000
@@ -253,12 +253,6 @@ async def test_idle_runners_are_forgotten_unless_they_hold_a_job(store: Store) -
 
 
 # --- through the real app: the cache and the figures -----------------------------------------
-
-
-def service_of(client: TestClient) -> JobService:
-    app = client.app
-    assert app is not None
-    return app[SERVICE]
 
 
 async def completed_job(client: TestClient, name: str = "Ada") -> str:
