@@ -142,20 +142,15 @@ async def error(request: web.Request) -> web.Response:
         raise BadRequest("retryable must be a boolean")
     service = request.app[SERVICE]
     await service.touch_runner(runner_id(request))
-    if retryable:
-        await service.retry_later(
-            runner_id(request),
-            request.match_info["job_id"],
-            message,
-            optional_str(body, "console_output"),
-        )
-        return json_response({"success": True, "message": "Job queued again to be retried"})
-    await service.fail(
+    end = service.retry_later if retryable else service.fail
+    await end(
         runner_id(request),
         request.match_info["job_id"],
         message,
         optional_str(body, "console_output"),
     )
+    if retryable:
+        return json_response({"success": True, "message": "Job queued again to be retried"})
     return json_response({"success": True, "message": "Job marked as failed successfully"})
 
 
