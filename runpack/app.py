@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from runpack import __version__
 from runpack.api import admin, events, files, jobs, keys, monitoring, openapi, runner, runner_ws, ui
 from runpack.api.common import (
     CALLER,
@@ -29,6 +30,7 @@ from runpack.api.runner_ws import HUB
 from runpack.artifacts import FigureStore
 from runpack.auth import KeyRing
 from runpack.errors import BadRequest, RunpackError, StoreError, StoreUnavailable, TooLarge
+from runpack.eventloop import loop_name
 from runpack.hub import Hub
 from runpack.local_runners import local_runners
 from runpack.metrics import Metrics
@@ -241,6 +243,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await relay.start()
         notifier.subscribe(relay)
     metrics = app[METRICS]
+    metrics.running_on(__version__, loop_name(asyncio.get_running_loop()))
     service = JobService(
         metrics.timed(store), settings, validator, notifier, figures=figures, observer=metrics
     )

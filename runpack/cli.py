@@ -97,11 +97,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from runpack.app import create_app
+    from runpack.eventloop import loop_factory
     from runpack.logs import setup_logging
 
     settings = settings_from(args)
     try:
         setup_logging(settings.log_level, settings.log_format)
+        new_loop = loop_factory(settings.event_loop)
     except ValueError as exc:
         print(f"runpack: {exc}", file=sys.stderr)
         return 2
@@ -129,6 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print=None,
         access_log=None,
         shutdown_timeout=5,
+        loop=new_loop(),
     )
     return 0
 

@@ -204,6 +204,12 @@ class Metrics:
             "Event streams open (job and admin streams, SSE or WebSocket).",
             registry=reg,
         )
+        self.info = Gauge(
+            "runpack_info",
+            "Always 1: the server's version and event loop, as labels.",
+            ["version", "event_loop"],
+            registry=reg,
+        )
         self.jobs = JobCounts(jobs_ttl, clock)
         reg.register(self.jobs)
         self._running: OrderedDict[str, tuple[int, str]] = OrderedDict()
@@ -233,6 +239,9 @@ class Metrics:
         self.runner_slots.set_function(slots)
         self.runner_jobs.set_function(jobs)
         self.watchers.set_function(watchers)
+
+    def running_on(self, version: str, event_loop: str) -> None:
+        self.info.labels(version, event_loop).set(1)
 
     async def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The scrape: (body, content type), OpenMetrics when ``accept`` asks for it."""

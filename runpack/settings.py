@@ -105,6 +105,9 @@ class Settings:
     )
     log_level: str = _s("info", "Logging level.")
     log_format: str = _s("text", "Log lines for people (text) or one JSON object per line (json).")
+    event_loop: str = _s(
+        "auto", "Event loop: auto (uvloop where installed, else asyncio's), uvloop or asyncio."
+    )
     metrics_public: bool = _s(
         False,
         "Serve /metrics without a key, for a Prometheus on a trusted network "

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runpack.envvars import env_name, read_values, type_name
+from runpack.eventloop import loop_factory
 from runpack.protocol import HEARTBEAT_INTERVAL
 
 TRANSPORTS = ("auto", "websocket", "http")
@@ -39,6 +40,9 @@ class RunnerSettings:
     state_file: str = _s(".runpack_runner.json", "Where the runner keeps its id and name.")
     log_file: str = _s("runpack_runner.log", "Log file, besides stdout ('' for none).")
     log_level: str = _s("info", "Logging level.")
+    event_loop: str = _s(
+        "auto", "Event loop: auto (uvloop where installed, else asyncio's), uvloop or asyncio."
+    )
     job_timeout: float = _s(
         0.0, "Default time limit per job when the server gives none (0 = no limit)."
     )
@@ -67,6 +71,7 @@ class RunnerSettings:
             raise ValueError(f"worker URL must start with http:// or https://: {self.worker_url}")
         if not 1 <= self.concurrency <= 1000:
             raise ValueError("concurrency must be from 1 to 1000")
+        loop_factory(self.event_loop)  # ValueError for an unknown or missing loop
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
         for name in ("heartbeat_interval", "poll_wait", "socket_retry_interval", "reconnect_max"):

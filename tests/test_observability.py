@@ -21,7 +21,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from runpack import logs
+from runpack import __version__, logs
 from runpack.api.common import SERVICE
 from runpack.cli import main as cli_main
 from runpack.errors import StoreError
@@ -475,6 +475,38 @@ async def test_a_real_server_logs_json_with_request_ids(
     assert connected[0]["runner_id"] == runner_id
     for key in KEYS.values():
         assert key not in output
+
+
+@pytest.mark.parametrize("choice", ["auto", "asyncio"])
+async def test_a_real_server_names_its_event_loop(
+    tmp_path: Path, session: aiohttp.ClientSession, choice: str
+) -> None:
+    """uvloop where it is installed (a dependency on Linux), asyncio's loop when asked."""
+    env = {**SERVER_KEYS, "RUNPACK_EVENT_LOOP": choice}
+    admin = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
+    with running_server(tmp_path, env) as server:
+        async with session.get(server.url + "/metrics", headers=admin) as resp:
+            text = await resp.text()
+    [info] = [
+        sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "runpack_info"
+    ]
+    assert info.labels["event_loop"] == ("uvloop" if choice == "auto" else "asyncio")
+    assert info.labels["version"] == __version__
+
+
+def test_an_unknown_event_loop_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["serve", "--event-loop", "trio"]) == 2
+    assert "event_loop must be one of auto, uvloop, asyncio" in capsys.readouterr().err
+
+
+def test_the_runner_refuses_an_unknown_event_loop(capsys: pytest.CaptureFixture[str]) -> None:
+    from runpack_runner.cli import main as runner_main
+
+    assert runner_main(["--event-loop", "trio", "--log-file", ""]) == 2
+    assert "event_loop must be one of auto, uvloop, asyncio" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
