@@ -24,9 +24,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+
+from runpack.eventloop import run
 
 BENCH_KEYS = {
     "RUNPACK_SUBMIT_API_KEY": "bench-submit",
@@ -154,7 +157,9 @@ async def _follow(
     ready: asyncio.Event,
 ) -> None:
     """Read the admin event stream, noting when each job started and finished."""
-    async with session.get(f"{url}/api/admin/events", headers=admin, timeout=None) as resp:
+    # Only the statuses it times: the stream costs the server less.
+    follow = f"{url}/api/admin/events?status=claimed,completed,failed"
+    async with session.get(follow, headers=admin, timeout=None) as resp:
         resp.raise_for_status()
         ready.set()
         event = ""
@@ -167,57 +172,143 @@ async def _follow(
                 timeline.saw(data["job_id"], data["status"], time.perf_counter())
 
 
+class LeanHttp(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection that sends prepared requests and reads the
+    replies, with as little work on the client as possible: a load generator should
+    measure the server, not itself (redis-benchmark and wrk are written in C for the
+    same reason). Replies must carry a Content-Length, as every JSON reply of the
+    server does."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.waiter is None:
+            return
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        at = head.find(b"\r\ncontent-length:")
+        if at < 0:
+            self._fail(ConnectionError("runpack bench: a reply without Content-Length"))
+            return
+        stop = head.find(b"\r\n", at + 2)
+        length = int(head[at + 17 : stop if stop >= 0 else len(head)])
+        total = end + 4 + length
+        if len(self.buffer) < total:
+            return
+        status, body = int(head[9:12]), bytes(self.buffer[end + 4 : total])
+        del self.buffer[:total]
+        waiter, self.waiter = self.waiter, None
+        if not waiter.done():
+            waiter.set_result((status, body))
+
+    def _fail(self, exc: Exception) -> None:
+        self.lost = exc
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("runpack bench: the server closed the connection"))
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        """Send one prepared request; its (status, body)."""
+        if self.lost is not None or self.transport is None:
+            raise ConnectionError(f"runpack bench: connection lost: {self.lost}")
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(raw)
+        return await self.waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+@dataclass
+class Poster:
+    """Prepared POSTs of JSON bodies to one path, over lean keep-alive connections."""
+
+    url: str
+    path: str
+    headers: dict[str, str]
+
+    def prepare(self, body: bytes) -> bytes:
+        split = urlsplit(self.url)
+        lines = [f"POST {split.path.rstrip('/')}{self.path} HTTP/1.1", f"Host: {split.netloc}"]
+        lines += [f"{k}: {v}" for k, v in self.headers.items()]
+        lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+    async def connect(self) -> LeanHttp:
+        split = urlsplit(self.url)
+        if split.scheme != "http":
+            raise SystemExit(
+                "runpack bench: --url must be http:// (the load clients speak plain HTTP)"
+            )
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_connection(
+            LeanHttp, split.hostname or "127.0.0.1", split.port or 80
+        )
+        return protocol
+
+
 async def _submit_all(
-    session: aiohttp.ClientSession,
-    url: str,
-    headers: dict[str, str],
+    poster: Poster,
     bodies: list[bytes],
     clients: int,
     on_answer: Any = None,
 ) -> float:
     """Submit every body with ``clients`` concurrent clients; return the elapsed seconds."""
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(bodies)):
-        queue.put_nowait(i)
+    raws = [poster.prepare(body) for body in bodies]
+    conns = [await poster.connect() for _ in range(min(clients, len(raws)))]
+    queue = iter(range(len(raws)))
 
-    async def client() -> None:
-        while True:
-            try:
-                i = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
+    async def client(conn: LeanHttp) -> None:
+        for i in queue:
             t = time.perf_counter()
-            async with session.post(f"{url}/api/jobs/submit", data=bodies[i], headers=headers) as r:
-                body = await r.read()
-                if r.status not in (200, 201):
-                    raise SystemExit(f"runpack bench: submit answered {r.status}: {body[:200]!r}")
+            status, body = await conn.request(raws[i])
+            if status not in (200, 201):
+                raise SystemExit(f"runpack bench: submit answered {status}: {body[:200]!r}")
             if on_answer is not None:
-                on_answer(i, t, orjson.loads(body))
+                on_answer(i, t, body)
 
-    start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return time.perf_counter() - start
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(conn) for conn in conns))
+        return time.perf_counter() - start
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 async def _latency_phase(
-    session: aiohttp.ClientSession,
-    url: str,
-    headers: dict[str, str],
-    timeline: Timeline,
-    bodies: list[bytes],
-    limit_s: float,
+    poster: Poster, timeline: Timeline, bodies: list[bytes], limit_s: float
 ) -> tuple[list[float], list[float]]:
     """One job at a time, each after the previous one completed: latency without a queue."""
     to_start: list[float] = []
     to_done: list[float] = []
-    for body in bodies:
-        t0 = time.perf_counter()
-        async with session.post(f"{url}/api/jobs/submit", data=body, headers=headers) as resp:
-            job_id = (await resp.json())["job_id"]
-        done = timeline.completion(job_id)
-        await asyncio.wait_for(done, limit_s)
-        to_start.append(timeline.started.get(job_id, timeline.completed[job_id]) - t0)
-        to_done.append(timeline.completed[job_id] - t0)
+    conn = await poster.connect()
+    try:
+        for raw in [poster.prepare(body) for body in bodies]:
+            t0 = time.perf_counter()
+            status, body = await conn.request(raw)
+            if status not in (200, 201):
+                raise SystemExit(f"runpack bench: submit answered {status}: {body[:200]!r}")
+            job_id = orjson.loads(body)["job_id"]
+            await asyncio.wait_for(timeline.completion(job_id), limit_s)
+            to_start.append(timeline.started.get(job_id, timeline.completed[job_id]) - t0)
+            to_done.append(timeline.completed[job_id] - t0)
+    finally:
+        conn.close()
     return to_start, to_done
 
 
@@ -242,20 +333,21 @@ async def run_bench(args: argparse.Namespace, url: str, pids: list[int]) -> dict
         follower = asyncio.create_task(_follow(session, url, admin_h, timeline, ready))
         await asyncio.wait_for(ready.wait(), 10)
 
+        poster = Poster(url, "/api/jobs/submit", submit_h)
         # 1. Latency: jobs one after another on an idle server.
         idle_start, idle_done = await _latency_phase(
-            session, url, submit_h, timeline, bodies("latency", args.latency_jobs), args.timeout
+            poster, timeline, bodies("latency", args.latency_jobs), args.timeout
         )
 
         # 2. Throughput: every job at once from concurrent clients.
         load = bodies("load", args.jobs)
         submitted: dict[str, float] = {}
 
-        def answered(i: int, t: float, body: dict[str, Any]) -> None:
-            submitted[body["job_id"]] = t
+        def answered(i: int, t: float, body: bytes) -> None:
+            submitted[orjson.loads(body)["job_id"]] = t
 
         first = time.perf_counter()
-        await _submit_all(session, url, submit_h, load, args.concurrency, answered)
+        await _submit_all(poster, load, args.concurrency, answered)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
                 asyncio.gather(*(timeline.completion(j) for j in submitted)), args.timeout
@@ -272,7 +364,7 @@ async def run_bench(args: argparse.Namespace, url: str, pids: list[int]) -> dict
         # 3. Cache hits: the same inputs again.
         hits = max(1, args.cache_hits)
         hit_elapsed = await _submit_all(
-            session, url, submit_h, [load[i % len(load)] for i in range(hits)], args.concurrency
+            poster, [load[i % len(load)] for i in range(hits)], args.concurrency
         )
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
@@ -348,9 +440,9 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("runpack bench: --jobs, --runners and the concurrencies must be ≥ 1")
     with tempfile.TemporaryDirectory(prefix="runpack-bench-") as tmp:
         if args.url:
-            result = asyncio.run(run_bench(args, args.url.rstrip("/"), []))
+            result = run(run_bench(args, args.url.rstrip("/"), []))
         else:
             with _processes(args, Path(tmp)) as (url, pids):
-                result = asyncio.run(run_bench(args, url, pids))
+                result = run(run_bench(args, url, pids))
     print(orjson.dumps(result).decode() if args.json else report(result))
     return 0 if result["completed"] == result["jobs"] else 1

@@ -25,6 +25,8 @@ from runpack.protocol import FINAL, JobStatus
 WATCH_QUEUE = 256
 BUFFER = 512
 MAX_CHANNELS = 10_000
+#: Jobs remembered as in progress (for telling heartbeats from a start).
+MAX_RUNNING = 100_000
 ADMIN = "*"
 #: Internal event: the stream sends the job as it is now (a ``snapshot``) instead.
 REFRESH = "refresh"
@@ -40,9 +42,9 @@ class Watcher:
     and the stream waits for the next event on a future made only while it waits.
     """
 
-    __slots__ = ("_items", "_waiter", "dropped", "on_drop")
+    __slots__ = ("_items", "_waiter", "dropped", "on_drop", "statuses")
 
-    def __init__(self) -> None:
+    def __init__(self, statuses: frozenset[str] | None = None) -> None:
         #: Events not taken yet, oldest first, and None to end the stream (None if none).
         self._items: deque[Item | None] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -50,9 +52,14 @@ class Watcher:
         #: Called once when the watcher is dropped: closes its connection, so a stream
         #: stuck writing to a client that does not read ends too.
         self.on_drop: Callable[[], None] | None = None
+        #: Only ``status`` events with one of these statuses (and the stream's own
+        #: ``reset``) are queued; None: every event.
+        self.statuses = statuses
 
     def offer(self, item: Item) -> None:
         if self.dropped:
+            return
+        if self.statuses is not None and not self.wants(item):
             return
         if self._items is None:
             self._items = deque()
@@ -61,6 +68,15 @@ class Watcher:
             return
         self._items.append(item)
         self._wake()
+
+    def wants(self, item: Item) -> bool:
+        """Whether ``item`` passes the status filter (every item does without one)."""
+        if self.statuses is None:
+            return True
+        _, kind, data = item
+        if kind == "status":
+            return data.get("status") in self.statuses
+        return kind == "reset"
 
     def drop(self) -> None:
         """Too slow: end its stream now; it resumes from the buffer on reconnect."""
@@ -125,7 +141,6 @@ class Channel:
     created_at: int = 0
     #: The number of its last event (``created_at`` before the first).
     seq: int = 0
-    status: str | None = None
     buffer: deque[Item] = field(default_factory=lambda: deque(maxlen=BUFFER))
     #: The number of the newest event that fell out of the buffer.
     forgotten: int = 0
@@ -193,6 +208,8 @@ class WatchHub:
         self.admin = Channel(self.counter)
         self.clock = clock
         self.closed = False
+        #: Jobs whose last status was in_progress: a heartbeat does not say it again.
+        self._running: set[str] = set()
         self._unsubscribe = notifier.subscribe(self.on_event)
 
     def close(self) -> None:
@@ -234,14 +251,27 @@ class WatchHub:
         items = translate(event)
         if not items:
             return
-        channel = self.channel(event.job_id)
+        job_id = event.job_id
+        # A job nobody watches has no channel: a stream opened later starts with a
+        # snapshot anyway, so its events would only be buffered for nothing.
+        channel = self.channels.get(job_id)
+        if channel is not None:
+            self.channels.move_to_end(job_id)
+        running = self._running
         for kind, data in items:
             if kind == "status":
-                if data["status"] == channel.status and data["status"] == JobStatus.IN_PROGRESS:
-                    continue  # a heartbeat: progress and console already say it
-                channel.status = data["status"]
-            channel.emit(kind, data)
-            self.admin.emit(kind, {"job_id": event.job_id, **data})
+                status = data["status"]
+                if status == JobStatus.IN_PROGRESS:
+                    if job_id in running:
+                        continue  # a heartbeat: progress and console already say it
+                    if len(running) >= MAX_RUNNING:
+                        running.clear()  # at worst one in_progress event said twice
+                    running.add(job_id)
+                else:
+                    running.discard(job_id)
+            if channel is not None:
+                channel.emit(kind, data)
+            self.admin.emit(kind, {"job_id": job_id, **data})
 
     def resync(self) -> None:
         """Events from other instances may have been missed (LISTEN was re-opened).
@@ -257,8 +287,8 @@ class WatchHub:
                 channel.emit(REFRESH, {})
         self.admin.emit("reset", {"watchers": self.watcher_count()})
 
-    def watch(self, channel: Channel) -> Watcher:
-        watcher = Watcher()
+    def watch(self, channel: Channel, statuses: frozenset[str] | None = None) -> Watcher:
+        watcher = Watcher(statuses)
         channel.watchers.add(watcher)
         if self.closed:
             watcher.end((channel.seq, "closing", {}))

@@ -478,7 +478,8 @@ def test_a_resume_id_from_an_evicted_channel_gets_a_snapshot(
         update("a", i)
     last_seen = hub.channel("a").seq
     update("a", 4)  # missed by a client that is away
-    for n in range(10):  # enough other jobs to evict "a"
+    for n in range(10):  # enough other watched jobs to evict "a"
+        hub.channel(f"other-{n}")
         update(f"other-{n}", 1)
     assert "a" not in hub.channels
     update("a", 5)
@@ -741,6 +742,42 @@ async def test_the_admin_stream_carries_every_job_and_runner(client: TestClient)
     assert_increasing([reset, *evs])
     stream.close()
     await runner.close()
+
+
+async def test_the_admin_stream_filtered_by_status_carries_only_those(
+    client: TestClient,
+) -> None:
+    stream = await open_sse(client, "/api/admin/events?status=claimed,completed", **ADMIN)
+    [reset] = await stream.take(1)
+    assert reset.event == "reset"
+    runner = await WsRunner.connect(client)
+    one = (await submit(client, name="one"))["job_id"]
+    assert await runner.take_job() == one
+    await runner.beat(one, 1, 2, "hi\n")
+    await runner.complete(one, {"x": 1})
+    evs = await stream.take(2)
+    assert [(e.event, e.data["job_id"], e.data["status"]) for e in evs] == [
+        ("status", one, "claimed"),
+        ("status", one, "completed"),
+    ]
+    # Resuming replays only what the filter lets through.
+    resumed = await open_sse(
+        client, "/api/admin/events?status=completed", **ADMIN, **{"Last-Event-ID": reset.id}
+    )
+    [again] = await resumed.take(1)
+    assert (again.event, again.data["status"], again.id) == ("status", "completed", evs[1].id)
+    stream.close()
+    resumed.close()
+    await runner.close()
+
+
+@pytest.mark.parametrize("query", ["status=", "status=done", "status=completed,nope"])
+async def test_a_bad_admin_status_filter_is_a_400(client: TestClient, query: str) -> None:
+    resp = await client.get(f"/api/admin/events?{query}", headers=ADMIN)
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["error"] == "Invalid status filter"
+    assert "completed" in body["details"]
 
 
 async def test_the_runner_key_may_read_the_admin_stream(client: TestClient) -> None:

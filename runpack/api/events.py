@@ -23,8 +23,9 @@ from aiohttp import hdrs, web
 
 from runpack.api.common import CORS_HEADERS, SERVICE, policy
 from runpack.api.views import job_detail
-from runpack.errors import JobNotFound, RunpackError
-from runpack.protocol import Role
+from runpack.envvars import split_list
+from runpack.errors import BadRequest, JobNotFound, RunpackError
+from runpack.protocol import JobStatus, Role
 from runpack.watch import REFRESH, Channel, Item, Watcher, WatchHub, is_final
 
 routes = web.RouteTableDef()
@@ -285,15 +286,36 @@ async def job_events_by_hash(request: web.Request) -> web.StreamResponse:
     return await _stream_job(request, job.id)
 
 
+#: What ``?status=`` of the admin stream may name.
+STATUSES = frozenset({*(s.value for s in JobStatus), "deleted"})
+
+
+def status_filter(request: web.Request) -> frozenset[str] | None:
+    """``?status=completed,failed``: only those status events; None when not given."""
+    raw = request.query.get("status")
+    if raw is None:
+        return None
+    wanted = frozenset(split_list(raw))
+    unknown = sorted(wanted - STATUSES)
+    if unknown or not wanted:
+        known = ", ".join(sorted(STATUSES))
+        got = ", ".join(unknown) or "empty"
+        raise BadRequest("Invalid status filter", details=f"{got}; one or more of {known}")
+    return wanted
+
+
 @routes.get("/api/admin/events")
 @policy(Role.ADMIN_READ, failure="Failed to stream events")
 async def admin_events(request: web.Request) -> web.StreamResponse:
     hub = request.app[WATCH]
     channel = hub.admin
-    watcher = hub.watch(channel)
+    statuses = status_filter(request)
+    watcher = hub.watch(channel, statuses)
     try:
         resume = _resume_point(request, hub.epoch)
         backlog = channel.since(resume) if resume is not None else None
+        if backlog is not None and statuses is not None:
+            backlog = [item for item in backlog if watcher.wants(item)]
         if backlog is None:
             # No way to replay: tell the client to reload what it shows.
             backlog = [(channel.seq, "reset", {"watchers": hub.watcher_count()})]

@@ -304,9 +304,18 @@ def paths() -> Json:
             "get": operation(
                 "Watch every job and runner (the dashboard)",
                 Role.ADMIN_READ,
-                STREAM_REPLIES,
+                {**STREAM_REPLIES, "400": error_reply("Unknown status in the filter.")},
                 tag="events",
-                parameters=RESUME,
+                parameters=[
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "description": "Only `status` events with one of these comma-separated "
+                        "statuses (`deleted` too), and `reset`.",
+                        "schema": {"type": "string", "pattern": "^[a-z_]+(,[a-z_]+)*$"},
+                    },
+                    *RESUME,
+                ],
                 description="The same events as a job's stream, each with its `job_id`, "
                 "plus `runner` changes; a `reset` event when missed events cannot be replayed.",
             )
