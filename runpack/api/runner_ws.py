@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +29,26 @@ HUB = web.AppKey("hub", Hub)
 HELLO_TIMEOUT = 10.0
 MAX_LONG_POLL = 60.0
 MAX_INFLIGHT = 256
+#: Most queued frames written to a runner's socket at once.
+BATCH_FRAMES = 64
+
+
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` as one unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2),
+    as a server sends them: runner sockets never negotiate compression."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
+def _idle(transport: asyncio.Transport) -> bool:
+    """Whether the socket takes more at once: open, with nothing waiting to be sent."""
+    return not transport.is_closing() and transport.get_write_buffer_size() == 0
+
+
 #: Frames whose loss would lose a job's outcome (the runner holds them until acked).
 RESULTS = ("complete", "error", "release")
 #: Pauses between tries of such a frame while the database is out of reach; after
@@ -145,6 +166,15 @@ class RunnerSession:
         outbox = self._outbox
         try:
             while outbox:
+                transport = self.transport
+                if len(outbox) > 1 and transport is not None and _idle(transport):
+                    # Frames queued together (jobs pushed, results acknowledged in one
+                    # commit) leave in one write: one system call instead of one each.
+                    frames = [outbox.popleft() for _ in range(min(len(outbox), BATCH_FRAMES))]
+                    transport.write(b"".join(map(text_frame, frames)))
+                    continue
+                # One frame, or a runner that reads slowly: aiohttp's writer, which
+                # waits for the socket to drain.
                 await self.ws.send_frame(outbox.popleft(), WSMsgType.TEXT)
             if self._closing:
                 await self.ws.close(code=WSCloseCode.GOING_AWAY)

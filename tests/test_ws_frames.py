@@ -1,0 +1,75 @@
+"""Frames the server writes to a runner's socket several at a time (runpack.api.runner_ws)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient
+
+from runpack.api import runner_ws
+from runpack.api.runner_ws import text_frame
+from tests.conftest import RUNNER_KEY, submit
+
+SIZES = [0, 5, 125, 126, 1000, 65535, 65536, 200_000]
+
+
+async def test_batched_frames_reach_an_aiohttp_client_intact(aiohttp_client: object) -> None:
+    """Every payload length class of RFC 6455 (7-bit, 16-bit, 64-bit), in one write."""
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=False)
+        await ws.prepare(request)
+        assert request.transport is not None
+        request.transport.write(b"".join(text_frame(b"x" * n) for n in SIZES))
+        await ws.receive()  # until the client closes
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    client: TestClient = await aiohttp_client(app)  # type: ignore[operator]
+    async with client.ws_connect("/ws", max_msg_size=0) as ws:
+        for n in SIZES:
+            msg = await ws.receive(timeout=10)
+            assert msg.type == WSMsgType.TEXT
+            assert msg.data == "x" * n
+
+
+async def test_jobs_pushed_together_arrive_as_separate_frames(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs claimed together for free slots leave in batched writes, each its own frame."""
+    batched: list[bytes] = []
+
+    def counting(payload: bytes) -> bytes:
+        batched.append(payload)
+        return text_frame(payload)
+
+    monkeypatch.setattr(runner_ws, "text_frame", counting)
+    ids = [(await submit(client, name=f"batch-{i}"))["job_id"] for i in range(8)]
+    async with client.ws_connect(
+        "/api/runner/ws", headers={"Authorization": f"Bearer {RUNNER_KEY}"}
+    ) as ws:
+        await ws.send_str(
+            orjson.dumps(
+                {
+                    "type": "hello",
+                    "name": "batch",
+                    "capabilities": ["hello_world"],
+                    "concurrency": 8,
+                }
+            ).decode()
+        )
+        welcome = orjson.loads(await ws.receive_str(timeout=10))
+        assert welcome["type"] == "welcome"
+        await ws.send_str(orjson.dumps({"type": "ready", "slots": 8}).decode())
+        pushed = []
+        async with asyncio.timeout(10):
+            while len(pushed) < 8:
+                frame = orjson.loads(await ws.receive_str())
+                if frame["type"] == "job":
+                    pushed.append(frame["job_id"])
+    assert sorted(pushed) == sorted(ids)
+    assert sum(b'"type":"job"' in frame for frame in batched) >= 2
