@@ -1,0 +1,60 @@
+"""``runpack bench`` as the README runs it: real processes on loopback, small counts.
+
+Figures are not asserted (a benchmark is not a timed test); what is asserted is
+that every job ran, and that every figure the issue asks for is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.procs import KEYS, clean_env, running_runner, running_server
+
+SMALL = ["--jobs", "60", "--latency-jobs", "5", "--cache-hits", "60", "--concurrency", "4"]
+
+
+def bench(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "runpack.cli", "bench", *SMALL, "--json", *args],
+        cwd=cwd,
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def assert_complete_report(report: dict[str, Any]) -> None:
+    assert report["jobs"] == report["completed"] == 60
+    assert report["jobs_per_s"] > 0 and report["cache_hits_per_s"] > 0
+    for name in ("submit_to_start_ms", "submit_to_completed_ms"):
+        p = report[name]
+        assert 0 < p["p50"] <= p["p90"] <= p["p99"]
+    assert report["submit_to_start_ms"]["p50"] <= report["submit_to_completed_ms"]["p50"]
+
+
+def test_bench_starts_its_own_server_and_runner(tmp_path: Path) -> None:
+    report = bench(["--runner-concurrency", "4"], tmp_path)
+    assert_complete_report(report)
+    assert report["db"] == "sqlite"
+    assert report["server_rss_mb"] > 0 and report["runner_rss_mb"] > 0
+
+
+def test_bench_targets_a_running_server(tmp_path: Path) -> None:
+    env = {**KEYS, "RUNPACK_RATE_SUBMIT": "0"}
+    with (
+        running_server(tmp_path / "server", env) as server,
+        running_runner(
+            tmp_path / "runner", server.url, "--job-types", "noop", "--concurrency", "4"
+        ),
+    ):
+        report = bench(["--url", server.url], tmp_path, env)
+    assert_complete_report(report)
+    assert report["server_rss_mb"] is None  # not its process: not measured
