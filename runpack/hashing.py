@@ -16,6 +16,8 @@ import math
 import re
 from collections.abc import Callable, Iterable
 
+import orjson
+
 __all__ = ["canonical_json", "job_canonical", "job_hash", "js_stringify", "utf8_size"]
 
 _MAX_INDEX = 2**32 - 2  # largest JS array index; such keys come first in objects
@@ -128,8 +130,54 @@ def _dump(value: object, order: _KeyOrder, out: list[str]) -> None:
         raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
+def _plain(value: object) -> bool:
+    """Whether orjson prints ``value`` exactly as V8 does, so the fast path may.
+
+    True for what most requests hold: objects whose keys are ASCII and not array
+    indices (which JS puts first) nor ``__proto__``, strings, booleans, null, and
+    integers a double holds exactly. Not for floats (JS formats them its own way),
+    other keys or types; orjson refuses lone surrogates, which also falls back.
+    orjson escapes strings as JSON.stringify does, and for ASCII keys its sorted
+    order is the UTF-16 order the original sorted by.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if not -_MAX_SAFE <= item <= _MAX_SAFE:  # type: ignore[operator]
+                return False
+        elif kind is dict:
+            for key, child in item.items():  # type: ignore[attr-defined]
+                if type(key) is not str or not key.isascii() or key == "__proto__":
+                    return False
+                if key[:1].isdigit() and _is_index(key):
+                    return False
+                stack.append(child)
+        elif kind is list:
+            stack.extend(item)  # type: ignore[arg-type]
+        else:
+            return False
+    return True
+
+
+def _fast(value: object, option: int) -> bytes | None:
+    """orjson's bytes for a :func:`_plain` value, None when the slow path must run."""
+    if not _plain(value):
+        return None
+    try:
+        return orjson.dumps(value, option=option)
+    except orjson.JSONEncodeError:  # a lone surrogate, or nested past orjson's limit
+        return None
+
+
 def canonical_json(value: object) -> str:
     """``JSON.stringify(sortObjectKeys(value))`` as the original computed it."""
+    fast = _fast(value, orjson.OPT_SORT_KEYS)
+    if fast is not None:
+        return fast.decode()
     out: list[str] = []
     _dump(value, _sorted_order, out)
     return "".join(out)
@@ -137,6 +185,9 @@ def canonical_json(value: object) -> str:
 
 def js_stringify(value: object) -> str:
     """``JSON.stringify(JSON.parse(text))``: compact, JS key order, no sorting."""
+    fast = _fast(value, 0)
+    if fast is not None:
+        return fast.decode()
     out: list[str] = []
     _dump(value, _js_order, out)
     return "".join(out)
@@ -149,6 +200,10 @@ def job_canonical(job_type: str, input_params: object) -> str:
 
 def job_hash(job_type: str, input_params: object) -> str:
     """Lowercase hex SHA-256 of the UTF-8 bytes of :func:`job_canonical`."""
+    fast = _fast(input_params, orjson.OPT_SORT_KEYS)
+    if fast is not None and _ESCAPE.search(job_type) is None:
+        canonical = b'{"type":"%s","params":%s}' % (job_type.encode(), fast)
+        return hashlib.sha256(canonical).hexdigest()
     return hashlib.sha256(job_canonical(job_type, input_params).encode()).hexdigest()
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from runpack import hashing
 from runpack.hashing import canonical_json, job_canonical, job_hash, js_stringify, utf8_size
 
 #: The original's hashes for every vector of the spec, kept with the tests so a
@@ -209,3 +212,43 @@ def test_non_json_values_rejected() -> None:
 def test_utf8_size() -> None:
     assert utf8_size("") == 0
     assert utf8_size("a\u00e9\u65e5\U0001f600") == 1 + 2 + 3 + 4
+
+
+# --- the orjson fast path agrees with the JS-exact printer ------------------------------
+
+
+def _slow(value: object, order: Any) -> str:
+    out: list[str] = []
+    hashing._dump(value, order, out)
+    return "".join(out)
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> object:
+    """JSON values mixing what the fast path takes with what it must leave alone."""
+    pick = rng.random()
+    if depth < 4 and pick < 0.25:
+        keys = ["a", "b", "B", "_x", "z9", "0", "1", "10", "01", "__proto__", "é", "ÿ", "\ue000"]
+        keys += ["\U0001f600", "k\n", 'q"', "0x", "4294967294", "4294967295", "-1", ""]
+        return {rng.choice(keys): _random_value(rng, depth + 1) for _ in range(rng.randint(0, 5))}
+    if depth < 4 and pick < 0.4:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    atoms: list[object] = [True, False, None, 0, -7, 2**53, -(2**53), 2**53 + 1, 2**60]
+    atoms += [0.5, 1e21, 1e-7, -0.0, 3.0, 123456789.125, "", "plain", "tab\there", "\x00\x1f"]
+    atoms += ["\u2028", "é", "\U0001f600", "\ud800", "\udc00x", "a\\b/c", "\x7f", 'say "hi"']
+    return rng.choice(atoms)
+
+
+def test_the_fast_path_prints_what_the_js_printer_prints() -> None:
+    rng = random.Random(20261130)
+    fast_taken = 0
+    for _ in range(5000):
+        value = {"p": _random_value(rng)} if rng.random() < 0.5 else _random_value(rng)
+        slow_sorted = _slow(value, hashing._sorted_order)
+        assert hashing.canonical_json(value) == slow_sorted, value
+        assert hashing.js_stringify(value) == _slow(value, hashing._js_order), value
+        for job_type in ("noop", "t\u00e9", 'q"t', "\ud800"):
+            canonical = f'{{"type":{hashing._quote(job_type)},"params":{slow_sorted}}}'
+            expected = hashlib.sha256(canonical.encode()).hexdigest()
+            assert hashing.job_hash(job_type, value) == expected, (job_type, value)
+        fast_taken += hashing._fast(value, 0) is not None
+    assert 500 < fast_taken < 4500  # both paths were exercised
