@@ -97,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from runpack.app import create_app
-    from runpack.eventloop import loop_factory
+    from runpack.eventloop import loop_factory, tune_gc
     from runpack.logs import setup_logging
 
     settings = settings_from(args)
@@ -124,8 +124,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"  {env_name(field)}={getattr(settings, field)}")
         print(f"(saved in {keyfile}; in another shell: source {keyfile})")
     print(f"Dashboard: {base}/ui/   API: {base}/api/   Health: {base}/health", flush=True)
+    app = create_app(settings)
+    tune_gc()
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         print=None,

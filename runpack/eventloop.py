@@ -10,6 +10,7 @@ dependency on Linux and macOS) and asyncio's loop elsewhere; ``asyncio`` and
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -42,3 +43,19 @@ def run(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:
     """``asyncio.run(main)`` on the chosen loop."""
     with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
         return runner.run(main)
+
+
+#: Allocations between young-generation collections (Python's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Less time in the cycle collector for a long-running daemon, called once its
+    modules are imported: what exists now is kept out of every later collection
+    (``gc.freeze``), and the young generation is collected every 10,000
+    allocations instead of 700. A request allocates hundreds of short-lived
+    objects, nearly all freed by reference counting, so the default threshold made
+    the collector run every few requests to find almost nothing."""
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)

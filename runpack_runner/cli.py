@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runpack.envvars import split_list
-from runpack.eventloop import run
+from runpack.eventloop import run, tune_gc
 from runpack_runner import __version__
 from runpack_runner.settings import RunnerSettings, describe
 
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         state = RunnerState(state.runner_id, name)
         save_state(state_path, state)
     runner = Runner(settings, registry, state_path=state_path, state=state, name=name)
+    tune_gc()
     return run(runner.run(), settings.event_loop)
 
 
