@@ -18,20 +18,21 @@ import inspect
 import logging
 import math
 import time
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
+from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from runpack.errors import RunpackError
 from runpack.protocol import JobStatus
@@ -62,6 +63,107 @@ SUBMIT_OUTCOMES = {
     Outcome.ACTIVE: "deduplicated",
     Outcome.FAILED: "failed",
 }
+
+
+class _Count:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _Observations:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # per bucket, the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class LoopCounter(Collector):
+    """A counter updated from the event loop's thread only, as every one here is.
+
+    prometheus_client's Counter and Histogram take a lock on every update, for
+    threads this server does not have; these keep plain numbers and hand them to
+    prometheus_client at scrape time, so the exposition is the same. ``labels``
+    returns the series to update, as prometheus_client's do.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: tuple[str, ...] = (),
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self._series: dict[tuple[str, ...], Any] = {}
+        if not labelnames:
+            self._unlabelled = self.labels()
+        if registry is not None:
+            registry.register(self)
+
+    def _new(self) -> Any:
+        return _Count()
+
+    def labels(self, *values: str) -> Any:
+        series = self._series.get(values)
+        if series is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, not {values}")
+            series = self._series[values] = self._new()
+        return series
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Count on the series of a counter without labels."""
+        self._unlabelled.inc(amount)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, count in self._series.items():
+            family.add_metric(list(values), count.value)
+        yield family
+
+
+class LoopHistogram(LoopCounter):
+    """A histogram, kept as :class:`LoopCounter` keeps a counter."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: tuple[str, ...],
+        buckets: tuple[float, ...],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.buckets = tuple(sorted(buckets))
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _new(self) -> Any:
+        return _Observations(self.buckets)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, series in self._series.items():
+            cumulative, total = [], 0
+            for bound, count in zip((*self.buckets, math.inf), series.counts, strict=True):
+                total += count
+                cumulative.append((floatToGoString(bound), total))
+            family.add_metric(list(values), cumulative, series.sum)
+        yield family
 
 
 def store_operations() -> tuple[str, ...]:
@@ -132,61 +234,61 @@ class Metrics:
     def __init__(self, jobs_ttl: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = CollectorRegistry()
         reg = self.registry
-        self.submits = Counter(
+        self.submits = LoopCounter(
             "runpack_submits",
             "Submits by outcome: new, requeued, cached, deduplicated (joined a queued or "
             "running job) or failed (the stored error was returned).",
-            ["outcome"],
+            ("outcome",),
             registry=reg,
         )
-        self.checks = Counter(
+        self.checks = LoopCounter(
             "runpack_checks",
             "Checks by outcome: cached, expired, failed, active or missing.",
-            ["outcome"],
+            ("outcome",),
             registry=reg,
         )
-        self.cache_hits = Counter(
+        self.cache_hits = LoopCounter(
             "runpack_cache_hits",
             "Submits and checks answered with a stored result.",
             registry=reg,
         )
-        self.cache_misses = Counter(
+        self.cache_misses = LoopCounter(
             "runpack_cache_misses",
             "Submits that queued a computation (new or requeued job).",
             registry=reg,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = LoopHistogram(
             "runpack_job_queue_wait_seconds",
             "Submit to start: from when a job was queued (or its retry came due) to its claim.",
-            ["job_type"],
+            ("job_type",),
             buckets=WAIT_BUCKETS,
             registry=reg,
         )
-        self.run_time = Histogram(
+        self.run_time = LoopHistogram(
             "runpack_job_run_seconds",
             "Claim to end of a run started on this instance, by how it ended: completed, "
             "failed, lost (taken back), released or cancelled.",
-            ["job_type", "outcome"],
+            ("job_type", "outcome"),
             buckets=RUN_BUCKETS,
             registry=reg,
         )
-        self.db = Histogram(
+        self.db = LoopHistogram(
             "runpack_db_seconds",
             "Time of each store call, by operation (failures included).",
-            ["operation"],
+            ("operation",),
             buckets=DB_BUCKETS,
             registry=reg,
         )
-        self.http_requests = Counter(
+        self.http_requests = LoopCounter(
             "runpack_http_requests",
             "HTTP requests by method, route (the path template) and status.",
-            ["method", "route", "status"],
+            ("method", "route", "status"),
             registry=reg,
         )
-        self.http_duration = Histogram(
+        self.http_duration = LoopHistogram(
             "runpack_http_request_duration_seconds",
             "Time to answer an HTTP request (streams: until they end), by method and route.",
-            ["method", "route"],
+            ("method", "route"),
             buckets=HTTP_BUCKETS,
             registry=reg,
         )
@@ -310,7 +412,7 @@ class Metrics:
 class TimedStore:
     """A store whose interface calls are timed; anything else passes straight through."""
 
-    def __init__(self, store: Store, histogram: Histogram) -> None:
+    def __init__(self, store: Store, histogram: LoopHistogram) -> None:
         self._store = store
         for name in store_operations():
             method = getattr(store, name, None)
@@ -322,7 +424,7 @@ class TimedStore:
 
 
 def _timed(
-    method: Callable[..., Awaitable[Any]], histogram: Histogram, name: str
+    method: Callable[..., Awaitable[Any]], histogram: LoopHistogram, name: str
 ) -> Callable[..., Awaitable[Any]]:
     """``method``, timed; an operation's series appears once it is first called."""
     clock = time.perf_counter
