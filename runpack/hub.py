@@ -26,7 +26,7 @@ from typing import Any
 from runpack.errors import RunpackError
 from runpack.notify import Event
 from runpack.protocol import JobStatus
-from runpack.service import JobService, parse_json_text
+from runpack.service import JobService, params_fragment
 from runpack.store import JobRow
 
 log = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ class Hub:
                 "type": "job",
                 "job_id": job.id,
                 "job_type": job.job_type,
-                "input_params": parse_json_text(job.input_params, {}),
+                "input_params": params_fragment(job.input_params),
                 "attempt": job.attempts,
                 "timeout": job.timeout / 1000 if job.timeout else None,
             }

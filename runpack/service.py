@@ -140,6 +140,15 @@ def parse_json_text(text: str | None, default: Any = None) -> Any:
         return default
 
 
+def params_fragment(text: str | None) -> Any:
+    """Stored input parameters as they go into a frame or a reply, not parsed and
+    printed again: the store holds them as JSON text the server wrote (or checked
+    when it imported them)."""
+    if text and text[0] == "{" and text[-1] == "}":
+        return orjson.Fragment(text)
+    return parse_json_text(text, {})
+
+
 class JobService:
     def __init__(
         self,

@@ -21,7 +21,7 @@ from runpack.api.events import wants_websocket
 from runpack.errors import BadRequest, NotOwned, RunpackError, StoreError, StoreUnavailable
 from runpack.hub import SEND_QUEUE, Hub, RunnerConn
 from runpack.protocol import FINAL, Role
-from runpack.service import JobService, parse_json_text
+from runpack.service import JobService, params_fragment
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -549,7 +549,7 @@ async def next_job(request: web.Request) -> web.Response:
                     "job": {
                         "job_id": job.id,
                         "job_type": job.job_type,
-                        "input_params": parse_json_text(job.input_params, {}),
+                        "input_params": params_fragment(job.input_params),
                         "attempt": job.attempts,
                         "timeout": job.timeout / 1000 if job.timeout else None,
                     }
