@@ -209,7 +209,9 @@ class RunnerSession:
                 else:
                     return  # closed, closing or broken
                 del msg  # nothing of a frame stays referenced while the socket idles
-                if frame is not None:
+                if frame is not None and frame.get("type") == "ready":
+                    self._on_ready(frame)  # no task: granting slots never waits
+                elif frame is not None:
                     while self._tasks is not None and len(self._tasks) >= MAX_INFLIGHT:
                         self._room = asyncio.get_running_loop().create_future()
                         await self._room
@@ -366,7 +368,6 @@ class RunnerSession:
         job_id = frame.get("job_id") if isinstance(frame.get("job_id"), str) else None
         try:
             handler = {
-                "ready": self._on_ready,
                 "heartbeat": self._on_heartbeat,
                 "complete": self._on_complete,
                 "error": self._on_error,
@@ -418,10 +419,14 @@ class RunnerSession:
             self.close()
             raise
 
-    async def _on_ready(self, frame: dict[str, Any]) -> None:
-        slots = _field(frame, "slots", int)
-        if slots < 0:
-            raise FrameError("Invalid field: slots", "must be 0 or more")
+    def _on_ready(self, frame: dict[str, Any]) -> None:
+        try:
+            slots = _field(frame, "slots", int)
+            if slots < 0:
+                raise FrameError("Invalid field: slots", "must be 0 or more")
+        except FrameError as exc:
+            self.reply_error(exc.error, exc.details, ref="ready", job_id=None)
+            return
         assert self.conn is not None
         self.hub.grant(self.conn, slots)
 
