@@ -66,7 +66,9 @@ class JobContext:
         self._notify = notify
         self._max_console = max_console_bytes
         self._lock = threading.Lock()
-        self._stopped = threading.Event()
+        self._stopped = False
+        #: Made by the first wait() only: most handlers never wait, and an Event is costly.
+        self._wakeup: threading.Event | None = None
         self._reason: str | None = None
         self._current: int | None = None
         self._total: int | None = None
@@ -81,7 +83,7 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         """True once the job should stop; a handler returns or raises soon after."""
-        return self._stopped.is_set()
+        return self._stopped
 
     @property
     def cancel_reason(self) -> str | None:
@@ -92,16 +94,25 @@ class JobContext:
         with self._lock:
             if self._reason is None:
                 self._reason = reason
-        self._stopped.set()
+            self._stopped = True
+            wakeup = self._wakeup
+        if wakeup is not None:
+            wakeup.set()
 
     def check_cancelled(self) -> None:
         """Raise :class:`Cancelled` if the job should stop."""
-        if self._stopped.is_set():
+        if self._stopped:
             raise Cancelled(self._reason or "cancelled")
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``, waking at once on cancel; True if cancelled."""
-        return self._stopped.wait(max(seconds, 0.0))
+        with self._lock:
+            if self._stopped:
+                return True
+            if self._wakeup is None:
+                self._wakeup = threading.Event()
+            wakeup = self._wakeup
+        return wakeup.wait(max(seconds, 0.0))
 
     # --- reporting ----------------------------------------------------------------
     def progress(self, current: int | float, total: int | float | None = None) -> None:
@@ -172,7 +183,16 @@ class JobContext:
 
     @property
     def console(self) -> str:
-        return self.snapshot().console
+        with self._lock:
+            if len(self._chunks) > 1:
+                self._chunks = ["".join(self._chunks)]
+            return self._chunks[0] if self._chunks else ""
+
+    @property
+    def reported_progress(self) -> tuple[int | None, int | None]:
+        """(progress_current, progress_total) as last reported."""
+        with self._lock:
+            return self._current, self._total
 
     # --- files ----------------------------------------------------------------------
     def upload_folder(self, folder: str | os.PathLike[str]) -> str:

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any
@@ -29,37 +30,40 @@ from runpack.protocol import (
 )
 from runpack_runner.context import Cancelled, JobContext, RetryLater
 from runpack_runner.handler import JobHandler
-from runpack_runner.heartbeats import HeartbeatReporter
+from runpack_runner.heartbeats import FirstBeats, HeartbeatReporter
 from runpack_runner.transports.base import Assignment, Result, Transport
 
 log = logging.getLogger(__name__)
 
 
 class Workers:
-    """Daemon threads that run handlers; grows when every worker is busy, never waits."""
+    """Daemon threads that run handlers; grows when every worker is busy, never waits.
+
+    Each worker has its own inbox; an idle one waits on it, listed in ``_idle``
+    (a deque: its append and pop are atomic). Handing a call over takes no lock,
+    so the event loop never waits for a worker thread that holds one.
+    """
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0
+        self._idle: deque[queue.SimpleQueue[Callable[[], None]]] = deque()
+        self._lock = threading.Lock()  # only to name new workers
         self._count = 0
 
     def submit(self, fn: Callable[[], None]) -> None:
-        with self._lock:
-            if self._idle:
-                self._idle -= 1  # that idle worker takes this call
-            else:
-                self._count += 1
-                threading.Thread(
-                    target=self._work, name=f"job-worker-{self._count}", daemon=True
-                ).start()
-        self._queue.put(fn)
-
-    def _work(self) -> None:
-        while True:
-            self._queue.get()()
+        try:
+            inbox = self._idle.pop()  # the latest idle worker: its stack is still warm
+        except IndexError:
+            inbox = queue.SimpleQueue()
             with self._lock:
-                self._idle += 1
+                self._count += 1
+                name = f"job-worker-{self._count}"
+            threading.Thread(target=self._work, args=(inbox,), name=name, daemon=True).start()
+        inbox.put(fn)
+
+    def _work(self, inbox: queue.SimpleQueue[Callable[[], None]]) -> None:
+        while True:
+            inbox.get()()
+            self._idle.append(inbox)
 
 
 WORKERS = Workers()
@@ -73,7 +77,14 @@ class StopReason(StrEnum):
 
 
 class JobRun:
-    """A job's handler thread, its heartbeats and its outcome."""
+    """A job's handler thread, its heartbeats and its outcome.
+
+    The run *ends* when its handler returns, when it is stopped, or when its time
+    limit passes, whichever comes first; ``on_end`` (given to :meth:`start`) is
+    then called on the event loop. Nothing here holds a task while the handler
+    runs: the time limit is a timer, and the heartbeat reporter starts its task
+    only once a beat is due.
+    """
 
     def __init__(
         self,
@@ -83,6 +94,7 @@ class JobRun:
         transport: Callable[[], Transport | None] = lambda: None,
         heartbeat_interval: Callable[[], float] = lambda: HEARTBEAT_INTERVAL,
         limits: Mapping[str, int] | None = None,
+        first_beats: FirstBeats | None = None,
     ) -> None:
         limits = limits or {}
         self.job = job
@@ -96,12 +108,16 @@ class JobRun:
             notify=self._changed,
             max_console_bytes=limits.get("max_console_bytes", MAX_CONSOLE_BYTES),
         )
-        self.reporter = HeartbeatReporter(self.ctx, transport, heartbeat_interval)
+        self.reporter = HeartbeatReporter(self.ctx, transport, heartbeat_interval, first_beats)
         self.stop_reason: StopReason | None = None
         self.started = time.monotonic()
+        self.time_limit: float | None = None
         self._loop = asyncio.get_running_loop()
+        #: The handler's (return value, exception), once it returned.
         self._done: asyncio.Future[tuple[Any, BaseException | None]] = self._loop.create_future()
-        self._stopped = asyncio.Event()
+        self._ended: asyncio.Future[None] = self._loop.create_future()
+        self._on_end: Callable[[JobRun], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def job_id(self) -> str:
@@ -109,12 +125,31 @@ class JobRun:
 
     @property
     def finished(self) -> bool:
+        """True once the handler returned (a stopped one may still be running)."""
         return self._done.done()
 
-    def start(self) -> None:
+    def start(
+        self,
+        time_limit: float | None = None,
+        on_end: Callable[[JobRun], None] | None = None,
+    ) -> None:
+        """Run the handler in a worker thread; ``on_end(self)`` once the run ends."""
         self.started = time.monotonic()
+        self._on_end = on_end
+        if on_end is not None:
+            self._ended.add_done_callback(self._call_on_end)
         WORKERS.submit(self._target)
         self.reporter.start()
+        self._limit(time_limit)
+
+    def _limit(self, time_limit: float | None) -> None:
+        if time_limit is not None and self._timer is None and not self._ended.done():
+            self.time_limit = time_limit
+            self._timer = self._loop.call_later(time_limit, self._time_out)
+
+    def _time_out(self) -> None:
+        self._timer = None
+        self.stop(StopReason.TIMEOUT, f"Job timed out after {self.time_limit:g} s")
 
     def _changed(self) -> None:  # from the handler's thread
         self.reporter.poke()
@@ -125,21 +160,54 @@ class JobRun:
             return
         self.stop_reason = reason
         self.ctx.cancel(message)
-        self._stopped.set()
+        self._end()
 
-    async def outcome(self, time_limit: float | None) -> Result | None:
-        """Wait for the handler, its time limit or a stop; the result to report, if any."""
-        stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
-        waiters: set[asyncio.Future[Any]] = {self._done, stopped}
-        try:
-            await asyncio.wait(waiters, timeout=time_limit, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-        if not self._done.done() and self.stop_reason is None:
-            self.stop(StopReason.TIMEOUT, f"Job timed out after {time_limit:g} s")
+    def _end(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._ended.done():
+            self._ended.set_result(None)
+
+    def abandon(self) -> None:
+        """Forget the run (the runner exits): no time limit, no beats, no ``on_end``."""
+        self._on_end = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.reporter.cancel()
+
+    def _call_on_end(self, _: asyncio.Future[None]) -> None:
+        if self._on_end is not None:
+            self._on_end(self)
+
+    async def outcome(self, time_limit: float | None = None) -> Result | None:
+        """Wait for the run to end (within ``time_limit``); the result to report, if any."""
+        self._limit(time_limit)
+        await self._ended
+        return await self.conclude()
+
+    @property
+    def concludes_at_once(self) -> bool:
+        """True when the handler returned and no heartbeat is in flight or owed, so
+        :meth:`conclude_now` can give the outcome without waiting for anything."""
+        return (
+            self.stop_reason is None
+            and self._done.done()
+            and self.reporter.idle
+            and not self.reporter.owes_progress()
+        )
+
+    def conclude_now(self) -> Result:
+        """The result of a run that :attr:`concludes_at_once`."""
+        self.reporter.cancel()  # only its first-beat timer: no beat started
+        return self._result(*self._done.result())
+
+    async def conclude(self) -> Result | None:
+        """Once the run ended: the result to report, if any (None for a stopped run)."""
         await self.reporter.stop()
         if self.stop_reason == StopReason.TIMEOUT:
-            result = self._error(f"Job timed out after {time_limit:g} s")
+            result = self._error(f"Job timed out after {self.time_limit:g} s")
         elif self.stop_reason is not None:
             return None
         else:
@@ -168,6 +236,7 @@ class JobRun:
     def _settle(self, value: Any, error: BaseException | None) -> None:
         if not self._done.done():
             self._done.set_result((value, error))
+            self._end()
 
     # --- results ----------------------------------------------------------------------
     def _result(self, value: Any, exc: BaseException | None) -> Result:

@@ -65,12 +65,16 @@ class FunctionHandler(JobHandler):
         self.job_type = job_type  # type: ignore[misc]  # per instance, not per class
         self.function = function
         self.signature = inspect.signature(function)
+        #: ``f(ctx, **params)``: any parameters bind, unless one is named like ``ctx``.
+        self._takes_any: str | None = _takes_any(self.signature)
         functools.update_wrapper(self, function)
 
     def execute(
         self, input_params: dict[str, Any], heartbeat_callback: HeartbeatCallback
     ) -> dict[str, Any]:
         ctx = heartbeat_callback
+        if self._takes_any is not None and self._takes_any not in input_params:
+            return self.function(ctx, **input_params)  # what binding would give, sooner
         try:
             bound = self.signature.bind(ctx, **input_params)
         except TypeError as exc:
@@ -82,6 +86,18 @@ class FunctionHandler(JobHandler):
 
     def __repr__(self) -> str:
         return f"<job {self.job_type!r}: {self.function.__qualname__}>"
+
+
+def _takes_any(signature: inspect.Signature) -> str | None:
+    """The context parameter's name if the signature is ``(ctx, **params)``, else None."""
+    params = list(signature.parameters.values())
+    if (
+        len(params) == 2
+        and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD)
+        and params[1].kind == params[1].VAR_KEYWORD
+    ):
+        return params[0].name
+    return None
 
 
 def job(job_type: str) -> Callable[[JobFunction], FunctionHandler]:

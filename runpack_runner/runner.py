@@ -5,13 +5,17 @@ Bookkeeping, all on the event loop:
 - ``busy``: jobs that use a slot. A job stays busy while its handler runs and
   while its result (or release) waits for the server's ``ack``; the server counts
   it as held until then. When a job leaves ``busy`` its slot is granted back
-  (``ready {slots: 1}``), so granted credits plus busy jobs always equal the
-  concurrency. A new connection starts with ``concurrency - len(busy)`` credits.
+  (``ready {slots}``, one frame for all the slots freed since the last), so
+  granted credits plus busy jobs always equal the concurrency. A new connection
+  starts with ``concurrency - len(busy)`` credits.
 - ``outbox``: results not yet acknowledged; re-sent after every reconnect, so a
   network blip loses none, and the server applies each one once.
 - ``waiting``: jobs the server assigned again while a run of theirs it had given
   up on (``dropped``) is still stopping; each starts, in the same slot, as soon
   as that run has stopped.
+- Per job, nothing waits in a task of its own unless it must: a run calls back
+  when it ends, and over a WebSocket one sender task per connection sends the
+  results, releases and grants in order (see ``Transport.serial``).
 - Shutdown: the first SIGINT/SIGTERM stops taking jobs and exits 0 once every
   busy job is done and acknowledged; a second one releases the running jobs back
   to the queue and exits.
@@ -24,7 +28,9 @@ import contextlib
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,7 @@ from runpack_runner import __version__
 from runpack_runner.backoff import Backoff
 from runpack_runner.execution import JobRun, StopReason
 from runpack_runner.handler import JobHandler
+from runpack_runner.heartbeats import FirstBeats
 from runpack_runner.registry import Registry
 from runpack_runner.settings import RunnerSettings
 from runpack_runner.state import RunnerState, save_state
@@ -61,6 +68,14 @@ log = logging.getLogger(__name__)
 FORCED_EXIT_WAIT = 5.0
 CONNECT_TIMEOUT = 15.0
 SHUTTING_DOWN = "the runner is shutting down"
+
+
+@dataclass(frozen=True, slots=True)
+class _Release:
+    """A release waiting for the sender."""
+
+    job_id: str
+    reason: str
 
 
 class Runner:
@@ -93,6 +108,14 @@ class Runner:
             "max_error_bytes": protocol.MAX_ERROR_BYTES,
         }
         self._granted = False
+        #: Over a serial transport: results and releases for the sender, in order.
+        self._sends: deque[Result | _Release] = deque()
+        #: Slots freed since the sender last granted (this connection).
+        self._credits = 0
+        self._send_wake = asyncio.Event()
+        self._current_transport = lambda: self.transport
+        self._current_interval = lambda: self.heartbeat_interval
+        self._first_beats = FirstBeats()
         self._exit = asyncio.Event()
         self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -124,6 +147,7 @@ class Runner:
                 try:
                     await self._connect_loop(session)
                 finally:
+                    self._abandon_runs()
                     await self._cancel_tasks()
         except AuthFailed as exc:
             log.error("%s: check RUNPACK_RUNNER_API_KEY", exc)
@@ -186,6 +210,7 @@ class Runner:
 
     async def _session(self, transport: Transport) -> bool:
         """One connection, from hello to its end; True to reconnect at once."""
+        sender: asyncio.Task[None] | None = None
         try:
             welcome = await transport.start(self._hello())
             self._adopt(welcome)
@@ -208,15 +233,12 @@ class Runner:
             if self.draining:
                 transport.stop_taking()
             else:
-                await transport.grant(self.settings.concurrency - len(self.busy))
+                self._credits = self.settings.concurrency - len(self.busy)
             self._granted = True
+            sender = self._spawn(self._send_loop(transport), "runner-sender")
+            self._send_wake.set()
             self._check_exit()
-            while (event := await self._next_event(transport)) is not None:
-                if isinstance(event, Reconnect):
-                    log.debug("reconnecting: %s", event.reason)
-                    return True
-                self._handle(event)
-            return False
+            return await self._receive_loop(transport)
         except TransportClosed as exc:
             log.warning("connection lost (%s): %s", transport.name, exc)
             self._link = None
@@ -226,6 +248,13 @@ class Runner:
                 self._long_poll = transport.mode == "long-poll"
             self.transport = None
             self._granted = False
+            if sender is not None:
+                sender.cancel()
+                await asyncio.wait({sender})
+            # What the sender had not sent yet is moot: results are sent again from
+            # the outbox, releases end below, and the next grant counts every free slot.
+            self._sends.clear()
+            self._credits = 0
             await transport.close()
             # Releases in flight are moot: a job left out of the next hello goes back
             # to the queue on the server's side.
@@ -233,17 +262,29 @@ class Runner:
             for job_id in released:
                 self._settled(job_id)
 
-    async def _next_event(self, transport: Transport) -> Event | None:
-        """The transport's next event, or None once the runner should exit."""
-        receive = asyncio.ensure_future(transport.receive())
-        exiting = asyncio.ensure_future(self._exit.wait())
+    async def _receive_loop(self, transport: Transport) -> bool:
+        """Handle the transport's events until the runner should exit (False) or the
+        transport asks to reconnect (True). One task reads them all."""
+        events = asyncio.create_task(self._handle_events(transport), name="runner-events")
+        exiting = asyncio.create_task(self._exit.wait(), name="runner-exit")
         try:
-            await asyncio.wait({receive, exiting}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({events, exiting}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             exiting.cancel()
-            if not receive.done():
-                receive.cancel()
-        return receive.result() if receive.done() and not receive.cancelled() else None
+            if not events.done():
+                events.cancel()
+                await asyncio.wait({events})
+        return False if events.cancelled() else events.result()
+
+    async def _handle_events(self, transport: Transport) -> bool:
+        while True:
+            event = await transport.receive()
+            if self._exit.is_set():
+                return False
+            if isinstance(event, Reconnect):
+                log.debug("reconnecting: %s", event.reason)
+                return True
+            self._handle(event)
 
     def _hello(self) -> Hello:
         held = [j for j, r in self.runs.items() if r.stop_reason in (None, StopReason.TIMEOUT)]
@@ -313,7 +354,7 @@ class Runner:
             self._report(Result(job.job_id, "error", message, error_message=message))
             self._settled(job.job_id)
             return
-        self._spawn(self._run_job(job, handler), f"job-{job.job_id}")
+        self._start(job, handler)
 
     def _cancel(self, job_id: str, reason: str) -> None:
         log.info("job %s cancelled by the server: %s", job_id, reason)
@@ -353,69 +394,122 @@ class Runner:
         self._settled(ack.job_id)
 
     # --- jobs -----------------------------------------------------------------------------
-    async def _run_job(self, job: Assignment, handler: JobHandler) -> None:
+    def _start(self, job: Assignment, handler: JobHandler) -> None:
         run = JobRun(
             job,
             handler,
-            transport=lambda: self.transport,
-            heartbeat_interval=lambda: self.heartbeat_interval,
+            transport=self._current_transport,
+            heartbeat_interval=self._current_interval,
             limits=self.limits,
+            first_beats=self._first_beats,
         )
         run.ctx.uploader = self.uploader
         self.runs[job.job_id] = run
         log.info("job %s (%s) started, attempt %d", job.job_id, job.job_type, job.attempt)
-        run.start()
+        run.start(job.timeout or self.settings.job_timeout or None, on_end=self._ended)
+
+    def _ended(self, run: JobRun) -> None:
+        """A run ended: report it now if nothing is in flight, else from a task."""
+        if not run.concludes_at_once:
+            self._spawn(self._conclude(run), f"job-{run.job_id}")
+            return
         try:
-            result = await run.outcome(job.timeout or self.settings.job_timeout or None)
-            elapsed = time.monotonic() - run.started
-            if result is None:
-                log.info("job %s stopped after %.1f s: %s", job.job_id, elapsed, run.stop_reason)
-            elif result.kind == "complete":
-                log.info("job %s completed in %.1f s", job.job_id, elapsed)
-            else:
-                log.warning(
-                    "job %s failed after %.1f s: %s", job.job_id, elapsed, result.error_message
-                )
+            result = run.conclude_now()
+            self._log_outcome(run, result)
+            self._report(result)
+        finally:
+            self._gone(run)
+
+    async def _conclude(self, run: JobRun) -> None:
+        try:
+            result = await run.conclude()
+            self._log_outcome(run, result)
             if result is not None:
                 self._report(result)
             if not run.finished and not await run.wait_stopped(self.settings.stop_grace):
                 log.warning(
                     "the handler of job %s did not stop within %g s: its thread is left behind",
-                    job.job_id,
+                    run.job_id,
                     self.settings.stop_grace,
                 )
         finally:
-            run.reporter.cancel()
-            self.runs.pop(job.job_id, None)
-            again = self.waiting.pop(job.job_id, None)
-            if again is not None:
-                self.busy.discard(job.job_id)
-                self._accept(again)  # in the slot this run held
-            else:
-                self._settled(job.job_id)
+            self._gone(run)
+
+    def _log_outcome(self, run: JobRun, result: Result | None) -> None:
+        elapsed = time.monotonic() - run.started
+        if result is None:
+            log.info("job %s stopped after %.1f s: %s", run.job_id, elapsed, run.stop_reason)
+        elif result.kind == "complete":
+            log.info("job %s completed in %.1f s", run.job_id, elapsed)
+        else:
+            log.warning("job %s failed after %.1f s: %s", run.job_id, elapsed, result.error_message)
+
+    def _gone(self, run: JobRun) -> None:
+        """A run is over: its slot is freed, or taken by the job's next assignment."""
+        run.reporter.cancel()
+        job_id = run.job_id
+        if self.runs.get(job_id) is run:
+            del self.runs[job_id]
+        again = self.waiting.pop(job_id, None)
+        if again is not None:
+            self.busy.discard(job_id)
+            self._accept(again)  # in the slot this run held
+        else:
+            self._settled(job_id)
+
+    def _abandon_runs(self) -> None:
+        """At exit: forget runs still going (their threads are daemons)."""
+        for run in self.runs.values():
+            run.abandon()
+        self.runs.clear()
 
     def _report(self, result: Result) -> None:
         """Keep a result until acknowledged, and send it now if connected."""
         self.outbox[result.job_id] = result
         if self.transport is not None:
-            self._spawn(self._send_result(self.transport, result), f"result-{result.job_id}")
-
-    async def _send_result(self, transport: Transport, result: Result) -> None:
-        try:
-            await transport.send_result(result)
-        except TransportClosed as exc:
-            log.info("result of job %s waits for the next connection: %s", result.job_id, exc)
+            self._post(self.transport, result)
 
     def _release(self, job_id: str, reason: str) -> None:
         transport = self.transport
         if transport is None:
             return  # the next hello leaves it out: the server takes it back
         self.releasing.add(job_id)
-        self._spawn(self._send_release(transport, job_id, reason), f"release-{job_id}")
+        self._post(transport, _Release(job_id, reason))
 
-    async def _send_release(self, transport: Transport, job_id: str, reason: str) -> None:
-        with contextlib.suppress(TransportClosed):
-            await transport.release(job_id, reason)
+    def _post(self, transport: Transport, item: Result | _Release) -> None:
+        if transport.serial:
+            self._sends.append(item)
+            self._send_wake.set()
+        else:
+            self._spawn(self._send(transport, item), f"send-{item.job_id}")
+
+    async def _send(self, transport: Transport, item: Result | _Release) -> None:
+        if isinstance(item, Result):
+            try:
+                await transport.send_result(item)
+            except TransportClosed as exc:
+                log.info("result of job %s waits for the next connection: %s", item.job_id, exc)
+        else:
+            with contextlib.suppress(TransportClosed):
+                await transport.release(item.job_id, item.reason)
+
+    async def _send_loop(self, transport: Transport) -> None:
+        """The connection's sender: queued results and releases in order, then every
+        slot freed meanwhile in one grant (one ``ready`` frame however many)."""
+        wake = self._send_wake
+        while True:
+            await wake.wait()
+            wake.clear()
+            while self._sends:
+                item = self._sends.popleft()
+                try:
+                    await self._send(transport, item)
+                except Exception:  # as a task of its own would: logged, the rest go on
+                    log.exception("sending for job %s failed", item.job_id)
+            slots, self._credits = self._credits, 0
+            if slots and not self.draining:
+                with contextlib.suppress(TransportClosed):
+                    await transport.grant(slots)
 
     def _settled(self, job_id: str) -> None:
         """Free a job's slot once nothing about it is pending any more."""
@@ -431,13 +525,10 @@ class Runner:
         self._check_exit()
 
     def _grant_back(self) -> None:
-        transport = self.transport
-        if transport is not None and self._granted and not self.draining:
-            self._spawn(self._grant(transport), "grant")
-
-    async def _grant(self, transport: Transport) -> None:
-        with contextlib.suppress(TransportClosed):
-            await transport.grant(1)
+        """Grant a freed slot back: the sender coalesces those of one loop iteration."""
+        if self.transport is not None and self._granted and not self.draining:
+            self._credits += 1
+            self._send_wake.set()
 
     def _check_exit(self) -> None:
         if self.forced:
@@ -447,10 +538,11 @@ class Runner:
             self._exit.set()
 
     # --- tasks ----------------------------------------------------------------------------
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

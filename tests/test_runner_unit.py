@@ -20,9 +20,20 @@ from runpack_runner.execution import JobRun, StopReason
 from runpack_runner.handler import FunctionHandler
 from runpack_runner.jobs.hello_world import HelloWorld
 from runpack_runner.registry import Registry, UnknownJobTypes, as_handler, installed
+from runpack_runner.runner import Runner
 from runpack_runner.settings import RunnerSettings, describe
 from runpack_runner.state import RunnerState, load_state, save_state
-from runpack_runner.transports import Assignment
+from runpack_runner.transports import (
+    Acked,
+    Assignment,
+    Beat,
+    Event,
+    Hello,
+    Result,
+    Transport,
+    Welcome,
+)
+from tests.procs import until
 
 # --- discovery ----------------------------------------------------------------------------
 
@@ -74,6 +85,16 @@ def test_job_decorator_binds_params_as_keywords() -> None:
         greet.execute({"name": "Ada", "colour": "red"}, JobContext())
     with pytest.raises(ValueError, match="name"):
         greet.execute({}, JobContext())
+
+
+def test_a_function_taking_any_params_still_refuses_one_named_like_its_context() -> None:
+    @job("any")
+    def anything(ctx: JobContext, **params: Any) -> dict[str, Any]:
+        return dict(params)
+
+    assert anything.execute({"a": 1}, JobContext()) == {"a": 1}
+    with pytest.raises(ValueError, match="ctx"):
+        anything.execute({"ctx": 1}, JobContext())
 
 
 def test_job_decorator_needs_a_type() -> None:
@@ -161,6 +182,16 @@ def test_context_progress_log_and_cancel() -> None:
     with pytest.raises(Cancelled):
         ctx(progress_current=5)
     ctx.log("logging still works")  # never raises
+
+
+def test_context_wait_wakes_at_once_when_cancelled_from_another_thread() -> None:
+    ctx = JobContext()
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(ctx.wait(30)))
+    waiter.start()
+    ctx.cancel("by test")  # before or during the wait: either way it returns True
+    waiter.join(10)
+    assert woke == [True]
 
 
 def test_context_as_the_originals_heartbeat_callback() -> None:
@@ -324,11 +355,158 @@ async def test_a_handler_that_ignores_cancel_is_left_behind() -> None:
     assert await run.wait_stopped(5)
 
 
+# --- the runner over a scripted transport ------------------------------------------------------
+
+
+class ScriptedTransport:
+    """A WebSocket-like (serial) transport: the test feeds its events, it records what
+    the runner sends, in order."""
+
+    name = "websocket"
+    mode = "push"
+    min_heartbeat_gap = 0.25
+    serial = True
+
+    def __init__(self) -> None:
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.sent: list[tuple[str, Any]] = []
+
+    async def start(self, hello: Hello) -> Welcome:
+        return Welcome(runner_id="scripted")
+
+    async def receive(self) -> Event:
+        return await self.events.get()
+
+    async def grant(self, slots: int) -> None:
+        if slots > 0:
+            self.sent.append(("ready", slots))
+
+    def stop_taking(self) -> None:
+        pass
+
+    async def heartbeat(self, beat: Beat) -> None:
+        self.sent.append(("heartbeat", beat.job_id))
+
+    async def send_result(self, result: Result) -> None:
+        self.sent.append((result.kind, result.job_id))
+
+    async def release(self, job_id: str, reason: str) -> None:
+        self.sent.append(("release", job_id))
+
+    async def close(self) -> None:
+        pass
+
+
+def scripted_runner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: Transport, handler: JobHandler
+) -> Runner:
+    async def connect(*args: Any, **kwargs: Any) -> Transport:
+        return transport
+
+    monkeypatch.setattr("runpack_runner.runner.open_transport", connect)
+    settings = RunnerSettings(worker_url="http://127.0.0.1:9", runner_api_key="k", concurrency=4)
+    return Runner(
+        settings,
+        Registry({"t": handler}),
+        state_path=tmp_path / "state.json",
+        state=RunnerState(),
+        name="scripted",
+    )
+
+
+@job("t")
+def quiet(ctx: JobContext, **params: Any) -> dict[str, Any]:
+    return dict(params)
+
+
+async def test_slots_freed_together_are_granted_back_in_one_ready_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = ScriptedTransport()
+    runner = scripted_runner(tmp_path, monkeypatch, transport, quiet)
+    task = asyncio.create_task(runner.run(handle_signals=False))
+    try:
+        await until(lambda: transport.sent == [("ready", 4)], "the first grant")
+        ids = [f"job-{n}" for n in range(4)]
+        for job_id in ids:
+            transport.events.put_nowait(Assignment(job_id, "t", {"n": job_id}))
+        await until(lambda: len(transport.sent) == 5, "the four results")
+        assert sorted(transport.sent[1:]) == [("complete", job_id) for job_id in ids]
+        assert runner.busy == set(ids)  # held until acknowledged
+
+        for job_id in ids:  # four acks read in one go: one frame grants the four slots
+            transport.events.put_nowait(Acked(job_id, "complete", True))
+        await until(lambda: len(transport.sent) == 6, "the slots granted back")
+        assert transport.sent[5] == ("ready", 4)
+        assert not runner.busy and not runner.outbox and not runner.runs
+    finally:
+        runner.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+
+
+@job("t")
+def reports_progress(ctx: JobContext) -> dict[str, Any]:
+    ctx.progress(1, 1)
+    return {"done": True}
+
+
+async def test_a_job_that_reported_progress_beats_before_its_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = ScriptedTransport()
+    runner = scripted_runner(tmp_path, monkeypatch, transport, reports_progress)
+    task = asyncio.create_task(runner.run(handle_signals=False))
+    try:
+        transport.events.put_nowait(Assignment("job-p", "t", {}))
+        await until(lambda: ("complete", "job-p") in transport.sent, "the result")
+        sent = transport.sent
+        assert ("heartbeat", "job-p") in sent
+        assert sent.index(("heartbeat", "job-p")) < sent.index(("complete", "job-p"))
+        transport.events.put_nowait(Acked("job-p", "complete", True))
+        await until(lambda: not runner.busy, "the slot freed")
+    finally:
+        runner.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+
+
+async def test_quiet_jobs_that_outlast_the_first_beat_delay_get_their_heartbeats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first beats of several jobs come from one shared timer (FirstBeats)."""
+    release = threading.Event()
+
+    @job("t")
+    def waits(ctx: JobContext) -> dict[str, Any]:
+        release.wait(30)
+        return {}
+
+    transport = ScriptedTransport()
+    runner = scripted_runner(tmp_path, monkeypatch, transport, waits)
+    task = asyncio.create_task(runner.run(handle_signals=False))
+    ids = ["slow-1", "slow-2", "slow-3"]
+    try:
+        for job_id in ids:
+            transport.events.put_nowait(Assignment(job_id, "t", {}))
+        beats = {("heartbeat", job_id) for job_id in ids}
+        await until(lambda: beats <= set(transport.sent), "a beat of each job")
+        assert not any(kind == "complete" for kind, _ in transport.sent)
+        release.set()
+        await until(lambda: len(runner.outbox) == 3, "the results")
+        for job_id in ids:
+            transport.events.put_nowait(Acked(job_id, "complete", True))
+        await until(lambda: not runner.busy, "the slots freed")
+    finally:
+        release.set()
+        runner.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+
+
 def test_the_runner_needs_no_server_modules() -> None:
-    """The runner shares only the wire protocol and settings parsing with the server."""
+    """The runner shares only the wire protocol, settings parsing and the choice of
+    event loop with the server."""
     code = (
         "import sys, runpack_runner.cli, runpack_runner.runner\n"
-        "shared = ('runpack.protocol', 'runpack.envvars')\n"
+        "shared = ('runpack.protocol', 'runpack.envvars', 'runpack.eventloop')\n"
         "server = [m for m in sys.modules if m.startswith(('aiosqlite', 'asyncpg'))\n"
         "          or (m.startswith('runpack.') and m not in shared)]\n"
         "assert not server, server\n"

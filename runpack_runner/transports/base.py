@@ -158,6 +158,10 @@ class Transport(Protocol):
     name: str
     #: Shortest time between two heartbeats of one job (coalescing).
     min_heartbeat_gap: float
+    #: True if sends go out in order over one connection and each returns at once
+    #: (a WebSocket): the runner then sends results and releases one after another
+    #: from one task. False (HTTP, where a send may take many seconds): a task each.
+    serial: bool
 
     @property
     def mode(self) -> str:

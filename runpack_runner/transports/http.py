@@ -50,6 +50,8 @@ class _Closed:
 
 class HttpTransport:
     name = "http"
+    #: Each result or release is its own request, sent alongside the others.
+    serial = False
 
     def __init__(
         self,

@@ -2,6 +2,10 @@
 
 Frames are JSON text (runpack/protocol.py documents each). Flow control is by
 credits: ``ready {slots}`` grants the server that many more jobs.
+
+:meth:`WebSocketTransport.receive` reads the socket itself (no reader task and
+queue in between), so only one task may call it at a time, as the runner does.
+Frames are sent as orjson's bytes in a TEXT frame, with no str round trip.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
@@ -40,21 +44,16 @@ WELCOME_TIMEOUT = 15.0
 MAX_FRAME = 16 * 1024 * 1024
 
 
-class _Closed:
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
 class WebSocketTransport:
     name = "websocket"
     mode = "push"
     min_heartbeat_gap = 0.25
+    #: Frames go out in order over one socket, each at once (see Transport).
+    serial = True
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse[Literal[False]]) -> None:
         self._ws = ws
-        self._events: asyncio.Queue[Event | _Closed] = asyncio.Queue()
         self._send_lock = asyncio.Lock()
-        self._reader: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -69,6 +68,7 @@ class WebSocketTransport:
                 heartbeat=PING_INTERVAL,
                 max_msg_size=MAX_FRAME,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                decode_text=False,  # orjson reads the bytes
             )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status in (401, 403):
@@ -105,15 +105,14 @@ class WebSocketTransport:
             dropped=_ids(frame.get("dropped")),
             limits=limits if isinstance(limits, dict) else {},
         )
-        self._reader = asyncio.create_task(self._read_loop(), name="runner-ws-reader")
         return welcome
 
     async def receive(self) -> Event:
-        item = await self._events.get()
-        if isinstance(item, _Closed):
-            self._events.put_nowait(item)  # every later call sees it too
-            raise TransportClosed(item.reason)
-        return item
+        """The next event; TransportClosed once the socket closed (on every later call too)."""
+        while True:
+            event = self._parse(await self._read())
+            if event is not None:
+                return event
 
     async def grant(self, slots: int) -> None:
         if slots > 0:
@@ -142,10 +141,6 @@ class WebSocketTransport:
         await self._send({"type": "release", "job_id": job_id, "reason": reason})
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
         with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
             await self._ws.close()
 
@@ -155,7 +150,7 @@ class WebSocketTransport:
             raise TransportClosed("the socket is closed")
         try:
             async with self._send_lock:
-                await self._ws.send_str(orjson.dumps(frame).decode())
+                await self._ws.send_frame(orjson.dumps(frame), aiohttp.WSMsgType.TEXT)
         except (aiohttp.ClientError, OSError, RuntimeError) as exc:
             raise TransportClosed(f"send failed: {exc}") from None
 
@@ -163,11 +158,12 @@ class WebSocketTransport:
         """The next JSON object frame (skipping malformed ones)."""
         while True:
             msg = await self._ws.receive()
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
-                raise TransportClosed(f"closed by the server ({msg.data}: {msg.extra or ''})")
-            if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                raise TransportClosed(f"socket {msg.type.name.lower()}: {self._ws.exception()}")
-            if msg.type != aiohttp.WSMsgType.TEXT:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
+                    raise TransportClosed(f"closed by the server ({msg.data}: {msg.extra or ''})")
+                if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    exc = self._ws.exception()
+                    raise TransportClosed(f"socket {msg.type.name.lower()}: {exc}")
                 continue
             try:
                 frame = orjson.loads(msg.data)
@@ -177,18 +173,6 @@ class WebSocketTransport:
             if isinstance(frame, dict):
                 return frame
             log.warning("ignoring a frame that is not an object: %.200s", msg.data)
-
-    async def _read_loop(self) -> None:
-        reason = "closed"
-        try:
-            while True:
-                event = self._parse(await self._read())
-                if event is not None:
-                    self._events.put_nowait(event)
-        except TransportClosed as exc:
-            reason = str(exc)
-        finally:
-            self._events.put_nowait(_Closed(reason))
 
     def _parse(self, frame: dict[str, Any]) -> Event | None:
         kind = frame.get("type")
