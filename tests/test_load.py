@@ -2,7 +2,8 @@
 once, and a client flooding submits is rate limited while the others keep their latency.
 
 The default size suits CI (two shared cores, seconds); ``pytest --load-full`` or
-``RUNPACK_LOAD_FULL=1`` runs the full size: 1000 runner sockets and 1000 watchers.
+``RUNPACK_LOAD_FULL=1`` runs the full size: 1000 runner sockets and 1000 watchers;
+``RUNPACK_LOAD_CONNECTIONS=10000`` sets how many of each.
 Both tests print their figures and add them to ``test-artifacts/load.json``.
 Everything is on loopback: distinct source addresses in 127.0.0.0/8 make the server
 see distinct client IPs without trusting a proxy. The flooding client is a process of
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -83,7 +85,12 @@ def size(request: pytest.FixtureRequest) -> Size:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return FULL if full else CI
+    chosen = FULL if full else CI
+    many = os.environ.get("RUNPACK_LOAD_CONNECTIONS")
+    if many:  # e.g. 10000, to measure the memory of that many idle sockets
+        n = int(many)
+        chosen = dataclasses.replace(chosen, connections=n, within=max(chosen.within, n / 15))
+    return chosen
 
 
 # --- measuring ---------------------------------------------------------------------------
