@@ -268,7 +268,7 @@ FINISHED = "('completed', 'failed', 'expired', 'cancelled')"
 
 DELETE_FINISHED = f"""
 WITH batch AS MATERIALIZED (
-    SELECT id FROM jobs WHERE status = :status AND updated_at < :before
+    SELECT id FROM jobs WHERE status = :status AND status IN {FINISHED} AND updated_at < :before
     ORDER BY updated_at LIMIT :limit {{lock}}
 )
 DELETE FROM jobs WHERE id IN (SELECT id FROM batch)
@@ -276,14 +276,16 @@ DELETE FROM jobs WHERE id IN (SELECT id FROM batch)
 RETURNING id
 """
 
-COUNT_FINISHED = "SELECT COUNT(*) FROM jobs WHERE status = :status AND updated_at < :before"
+COUNT_FINISHED = f"""
+SELECT COUNT(*) FROM jobs WHERE status = :status AND status IN {FINISHED} AND updated_at < :before
+"""
 
 # The job keeps its updated_at: the console's age does not restart the job's.
 CLEAR_CONSOLES = f"""
 WITH batch AS MATERIALIZED (
     SELECT id FROM jobs
-    WHERE status = :status AND updated_at >= :since AND updated_at < :before
-      AND console_output IS NOT NULL
+    WHERE status = :status AND status IN {FINISHED} AND updated_at >= :since
+      AND updated_at < :before AND console_output IS NOT NULL
     ORDER BY updated_at LIMIT :limit {{lock}}
 )
 UPDATE jobs SET console_output = NULL WHERE id IN (SELECT id FROM batch)
@@ -291,10 +293,10 @@ UPDATE jobs SET console_output = NULL WHERE id IN (SELECT id FROM batch)
 RETURNING id, updated_at
 """
 
-COUNT_CONSOLES = """
+COUNT_CONSOLES = f"""
 SELECT COUNT(*) FROM jobs
-WHERE status = :status AND updated_at >= :since AND updated_at < :before
-  AND console_output IS NOT NULL
+WHERE status = :status AND status IN {FINISHED} AND updated_at >= :since
+  AND updated_at < :before AND console_output IS NOT NULL
 """
 
 # Status and finish time of some jobs (their figure folders are being judged).

@@ -41,10 +41,13 @@ CREATE INDEX IF NOT EXISTS jobs_pending_idx ON jobs (priority DESC, created_at, 
 CREATE INDEX IF NOT EXISTS jobs_created_idx ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_status_created_idx ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_claimed_by_idx ON jobs (claimed_by, created_at);
--- The sweeper: running jobs by last heartbeat.
-CREATE INDEX IF NOT EXISTS jobs_heartbeat_idx ON jobs (status, last_heartbeat);
--- Retention: finished jobs of a state, oldest first (runpack.retention).
-CREATE INDEX IF NOT EXISTS jobs_status_updated_idx ON jobs (status, updated_at);
+-- The sweeper: running jobs by last heartbeat (only running jobs are in it).
+CREATE INDEX IF NOT EXISTS jobs_running_idx ON jobs (last_heartbeat)
+    WHERE status IN ('claimed', 'in_progress');
+-- Retention: finished jobs of a state, oldest first (runpack.retention); only
+-- finished jobs are in it.
+CREATE INDEX IF NOT EXISTS jobs_finished_idx ON jobs (status, updated_at)
+    WHERE status IN ('completed', 'failed', 'expired', 'cancelled');
 
 CREATE TABLE IF NOT EXISTS runners (
     id            TEXT   NOT NULL PRIMARY KEY,
@@ -80,3 +83,4 @@ INSERT INTO schema_version (version, applied_at) VALUES (1, 0) ON CONFLICT (vers
 INSERT INTO schema_version (version, applied_at) VALUES (2, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (3, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (4, 0) ON CONFLICT (version) DO NOTHING;
+INSERT INTO schema_version (version, applied_at) VALUES (5, 0) ON CONFLICT (version) DO NOTHING;
