@@ -154,8 +154,15 @@ class SqliteStore:
             self._keeper = None
 
     # --- plumbing -------------------------------------------------------------
-    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``op`` now in the open transaction; return once it is committed."""
+    async def _write(self, op: Callable[[sqlite3.Connection], T], savepoint: bool = True) -> T:
+        """Run ``op`` now in the open transaction; return once it is committed.
+
+        ``op`` runs in a savepoint, so that if it fails, what it wrote is undone and
+        the other writes of the transaction stand. An ``op`` that makes one change
+        (a single INSERT, UPDATE or DELETE, reads aside) passes ``savepoint=False``:
+        SQLite undoes a failed statement by itself, and two statements per write
+        are saved.
+        """
         conn = self._conn
         if conn is None:
             raise StoreError(details="store is closed")
@@ -165,16 +172,19 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise _store_error(exc) from exc
             asyncio.get_running_loop().call_soon(self._commit)
-        conn.execute("SAVEPOINT op")
+        if savepoint:
+            conn.execute("SAVEPOINT op")
         try:
             value = op(conn)
         except Exception as exc:
-            conn.execute("ROLLBACK TO op")
-            conn.execute("RELEASE op")
+            if savepoint:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
             if isinstance(exc, sqlite3.Error):
                 raise _store_error(exc) from exc
             raise
-        conn.execute("RELEASE op")
+        if savepoint:
+            conn.execute("RELEASE op")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._batch.append((fut, value))
         return await fut  # type: ignore[no-any-return]
@@ -219,10 +229,10 @@ class SqliteStore:
         return [JobRow(*row) for row in await self._read(sql, params)]
 
     async def _write_count(self, sql: str, params: dict[str, Any]) -> int:
-        return await self._write(lambda c: c.execute(sql, params).rowcount)
+        return await self._write(lambda c: c.execute(sql, params).rowcount, savepoint=False)
 
     async def _write_job(self, sql: str, params: dict[str, Any]) -> JobRow | None:
-        return await self._write(lambda c: _job(c.execute(sql, params).fetchone()))
+        return await self._write(lambda c: _job(c.execute(sql, params).fetchone()), savepoint=False)
 
     # --- jobs: reads ------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRow | None:
@@ -273,7 +283,7 @@ class SqliteStore:
             existing = conn.execute(q.GET_JOB_BY_HASH, {"job_hash": job.job_hash}).fetchone()
             return JobRow(*existing), False
 
-        return await self._write(op)
+        return await self._write(op, savepoint=False)  # the one change is the INSERT
 
     async def requeue(
         self, job_id: str, from_status: Sequence[str], now: int, not_before: int
@@ -311,7 +321,7 @@ class SqliteStore:
             of_types=f"IN {in_sql}", lock="", pending_index=q.SQLITE_PENDING_INDEX
         )
         args = {**params, "runner_id": runner_id, "now": now, "limit": limit}
-        rows = await self._write(lambda c: c.execute(sql, args).fetchall())
+        rows = await self._write(lambda c: c.execute(sql, args).fetchall(), savepoint=False)
         return claim_order([JobRow(*row) for row in rows])
 
     async def heartbeat(
