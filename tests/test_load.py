@@ -3,7 +3,8 @@ once, and a client flooding submits is rate limited while the others keep their 
 
 The default size suits CI (two shared cores, seconds); ``pytest --load-full`` or
 ``RUNPACK_LOAD_FULL=1`` runs the full size: 1000 runner sockets and 1000 watchers;
-``RUNPACK_LOAD_CONNECTIONS=10000`` sets how many of each.
+``RUNPACK_LOAD_CONNECTIONS=10000`` sets how many of each, ``RUNPACK_LOAD_WATCHERS``
+how many watchers if not as many.
 Both tests print their figures and add them to ``test-artifacts/load.json``.
 Everything is on loopback: distinct source addresses in 127.0.0.0/8 make the server
 see distinct client IPs without trusting a proxy. The flooding client is a process of
@@ -67,11 +68,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Size:
-    connections: int  # runner sockets, and as many event-stream watchers
+    connections: int  # runner sockets, and as many event-stream watchers (or ``watchers``)
     watched_jobs: int  # the watchers are spread over this many jobs
     clients: int  # well-behaved client IPs per phase of the flood test
     flood_connections: int  # concurrent requests of the flooding client
     within: float  # seconds one test may take
+    watchers: int | None = None  # event-stream watchers, when not ``connections``
 
 
 CI = Size(connections=200, watched_jobs=4, clients=8, flood_connections=16, within=45)
@@ -90,6 +92,9 @@ def size(request: pytest.FixtureRequest) -> Size:
     if many:  # e.g. 10000, to measure the memory of that many idle sockets
         n = int(many)
         chosen = dataclasses.replace(chosen, connections=n, within=max(chosen.within, n / 15))
+    watchers = os.environ.get("RUNPACK_LOAD_WATCHERS")
+    if watchers:  # each process may be allowed fewer descriptors than both need
+        chosen = dataclasses.replace(chosen, watchers=int(watchers))
     return chosen
 
 
@@ -318,6 +323,7 @@ async def test_one_server_holds_runner_sockets_and_watchers(tmp_path: Path, size
 
 async def _hold_connections(server: Proc, size: Size) -> dict[str, Any]:
     url, pid, n = server.url, server.popen.pid, size.connections
+    w = size.watchers if size.watchers is not None else n
     loop = asyncio.get_running_loop()
     board = Board()
     opening = asyncio.Semaphore(OPENING)
@@ -349,10 +355,10 @@ async def _hold_connections(server: Proc, size: Size) -> dict[str, Any]:
         holders = {job_id: (await board.pushed(job_id))[0] for job_id in watched}
 
         t0, cpu0 = time.monotonic(), cpu_s(pid)
-        opens = [loop.create_future() for _ in range(n)]
+        opens = [loop.create_future() for _ in range(w)]
         watchers = [
             asyncio.create_task(watch(http, url, watched[i % len(watched)], opening, opens[i]))
-            for i in range(n)
+            for i in range(w)
         ]
         await asyncio.gather(*opens)
         watchers_s, watchers_cpu = time.monotonic() - t0, cpu_s(pid) - cpu0
@@ -361,7 +367,7 @@ async def _hold_connections(server: Proc, size: Size) -> dict[str, Any]:
         # The server says it holds them all.
         held_runners = await connected_runners(http, url)
         held_watchers = await server_watchers(http, url)
-        assert (held_runners, held_watchers) == (n, n)
+        assert (held_runners, held_watchers) == (n, w)
 
         # A job submitted now is pushed to one of the idle runners.
         t0 = time.monotonic()
@@ -396,16 +402,17 @@ async def _hold_connections(server: Proc, size: Size) -> dict[str, Any]:
 
     return {
         "connections": n,
+        "watchers": w,
         "runner_sockets_held": held_runners,
         "watchers_held": held_watchers,
         "watched_jobs": size.watched_jobs,
         "server_rss_kib": {"before": rss_before, "runners": rss_runners, "all": rss_all},
         "kib_per_runner_socket": round((rss_runners - rss_before) / n, 1),
-        "kib_per_watcher": round((rss_all - rss_runners) / n, 1),
+        "kib_per_watcher": round((rss_all - rss_runners) / w, 1),
         "runners_connected_in_s": round(runners_s, 2),
         "watchers_connected_in_s": round(watchers_s, 2),
         "server_cpu_ms_per_runner_connect": round(runners_cpu * 1000 / n, 2),
-        "server_cpu_ms_per_watcher_connect": round(watchers_cpu * 1000 / n, 2),
+        "server_cpu_ms_per_watcher_connect": round(watchers_cpu * 1000 / w, 2),
         "push_ms": round(push_ms, 1),
         "fanout_to_all_watchers_ms": round(fanout_ms, 1),
         "test_s": round(time.monotonic() - started, 1),

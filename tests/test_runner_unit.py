@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -397,21 +399,32 @@ class ScriptedTransport:
         pass
 
 
-def scripted_runner(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: Transport, handler: JobHandler
-) -> Runner:
+@contextlib.asynccontextmanager
+async def scripted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, handler: JobHandler
+) -> AsyncIterator[tuple[Runner, ScriptedTransport]]:
+    """A runner of four slots on a scripted transport, running until the block ends;
+    it must then stop cleanly."""
+    transport = ScriptedTransport()
+
     async def connect(*args: Any, **kwargs: Any) -> Transport:
         return transport
 
     monkeypatch.setattr("runpack_runner.runner.open_transport", connect)
     settings = RunnerSettings(worker_url="http://127.0.0.1:9", runner_api_key="k", concurrency=4)
-    return Runner(
+    runner = Runner(
         settings,
         Registry({"t": handler}),
         state_path=tmp_path / "state.json",
         state=RunnerState(),
         name="scripted",
     )
+    task = asyncio.create_task(runner.run(handle_signals=False))
+    try:
+        yield runner, transport
+    finally:
+        runner.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
 
 
 @job("t")
@@ -422,10 +435,7 @@ def quiet(ctx: JobContext, **params: Any) -> dict[str, Any]:
 async def test_slots_freed_together_are_granted_back_in_one_ready_frame(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    transport = ScriptedTransport()
-    runner = scripted_runner(tmp_path, monkeypatch, transport, quiet)
-    task = asyncio.create_task(runner.run(handle_signals=False))
-    try:
+    async with scripted(tmp_path, monkeypatch, quiet) as (runner, transport):
         await until(lambda: transport.sent == [("ready", 4)], "the first grant")
         ids = [f"job-{n}" for n in range(4)]
         for job_id in ids:
@@ -439,9 +449,6 @@ async def test_slots_freed_together_are_granted_back_in_one_ready_frame(
         await until(lambda: len(transport.sent) == 6, "the slots granted back")
         assert transport.sent[5] == ("ready", 4)
         assert not runner.busy and not runner.outbox and not runner.runs
-    finally:
-        runner.request_stop()
-        assert await asyncio.wait_for(task, 10) == 0
 
 
 @job("t")
@@ -453,10 +460,7 @@ def reports_progress(ctx: JobContext) -> dict[str, Any]:
 async def test_a_job_that_reported_progress_beats_before_its_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    transport = ScriptedTransport()
-    runner = scripted_runner(tmp_path, monkeypatch, transport, reports_progress)
-    task = asyncio.create_task(runner.run(handle_signals=False))
-    try:
+    async with scripted(tmp_path, monkeypatch, reports_progress) as (runner, transport):
         transport.events.put_nowait(Assignment("job-p", "t", {}))
         await until(lambda: ("complete", "job-p") in transport.sent, "the result")
         sent = transport.sent
@@ -464,9 +468,6 @@ async def test_a_job_that_reported_progress_beats_before_its_result(
         assert sent.index(("heartbeat", "job-p")) < sent.index(("complete", "job-p"))
         transport.events.put_nowait(Acked("job-p", "complete", True))
         await until(lambda: not runner.busy, "the slot freed")
-    finally:
-        runner.request_stop()
-        assert await asyncio.wait_for(task, 10) == 0
 
 
 async def test_quiet_jobs_that_outlast_the_first_beat_delay_get_their_heartbeats(
@@ -480,25 +481,21 @@ async def test_quiet_jobs_that_outlast_the_first_beat_delay_get_their_heartbeats
         release.wait(30)
         return {}
 
-    transport = ScriptedTransport()
-    runner = scripted_runner(tmp_path, monkeypatch, transport, waits)
-    task = asyncio.create_task(runner.run(handle_signals=False))
     ids = ["slow-1", "slow-2", "slow-3"]
-    try:
-        for job_id in ids:
-            transport.events.put_nowait(Assignment(job_id, "t", {}))
-        beats = {("heartbeat", job_id) for job_id in ids}
-        await until(lambda: beats <= set(transport.sent), "a beat of each job")
-        assert not any(kind == "complete" for kind, _ in transport.sent)
-        release.set()
-        await until(lambda: len(runner.outbox) == 3, "the results")
-        for job_id in ids:
-            transport.events.put_nowait(Acked(job_id, "complete", True))
-        await until(lambda: not runner.busy, "the slots freed")
-    finally:
-        release.set()
-        runner.request_stop()
-        assert await asyncio.wait_for(task, 10) == 0
+    async with scripted(tmp_path, monkeypatch, waits) as (runner, transport):
+        try:  # the handlers are let go before the runner is asked to stop
+            for job_id in ids:
+                transport.events.put_nowait(Assignment(job_id, "t", {}))
+            beats = {("heartbeat", job_id) for job_id in ids}
+            await until(lambda: beats <= set(transport.sent), "a beat of each job")
+            assert not any(kind == "complete" for kind, _ in transport.sent)
+            release.set()
+            await until(lambda: len(runner.outbox) == 3, "the results")
+            for job_id in ids:
+                transport.events.put_nowait(Acked(job_id, "complete", True))
+            await until(lambda: not runner.busy, "the slots freed")
+        finally:
+            release.set()
 
 
 def test_the_runner_needs_no_server_modules() -> None:
