@@ -148,6 +148,8 @@ async def enforce_policy(request: web.Request, handler: Handler) -> web.StreamRe
     elif route_policy.bucket is not None:
         settings = request.app[SETTINGS]
         limit: int = getattr(settings, f"rate_{route_policy.bucket}")
+        if limit <= 0:  # unlimited: nothing to count
+            return await handler(request)
         who = (
             request.headers.get("X-Runner-ID", "")
             if route_policy.per_runner
