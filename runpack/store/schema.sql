@@ -40,7 +40,8 @@ CREATE INDEX IF NOT EXISTS jobs_pending_idx ON jobs (priority DESC, created_at, 
 -- The admin list (newest first, optionally by status) and runner detail.
 CREATE INDEX IF NOT EXISTS jobs_created_idx ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_status_created_idx ON jobs (status, created_at);
-CREATE INDEX IF NOT EXISTS jobs_claimed_by_idx ON jobs (claimed_by, created_at);
+CREATE INDEX IF NOT EXISTS jobs_claimed_by_idx ON jobs (claimed_by, created_at)
+    WHERE claimed_by IS NOT NULL;
 -- The sweeper: running jobs by last heartbeat (only running jobs are in it).
 CREATE INDEX IF NOT EXISTS jobs_running_idx ON jobs (last_heartbeat)
     WHERE status IN ('claimed', 'in_progress');
