@@ -6,7 +6,15 @@ from typing import Any
 
 from aiohttp import web
 
-from runpack.api.common import CALLER, ROLE, SERVICE, json_response, parse_json_object, policy
+from runpack.api.common import (
+    CALLER,
+    ROLE,
+    SERVICE,
+    json_response,
+    parse_json_object,
+    policy,
+    read_body,
+)
 from runpack.api.views import job_status, result_of
 from runpack.protocol import Role
 from runpack.service import JobRequest, Outcome, SubmitResult
@@ -17,7 +25,7 @@ routes = web.RouteTableDef()
 async def job_request_of(request: web.Request) -> JobRequest:
     """What a submit or check body asks. Viewers send the same body again and
     again, so a body seen lately is not parsed and hashed again."""
-    raw = await request.read()
+    raw = await read_body(request)
     service = request.app[SERVICE]
     known = service.known_request(raw)
     if known is not None:
