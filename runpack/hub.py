@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 import weakref
 from collections import Counter
@@ -75,6 +74,10 @@ class RunnerConn:
     def grant(self, slots: int) -> None:
         room = self.concurrency - len(self.held) - self.credits
         self.credits += max(0, min(slots, room))
+
+
+def _load(conn: RunnerConn) -> float:
+    return conn.load
 
 
 class Hub:
@@ -270,10 +273,15 @@ class Hub:
         looking for work costs a claim per group, not one per free slot, however
         many idle runners are connected.
         """
+        ready: dict[frozenset[str], list[RunnerConn]] = {}
+        for conn in self.conns.values():
+            if conn.credits > 0:
+                ready.setdefault(conn.capabilities, []).append(conn)
         groups: dict[frozenset[str], list[RunnerConn]] = {}
-        for conn in sorted(self.conns.values(), key=lambda c: c.load):
-            for _ in range(math.ceil(conn.credits / 2)):
-                groups.setdefault(conn.capabilities, []).append(conn)
+        for caps, conns in ready.items():
+            conns.sort(key=_load)  # least busy first
+            # Half the free slots of each runner, rounded up: (credits + 1) // 2.
+            groups[caps] = [c for c in conns for _ in range((c.credits + 1) // 2)]
         wave = {caps: len(slots) if caps in self._backlog else 1 for caps, slots in groups.items()}
         assigned = False
         while groups:
