@@ -279,7 +279,8 @@ class Hub:
                 ready.setdefault(conn.capabilities, []).append(conn)
         groups: dict[frozenset[str], list[RunnerConn]] = {}
         for caps, conns in ready.items():
-            conns.sort(key=_load)  # least busy first
+            if any(c.held for c in conns):  # all idle: already in order
+                conns.sort(key=_load)  # least busy first
             # Half the free slots of each runner, rounded up: (credits + 1) // 2.
             groups[caps] = [c for c in conns for _ in range((c.credits + 1) // 2)]
         wave = {caps: len(slots) if caps in self._backlog else 1 for caps, slots in groups.items()}
