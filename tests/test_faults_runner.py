@@ -183,6 +183,14 @@ class World:
 
         return check
 
+    async def completed(self, job_id: str) -> dict[str, Any]:
+        """The job once it is completed in the database and its ``completed`` event
+        has reached the admin stream too (it may arrive a moment after the reply
+        that showed the row)."""
+        done: dict[str, Any] = await until(self.job_is(job_id, "completed"), "the job to complete")
+        await until(lambda: self.events.when(job_id, "completed"), "the completed event")
+        return done
+
     async def runner_id(self, name: str, connected: bool = True) -> str:
         """The id of the runner named ``name`` once it is (or is not) connected."""
 
@@ -267,7 +275,7 @@ async def test_a_killed_runners_job_is_queued_again_and_completed_once(tmp_path:
         assert requeued_at is not None
         assert requeued_at - killed_at >= grace * 0.9  # not before the grace period ended
         (gate / "go-2").touch()
-        done = await until(w.job_is(job_id, "completed"), "the job to complete")
+        done = await w.completed(job_id)
 
         assert done["output_data"] == {"pid": second.popen.pid, "attempt": 2, "tag": "kill"}
         assert done["attempts"] == 2
@@ -307,7 +315,7 @@ async def test_a_cut_within_the_grace_period_resumes_the_same_run(tmp_path: Path
         assert (await w.job(job_id))["status"] == "in_progress"  # its result has not arrived
 
         proxy.restore()
-        done = await until(w.job_is(job_id, "completed"), "the job to complete")
+        done = await w.completed(job_id)
 
         assert done["output_data"] == {"pid": runner.popen.pid, "attempt": 1, "tag": "inside"}
         assert done["attempts"] == 1
@@ -353,7 +361,7 @@ async def test_a_cut_beyond_the_grace_period_refuses_the_late_result(tmp_path: P
         assert (await w.job(job_id))["status"] == "in_progress"
 
         (gate / "go-2").touch()
-        done = await until(w.job_is(job_id, "completed"), "the job to complete")
+        done = await w.completed(job_id)
         assert done["output_data"] == {"pid": other.popen.pid, "attempt": 2, "tag": "outside"}
         assert done["attempts"] == 2
         assert done["claimed_by"] == other_id
@@ -398,7 +406,7 @@ async def test_a_job_given_back_while_its_lost_run_still_stops_runs_after_it(
         (gate / "go-1").touch()  # the lost run's handler returns; its result is dropped
         await until(started(gate, 2), "the new run to start")
         (gate / "go-2").touch()
-        done = await until(w.job_is(job_id, "completed"), "the job to complete")
+        done = await w.completed(job_id)
 
         assert done["output_data"] == {"pid": runner.popen.pid, "attempt": 2, "tag": "again"}
         assert done["attempts"] == 2
