@@ -87,6 +87,26 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user and system) a live process has used, in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ms_per_job(pids: list[int], before: list[float | None], jobs: int) -> float | None:
+    """CPU the processes used since ``before``, in ms per job (None if unknown)."""
+    if not pids or not jobs:
+        return None
+    after = [cpu_seconds(pid) for pid in pids]
+    spent = [a - b for a, b in zip(after, before, strict=True) if a is not None and b is not None]
+    if len(spent) != len(pids):
+        return None
+    return round(sum(spent) * 1000 / jobs, 3)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -360,6 +380,9 @@ async def run_bench(args: argparse.Namespace, url: str, pids: list[int]) -> dict
         def answered(i: int, t: float, body: bytes) -> None:
             submitted[orjson.loads(body)["job_id"]] = t
 
+        server_pids, runner_pids = pids[:1], pids[1:]
+        server_cpu = [cpu_seconds(pid) for pid in server_pids]
+        runner_cpu = [cpu_seconds(pid) for pid in runner_pids]
         async with following("completed,failed"):
             first = time.perf_counter()
             await _submit_all(poster, load, args.concurrency, answered)
@@ -369,6 +392,8 @@ async def run_bench(args: argparse.Namespace, url: str, pids: list[int]) -> dict
                 )
         finished = [timeline.completed[j] for j in submitted if j in timeline.completed]
         last = max(finished) if finished else time.perf_counter()
+        server_ms = _cpu_ms_per_job(server_pids, server_cpu, len(finished))
+        runner_ms = _cpu_ms_per_job(runner_pids, runner_cpu, len(finished))
         loaded_done = [
             timeline.completed[j] - t for j, t in submitted.items() if j in timeline.completed
         ]
@@ -378,7 +403,7 @@ async def run_bench(args: argparse.Namespace, url: str, pids: list[int]) -> dict
         hit_elapsed = await _submit_all(
             poster, [load[i % len(load)] for i in range(hits)], args.concurrency
         )
-    server_pid, runner_pids = (pids[0], pids[1:]) if pids else (None, [])
+    server_pid = server_pids[0] if server_pids else None
     runner_rss = [r for r in (peak_rss_mb(p) for p in runner_pids) if r is not None]
     return {
         "jobs": args.jobs,
@@ -393,6 +418,8 @@ async def run_bench(args: argparse.Namespace, url: str, pids: list[int]) -> dict
         "submit_to_start_ms": percentiles(idle_start),
         "submit_to_completed_ms": percentiles(idle_done),
         "under_load_submit_to_completed_ms": percentiles(loaded_done),
+        "server_cpu_ms_per_job": server_ms,
+        "runner_cpu_ms_per_job": runner_ms,
         "cache_hits": hits,
         "cache_hits_per_s": round(hits / hit_elapsed, 1),
         "server_rss_mb": peak_rss_mb(server_pid) if server_pid else None,
@@ -420,6 +447,11 @@ def report(result: dict[str, Any]) -> str:
         f"  peak RSS            server {result['server_rss_mb']} MiB, "
         f"runner {result['runner_rss_mb']} MiB each",
     ]
+    if result["server_cpu_ms_per_job"] is not None:
+        lines.append(
+            f"  CPU per job         server {result['server_cpu_ms_per_job']} ms, "
+            f"runners {result['runner_cpu_ms_per_job']} ms (under load)"
+        )
     return "\n".join(lines)
 
 

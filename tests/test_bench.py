@@ -45,6 +45,7 @@ def test_bench_starts_its_own_server_and_runner(tmp_path: Path) -> None:
     assert_complete_report(report)
     assert report["db"] == "sqlite"
     assert report["server_rss_mb"] > 0 and report["runner_rss_mb"] > 0
+    assert report["server_cpu_ms_per_job"] > 0 and report["runner_cpu_ms_per_job"] > 0
 
 
 def test_bench_targets_a_running_server(tmp_path: Path) -> None:
@@ -58,3 +59,4 @@ def test_bench_targets_a_running_server(tmp_path: Path) -> None:
         report = bench(["--url", server.url], tmp_path, env)
     assert_complete_report(report)
     assert report["server_rss_mb"] is None  # not its process: not measured
+    assert report["server_cpu_ms_per_job"] is None
