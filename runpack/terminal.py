@@ -289,7 +289,9 @@ async def follow(client: AsyncClient, job_id: str, out: Console, err: Console) -
 
 
 def print_json(out: Console, value: Any) -> None:
-    out.print(json.dumps(value, indent=2, ensure_ascii=False), markup=False, highlight=False)
+    """JSON for programs: never wrapped or cropped to the console's width."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 # --- the commands ------------------------------------------------------------------------------

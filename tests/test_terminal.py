@@ -6,6 +6,7 @@ Output is not a terminal here, so following a job prints a line per change
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -13,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from runpack.terminal import JobView, UsageError, parse_params
+from runpack.terminal import JobView, UsageError, parse_params, print_json
 from tests.live import ADMIN_KEY, SUBMIT_KEY, Live, live_fixture, unique  # noqa: F401
 from tests.procs import clean_env, free_port
 
@@ -126,36 +128,36 @@ def test_submit_without_wait_prints_the_job(live: Live) -> None:
 def test_watch_status_cancel_jobs_runners(live: Live) -> None:
     env = env_for(live, **keys())
     job_id = submitted(live, "-p", f"name={unique()}", "-p", "processing_time=120")
-    watcher = subprocess.Popen(
+    with subprocess.Popen(
         [str(RUNPACK), "watch", job_id],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert watcher.stderr is not None
-        # Wait (bounded by the test timeout) until the watcher shows the job running.
-        for line in watcher.stderr:
-            if line.startswith("progress: "):
-                break
-        status = runpack(env, "status", job_id)
-        assert status.returncode == 0, status.stderr
-        assert re.search(r"status\s+in_progress", status.stdout)
-        assert re.search(r"type\s+hello_world", status.stdout)
-        as_json = json.loads(runpack(env, "status", job_id, "--json").stdout)
-        assert as_json["job_id"] == job_id and as_json["status"] == "in_progress"
+    ) as watcher:  # closes its pipes however the test ends
+        try:
+            assert watcher.stderr is not None
+            # Wait (bounded by the test timeout) until the watcher shows the job running.
+            for line in watcher.stderr:
+                if line.startswith("progress: "):
+                    break
+            status = runpack(env, "status", job_id)
+            assert status.returncode == 0, status.stderr
+            assert re.search(r"status\s+in_progress", status.stdout)
+            assert re.search(r"type\s+hello_world", status.stdout)
+            as_json = json.loads(runpack(env, "status", job_id, "--json").stdout)
+            assert as_json["job_id"] == job_id and as_json["status"] == "in_progress"
 
-        cancelled = runpack(env, "cancel", job_id)
-        assert cancelled.returncode == 0, cancelled.stderr
-        assert f"Job cancelled: {job_id} is cancelled" in cancelled.stdout
-        _, err = watcher.communicate(timeout=20)
-        assert watcher.returncode == 1, err
-        assert "status: cancelled" in err and "Cancelled by an administrator" in err
-    finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.wait()
+            cancelled = runpack(env, "cancel", job_id)
+            assert cancelled.returncode == 0, cancelled.stderr
+            assert f"Job cancelled: {job_id} is cancelled" in cancelled.stdout
+            _, err = watcher.communicate(timeout=20)
+            assert watcher.returncode == 1, err
+            assert "status: cancelled" in err and "Cancelled by an administrator" in err
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+                watcher.wait()
 
     again = runpack(env, "cancel", job_id)
     assert again.returncode == 1  # refused: it is already cancelled
@@ -288,3 +290,13 @@ def test_the_readme_curl_follows_a_job(live: Live) -> None:
     assert done.returncode == 0, done.stderr  # the stream ended by itself
     assert done.stdout.startswith("id: ") and "event: snapshot" in done.stdout
     assert 'event: status\ndata: {"status":"completed"' in done.stdout
+
+
+def test_json_output_is_never_wrapped_to_the_console_width() -> None:
+    # Rich wraps long lines to the terminal's width; a long value (a runner name, a
+    # console line) must still come out as one JSON string that parses.
+    buffer = io.StringIO()
+    out = Console(file=buffer, width=40, force_terminal=False)
+    value = {"console_output": "x" * 300 + " " + "y" * 300, "name": "a b " * 50}
+    print_json(out, value)
+    assert json.loads(buffer.getvalue()) == value
