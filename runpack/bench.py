@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,15 +114,19 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _processes(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[str, list[int]]]:
-    """Start the server and runners; yield (url, [server pid, runner pids…])."""
+def _processes(
+    args: argparse.Namespace, workdir: Path
+) -> Iterator[tuple[str, list[int], Callable[[], str | None]]]:
+    """Start the server and runners; yield (url, [server pid, runner pids…], exited):
+    ``exited()`` says which process ended early, and the last line it logged."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPACK_")}
     env.update(BENCH_KEYS)
     db = args.db or str(workdir / "bench.db")
     procs: list[subprocess.Popen[bytes]] = []
-    log = (workdir / "bench-processes.log").open("ab")
+    log_path = workdir / "bench-processes.log"
+    log = log_path.open("ab")
     try:
         server_cmd = [sys.executable, "-m", "runpack.cli", "serve", "--host", "127.0.0.1"]
         server_cmd += ["--port", str(port), "--db", db, "--data-dir", str(workdir / "data")]
@@ -140,7 +144,17 @@ def _processes(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[str, l
             cmd = [sys.executable, "-m", "runpack_runner.cli", "--name", f"bench-{i}"]
             cmd += ["--concurrency", str(args.runner_concurrency), "--job-types", JOB_TYPE]
             procs.append(subprocess.Popen(cmd, env=runner_env, cwd=folder, stdout=log, stderr=log))
-        yield url, [p.pid for p in procs]
+
+        def exited() -> str | None:
+            for i, proc in enumerate(procs):
+                if proc.poll() is not None:
+                    who = "the server" if i == 0 else f"runner bench-{i - 1}"
+                    lines = log_path.read_text(errors="replace").strip().splitlines()
+                    last = f": {lines[-1]}" if lines else ""
+                    return f"{who} exited with status {proc.returncode}{last}"
+            return None
+
+        yield url, [p.pid for p in procs], exited
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -154,10 +168,16 @@ def _processes(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[str, l
 
 
 async def _wait_ready(
-    session: aiohttp.ClientSession, url: str, admin: dict[str, str], runners: int
+    session: aiohttp.ClientSession,
+    url: str,
+    admin: dict[str, str],
+    runners: int,
+    exited: Callable[[], str | None],
 ) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        if (ended := exited()) is not None:
+            raise SystemExit(f"runpack bench: {ended}")
         with contextlib.suppress(aiohttp.ClientError):
             async with session.get(f"{url}/api/admin/runners", headers=admin) as resp:
                 if resp.status == 200:
@@ -334,7 +354,12 @@ async def _latency_phase(
     return to_start, to_done
 
 
-async def run_bench(args: argparse.Namespace, url: str, pids: list[int]) -> dict[str, Any]:
+async def run_bench(
+    args: argparse.Namespace,
+    url: str,
+    pids: list[int],
+    exited: Callable[[], str | None] = lambda: None,
+) -> dict[str, Any]:
     keys = {k: os.environ.get(k, v) if args.url else v for k, v in BENCH_KEYS.items()}
     submit_h = {
         "Authorization": f"Bearer {keys['RUNPACK_SUBMIT_API_KEY']}",
@@ -343,7 +368,7 @@ async def run_bench(args: argparse.Namespace, url: str, pids: list[int]) -> dict
     admin_h = {"Authorization": f"Bearer {keys['RUNPACK_ADMIN_API_KEY']}"}
     connector = aiohttp.TCPConnector(limit=args.concurrency + 4)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await _wait_ready(session, url, admin_h, args.runners if not args.url else 1)
+        await _wait_ready(session, url, admin_h, args.runners if not args.url else 1, exited)
         run = uuid.uuid4().hex[:8]
 
         def bodies(phase: str, n: int) -> list[bytes]:
@@ -481,7 +506,7 @@ def main(args: argparse.Namespace) -> int:
         if args.url:
             result = run(run_bench(args, args.url.rstrip("/"), []))
         else:
-            with _processes(args, Path(tmp)) as (url, pids):
-                result = run(run_bench(args, url, pids))
+            with _processes(args, Path(tmp)) as (url, pids, exited):
+                result = run(run_bench(args, url, pids, exited))
     print(orjson.dumps(result).decode() if args.json else report(result))
     return 0 if result["completed"] == result["jobs"] else 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runpack import __version__
+from runpack.errors import StoreError
 from runpack.settings import Settings, describe, env_name
 
 if TYPE_CHECKING:
@@ -126,16 +127,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"Dashboard: {base}/ui/   API: {base}/api/   Health: {base}/health", flush=True)
     app = create_app(settings)
     tune_gc()
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=5,
-        loop=new_loop(),
-    )
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=5,
+            loop=new_loop(),
+        )
+    except StoreError as exc:
+        return store_failure("serve", exc)
     return 0
+
+
+def store_failure(command: str, exc: StoreError) -> int:
+    """A database that cannot be opened is a one-line error, not a traceback."""
+    print(f"runpack {command}: {exc.details or exc.message}", file=sys.stderr)
+    return 1
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -148,7 +158,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         await store.open()  # opening applies pending migrations
         await store.close()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except StoreError as exc:
+        return store_failure("migrate", exc)
     print(f"{settings.db}: schema up to date")
     return 0
 

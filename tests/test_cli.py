@@ -295,3 +295,21 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     with closing(sqlite3.connect(db)) as conn:
         assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == versions
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_a_database_that_cannot_be_opened_is_one_clear_line(tmp_path: Path, command: str) -> None:
+    not_a_db = tmp_path / "notes.txt"
+    not_a_db.write_text("these are notes, not a database\n" * 100)
+    blocked = tmp_path / "a-file" / "runpack.db"  # its folder cannot be made: a file is there
+    (tmp_path / "a-file").write_text("")
+    for db, says in ((not_a_db, "file is not a database"), (blocked, "cannot create the folder")):
+        args = [command, "--db", str(db)]
+        if command == "serve":
+            args += ["--port", str(free_port())]
+        result = run_cli(args, tmp_path, timeout=20)
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"runpack {command}: "), result.stderr
+        assert says in result.stderr and str(db) in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not_a_db.read_text().startswith("these are notes")  # untouched

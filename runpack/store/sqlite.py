@@ -118,7 +118,12 @@ class SqliteStore:
         if self._uri:  # keeps the shared in-memory database alive
             self._keeper = sqlite3.connect(self._target, uri=True, check_same_thread=False)
         else:
-            Path(self._target).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self._target).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    details=f"cannot create the folder for {self.path}: {exc}"
+                ) from exc
         try:
             self._conn = self._connect()
             self._conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
