@@ -180,6 +180,11 @@ async def _wait_ready(
             raise SystemExit(f"runpack bench: {ended}")
         with contextlib.suppress(aiohttp.ClientError):
             async with session.get(f"{url}/api/admin/runners", headers=admin) as resp:
+                if resp.status in (401, 403):
+                    raise SystemExit(
+                        f"runpack bench: {url} refused the admin key ({resp.status}): "
+                        "set RUNPACK_ADMIN_API_KEY and RUNPACK_SUBMIT_API_KEY to its keys"
+                    )
                 if resp.status == 200:
                     body = await resp.json()
                     live = [r for r in body["runners"] if r.get("connected")]

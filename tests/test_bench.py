@@ -17,16 +17,22 @@ from tests.procs import KEYS, clean_env, running_runner, running_server
 SMALL = ["--jobs", "60", "--latency-jobs", "5", "--cache-hits", "60", "--concurrency", "4"]
 
 
-def bench(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "runpack.cli", "bench", *SMALL, "--json", *args],
+def run_bench(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runpack.cli", "bench", *SMALL, *args],
         cwd=cwd,
         env=clean_env(env),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
+
+
+def bench(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = run_bench(["--json", *args], cwd, env)
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout))
 
@@ -66,15 +72,16 @@ def test_bench_targets_a_running_server(tmp_path: Path) -> None:
 def test_bench_says_at_once_when_its_server_cannot_start(tmp_path: Path) -> None:
     not_a_db = tmp_path / "notes.txt"
     not_a_db.write_text("not a database\n" * 100)
-    result = subprocess.run(
-        [sys.executable, "-m", "runpack.cli", "bench", *SMALL, "--db", str(not_a_db)],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,  # well before the 60 s it gives runners to connect
-        check=False,
-    )
+    # Well before the 60 s it gives runners to connect:
+    result = run_bench(["--db", str(not_a_db)], tmp_path, timeout=30)
     assert result.returncode != 0
     assert "the server exited with status 1" in result.stderr
     assert "file is not a database" in result.stderr
+
+
+def test_bench_names_a_refused_key_at_once(tmp_path: Path) -> None:
+    with running_server(tmp_path / "server", KEYS) as server:
+        wrong = {**KEYS, "RUNPACK_ADMIN_API_KEY": "not-the-key"}
+        result = run_bench(["--url", server.url], tmp_path, wrong, timeout=30)
+    assert result.returncode != 0
+    assert "refused the admin key (401)" in result.stderr
