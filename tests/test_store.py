@@ -647,6 +647,73 @@ async def test_postgres_instances_starting_together_share_one_schema(pg_dsn: str
         await asyncio.gather(*(s.close() for s in stores))
 
 
+async def _table_reads(conn: asyncpg.Connection, updates: int) -> tuple[int, int]:
+    """(rows read by sequential scans of jobs, entries read from jobs_claimed_by_idx),
+    once the statistics show at least ``updates`` updates of jobs (they arrive late)."""
+    sql = """SELECT t.n_tup_upd, t.seq_tup_read, i.idx_tup_read
+             FROM pg_stat_user_tables t JOIN pg_stat_user_indexes i USING (relid)
+             WHERE t.relname = 'jobs' AND i.indexrelname = 'jobs_claimed_by_idx'"""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        done, seq_read, idx_read = await conn.fetchrow(sql)
+        if done >= updates or asyncio.get_running_loop().time() > deadline:
+            return seq_read, idx_read
+        await asyncio.sleep(0.05)  # polling the statistics view for the awaited count
+
+
+async def test_postgres_job_transitions_reach_the_row_by_its_key_as_the_table_grows(
+    pg_dsn: str,
+) -> None:
+    """Claims and completions read the job's own rows, not the table or every job the
+    runner ever held: the plan must not be one made for the table when it was small,
+    nor one the planner takes without statistics (autovacuum may be off)."""
+    store = PostgresStore(pg_dsn, min_size=1, max_size=1)  # one session: one plan cache
+    await store.open()
+    watcher = await asyncpg.connect(pg_dsn)
+    updates = 0
+
+    async def lifecycles(n: int, now: int) -> None:
+        nonlocal updates
+        for i in range(n):
+            await insert(store, job_type="t", now=now + i)
+            [job] = await store.claim_batch("r1", ["t"], now + i, 1)
+            assert await store.complete(job.id, "r1", now + i, "{}", None)
+            updates += 2
+        await store._run(lambda c: c.execute("SELECT pg_stat_force_next_flush()"), read=True)
+
+    async def runner_held(first: int, last: int) -> None:
+        await watcher.execute(
+            """INSERT INTO jobs (id, job_hash, job_type, input_params, status, created_at,
+                                 updated_at, claimed_by, claimed_at, output_data)
+               SELECT 'old-' || g, 'old-' || g, 't', '{}', 'completed', g, g, 'r1', g, '{}'
+               FROM generate_series($1::int, $2::int) AS g""",
+            first,
+            last,
+        )
+
+    async def reads_per_job(now: int) -> tuple[float, float]:
+        before = await _table_reads(watcher, updates)
+        await lifecycles(20, now)
+        after = await _table_reads(watcher, updates)
+        return (after[0] - before[0]) / 20, (after[1] - before[1]) / 20
+
+    try:
+        # A small table without statistics, whose runner has held 300 jobs: plans
+        # made now may be kept.
+        await lifecycles(300, T0)
+        seq_read, idx_read = await reads_per_job(T0 + 300)
+        assert idx_read < 10, f"{idx_read:.0f} of the runner's jobs read per job"
+        # 20,000 jobs later.
+        await runner_held(1, 20_000)
+        seq_read, idx_read = await reads_per_job(T0 + 400)
+        assert seq_read < 100, f"{seq_read:.0f} rows scanned per job"
+        assert idx_read < 10, f"{idx_read:.0f} of the runner's jobs read per job"
+    finally:
+        await watcher.close()
+        await store.close()
+
+
 # --- both engines build the same records ------------------------------------------------
 
 

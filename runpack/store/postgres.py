@@ -53,6 +53,29 @@ CLEAR_CONSOLES = q.CLEAR_CONSOLES.format(lock=q.SKIP_LOCKED)
 JOB_STATES = q.JOB_STATES.format(ids=q.pg_in("ids"))
 DELETE_IDLE_RUNNERS = q.DELETE_IDLE_RUNNERS.format(lock=q.SKIP_LOCKED)
 
+
+def held_by_id(sql: str) -> str:
+    """A statement on one job by id whose runner check the planner cannot index.
+
+    Without statistics (a new table, or a database whose autovacuum is off) the
+    planner costs the primary key and jobs_claimed_by_idx the same for ``id = :id
+    AND claimed_by = :runner_id`` and may take the latter, which reads every job the
+    runner ever held. ``IS NOT DISTINCT FROM`` is the same test here (a runner id is
+    never NULL) and no index serves it, so the primary key is the only way in.
+    """
+    held = "claimed_by = :runner_id"
+    if held not in sql:
+        raise ValueError(f"no runner check in {sql!r}")
+    return sql.replace(held, "claimed_by IS NOT DISTINCT FROM :runner_id")
+
+
+HEARTBEAT = held_by_id(q.HEARTBEAT)
+HEARTBEAT_APPEND = held_by_id(q.HEARTBEAT_APPEND)
+COMPLETE = held_by_id(q.COMPLETE)
+FAIL = held_by_id(q.FAIL)
+RETRY_STALE = held_by_id(q.RETRY_STALE)
+FAIL_STALE = held_by_id(q.FAIL_STALE)
+
 # Everything the driver, the server or the network can raise at us. (An idle
 # connection whose backend was terminated can fail with InternalClientError.)
 DB_ERRORS = (
@@ -158,6 +181,7 @@ class PostgresStore:
                     # Bitmap scans would also never mark those entries dead. None of
                     # the store's statements needs one.
                     "enable_bitmapscan": "off",
+                    "plan_cache_mode": "force_custom_plan",
                 },
                 reset=_keep_session,
             )
@@ -353,9 +377,9 @@ class PostgresStore:
         }
         if console_append is not None:
             params.update(console_append=console_append, max_console=max_console)
-            return await self._write_count(q.HEARTBEAT_APPEND, params) > 0
+            return await self._write_count(HEARTBEAT_APPEND, params) > 0
         params["console_output"] = console_output
-        return await self._write_count(q.HEARTBEAT, params) > 0
+        return await self._write_count(HEARTBEAT, params) > 0
 
     async def complete(
         self, job_id: str, runner_id: str, now: int, output_data: str, console_output: str | None
@@ -367,7 +391,7 @@ class PostgresStore:
             "output_data": output_data,
             "console_output": console_output,
         }
-        return await self._write_count(q.COMPLETE, params) > 0
+        return await self._write_count(COMPLETE, params) > 0
 
     async def fail(
         self, job_id: str, runner_id: str, now: int, error_message: str, console_output: str | None
@@ -379,7 +403,7 @@ class PostgresStore:
             "error_message": error_message,
             "console_output": console_output,
         }
-        return await self._write_count(q.FAIL, params) > 0
+        return await self._write_count(FAIL, params) > 0
 
     async def retry_stale(self, job: JobRow, now: int, not_before: int, note: str) -> bool:
         params = {
@@ -390,7 +414,7 @@ class PostgresStore:
             "not_before": not_before,
             "note": note,
         }
-        return await self._write_count(q.RETRY_STALE, params) > 0
+        return await self._write_count(RETRY_STALE, params) > 0
 
     async def fail_stale(self, job: JobRow, now: int, error_message: str) -> bool:
         params = {
@@ -400,7 +424,7 @@ class PostgresStore:
             "now": now,
             "error_message": error_message,
         }
-        return await self._write_count(q.FAIL_STALE, params) > 0
+        return await self._write_count(FAIL_STALE, params) > 0
 
     async def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:
         ids = list(dict.fromkeys(job_ids))
