@@ -181,6 +181,11 @@ class PostgresStore:
                     # Bitmap scans would also never mark those entries dead. None of
                     # the store's statements needs one.
                     "enable_bitmapscan": "off",
+                    # A prepared statement's generic plan is made once and kept; one
+                    # made while the jobs table was small scans the whole table for
+                    # each claim once it is large (`id = ANY(...)` looks cheaper as a
+                    # sequential scan of a few pages). Planning each execution costs
+                    # less than that already at a few thousand jobs.
                     "plan_cache_mode": "force_custom_plan",
                 },
                 reset=_keep_session,
