@@ -124,9 +124,18 @@ def _processes(
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPACK_")}
     env.update(BENCH_KEYS)
     db = args.db or str(workdir / "bench.db")
-    procs: list[subprocess.Popen[bytes]] = []
-    log_path = workdir / "bench-processes.log"
-    log = log_path.open("ab")
+    procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []  # (who, process, its log)
+
+    def start(who: str, cmd: list[str], env: dict[str, str], folder: Path, cwd: bool) -> None:
+        """``cwd``: run in ``folder`` (a runner keeps its identity file there), or here
+        (the server, so that a relative --db is the user's)."""
+        folder.mkdir(exist_ok=True)
+        log_path = folder / "output.log"
+        with log_path.open("ab") as log:  # the child keeps its own copy open
+            where = folder if cwd else None
+            proc = subprocess.Popen(cmd, env=env, cwd=where, stdout=log, stderr=log)
+        procs.append((who, proc, log_path))
+
     try:
         server_cmd = [sys.executable, "-m", "runpack.cli", "serve", "--host", "127.0.0.1"]
         server_cmd += ["--port", str(port), "--db", db, "--data-dir", str(workdir / "data")]
@@ -136,35 +145,31 @@ def _processes(
             "RUNPACK_RATE_POLL": "0",
             "RUNPACK_LOG_LEVEL": "warning",
         }
-        procs.append(subprocess.Popen(server_cmd, env=server_env, stdout=log, stderr=log))
+        start("the server", server_cmd, server_env, workdir / "server", cwd=False)
         runner_env = {**env, "RUNPACK_WORKER_URL": url, "RUNPACK_LOG_LEVEL": "warning"}
         for i in range(args.runners):
-            folder = workdir / f"runner-{i}"
-            folder.mkdir(exist_ok=True)
             cmd = [sys.executable, "-m", "runpack_runner.cli", "--name", f"bench-{i}"]
             cmd += ["--concurrency", str(args.runner_concurrency), "--job-types", JOB_TYPE]
-            procs.append(subprocess.Popen(cmd, env=runner_env, cwd=folder, stdout=log, stderr=log))
+            start(f"runner bench-{i}", cmd, runner_env, workdir / f"runner-{i}", cwd=True)
 
         def exited() -> str | None:
-            for i, proc in enumerate(procs):
+            for who, proc, log_path in procs:
                 if proc.poll() is not None:
-                    who = "the server" if i == 0 else f"runner bench-{i - 1}"
                     lines = log_path.read_text(errors="replace").strip().splitlines()
                     last = f": {lines[-1]}" if lines else ""
                     return f"{who} exited with status {proc.returncode}{last}"
             return None
 
-        yield url, [p.pid for p in procs], exited
+        yield url, [proc.pid for _, proc, _ in procs], exited
     finally:
-        for proc in procs:
+        for _, proc, _ in procs:
             if proc.poll() is None:
                 proc.terminate()
-        for proc in procs:
+        for _, proc, _ in procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        log.close()
 
 
 async def _wait_ready(
@@ -438,10 +443,11 @@ async def run_bench(
     return {
         "jobs": args.jobs,
         "completed": len(finished),
-        "runners": args.runners,
-        "runner_concurrency": args.runner_concurrency,
+        # With --url the server, its database and its runners are not ours to know.
+        "runners": None if args.url else args.runners,
+        "runner_concurrency": None if args.url else args.runner_concurrency,
         "clients": args.concurrency,
-        "db": "postgresql" if (args.db or "").startswith("postgres") else "sqlite",
+        "db": None if args.url else database_kind(args.db),
         "elapsed_s": round(last - first, 3),
         "jobs_per_s": round(len(finished) / max(last - first, 1e-9), 1),
         "latency_jobs": args.latency_jobs,
@@ -462,13 +468,21 @@ def _pcts(p: dict[str, float]) -> str:
     return f"p50 {p['p50']:.2f} ms  p90 {p['p90']:.2f} ms  p99 {p['p99']:.2f} ms"
 
 
+def database_kind(db: str | None) -> str:
+    return "postgresql" if (db or "").startswith(("postgres://", "postgresql://")) else "sqlite"
+
+
 def report(result: dict[str, Any]) -> str:
     s, c = result["submit_to_start_ms"], result["submit_to_completed_ms"]
     lc = result["under_load_submit_to_completed_ms"]
+    if result["db"] is None:
+        target = "a running server"
+    else:
+        target = f"{result['runners']} runner(s) x {result['runner_concurrency']} slots, "
+        target += result["db"]
     lines = [
         f"runpack bench: {result['jobs']} jobs ({result['completed']} completed), "
-        f"{result['runners']} runner(s) x {result['runner_concurrency']} slots, "
-        f"{result['clients']} clients, {result['db']}",
+        f"{result['clients']} clients, {target}",
         f"  end to end          {result['jobs_per_s']:>10.1f} jobs/s  ({result['elapsed_s']} s)",
         f"  submit -> start     {_pcts(s)}   (one job at a time)",
         f"  submit -> completed {_pcts(c)}",

@@ -65,6 +65,7 @@ def test_bench_targets_a_running_server(tmp_path: Path) -> None:
     ):
         report = bench(["--url", server.url], tmp_path, env)
     assert_complete_report(report)
+    assert report["db"] is None and report["runners"] is None  # not its to know
     assert report["server_rss_mb"] is None  # not its process: not measured
     assert report["server_cpu_ms_per_job"] is None
 
