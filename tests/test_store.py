@@ -161,6 +161,44 @@ async def test_concurrent_inserts_of_one_hash_create_exactly_one(store: Store) -
     assert await store.count_jobs() == {"pending": 1}
 
 
+async def test_concurrent_submits_each_get_their_own_job(store: Store) -> None:
+    """Many inserts and reads at once (on PostgreSQL, sent as one statement each):
+    every caller gets its own row, and the repeated hashes their first job."""
+    jobs = [new_job(f"h{i}", now=T0 + i) for i in range(30)]
+    repeats = [new_job(f"h{i}", now=T0 + 100) for i in range(0, 30, 3)]
+    results = await asyncio.gather(*(store.insert_job(j) for j in [*jobs, *repeats]))
+    created, again = results[: len(jobs)], results[len(jobs) :]
+    assert [(row.id, row.created_at, made) for row, made in created] == [
+        (j.id, j.now, True) for j in jobs
+    ]
+    assert [(row.id, made) for row, made in again] == [(jobs[i].id, False) for i in range(0, 30, 3)]
+    found = await asyncio.gather(*(store.get_job_by_hash(h) for h in ["h4", "nope", "h4", "h29"]))
+    assert [row.id if row else None for row in found] == [jobs[4].id, None, jobs[4].id, jobs[29].id]
+
+
+async def test_concurrent_completions_apply_once_each(store: Store) -> None:
+    jobs = [await running(store, "r1") for _ in range(6)]
+    other = await running(store, "r2")
+    calls = [(job.id, "r1") for job in jobs]
+    calls += [(jobs[0].id, "r1"), (jobs[1].id, "r1")]  # the same result sent twice
+    calls += [(other.id, "r1"), (str(uuid.uuid4()), "r1")]  # not its job; no such job
+    results = await asyncio.gather(
+        *(
+            store.complete(job_id, runner, T0 + 5, f'{{"n":{i}}}', None)
+            for i, (job_id, runner) in enumerate(calls)
+        )
+    )
+    assert results == [True] * 6 + [False, False] + [False, False]
+    for i, job in enumerate(jobs):
+        row = await current(store, job.id)
+        assert (row.status, row.output_data, row.updated_at) == (
+            "completed",
+            f'{{"n":{i}}}',
+            T0 + 5,
+        )
+    assert (await current(store, other.id)).status == "claimed"
+
+
 # --- requeue, expire --------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ connection went).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import re
@@ -36,6 +37,7 @@ from runpack.store.base import (
     RunnerRow,
     claim_order,
 )
+from runpack.store.batching import Batcher
 from runpack.store.migrations import apply_postgres
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,35 @@ def held_by_id(sql: str) -> str:
     if held not in sql:
         raise ValueError(f"no runner check in {sql!r}")
     return sql.replace(held, "claimed_by IS NOT DISTINCT FROM :runner_id")
+
+
+# Batched twins of single-job statements (see Batcher): one array per column.
+JOBS_BY_HASH = f"SELECT {q.JOB_COLS} FROM jobs WHERE job_hash = ANY($1::text[])"
+INSERT_JOBS = f"""
+INSERT INTO jobs (id, job_hash, job_type, input_params, status, priority, attempts,
+                  max_attempts, not_before, timeout, created_at, updated_at)
+SELECT id, job_hash, job_type, input_params, 'pending', priority, 0,
+       max_attempts, 0, timeout, now, now
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+            $7::bigint[], $8::bigint[])
+     AS v(id, job_hash, job_type, input_params, priority, max_attempts, timeout, now)
+ON CONFLICT (job_hash) DO NOTHING
+RETURNING {q.JOB_COLS}
+"""
+# `jobs.id = ANY($1)` lets the planner see how few rows it reaches by the primary
+# key (a join alone with unnest is estimated at 100 rows, and a sequential scan
+# can look cheaper).
+COMPLETE_JOBS = f"""
+UPDATE jobs SET status = 'completed', output_data = v.output_data, updated_at = v.now,
+       last_heartbeat = v.now, console_output = COALESCE(v.console_output, jobs.console_output)
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
+     AS v(id, runner_id, now, output_data, console_output)
+WHERE jobs.id = ANY($1::text[]) AND jobs.id = v.id
+      AND jobs.claimed_by IS NOT DISTINCT FROM v.runner_id AND jobs.status IN {q.RUNNING}
+RETURNING jobs.id
+"""
+#: A completion: (job id, runner id, now, output data, console output).
+Completion = tuple[str, str, int, str, str | None]
 
 
 HEARTBEAT = held_by_id(q.HEARTBEAT)
@@ -136,6 +167,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+def _job_row(row: Sequence[Any]) -> JobRow:
+    return JobRow(*row)
+
+
 def _job(row: Sequence[Any] | None) -> JobRow | None:
     return JobRow(*row) if row is not None else None
 
@@ -161,6 +196,10 @@ class PostgresStore:
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
+        # The calls every job makes, a statement per batch under load.
+        self._by_hash = Batcher(self._jobs_by_hash)
+        self._inserts = Batcher(self._insert_jobs)
+        self._completions = Batcher(self._complete_jobs)
 
     async def open(self) -> None:
         where = redact(self.dsn)
@@ -204,6 +243,9 @@ class PostgresStore:
         self._pool = pool
 
     async def close(self) -> None:
+        for batcher in (self._by_hash, self._inserts, self._completions):
+            with contextlib.suppress(StoreError):
+                await batcher.drain()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await self._close_pool(pool)
@@ -277,7 +319,13 @@ class PostgresStore:
         return await self._read_job(q.GET_JOB, {"id": job_id})
 
     async def get_job_by_hash(self, job_hash: str) -> JobRow | None:
-        return await self._read_job(q.GET_JOB_BY_HASH, {"job_hash": job_hash})
+        return await self._by_hash(job_hash)
+
+    async def _jobs_by_hash(self, hashes: Sequence[str]) -> list[JobRow | None]:
+        unique = list(dict.fromkeys(hashes))
+        rows = await self._run(lambda c: c.fetch(JOBS_BY_HASH, unique), read=True)
+        found = {job.job_hash: job for job in map(_job_row, rows)}
+        return [found.get(job_hash) for job_hash in hashes]
 
     async def available_jobs(self, job_types: Sequence[str], now: int, limit: int) -> list[JobRow]:
         if not job_types:
@@ -302,34 +350,51 @@ class PostgresStore:
 
     # --- jobs: transitions --------------------------------------------------------
     async def insert_job(self, job: NewJob) -> tuple[JobRow, bool]:
-        insert, insert_args = self._args(
-            q.INSERT_JOB,
-            {
-                "id": job.id,
-                "job_hash": job.job_hash,
-                "job_type": job.job_type,
-                "input_params": job.input_params,
-                "priority": job.priority,
-                "max_attempts": job.max_attempts,
-                "timeout": job.timeout,
-                "now": job.now,
-            },
-        )
-        select, select_args = self._args(q.GET_JOB_BY_HASH, {"job_hash": job.job_hash})
+        return await self._inserts(job)
 
-        async def op(conn: asyncpg.Connection) -> tuple[JobRow, bool]:
-            # A conflicting insert waits for the other one to commit, so the
-            # row is then visible; it can only vanish if deleted in between.
+    async def _insert_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[JobRow, bool]]:
+        """Insert each hash's first job; every job gets its hash's row, and whether
+        it was the one created."""
+        first: dict[str, NewJob] = {}
+        for job in jobs:
+            first.setdefault(job.job_hash, job)
+
+        async def op(conn: asyncpg.Connection) -> tuple[dict[str, JobRow], dict[str, JobRow]]:
+            created: dict[str, JobRow] = {}
+            existing: dict[str, JobRow] = {}
+            # A conflicting insert waits for the other one to commit, so the row is
+            # then visible; it can only vanish if deleted in between.
+            wanted = list(first.values())
             for _ in range(3):
-                row = await conn.fetchrow(insert, *insert_args)
-                if row is not None:
-                    return JobRow(*row), True
-                row = await conn.fetchrow(select, *select_args)
-                if row is not None:
-                    return JobRow(*row), False
-            raise StoreError(details=f"job {job.job_hash} was deleted while being inserted")
+                columns = [
+                    [getattr(job, name) for job in wanted]
+                    for name in ("id", "job_hash", "job_type", "input_params", "priority")
+                ]
+                columns += [[job.max_attempts for job in wanted], [job.timeout for job in wanted]]
+                columns.append([job.now for job in wanted])
+                for row in await conn.fetch(INSERT_JOBS, *columns):
+                    created[row[1]] = _job_row(row)
+                taken = [job.job_hash for job in wanted if job.job_hash not in created]
+                if taken:
+                    for row in await conn.fetch(JOBS_BY_HASH, taken):
+                        existing[row[1]] = _job_row(row)
+                wanted = [
+                    j for j in wanted if j.job_hash not in created and j.job_hash not in existing
+                ]
+                if not wanted:
+                    return created, existing
+            gone = ", ".join(job.job_hash for job in wanted)
+            raise StoreError(details=f"job {gone} was deleted while being inserted")
 
-        return await self._run(op, read=False)
+        created, existing = await self._run(op, read=False)
+        out: list[tuple[JobRow, bool]] = []
+        for job in jobs:
+            row = created.get(job.job_hash)
+            if row is not None:
+                out.append((row, first[job.job_hash] is job))
+            else:
+                out.append((existing[job.job_hash], False))
+        return out
 
     async def requeue(
         self, job_id: str, from_status: Sequence[str], now: int, not_before: int
@@ -389,14 +454,18 @@ class PostgresStore:
     async def complete(
         self, job_id: str, runner_id: str, now: int, output_data: str, console_output: str | None
     ) -> bool:
-        params = {
-            "id": job_id,
-            "runner_id": runner_id,
-            "now": now,
-            "output_data": output_data,
-            "console_output": console_output,
-        }
-        return await self._write_count(COMPLETE, params) > 0
+        return await self._completions((job_id, runner_id, now, output_data, console_output))
+
+    async def _complete_jobs(self, calls: Sequence[Completion]) -> list[bool]:
+        """Each job's first completion in the batch is the one tried; a second one
+        for the same job finds it done, as it would a moment later."""
+        first: dict[str, Completion] = {}
+        for call in calls:
+            first.setdefault(call[0], call)
+        columns = [list(column) for column in zip(*first.values(), strict=True)]
+        rows = await self._run(lambda c: c.fetch(COMPLETE_JOBS, *columns), read=False)
+        done = {row[0] for row in rows}
+        return [call[0] in done and first[call[0]] is call for call in calls]
 
     async def fail(
         self, job_id: str, runner_id: str, now: int, error_message: str, console_output: str | None
