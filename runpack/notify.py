@@ -100,6 +100,8 @@ class NotifyRelay:
 
 
 CHANNEL = "runpack_events"
+#: A batch of events in one statement (the payloads in the array's order).
+NOTIFY_ALL = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"
 #: PostgreSQL's NOTIFY payload limit is 8000 bytes; stay well under it.
 MAX_PAYLOAD = 7000
 #: How often the listening connection is checked (seconds).
@@ -213,10 +215,9 @@ class PgBridge:
                     try:
                         if conn is None or conn.is_closed():
                             conn = await self._connect()
-                        # One transaction: the batch is sent whole or not at all.
-                        await conn.executemany(
-                            "SELECT pg_notify($1, $2)", [(CHANNEL, p) for p in batch]
-                        )
+                        # One statement, so one transaction: the batch is sent whole,
+                        # in order, or not at all.
+                        await conn.execute(NOTIFY_ALL, CHANNEL, batch)
                         delay = RETRY_MIN
                         break
                     except errors as exc:

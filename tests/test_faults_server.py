@@ -735,6 +735,34 @@ async def test_the_bridge_listens_again_at_once_when_its_connection_is_terminate
         await admin.close()
 
 
+async def test_events_published_together_cross_the_bridge_whole_and_in_order(pg: str) -> None:
+    heard: list[Event] = []
+    here, there = Notifier(), Notifier()
+    here.subscribe(heard.append)
+
+    async def no_job(job_id: str) -> None:
+        return None
+
+    def crossed() -> list[Event]:
+        return [e for e in heard if (e.job_id or "").startswith("job-")]
+
+    bridges = [PgBridge(pg, here, no_job, "here"), PgBridge(pg, there, no_job, "there")]
+    try:
+        for bridge in bridges:
+            await bridge.start()
+        async with asyncio.timeout(10):
+            for bridge in bridges:
+                await bridge.connected.wait()
+            for i in range(300):  # one turn of the loop: they leave as batches
+                there.publish(Event("job_updated", f"job-{i}", {"status": "in_progress", "i": i}))
+            await until(lambda: len(crossed()) >= 300, "all of them")
+        assert [e.data["i"] for e in crossed()] == list(range(300))
+        assert all(e.origin == "there" for e in crossed())
+    finally:
+        for bridge in bridges:
+            await bridge.close()
+
+
 async def test_a_hello_while_the_database_is_away_is_refused_clearly(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
