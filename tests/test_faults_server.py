@@ -697,70 +697,67 @@ async def sse_lines(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, di
             yield kind, orjson.loads(line[6:])
 
 
+@contextlib.asynccontextmanager
+async def two_bridges(pg: str) -> AsyncIterator[tuple[Notifier, list[Event]]]:
+    """Two instances' bridges on one database, both listening: yields the other
+    instance's notifier and every event this instance heard from it."""
+    heard: list[Event] = []
+    here, there = Notifier(), Notifier()
+    here.subscribe(heard.append)
+
+    async def no_job(job_id: str) -> None:
+        return None
+
+    bridges = [PgBridge(pg, here, no_job, "here"), PgBridge(pg, there, no_job, "there")]
+    try:
+        for bridge in bridges:
+            await bridge.start()
+        async with asyncio.timeout(10):
+            for bridge in bridges:
+                await bridge.connected.wait()
+        yield there, heard
+    finally:
+        for bridge in bridges:
+            await bridge.close()
+
+
 async def test_the_bridge_listens_again_at_once_when_its_connection_is_terminated(
     pg: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Only hearing of the loss itself can wake the listener in time: no probe will.
     monkeypatch.setattr(notify, "LISTEN_PROBE", 600.0)
-    heard: list[Event] = []
-    here, there = Notifier(), Notifier()
-    here.subscribe(heard.append)
-
-    async def no_job(job_id: str) -> None:
-        return None
-
-    bridges = [PgBridge(pg, here, no_job, "here"), PgBridge(pg, there, no_job, "there")]
     admin = await asyncpg.connect(pg)
     try:
-        for bridge in bridges:
-            await bridge.start()
-        async with asyncio.timeout(10):
-            for bridge in bridges:
-                await bridge.connected.wait()
-            there.publish(Event("job_updated", "before", {"status": "in_progress"}))
-            await until(lambda: any(e.job_id == "before" for e in heard), "the first event")
-        assert await admin.fetchval(DROP_ALL) == 3  # two LISTEN connections, one NOTIFY
-        async with asyncio.timeout(3):
-            await until(
-                lambda: any(e.type == "resync" and e.data.get("reconnected") for e in heard),
-                "the listener to be back",
-            )
-            there.publish(Event("job_updated", "after", {"status": "completed"}))
-            await until(lambda: any(e.job_id == "after" for e in heard), "events to flow again")
-        (after,) = [e for e in heard if e.job_id == "after"]
-        assert after.origin == "there" and after.data == {"status": "completed"}
+        async with two_bridges(pg) as (there, heard):
+            async with asyncio.timeout(10):
+                there.publish(Event("job_updated", "before", {"status": "in_progress"}))
+                await until(lambda: any(e.job_id == "before" for e in heard), "the first event")
+            assert await admin.fetchval(DROP_ALL) == 3  # two LISTEN connections, one NOTIFY
+            async with asyncio.timeout(3):
+                await until(
+                    lambda: any(e.type == "resync" and e.data.get("reconnected") for e in heard),
+                    "the listener to be back",
+                )
+                there.publish(Event("job_updated", "after", {"status": "completed"}))
+                await until(lambda: any(e.job_id == "after" for e in heard), "events to flow")
+            (after,) = [e for e in heard if e.job_id == "after"]
+            assert after.origin == "there" and after.data == {"status": "completed"}
     finally:
-        for bridge in bridges:
-            await bridge.close()
         await admin.close()
 
 
 async def test_events_published_together_cross_the_bridge_whole_and_in_order(pg: str) -> None:
-    heard: list[Event] = []
-    here, there = Notifier(), Notifier()
-    here.subscribe(heard.append)
+    async with two_bridges(pg) as (there, heard):
 
-    async def no_job(job_id: str) -> None:
-        return None
+        def crossed() -> list[Event]:
+            return [e for e in heard if (e.job_id or "").startswith("job-")]
 
-    def crossed() -> list[Event]:
-        return [e for e in heard if (e.job_id or "").startswith("job-")]
-
-    bridges = [PgBridge(pg, here, no_job, "here"), PgBridge(pg, there, no_job, "there")]
-    try:
-        for bridge in bridges:
-            await bridge.start()
+        for i in range(300):  # one turn of the loop: they leave as batches
+            there.publish(Event("job_updated", f"job-{i}", {"status": "in_progress", "i": i}))
         async with asyncio.timeout(10):
-            for bridge in bridges:
-                await bridge.connected.wait()
-            for i in range(300):  # one turn of the loop: they leave as batches
-                there.publish(Event("job_updated", f"job-{i}", {"status": "in_progress", "i": i}))
             await until(lambda: len(crossed()) >= 300, "all of them")
         assert [e.data["i"] for e in crossed()] == list(range(300))
         assert all(e.origin == "there" for e in crossed())
-    finally:
-        for bridge in bridges:
-            await bridge.close()
 
 
 async def test_a_hello_while_the_database_is_away_is_refused_clearly(
