@@ -100,6 +100,9 @@ function openAdminStream() {
         });
         if (resp.status === 401) {
           const body = await resp.json().catch(() => null);
+          // Stopped meanwhile: another call's 401 has already sent the user to
+          // Settings (and reading this body was cut short, so it says less).
+          if (stopped) return;
           stopped = true;
           if (stopCurrent === stop) stopCurrent = null;
           setState('off');
