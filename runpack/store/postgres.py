@@ -96,6 +96,17 @@ WHERE jobs.id = ANY($1::text[]) AND jobs.id = v.id
       AND jobs.claimed_by IS NOT DISTINCT FROM v.runner_id AND jobs.status IN {q.RUNNING}
 RETURNING jobs.id
 """
+#: INSERT_JOBS's arrays: these NewJob fields, in this order.
+INSERT_COLUMNS = (
+    "id",
+    "job_hash",
+    "job_type",
+    "input_params",
+    "priority",
+    "max_attempts",
+    "timeout",
+    "now",
+)
 #: A completion: (job id, runner id, now, output data, console output).
 Completion = tuple[str, str, int, str, str | None]
 
@@ -366,12 +377,7 @@ class PostgresStore:
             # then visible; it can only vanish if deleted in between.
             wanted = list(first.values())
             for _ in range(3):
-                columns = [
-                    [getattr(job, name) for job in wanted]
-                    for name in ("id", "job_hash", "job_type", "input_params", "priority")
-                ]
-                columns += [[job.max_attempts for job in wanted], [job.timeout for job in wanted]]
-                columns.append([job.now for job in wanted])
+                columns = [[getattr(job, name) for job in wanted] for name in INSERT_COLUMNS]
                 for row in await conn.fetch(INSERT_JOBS, *columns):
                     created[row[1]] = _job_row(row)
                 taken = [job.job_hash for job in wanted if job.job_hash not in created]
