@@ -18,6 +18,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from runpack.store.base import JOB_COLUMNS
+
 log = logging.getLogger(__name__)
 
 
@@ -100,10 +102,13 @@ class NotifyRelay:
 
 
 CHANNEL = "runpack_events"
-#: A batch of events in one statement (the payloads in the array's order).
+#: A batch of payloads in one statement (in the array's order).
 NOTIFY_ALL = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"
-#: PostgreSQL's NOTIFY payload limit is 8000 bytes; stay well under it.
+#: PostgreSQL's NOTIFY payload limit is 8000 bytes; stay well under it. One
+#: payload carries an instance's events ``{"o": instance, "e": [event, …]}``,
+#: as many as fit; one event alone fits with room to spare.
 MAX_PAYLOAD = 7000
+MAX_EVENT = MAX_PAYLOAD - 200
 #: How often the listening connection is checked (seconds).
 LISTEN_PROBE = 5.0
 #: How long opening the LISTEN or the NOTIFY connection may take (seconds).
@@ -111,17 +116,37 @@ CONNECT_TIMEOUT = 10.0
 #: Delays before opening a lost connection again: doubling from the first to the last.
 RETRY_MIN = 0.2
 RETRY_MAX = 5.0
-#: How the bridge's connections show in pg_stat_activity (as the store's pool's do).
-APPLICATION_NAME = "runpack"
+#: How the bridge's connections show in pg_stat_activity (as the store's pool's do),
+#: and their commits: a NOTIFY is not kept across a database crash anyway, so its
+#: transaction need not wait for the disk (the jobs' own changes are durable).
+SESSION = {"application_name": "runpack", "synchronous_commit": "off"}
 #: Fields too large to send; the receiving side reads them from the database.
 HEAVY = ("output_data", "console_output")
+
+
+def pack(instance: str, events: list[bytes]) -> list[str]:
+    """Encoded events as few payloads as hold them, in order (each under MAX_PAYLOAD bytes)."""
+    head = orjson.dumps({"o": instance})[:-1] + b',"e":['
+    payloads: list[str] = []
+    group: list[bytes] = []
+    size = len(head) + 2
+    for event in events:
+        if group and size + len(event) + 1 > MAX_PAYLOAD:
+            payloads.append((head + b",".join(group) + b"]}").decode())
+            group, size = [], len(head) + 2
+        group.append(event)
+        size += len(event) + 1
+    if group:
+        payloads.append((head + b",".join(group) + b"]}").decode())
+    return payloads
 
 
 class PgBridge:
     """Fan-out between server instances through PostgreSQL LISTEN/NOTIFY.
 
-    Local events go out as small JSON payloads (ids and deltas; long console
-    chunks split across several); events from other instances are published to
+    Local events go out as small JSON records (ids and deltas; long console
+    chunks split across several), those sent together packed into as few
+    payloads as hold them; events from other instances are published to
     the local subscribers (hub, watchers, result cache). A connection that
     drops (database restart, failover, terminated backend) is opened again with
     backoff: the listening one at once, since it hears of its loss, and the
@@ -139,7 +164,9 @@ class PgBridge:
         self.notifier = notifier
         self.fetch_job = fetch_job  # async: job id -> JobRow | None
         self.instance = instance
-        self._outbox: asyncio.Queue[str] = asyncio.Queue(100_000)
+        #: How this instance's own payloads start: they come back to it, unread.
+        self._own = orjson.dumps({"o": instance}).decode()[:-1] + ","
+        self._outbox: asyncio.Queue[bytes] = asyncio.Queue(100_000)
         self._inbox: asyncio.Queue[tuple[Event, list[str]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
@@ -171,16 +198,27 @@ class PgBridge:
             except asyncio.QueueFull:
                 log.warning("NOTIFY backlog full: dropping an event for job %s", event.job_id)
 
-    def encode(self, event: Event) -> list[str]:
+    def encode(self, event: Event) -> list[bytes]:
+        """The event as JSON records of at most MAX_EVENT bytes, in order."""
         data = {k: v for k, v in event.data.items() if k not in HEAVY}
         heavy = [k for k in HEAVY if event.data.get(k) is not None]
-        base = {"o": self.instance, "t": event.type, "j": event.job_id, "d": data, "h": heavy}
+        base = {"t": event.type, "j": event.job_id, "d": data, "h": heavy}
         append = data.pop("console_append", None)
-        text = orjson.dumps(base).decode()
+        text = orjson.dumps(base)
+        if len(text) > MAX_EVENT and event.job_id:
+            # A long error message, say: the receiving side reads it from the database.
+            for name in [k for k in data if k in JOB_COLUMNS and k != "status"]:
+                heavy.append(name)
+                del data[name]
+            text = orjson.dumps(base)
+        if len(text) > MAX_EVENT:
+            log.warning("%s of %s too large to send: its status only", event.type, event.job_id)
+            base["d"] = {"status": data.get("status")}
+            text = orjson.dumps(base)
         if not append:
             return [text]
         # Console chunks travel in pieces that fit, in order, after the event itself.
-        room = MAX_PAYLOAD - len(text) - 64
+        room = MAX_EVENT - len(text) - 64
         step = max(room // 6, 1)  # a character is at most 6 bytes in JSON (\u00xx)
         pieces = [append[i : i + step] for i in range(0, len(append), step)]
         out = []
@@ -189,17 +227,13 @@ class PgBridge:
             if i:  # only the first piece carries the event's other fields' effect
                 chunk["d"] = {"status": data.get("status"), "console_append": piece}
                 chunk["h"] = []
-            out.append(orjson.dumps(chunk).decode())
+            out.append(orjson.dumps(chunk))
         return out
 
     async def _connect(self) -> Any:
         import asyncpg
 
-        return await asyncpg.connect(
-            self.dsn,
-            timeout=CONNECT_TIMEOUT,
-            server_settings={"application_name": APPLICATION_NAME},
-        )
+        return await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT, server_settings=SESSION)
 
     async def _send(self) -> None:
         errors = _db_errors()
@@ -207,10 +241,10 @@ class PgBridge:
         delay = RETRY_MIN
         try:
             while True:
-                payload = await self._outbox.get()
-                batch = [payload]
-                while not self._outbox.empty() and len(batch) < 500:
-                    batch.append(self._outbox.get_nowait())
+                events = [await self._outbox.get()]
+                while not self._outbox.empty() and len(events) < 5000:
+                    events.append(self._outbox.get_nowait())
+                batch = pack(self.instance, events)
                 while True:
                     try:
                         if conn is None or conn.is_closed():
@@ -271,14 +305,16 @@ class PgBridge:
             delay = min(delay * 2, RETRY_MAX)
 
     def _incoming(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload.startswith(self._own):
+            return
         try:
             msg = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return
-        if msg.get("o") == self.instance:
-            return
-        event = Event(msg["t"], msg.get("j"), msg.get("d") or {}, origin=msg.get("o"))
-        self._inbox.put_nowait((event, msg.get("h") or []))
+            origin = msg.get("o")
+            for record in msg["e"]:
+                event = Event(record["t"], record.get("j"), record.get("d") or {}, origin=origin)
+                self._inbox.put_nowait((event, record.get("h") or []))
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+            log.warning("ignored a payload on %s that is not a batch of events", CHANNEL)
 
     async def _deliver(self) -> None:
         """Publish remote events in arrival order, filling in what was too big to send."""

@@ -697,18 +697,21 @@ async def sse_lines(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, di
             yield kind, orjson.loads(line[6:])
 
 
+async def no_job(job_id: str) -> None:
+    return None
+
+
 @contextlib.asynccontextmanager
-async def two_bridges(pg: str) -> AsyncIterator[tuple[Notifier, list[Event]]]:
+async def two_bridges(
+    pg: str, fetch_job: Callable[[str], Awaitable[Any]] = no_job
+) -> AsyncIterator[tuple[Notifier, list[Event]]]:
     """Two instances' bridges on one database, both listening: yields the other
-    instance's notifier and every event this instance heard from it."""
+    instance's notifier and every event this instance heard from it (reading the
+    fields too large to send with ``fetch_job``)."""
     heard: list[Event] = []
     here, there = Notifier(), Notifier()
     here.subscribe(heard.append)
-
-    async def no_job(job_id: str) -> None:
-        return None
-
-    bridges = [PgBridge(pg, here, no_job, "here"), PgBridge(pg, there, no_job, "there")]
+    bridges = [PgBridge(pg, here, fetch_job, "here"), PgBridge(pg, there, no_job, "there")]
     try:
         for bridge in bridges:
             await bridge.start()
@@ -758,6 +761,53 @@ async def test_events_published_together_cross_the_bridge_whole_and_in_order(pg:
             await until(lambda: len(crossed()) >= 300, "all of them")
         assert [e.data["i"] for e in crossed()] == list(range(300))
         assert all(e.origin == "there" for e in crossed())
+
+
+def test_events_sent_together_share_payloads_that_postgresql_accepts() -> None:
+    bridge = PgBridge("postgresql://unused", Notifier(), no_job, "there")
+    events = [Event("job_updated", f"job-{i}", {"status": "in_progress"}) for i in range(300)]
+    console = Event("job_updated", "job-c", {"status": "in_progress", "console_append": "é" * 9000})
+    records = [r for e in [*events[:150], console, *events[150:]] for r in bridge.encode(e)]
+    payloads = notify.pack("there", records)
+    assert len(payloads) < 20  # not one per event
+    assert all(len(p.encode()) < 8000 for p in payloads)  # PostgreSQL's limit, in bytes
+    decoded = [orjson.loads(p) for p in payloads]
+    assert all(d["o"] == "there" for d in decoded)
+    assert [r for d in decoded for r in d["e"]] == [orjson.loads(r) for r in records]
+
+
+async def test_a_long_error_message_crosses_the_bridge_read_from_the_database(pg: str) -> None:
+    """Too long for a NOTIFY payload, it goes by name and the other instance reads
+    it; before, the batch holding it failed, again and again, and held up the rest."""
+    message = "traceback line\n" * 700  # 10 KB, the largest error a runner may send
+    row = {"error_message": message}
+
+    async def fetch_job(job_id: str) -> Any:
+        return type("Job", (), row)()
+
+    async with two_bridges(pg, fetch_job) as (there, heard):
+        there.publish(
+            Event("job_updated", "failed-job", {"status": "failed", "error_message": message})
+        )
+        there.publish(Event("job_updated", "next-job", {"status": "completed"}))
+        async with asyncio.timeout(10):
+            await until(lambda: any(e.job_id == "next-job" for e in heard), "the next event")
+        (failed,) = [e for e in heard if e.job_id == "failed-job"]
+        assert failed.data == {"status": "failed", "error_message": message}
+
+
+async def test_a_payload_that_is_not_a_batch_of_events_is_ignored(pg: str) -> None:
+    admin = await asyncpg.connect(pg)
+    try:
+        async with two_bridges(pg) as (there, heard):
+            for junk in ["not json", '{"o": "elsewhere"}', '{"o": "x", "e": [{"j": "no type"}]}']:
+                await admin.execute("SELECT pg_notify($1, $2)", notify.CHANNEL, junk)
+            there.publish(Event("job_updated", "after-junk", {"status": "completed"}))
+            async with asyncio.timeout(10):
+                await until(lambda: any(e.job_id == "after-junk" for e in heard), "events to flow")
+            assert [e.job_id for e in heard if e.type != "resync"] == ["after-junk"]
+    finally:
+        await admin.close()
 
 
 async def test_a_hello_while_the_database_is_away_is_refused_clearly(
