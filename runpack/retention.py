@@ -398,16 +398,16 @@ async def announce(dsn: str, events: Sequence[Event]) -> None:
     """Tell running server instances, over NOTIFY, which jobs went (their caches drop them)."""
     import asyncpg
 
-    from runpack.notify import CHANNEL, PgBridge
+    from runpack.notify import CHANNEL, NOTIFY_ALL, PgBridge, pack
 
     bridge = PgBridge(dsn, Notifier(), lambda _id: None, f"gc-{uuid.uuid4().hex[:8]}")
-    payloads = [payload for event in events for payload in bridge.encode(event)]
+    records = [record for event in events for record in bridge.encode(event)]
+    payloads = pack(bridge.instance, records)
     try:
         conn = await asyncpg.connect(dsn)
         try:
             for start in range(0, len(payloads), BATCH):
-                batch = payloads[start : start + BATCH]
-                await conn.executemany("SELECT pg_notify($1, $2)", [(CHANNEL, p) for p in batch])
+                await conn.execute(NOTIFY_ALL, CHANNEL, payloads[start : start + BATCH])
         finally:
             await conn.close()
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
