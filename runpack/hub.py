@@ -51,9 +51,13 @@ class RunnerConn:
     close: Callable[[], None]
     transport: str = "websocket"
     credits: int = 0
-    #: The jobs pushed to it and not finished; NO_JOBS while there are none (an empty
-    #: set, on each of thousands of idle runners, would cost 216 bytes).
+    #: The jobs pushed to it that use a slot: not finished, nor reported; NO_JOBS
+    #: while there are none (an empty set, on each of thousands of idle runners,
+    #: would cost 216 bytes).
     held: set[str] | frozenset[str] = NO_JOBS
+    #: Jobs whose result (complete or error) came and is being stored: the runner
+    #: freed their slots as it sent them, but they are its own until acknowledged.
+    reporting: set[str] | frozenset[str] = NO_JOBS
     connected_at: float = 0.0
 
     @property
@@ -65,15 +69,32 @@ class RunnerConn:
         held.update(job_ids)
         self.held = held or NO_JOBS
 
+    def report(self, job_id: str) -> None:
+        """The job's result came: its slot is free, the job still the runner's."""
+        if job_id in self.held:
+            self.held = _without(self.held, job_id)
+            reporting = self.reporting if isinstance(self.reporting, set) else set()
+            reporting.add(job_id)
+            self.reporting = reporting
+
     def forget(self, job_id: str) -> None:
-        if isinstance(self.held, set):
-            self.held.discard(job_id)
-            if not self.held:
-                self.held = NO_JOBS
+        self.held = _without(self.held, job_id)
+        self.reporting = _without(self.reporting, job_id)
+
+    def holds(self, job_id: str) -> bool:
+        return job_id in self.held or job_id in self.reporting
 
     def grant(self, slots: int) -> None:
         room = self.concurrency - len(self.held) - self.credits
         self.credits += max(0, min(slots, room))
+
+
+def _without(jobs: set[str] | frozenset[str], job_id: str) -> set[str] | frozenset[str]:
+    if isinstance(jobs, set):
+        jobs.discard(job_id)
+        if not jobs:
+            return NO_JOBS
+    return jobs
 
 
 def _load(conn: RunnerConn) -> float:
@@ -197,6 +218,9 @@ class Hub:
         if conn.credits:
             self.wake()
 
+    def reported(self, conn: RunnerConn, job_id: str) -> None:
+        conn.report(job_id)
+
     def finished(self, conn: RunnerConn, job_id: str) -> None:
         conn.forget(job_id)
 
@@ -207,7 +231,7 @@ class Hub:
 
     def holder_of(self, job_id: str) -> RunnerConn | None:
         for conn in self.conns.values():
-            if job_id in conn.held:
+            if conn.holds(job_id):
                 return conn
         return None
 
@@ -253,7 +277,7 @@ class Hub:
             if conn is not None:
                 try:
                     jobs = await self.service.running_jobs_of(runner_id)
-                    unheld = [j for j in jobs if j.id not in conn.held]
+                    unheld = [j for j in jobs if not conn.holds(j.id)]
                     lost = [j.id for j in unheld if j.status == JobStatus.CLAIMED]
                     if lost:
                         log.warning("claims for %s lost their answer: %s", runner_id, lost)

@@ -64,7 +64,9 @@ MAX_ERROR_BYTES = 10_240
 #
 # server -> runner
 #   welcome    {runner_id, heartbeat_interval: s, limits: {...}, resumed: [job_id],
-#               dropped: [job_id]}  resumed = held jobs it may finish; dropped = stop these
+#               dropped: [job_id], free_on_result: bool}
+#              resumed = held jobs it may finish; dropped = stop these;
+#              free_on_result = a job's slot is free once its result is sent
 #   job        {job_id, job_type, input_params: object, attempt: int, timeout: s|null}
 #   cancel     {job_id, reason}
 #   ack        {job_id, of: "complete"|"error"|"release", applied: bool}
@@ -73,7 +75,10 @@ MAX_ERROR_BYTES = 10_240
 #
 # Flow control is by credits: the server never has more jobs out to a connection
 # than the slots it was granted; a job pushed uses one slot, and the runner grants
-# it back with `ready` when the job is finished or released.
+# it back with `ready` when the job is released (after the ack), or when its run
+# ended: once its complete or error is sent if the welcome said `free_on_result`
+# (the server counts the job as the runner's until the ack, in no slot), else
+# after the ack, as a server without the field expects.
 
 RUNNER_TO_SERVER = ("hello", "ready", "heartbeat", "complete", "error", "release")
 SERVER_TO_RUNNER = ("welcome", "job", "cancel", "ack", "error")

@@ -2,12 +2,15 @@
 
 Bookkeeping, all on the event loop:
 
-- ``busy``: jobs that use a slot. A job stays busy while its handler runs and
-  while its result (or release) waits for the server's ``ack``; the server counts
-  it as held until then. When a job leaves ``busy`` its slot is granted back
-  (``ready {slots}``, one frame for all the slots freed since the last), so
-  granted credits plus busy jobs always equal the concurrency. A new connection
-  starts with ``concurrency - len(busy)`` credits.
+- ``busy``: jobs that use a slot. A job stays busy while its handler runs, and
+  while its release waits for the server's ``ack``. Its result frees the slot as
+  it is sent when the server's welcome says ``free_on_result`` (the job is in no
+  slot on the server's side either, while it stores the result); for a server
+  without it, the job stays busy until the result is acknowledged. When a job
+  leaves ``busy`` its slot is granted back (``ready {slots}``, one frame for all
+  the slots freed since the last, after the results sent meanwhile), so granted
+  credits plus busy jobs always equal the concurrency. A new connection starts
+  with ``concurrency - len(busy)`` credits.
 - ``outbox``: results not yet acknowledged; re-sent after every reconnect, so a
   network blip loses none, and the server applies each one once.
 - ``waiting``: jobs the server assigned again while a run of theirs it had given
@@ -17,7 +20,7 @@ Bookkeeping, all on the event loop:
   when it ends, and over a WebSocket one sender task per connection sends the
   results, releases and grants in order (see ``Transport.serial``).
 - Shutdown: the first SIGINT/SIGTERM stops taking jobs and exits 0 once every
-  busy job is done and acknowledged; a second one releases the running jobs back
+  busy job is done and every result acknowledged; a second one releases the running jobs back
   to the queue and exits.
 """
 
@@ -99,6 +102,8 @@ class Runner:
         self.releasing: set[str] = set()
         self.waiting: dict[str, Assignment] = {}
         self.busy: set[str] = set()
+        #: This connection's server frees a job's slot with its result (see above).
+        self.free_on_result = False
         self.draining = False
         self.forced = False
         self.heartbeat_interval = settings.heartbeat_interval
@@ -233,7 +238,7 @@ class Runner:
             if self.draining:
                 transport.stop_taking()
             else:
-                self._credits = self.settings.concurrency - len(self.busy)
+                self._credits = max(0, self.settings.concurrency - len(self.busy))
             self._granted = True
             sender = self._spawn(self._send_loop(transport), "runner-sender")
             self._send_wake.set()
@@ -312,6 +317,12 @@ class Runner:
             value = welcome.limits.get(key)
             if isinstance(value, int) and value > 0:
                 self.limits[key] = value
+        self.free_on_result = welcome.free_on_result
+        if self.free_on_result:  # results kept from a server without it free their slots
+            for job_id in [j for j in self.busy if j in self.outbox]:
+                self._settled(job_id)
+        else:  # this server counts them in their slots until acknowledged
+            self.busy.update(self.outbox)
         for job_id in welcome.dropped:
             self._lose(job_id, "the server no longer assigns it to this runner")
 
@@ -328,7 +339,7 @@ class Runner:
             self._acked(event)
 
     def _accept(self, job: Assignment) -> None:
-        if job.job_id in self.busy:
+        if job.job_id in self.busy or job.job_id in self.outbox:
             old = self.runs.get(job.job_id)
             if old is not None and old.stop_reason == StopReason.LOST:
                 # A new claim of a job whose earlier run we were told to drop: it
@@ -337,7 +348,7 @@ class Runner:
                 self.waiting[job.job_id] = job
             else:
                 log.warning("job %s was assigned again while held: ignored", job.job_id)
-            self._grant_back()  # the push used a credit; the job already has a slot
+            self._grant_back()  # the push used a credit; the job has a slot, or is done
             return
         self.busy.add(job.job_id)
         if self.draining:
@@ -512,16 +523,14 @@ class Runner:
                     await transport.grant(slots)
 
     def _settled(self, job_id: str) -> None:
-        """Free a job's slot once nothing about it is pending any more."""
-        if (
-            job_id not in self.busy
-            or job_id in self.runs
-            or job_id in self.outbox
+        """Free a job's slot once nothing about it that takes one is pending any more."""
+        if job_id in self.busy and not (
+            job_id in self.runs
+            or (job_id in self.outbox and not self.free_on_result)
             or job_id in self.releasing
         ):
-            return
-        self.busy.discard(job_id)
-        self._grant_back()
+            self.busy.discard(job_id)
+            self._grant_back()
         self._check_exit()
 
     def _grant_back(self) -> None:
@@ -534,7 +543,7 @@ class Runner:
         if self.forced:
             if not self.releasing and not self.outbox:
                 self._exit.set()
-        elif self.draining and not self.busy:
+        elif self.draining and not self.busy and not self.outbox:
             self._exit.set()
 
     # --- tasks ----------------------------------------------------------------------------

@@ -407,6 +407,10 @@ async def test_a_killed_server_restarted_on_its_database_loses_no_job(
         await until(status_is(http, server.url, unacked, "in_progress"), "`unacked` to run")
         proxy.hold()
         await until(status_is(http, server.url, unacked, "completed"), "`unacked` to be stored")
+        # Its slot was free once it sent the result: `pushed` takes it, and its push
+        # stops in the proxy too (the runner never hears of it).
+        pushed = await submit(http, server.url, hello("pushed", 0))
+        await until(status_is(http, server.url, pushed, "claimed"), "`pushed` to be claimed")
 
         # A second runner: `unsent` finishes while the server is frozen (its result
         # never reaches the database), `running` outlives the restart, and the
@@ -437,10 +441,13 @@ async def test_a_killed_server_restarted_on_its_database_loses_no_job(
         for job_id in names:
             await until(status_is(http, server.url, job_id, "completed"), f"{job_id} to complete")
 
+        await until(status_is(http, server.url, pushed, "completed"), "`pushed` to complete")
         logs = near.log() + far.log()
         for job_id, (name, seconds) in names.items():
             assert_completed_once(await job(http, server.url, job_id), name, seconds, logs)
-        assert await job_count(http, server.url) == len(names)  # and no other job
+        # `pushed` was queued again once the runner reconnected without it, and run once.
+        assert_completed_once(await job(http, server.url, pushed), "pushed", 0, logs, attempts=2)
+        assert await job_count(http, server.url) == len(names) + 1  # and no other job
         # `unacked` was stored before the kill: the runner drops its copy, never re-sends it.
         assert f"job {unacked} dropped: the server no longer assigns it" in far.log()
         # `unsent` never reached the database: sent again after the restart, and applied.

@@ -369,12 +369,13 @@ class ScriptedTransport:
     min_heartbeat_gap = 0.25
     serial = True
 
-    def __init__(self) -> None:
+    def __init__(self, free_on_result: bool = False) -> None:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.sent: list[tuple[str, Any]] = []
+        self.free_on_result = free_on_result
 
     async def start(self, hello: Hello) -> Welcome:
-        return Welcome(runner_id="scripted")
+        return Welcome(runner_id="scripted", free_on_result=self.free_on_result)
 
     async def receive(self) -> Event:
         return await self.events.get()
@@ -401,11 +402,16 @@ class ScriptedTransport:
 
 @contextlib.asynccontextmanager
 async def scripted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, handler: JobHandler
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    handler: JobHandler,
+    *,
+    free_on_result: bool = False,
 ) -> AsyncIterator[tuple[Runner, ScriptedTransport]]:
     """A runner of four slots on a scripted transport, running until the block ends;
-    it must then stop cleanly."""
-    transport = ScriptedTransport()
+    it must then stop cleanly. ``free_on_result``: the server's welcome says so (a
+    server without the field keeps a job in its slot until the result's ack)."""
+    transport = ScriptedTransport(free_on_result)
 
     async def connect(*args: Any, **kwargs: Any) -> Transport:
         return transport
@@ -442,13 +448,54 @@ async def test_slots_freed_together_are_granted_back_in_one_ready_frame(
             transport.events.put_nowait(Assignment(job_id, "t", {"n": job_id}))
         await until(lambda: len(transport.sent) == 5, "the four results")
         assert sorted(transport.sent[1:]) == [("complete", job_id) for job_id in ids]
-        assert runner.busy == set(ids)  # held until acknowledged
+        assert runner.busy == set(ids)  # held until acknowledged (the server wants that)
 
         for job_id in ids:  # four acks read in one go: one frame grants the four slots
             transport.events.put_nowait(Acked(job_id, "complete", True))
         await until(lambda: len(transport.sent) == 6, "the slots granted back")
         assert transport.sent[5] == ("ready", 4)
         assert not runner.busy and not runner.outbox and not runner.runs
+
+
+async def test_a_slot_is_granted_back_with_its_result_when_the_server_frees_it_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with scripted(tmp_path, monkeypatch, quiet, free_on_result=True) as (runner, transport):
+        await until(lambda: transport.sent == [("ready", 4)], "the first grant")
+        ids = [f"job-{n}" for n in range(4)]
+        for job_id in ids:
+            transport.events.put_nowait(Assignment(job_id, "t", {"n": job_id}))
+
+        def granted() -> int:
+            return sum(n for kind, n in transport.sent[1:] if kind == "ready")
+
+        await until(lambda: granted() == 4, "the four slots granted back, with no ack")
+        assert sorted(item for item in transport.sent if item[0] == "complete") == [
+            ("complete", job_id) for job_id in ids
+        ]
+        completes = 0  # each grant follows the results whose slots it gives back
+        for kind, item in transport.sent[1:]:
+            completes += kind == "complete"
+            if kind == "ready":
+                assert item <= completes, transport.sent
+                completes -= item
+        assert not runner.busy and set(runner.outbox) == set(ids)  # kept until acknowledged
+        for job_id in ids:
+            transport.events.put_nowait(Acked(job_id, "complete", True))
+        await until(lambda: not runner.outbox, "the results acknowledged")
+        assert granted() == 4  # an ack frees no slot twice
+
+
+async def test_a_stopping_runner_exits_once_its_results_are_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with scripted(tmp_path, monkeypatch, quiet, free_on_result=True) as (runner, transport):
+        transport.events.put_nowait(Assignment("job-last", "t", {}))
+        await until(lambda: ("complete", "job-last") in transport.sent, "the result")
+        runner.request_stop()
+        assert not runner.busy and not runner._exit.is_set()  # the result is not safe yet
+        transport.events.put_nowait(Acked("job-last", "complete", True))
+        await until(runner._exit.is_set, "the exit once acknowledged")
 
 
 @job("t")

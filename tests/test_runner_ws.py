@@ -46,12 +46,20 @@ class Channel:
         return frame
 
 
-async def connect(http: aiohttp.ClientSession, server: Proc, job_type: str) -> Channel:
+async def connect(
+    http: aiohttp.ClientSession, server: Proc, job_type: str, concurrency: int = 2
+) -> Channel:
     ws = await http.ws_connect(server.url + "/api/runner/ws", headers=RUNNER)
     channel = Channel(ws)
-    hello = {"type": "hello", "name": "ws-test", "capabilities": [job_type], "concurrency": 2}
+    hello = {
+        "type": "hello",
+        "name": "ws-test",
+        "capabilities": [job_type],
+        "concurrency": concurrency,
+    }
     await channel.send(hello)
-    assert (await channel.receive())["type"] == "welcome"
+    welcome = await channel.receive()
+    assert welcome["type"] == "welcome" and welcome["free_on_result"] is True, welcome
     return channel
 
 
@@ -150,4 +158,27 @@ async def test_a_complete_sent_twice_is_applied_once(
         {"run": 1},
         1,
     )
+    await channel.ws.close()
+
+
+async def test_a_slot_is_free_once_its_result_is_sent(
+    server: Proc, http: aiohttp.ClientSession
+) -> None:
+    """A runner of one slot sends a result and, at once, ``ready``: the next job
+    comes without waiting for the result to be stored and acknowledged."""
+    channel = await connect(http, server, "ws_free_on_result", concurrency=1)
+    first = await submit(http, server, "ws_free_on_result", n=1)
+    second = await submit(http, server, "ws_free_on_result", n=2)
+    await take(channel, first)
+    await channel.send({"type": "complete", "job_id": first, "output_data": {"n": 1}})
+    await channel.send({"type": "ready", "slots": 1})
+    frames = [await channel.receive(), await channel.receive()]
+    assert sorted((f["type"], f["job_id"]) for f in frames) == [("ack", first), ("job", second)]
+    # The slot is one: a grant beyond it while the second job runs is not kept.
+    await channel.send({"type": "ready", "slots": 1})
+    third = await submit(http, server, "ws_free_on_result", n=3)
+    await channel.send({"type": "complete", "job_id": second, "output_data": {"n": 2}})
+    ack = await channel.receive()
+    assert (ack["type"], ack["job_id"]) == ("ack", second)
+    await take(channel, third)
     await channel.ws.close()

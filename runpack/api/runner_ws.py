@@ -51,6 +51,8 @@ def _idle(transport: asyncio.Transport) -> bool:
 
 #: Frames whose loss would lose a job's outcome (the runner holds them until acked).
 RESULTS = ("complete", "error", "release")
+#: The results that end a run (a release keeps its slot until acknowledged).
+REPORTS = ("complete", "error")
 #: Pauses between tries of such a frame while the database is out of reach; after
 #: the last, the socket is closed and the runner sends it again once reconnected.
 RESULT_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -212,6 +214,11 @@ class RunnerSession:
                 if frame is not None and frame.get("type") == "ready":
                     self._on_ready(frame)  # no task: granting slots never waits
                 elif frame is not None:
+                    if frame.get("type") in REPORTS and isinstance(frame.get("job_id"), str):
+                        # Its slot is free from now: a `ready` the runner sends after
+                        # this result, before the ack, may grant it again.
+                        assert self.conn is not None
+                        self.hub.reported(self.conn, frame["job_id"])
                     while self._tasks is not None and len(self._tasks) >= MAX_INFLIGHT:
                         self._room = asyncio.get_running_loop().create_future()
                         await self._room
@@ -300,6 +307,8 @@ class RunnerSession:
                 "resumed": resumed,
                 "dropped": dropped,
                 "server_version": __version__,
+                # A job's slot is free once its result is sent (see RunnerConn.report).
+                "free_on_result": True,
             }
         )
         log.info(

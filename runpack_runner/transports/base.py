@@ -87,6 +87,8 @@ class Welcome:
     resumed: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     limits: dict[str, Any] = field(default_factory=dict)
+    #: A job's slot is free once its result is sent (the server counts it so).
+    free_on_result: bool = False
 
 
 @dataclass(frozen=True, slots=True)

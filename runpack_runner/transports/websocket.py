@@ -104,6 +104,7 @@ class WebSocketTransport:
             resumed=_ids(frame.get("resumed")),
             dropped=_ids(frame.get("dropped")),
             limits=limits if isinstance(limits, dict) else {},
+            free_on_result=frame.get("free_on_result") is True,
         )
         return welcome
 
