@@ -109,6 +109,10 @@ NOTIFY_ALL = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"
 #: as many as fit; one event alone fits with room to spare.
 MAX_PAYLOAD = 7000
 MAX_EVENT = MAX_PAYLOAD - 200
+#: The least time between two NOTIFY statements (seconds): an event that comes
+#: sooner after the last waits that long for the ones that follow it, so that under
+#: load a statement carries many (each one costs both sides a round trip).
+NOTIFY_GAP = 0.005
 #: How often the listening connection is checked (seconds).
 LISTEN_PROBE = 5.0
 #: How long opening the LISTEN or the NOTIFY connection may take (seconds).
@@ -239,9 +243,15 @@ class PgBridge:
         errors = _db_errors()
         conn: Any = None
         delay = RETRY_MIN
+        loop = asyncio.get_running_loop()
+        sent = -NOTIFY_GAP
         try:
             while True:
                 events = [await self._outbox.get()]
+                # Under load, what comes in the gap after a send goes with this one.
+                gap = sent + NOTIFY_GAP - loop.time()
+                if gap > 0:
+                    await asyncio.sleep(gap)
                 while not self._outbox.empty() and len(events) < 5000:
                     events.append(self._outbox.get_nowait())
                 batch = pack(self.instance, events)
@@ -252,6 +262,7 @@ class PgBridge:
                         # One statement, so one transaction: the batch is sent whole,
                         # in order, or not at all.
                         await conn.execute(NOTIFY_ALL, CHANNEL, batch)
+                        sent = loop.time()
                         delay = RETRY_MIN
                         break
                     except errors as exc:
