@@ -4,7 +4,9 @@ The hub assigns jobs: when a job is queued or a runner grants slots, it claims
 jobs in SQL for the least busy runners that can run them (in waves that share a
 commit each, stopping at the first claim that finds nothing, so an idle server
 holding many runners makes few claims) and pushes them over the runner's
-socket. Each connection has a bounded send queue; a runner that
+socket. A job submitted while a runner has a free slot and no queued job waits
+for one is inserted already claimed for that runner (see :meth:`Hub.take`) and
+pushed as its insert commits, with no claim. Each connection has a bounded send queue; a runner that
 cannot keep up is disconnected, never waited for. A runner whose socket drops
 keeps its jobs for ``reconnect_grace`` seconds; after that they go back to the
 queue with the sweeper's backoff.
@@ -20,12 +22,12 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from runpack.errors import RunpackError
 from runpack.notify import Event
 from runpack.protocol import JobStatus
-from runpack.service import JobService, params_fragment
+from runpack.service import JobService, RunnerSlot, params_fragment
 from runpack.store import JobRow
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ SEND_QUEUE = 1000
 POLL_INTERVAL = 1.0
 #: Refresh connected runners' last_seen this often (they count as active).
 TOUCH_INTERVAL = 60.0
+#: A new job looks at most this many runners with free slots for the least busy.
+TAKE_SCAN = 32
 #: What a runner holding no job holds (``frozenset()`` makes a new object each time).
 NO_JOBS: frozenset[str] = frozenset()
 
@@ -119,6 +123,16 @@ class Hub:
         #: Groups (by capabilities) whose last round used every slot and still found
         #: jobs: their next round claims with all its slots at once.
         self._backlog: set[frozenset[str]] = set()
+        #: Connected runners with free slots (credits), for :meth:`take`.
+        self._free: dict[str, RunnerConn] = {}
+        #: Slots taken by new jobs whose insert is on its way, per runner.
+        self._placing: Counter[str] = Counter()
+        #: A round or a reconcile is running (they see the queue as it is).
+        self._dispatching = False
+        #: A round ran while slots were taken: a slot given back may be wanted.
+        self._raced = False
+        #: Set while the dispatcher sleeps, waiting to be woken.
+        self._asleep = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dispatcher: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -128,9 +142,12 @@ class Hub:
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
         self._unsubscribe = self.service.notifier.subscribe(self._on_event)
+        self.service.slots = self
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="runpack-hub")
 
     async def stop(self) -> None:
+        if self.service.slots is self:
+            self.service.slots = None
         if self._unsubscribe is not None:
             self._unsubscribe()
         for handle in self._grace.values():
@@ -158,6 +175,8 @@ class Hub:
 
     # --- events -----------------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
+        if event.type == "job_queued" and event.data.get("runner_id"):
+            return  # claimed as it was inserted: no runner needs waking for it
         if event.type in ("job_queued", "resync"):
             self.wake()
             self._queued.set()
@@ -183,6 +202,7 @@ class Hub:
         old = self.conns.get(conn.runner_id)
         if old is not None and old is not conn:
             old.close()
+            self._note(old)
         handle = self._grace.pop(conn.runner_id, None)
         if handle is not None:
             handle.cancel()
@@ -203,6 +223,7 @@ class Hub:
         if self.conns.get(conn.runner_id) is not conn:
             return
         del self.conns[conn.runner_id]
+        self._note(conn)
         loop = asyncio.get_running_loop()
         self._grace[conn.runner_id] = loop.call_later(
             self.reconnect_grace, self._grace_over, conn.runner_id
@@ -215,8 +236,66 @@ class Hub:
 
     def grant(self, conn: RunnerConn, slots: int) -> None:
         conn.grant(slots)
+        self._note(conn)
         if conn.credits:
             self.wake()
+
+    def _note(self, conn: RunnerConn) -> None:
+        """Keep ``_free`` up to date after ``conn``'s credits or connection changed."""
+        if conn.credits > 0 and self.conns.get(conn.runner_id) is conn:
+            self._free[conn.runner_id] = conn
+        elif self._free.get(conn.runner_id) is conn:
+            del self._free[conn.runner_id]
+
+    # --- new jobs placed as they are inserted (runpack.service.Slots) ---------------
+    def take(self, job_type: str) -> RunnerSlot | None:
+        """A free slot of the least busy runner that can run ``job_type``, reserved,
+        or None: while the dispatcher is woken or at work there may be queued jobs
+        that come first (priority, then age), and they are left to it. A round finds
+        nothing before the dispatcher sleeps, so a free slot then means no queued job
+        that its runner can run (retries in backoff aside, and jobs queued on
+        another instance whose event is still on its way)."""
+        if self.stopping or self._dispatching or self._wake.is_set():
+            return None
+        best: RunnerConn | None = None
+        for i, conn in enumerate(self._free.values()):
+            if i == TAKE_SCAN:
+                break
+            if job_type not in conn.capabilities or conn.capabilities in self._backlog:
+                continue
+            if best is None or conn.load < best.load:
+                best = conn
+                if not conn.held:
+                    break
+        if best is None:
+            return None
+        best.credits -= 1
+        self._note(best)
+        self._placing[best.runner_id] += 1
+        return best
+
+    def placed(self, slot: RunnerSlot, job: JobRow) -> None:
+        conn = cast(RunnerConn, slot)
+        self._placed(conn)
+        self._push(conn, job)
+
+    def unplaced(self, slot: RunnerSlot, *, unsure: bool) -> None:
+        conn = cast(RunnerConn, slot)
+        self._placed(conn)
+        if self.conns.get(conn.runner_id) is conn:
+            conn.credits += 1
+            self._note(conn)
+        if unsure:  # the job may be claimed for it: the next round checks
+            self._unsure.add(conn.runner_id)
+        if unsure or self._raced:
+            self.wake()
+
+    def _placed(self, conn: RunnerConn) -> None:
+        self._placing[conn.runner_id] -= 1
+        if self._placing[conn.runner_id] <= 0:
+            del self._placing[conn.runner_id]
+            if conn.runner_id in self._unsure:
+                self.wake()  # its reconcile waited for this
 
     def reported(self, conn: RunnerConn, job_id: str) -> None:
         conn.report(job_id)
@@ -241,13 +320,17 @@ class Hub:
         while True:
             # asyncio.timeout, not wait_for: on Python 3.11 a wait_for whose timeout
             # fires as the task is cancelled swallows the cancel, and stop() hangs.
+            self._asleep.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_INTERVAL):
                     await self._wake.wait()
+            self._asleep.clear()
             self._wake.clear()
             if time.monotonic() - last_touch > TOUCH_INTERVAL:
                 last_touch = time.monotonic()
                 self._spawn(self._touch_connected(), "touch-runners")
+            self._dispatching = True
+            self._raced = bool(self._placing)
             try:
                 await self._reconcile()
                 while await self._dispatch_round():
@@ -256,6 +339,16 @@ class Hub:
                 raise
             except Exception:
                 log.exception("dispatch round failed")
+            finally:
+                self._dispatching = False
+
+    async def settled(self) -> None:
+        """Wait until the dispatcher is done with what it was woken for."""
+        while not self._asleep.is_set() or self._wake.is_set():
+            if self._asleep.is_set():
+                await asyncio.sleep(0)  # woken: let it run
+            else:
+                await self._asleep.wait()
 
     async def _touch_connected(self) -> None:
         """Connected runners are in contact: keep their last_seen fresh."""
@@ -269,10 +362,13 @@ class Hub:
         A claim whose database connection drops may have committed: its job is
         then claimed for a runner that never hears of it. Between rounds no claim
         of this hub is in flight, so a claimed job that the runner's connection
-        does not hold is such a job. (A runner that reconnects says what it holds,
-        and the rest is taken back then.)
+        does not hold is such a job, unless a new job's insert for that runner is
+        on its way: such a runner is checked once the insert answered. (A runner
+        that reconnects says what it holds, and the rest is taken back then.)
         """
         for runner_id in list(self._unsure):
+            if self._placing[runner_id]:
+                continue
             conn = self.conns.get(runner_id)
             if conn is not None:
                 try:
@@ -318,6 +414,7 @@ class Hub:
                 del slots[: wave[caps]]
             for _, conn, n in asks:
                 conn.credits -= n  # reserved while the claim is in flight
+                self._note(conn)
             results = await asyncio.gather(
                 *(self.service.claim_batch(c.runner_id, sorted(caps), n) for caps, c, n in asks),
                 return_exceptions=True,
@@ -327,10 +424,12 @@ class Hub:
                 if isinstance(result, BaseException):
                     log.error("claim for %s failed: %s", conn.runner_id, result)
                     conn.credits += n
+                    self._note(conn)
                     self._unsure.add(conn.runner_id)
                     found_nothing.add(caps)
                     continue
                 conn.credits += n - len(result)
+                self._note(conn)
                 if len(result) < n:
                     found_nothing.add(caps)
                 for job in result:
@@ -349,7 +448,11 @@ class Hub:
 
     def _push(self, conn: RunnerConn, job: JobRow) -> None:
         if self.conns.get(conn.runner_id) is not conn:
-            # Gone while claiming: the grace period or a reconnect sorts it out.
+            # Gone while claiming: the grace period or a reconnect sorts it out; if
+            # it is back already, the next round takes the job back.
+            if conn.runner_id in self.conns:
+                self._unsure.add(conn.runner_id)
+                self.wake()
             return
         conn.hold((job.id,))
         conn.send(

@@ -39,11 +39,13 @@ from aiohttp.test_utils import TestClient
 
 from runpack import notify
 from runpack.api.common import SERVICE
+from runpack.api.runner_ws import HUB
 from runpack.errors import StoreUnavailable
 from runpack.notify import Event, Notifier, PgBridge
 from runpack.service import JobService, now_ms
-from runpack.store import JobRow
+from runpack.store import JobRow, NewJob
 from tests.conftest import RUNNER, claim, register
+from tests.conftest import SUBMIT as CLIENT_SUBMIT
 from tests.conftest import submit as conftest_submit
 from tests.pg import fresh_database, require_postgres
 from tests.procs import KEYS, clean_env, free_port, until
@@ -663,12 +665,53 @@ async def test_a_claim_whose_answer_was_lost_is_queued_again(
     hello = {"type": "hello", "name": "r", "capabilities": ["hello_world"], "concurrency": 1}
     await ws.send_json(hello)
     welcome = await ws.receive_json(timeout=5)
-    await ws.send_json({"type": "ready", "slots": 1})
+    # Queued before the runner has a slot, the job is claimed (not placed as inserted).
     job_id = (await conftest_submit(client, name="claimed twice"))["job_id"]
+    await ws.send_json({"type": "ready", "slots": 1})
     frame = await ws.receive_json(timeout=10)
     assert frame["type"] == "job" and frame["job_id"] == job_id, frame
     assert lost == [job_id] and frame["attempt"] == 2  # the lost claim counts as an attempt
     row = await service.get_job(job_id)
+    assert (row.status, row.claimed_by) == ("claimed", welcome["runner_id"])
+    await ws.close()
+
+
+async def test_a_new_job_placed_on_a_free_slot_whose_insert_answer_was_lost_runs(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job submitted while a runner has a free slot is inserted claimed for it. If
+    that insert commits but its answer is lost, the submit fails and the runner is
+    never sent the job: the hub takes it back, and it runs as its second attempt."""
+    assert client.app is not None
+    service, hub = app_service(client), client.app[HUB]
+    insert_job = service.store.insert_job
+    lost: list[tuple[str, str | None]] = []
+
+    async def answer_lost(new: NewJob) -> tuple[JobRow, bool]:
+        row, created = await insert_job(new)
+        if not lost:
+            lost.append((row.id, new.runner_id))
+            raise StoreUnavailable(details="connection lost after the commit")
+        return row, created
+
+    monkeypatch.setattr(service.store, "insert_job", answer_lost)
+    ws = await client.ws_connect("/api/runner/ws", headers=RUNNER)
+    hello = {"type": "hello", "name": "r", "capabilities": ["hello_world"], "concurrency": 1}
+    await ws.send_json(hello)
+    welcome = await ws.receive_json(timeout=5)
+    await ws.send_json({"type": "ready", "slots": 1})
+    slot = lambda: hub.snapshot().get(welcome["runner_id"], {}).get("free_slots")  # noqa: E731
+    await until(slot, "the runner's slot")
+    async with asyncio.timeout(10):
+        await hub.settled()  # the round the slot woke found nothing
+    body = {"job_type": "hello_world", "input_params": {"name": "placed, answer lost"}}
+    resp = await client.post("/api/jobs/submit", json=body, headers=CLIENT_SUBMIT)
+    assert resp.status == 503, await resp.text()
+    assert len(lost) == 1 and lost[0][1] == welcome["runner_id"]  # placed on the free slot
+    frame = await ws.receive_json(timeout=10)
+    assert frame["type"] == "job" and frame["job_id"] == lost[0][0], frame
+    assert frame["attempt"] == 2  # taken back from the runner, then claimed for it
+    row = await service.get_job(lost[0][0])
     assert (row.status, row.claimed_by) == ("claimed", welcome["runner_id"])
     await ws.close()
 

@@ -51,6 +51,9 @@ async def submit(request: web.Request) -> web.Response:
     assert job is not None
     body: dict[str, Any] = {"job_id": job.id, "status": job.status}
     if result.outcome == Outcome.CREATED:
+        # As the original answers; a new job may be claimed already, for a runner
+        # that had a free slot (the status route tells).
+        body["status"] = "pending"
         body["message"] = "Job queued successfully"
         return json_response(body, status=201)
     if result.outcome == Outcome.CACHED:

@@ -85,6 +85,9 @@ class NewJob:
     max_attempts: int
     timeout: int | None
     now: int
+    #: A runner with a free slot when the job was submitted: the job is inserted
+    #: already claimed for it (one commit fewer before it starts).
+    runner_id: str | None = None
 
 
 class Store(Protocol):

@@ -73,16 +73,33 @@ def held_by_id(sql: str) -> str:
 
 # Batched twins of single-job statements (see Batcher): one array per column.
 JOBS_BY_HASH = f"SELECT {q.JOB_COLS} FROM jobs WHERE job_hash = ANY($1::text[])"
+# New jobs as INSERT_JOB makes them (pending, or claimed for a runner_id); the
+# hashes taken already come back too, read in the same statement: ``created`` says
+# which rows are new. The read sees the jobs committed before the statement began:
+# a job with the same hash committed meanwhile (the insert waited for it) is read
+# again afterwards.
+_NEW_JOBS = """unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+            $7::bigint[], $8::bigint[], $9::text[])
+     AS v(id, job_hash, job_type, input_params, priority, max_attempts, timeout, now,
+          runner_id)"""
 INSERT_JOBS = f"""
-INSERT INTO jobs (id, job_hash, job_type, input_params, status, priority, attempts,
-                  max_attempts, not_before, timeout, created_at, updated_at)
-SELECT id, job_hash, job_type, input_params, 'pending', priority, 0,
-       max_attempts, 0, timeout, now, now
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
-            $7::bigint[], $8::bigint[])
-     AS v(id, job_hash, job_type, input_params, priority, max_attempts, timeout, now)
-ON CONFLICT (job_hash) DO NOTHING
-RETURNING {q.JOB_COLS}
+WITH created AS (
+    INSERT INTO jobs (id, job_hash, job_type, input_params, status, priority, attempts,
+                      max_attempts, not_before, timeout, created_at, updated_at,
+                      claimed_by, claimed_at, last_heartbeat)
+    SELECT id, job_hash, job_type, input_params,
+           CASE WHEN runner_id IS NULL THEN 'pending' ELSE 'claimed' END, priority,
+           CASE WHEN runner_id IS NULL THEN 0 ELSE 1 END, max_attempts, 0, timeout,
+           now, now, runner_id,
+           CASE WHEN runner_id IS NULL THEN NULL ELSE now END,
+           CASE WHEN runner_id IS NULL THEN NULL ELSE now END
+    FROM {_NEW_JOBS}
+    ON CONFLICT (job_hash) DO NOTHING
+    RETURNING {q.JOB_COLS}
+)
+SELECT true, * FROM created
+UNION ALL
+SELECT false, {q.JOB_COLS} FROM jobs WHERE job_hash = ANY($2::text[])
 """
 # `jobs.id = ANY($1)` lets the planner see how few rows it reaches by the primary
 # key (a join alone with unnest is estimated at 100 rows, and a sequential scan
@@ -106,6 +123,7 @@ INSERT_COLUMNS = (
     "max_attempts",
     "timeout",
     "now",
+    "runner_id",
 )
 #: A completion: (job id, runner id, now, output data, console output).
 Completion = tuple[str, str, int, str, str | None]
@@ -374,19 +392,20 @@ class PostgresStore:
             created: dict[str, JobRow] = {}
             existing: dict[str, JobRow] = {}
             # A conflicting insert waits for the other one to commit, so the row is
-            # then visible; it can only vanish if deleted in between.
+            # then visible to the next statement; it can only vanish if deleted in
+            # between, and is then inserted again.
             wanted = list(first.values())
             for _ in range(3):
                 columns = [[getattr(job, name) for job in wanted] for name in INSERT_COLUMNS]
                 for row in await conn.fetch(INSERT_JOBS, *columns):
-                    created[row[1]] = _job_row(row)
-                taken = [job.job_hash for job in wanted if job.job_hash not in created]
-                if taken:
+                    (created if row[0] else existing)[row[2]] = _job_row(row[1:])
+                done = created.keys() | existing.keys()
+                wanted = [j for j in wanted if j.job_hash not in done]
+                if wanted:
+                    taken = [job.job_hash for job in wanted]
                     for row in await conn.fetch(JOBS_BY_HASH, taken):
                         existing[row[1]] = _job_row(row)
-                wanted = [
-                    j for j in wanted if j.job_hash not in created and j.job_hash not in existing
-                ]
+                    wanted = [j for j in wanted if j.job_hash not in existing]
                 if not wanted:
                     return created, existing
             gone = ", ".join(job.job_hash for job in wanted)

@@ -19,11 +19,18 @@ RUNNING = "('claimed', 'in_progress')"
 GET_JOB = f"SELECT {JOB_COLS} FROM jobs WHERE id = :id"
 GET_JOB_BY_HASH = f"SELECT {JOB_COLS} FROM jobs WHERE job_hash = :job_hash"
 
+# A new job, pending; or claimed at once when :runner_id names a runner with a
+# free slot (the columns a claim sets, as CLAIM sets them).
 INSERT_JOB = f"""
 INSERT INTO jobs (id, job_hash, job_type, input_params, status, priority, attempts,
-                  max_attempts, not_before, timeout, created_at, updated_at)
-VALUES (:id, :job_hash, :job_type, :input_params, 'pending', :priority, 0,
-        :max_attempts, 0, :timeout, :now, :now)
+                  max_attempts, not_before, timeout, created_at, updated_at,
+                  claimed_by, claimed_at, last_heartbeat)
+VALUES (:id, :job_hash, :job_type, :input_params,
+        CASE WHEN :runner_id IS NULL THEN 'pending' ELSE 'claimed' END, :priority,
+        CASE WHEN :runner_id IS NULL THEN 0 ELSE 1 END, :max_attempts, 0, :timeout,
+        :now, :now, :runner_id,
+        CASE WHEN :runner_id IS NULL THEN NULL ELSE :now END,
+        CASE WHEN :runner_id IS NULL THEN NULL ELSE :now END)
 ON CONFLICT (job_hash) DO NOTHING
 RETURNING {JOB_COLS}
 """

@@ -270,6 +270,10 @@ class SqliteStore:
 
     # --- jobs: transitions --------------------------------------------------------
     async def insert_job(self, job: NewJob) -> tuple[JobRow, bool]:
+        # A committed job with this hash is found on the loop, with no write.
+        existing = _job(self._get(q.GET_JOB_BY_HASH, {"job_hash": job.job_hash}))
+        if existing is not None:
+            return existing, False
         params = {
             "id": job.id,
             "job_hash": job.job_hash,
@@ -279,6 +283,7 @@ class SqliteStore:
             "max_attempts": job.max_attempts,
             "timeout": job.timeout,
             "now": job.now,
+            "runner_id": job.runner_id,
         }
 
         def op(conn: sqlite3.Connection) -> tuple[JobRow, bool]:

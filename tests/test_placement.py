@@ -1,0 +1,132 @@
+"""New jobs placed on free runner slots as they are inserted (runpack.hub.Hub.take):
+a job submitted while a connected runner has a free slot, and no queued job waits
+for it, is inserted already claimed for that runner and pushed, with no claim."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from runpack.api.runner_ws import HUB
+from runpack.hub import Hub
+from runpack.store import JobRow
+from tests.conftest import RUNNER, SUBMIT, service_of, submit
+from tests.procs import until
+
+
+def hub_of(client: TestClient) -> Hub:
+    assert client.app is not None
+    return client.app[HUB]
+
+
+async def runner(
+    client: TestClient, concurrency: int, slots: int
+) -> tuple[aiohttp.ClientWebSocketResponse, str]:
+    """A runner on the socket that granted ``slots``, once the hub is done with them
+    (queued jobs it could run are then pushed to it)."""
+    ws = await client.ws_connect("/api/runner/ws", headers=RUNNER)
+    hello = {"type": "hello", "name": "r", "capabilities": ["hello_world"]}
+    await ws.send_json({**hello, "concurrency": concurrency})
+    welcome = await ws.receive_json(timeout=5)
+    runner_id: str = welcome["runner_id"]
+    await ws.send_json({"type": "ready", "slots": slots})
+    hub = hub_of(client)
+
+    def granted() -> bool:
+        live = hub.snapshot().get(runner_id)
+        return live is not None and live["free_slots"] + len(live["current_jobs"]) == slots
+
+    await until(granted, "the runner's slots")
+    async with asyncio.timeout(10):
+        await hub.settled()  # the round the slots woke found nothing queued
+    return ws, runner_id
+
+
+def count_claims(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Runner ids of the hub's claims from now on."""
+    service = service_of(client)
+    claim_batch = service.claim_batch
+    claims: list[str] = []
+
+    async def counted(runner_id: str, job_types: Sequence[str], limit: int) -> list[JobRow]:
+        claims.append(runner_id)
+        return await claim_batch(runner_id, job_types, limit)
+
+    monkeypatch.setattr(service, "claim_batch", counted)
+    return claims
+
+
+async def job_frame(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    frame: dict[str, Any] = await ws.receive_json(timeout=10)
+    assert frame["type"] == "job", frame
+    return frame
+
+
+async def test_a_job_submitted_to_a_free_slot_is_inserted_claimed_and_pushed(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws, runner_id = await runner(client, concurrency=1, slots=1)
+    claims = count_claims(client, monkeypatch)
+    resp = await client.post(
+        "/api/jobs/submit",
+        json={"job_type": "hello_world", "input_params": {"name": "placed"}},
+        headers=SUBMIT,
+    )
+    assert resp.status == 201
+    answer = await resp.json()
+    assert answer["status"] == "pending"  # as the original answers a new job
+    frame = await job_frame(ws)
+    assert frame["job_id"] == answer["job_id"] and frame["attempt"] == 1
+    assert claims == []  # no claim statement: the insert claimed it
+    row = await service_of(client).get_job(answer["job_id"])
+    assert (row.status, row.claimed_by, row.attempts) == ("claimed", runner_id, 1)
+    assert row.claimed_at == row.created_at == row.last_heartbeat
+    snapshot = hub_of(client).snapshot()[runner_id]
+    assert (snapshot["free_slots"], snapshot["current_jobs"]) == (0, [answer["job_id"]])
+    await ws.close()
+
+
+async def test_jobs_submitted_together_take_only_the_free_slots(client: TestClient) -> None:
+    """Three submits at once for one free slot: one job is placed, two are queued,
+    and each starts as the runner frees its slot."""
+    ws, _ = await runner(client, concurrency=1, slots=1)
+    answers = await asyncio.gather(*(submit(client, name=f"together-{i}") for i in range(3)))
+    ids = {a["job_id"] for a in answers}
+    service = service_of(client)
+    started = []
+    for _ in range(3):
+        frame = await job_frame(ws)
+        started.append(frame["job_id"])
+        rows = [await service.get_job(job_id) for job_id in ids]
+        assert sum(r.status == "claimed" for r in rows) == 1  # never more than the slot
+        await ws.send_json({"type": "complete", "job_id": frame["job_id"], "output_data": {}})
+        ack = await ws.receive_json(timeout=10)
+        assert (ack["type"], ack["applied"]) == ("ack", True), ack
+        await ws.send_json({"type": "ready", "slots": 1})
+    assert set(started) == ids
+    assert {(await service.get_job(i)).status for i in ids} == {"completed"}
+    await ws.close()
+
+
+async def test_a_submit_of_a_known_job_gives_the_slot_back(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submit whose hash has a job already takes no slot: the next new job gets it."""
+    queued = await submit(client, name="known")  # before any runner: queued
+    ws, runner_id = await runner(client, concurrency=2, slots=2)
+    first = await job_frame(ws)  # the queued job took one of the slots
+    assert first["job_id"] == queued["job_id"]
+    assert hub_of(client).snapshot()[runner_id]["free_slots"] == 1
+    claims = count_claims(client, monkeypatch)
+    again = await submit(client, name="known")
+    assert again["job_id"] == queued["job_id"] and again["status"] == "claimed"
+    assert hub_of(client).snapshot()[runner_id]["free_slots"] == 1  # given back
+    new = await submit(client, name="new")
+    frame = await job_frame(ws)
+    assert frame["job_id"] == new["job_id"] and claims == []
+    await ws.close()
