@@ -402,8 +402,11 @@ async def run_bench(
                     await follower
 
         poster = Poster(url, "/api/jobs/submit", submit_h)
-        # 1. Latency: jobs one after another on an idle server.
+        # 1. Latency: jobs one after another on an idle server, once the first few
+        # have opened what a server opens on first use (database connections,
+        # prepared statements, the runner's handler thread).
         async with following("claimed,completed,failed"):
+            await _latency_phase(poster, timeline, bodies("warmup", args.warmup), args.timeout)
             idle_start, idle_done = await _latency_phase(
                 poster, timeline, bodies("latency", args.latency_jobs), args.timeout
             )
@@ -451,6 +454,7 @@ async def run_bench(
         "elapsed_s": round(last - first, 3),
         "jobs_per_s": round(len(finished) / max(last - first, 1e-9), 1),
         "latency_jobs": args.latency_jobs,
+        "warmup_jobs": args.warmup,
         "submit_to_start_ms": percentiles(idle_start),
         "submit_to_completed_ms": percentiles(idle_done),
         "under_load_submit_to_completed_ms": percentiles(loaded_done),
@@ -484,7 +488,8 @@ def report(result: dict[str, Any]) -> str:
         f"runpack bench: {result['jobs']} jobs ({result['completed']} completed), "
         f"{result['clients']} clients, {target}",
         f"  end to end          {result['jobs_per_s']:>10.1f} jobs/s  ({result['elapsed_s']} s)",
-        f"  submit -> start     {_pcts(s)}   (one job at a time)",
+        f"  submit -> start     {_pcts(s)}   (one job at a time, "
+        f"after {result['warmup_jobs']} warm-up jobs)",
         f"  submit -> completed {_pcts(c)}",
         f"  under load: done    {_pcts(lc)}",
         f"  cache-hit submits   {result['cache_hits_per_s']:>10.1f} /s",
@@ -509,6 +514,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--latency-jobs", type=int, default=200, help="Jobs run one at a time for latency."
     )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=20,
+        help="Jobs run one at a time before the latency jobs, not counted.",
+    )
     parser.add_argument("--cache-hits", type=int, default=5000, help="Cache-hit submits to time.")
     parser.add_argument("--db", default=None, help="SQLite path or postgresql:// DSN.")
     parser.add_argument(
@@ -521,6 +532,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if min(args.jobs, args.runners, args.concurrency, args.runner_concurrency) < 1:
         raise SystemExit("runpack bench: --jobs, --runners and the concurrencies must be ≥ 1")
+    if args.warmup < 0:
+        raise SystemExit("runpack bench: --warmup must be ≥ 0")
     with tempfile.TemporaryDirectory(prefix="runpack-bench-") as tmp:
         if args.url:
             result = run(run_bench(args, args.url.rstrip("/"), []))

@@ -14,7 +14,8 @@ from typing import Any
 
 from tests.procs import KEYS, clean_env, running_runner, running_server
 
-SMALL = ["--jobs", "60", "--latency-jobs", "5", "--cache-hits", "60", "--concurrency", "4"]
+SMALL = ["--jobs", "60", "--latency-jobs", "5", "--warmup", "2", "--cache-hits", "60"]
+SMALL += ["--concurrency", "4"]
 
 
 def run_bench(
@@ -39,6 +40,7 @@ def bench(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict
 
 def assert_complete_report(report: dict[str, Any]) -> None:
     assert report["jobs"] == report["completed"] == 60
+    assert (report["latency_jobs"], report["warmup_jobs"]) == (5, 2)
     assert report["jobs_per_s"] > 0 and report["cache_hits_per_s"] > 0
     for name in ("submit_to_start_ms", "submit_to_completed_ms"):
         p = report[name]
