@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from runpack.api.runner_ws import HUB
 from runpack.hub import Hub
 from runpack.store import JobRow
-from tests.conftest import RUNNER, SUBMIT, service_of, submit
+from tests.conftest import RUNNER, service_of, submit
 from tests.procs import until
 
 
@@ -72,14 +72,9 @@ async def test_a_job_submitted_to_a_free_slot_is_inserted_claimed_and_pushed(
 ) -> None:
     ws, runner_id = await runner(client, concurrency=1, slots=1)
     claims = count_claims(client, monkeypatch)
-    resp = await client.post(
-        "/api/jobs/submit",
-        json={"job_type": "hello_world", "input_params": {"name": "placed"}},
-        headers=SUBMIT,
-    )
-    assert resp.status == 201
-    answer = await resp.json()
-    assert answer["status"] == "pending"  # as the original answers a new job
+    answer = await submit(client, name="placed")
+    # As the original answers a new job (201):
+    assert (answer["status"], answer["message"]) == ("pending", "Job queued successfully")
     frame = await job_frame(ws)
     assert frame["job_id"] == answer["job_id"] and frame["attempt"] == 1
     assert claims == []  # no claim statement: the insert claimed it
