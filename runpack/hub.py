@@ -202,11 +202,12 @@ class Hub:
         old = self.conns.get(conn.runner_id)
         if old is not None and old is not conn:
             old.close()
-            self._note(old)
         handle = self._grace.pop(conn.runner_id, None)
         if handle is not None:
             handle.cancel()
         self.conns[conn.runner_id] = conn
+        if old is not None:
+            self._note(old)  # no longer connected: none of its slots are free
         same = tuple(sorted(conn.capabilities))
         conn.capabilities = self._capabilities.setdefault(same, conn.capabilities)
         self.service.notifier.publish(Event("runner_attached", data={"runner_id": conn.runner_id}))
@@ -263,6 +264,8 @@ class Hub:
                 break
             if job_type not in conn.capabilities or conn.capabilities in self._backlog:
                 continue
+            if conn.runner_id in self._unsure:  # its check waits for no insert in flight
+                continue
             if best is None or conn.load < best.load:
                 best = conn
                 if not conn.held:
@@ -276,8 +279,8 @@ class Hub:
 
     def placed(self, slot: RunnerSlot, job: JobRow) -> None:
         conn = cast(RunnerConn, slot)
-        self._placed(conn)
         self._push(conn, job)
+        self._placed(conn)
 
     def unplaced(self, slot: RunnerSlot, *, unsure: bool) -> None:
         conn = cast(RunnerConn, slot)

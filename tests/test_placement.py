@@ -25,15 +25,17 @@ def hub_of(client: TestClient) -> Hub:
 
 
 async def runner(
-    client: TestClient, concurrency: int, slots: int
+    client: TestClient, concurrency: int, slots: int, runner_id: str | None = None
 ) -> tuple[aiohttp.ClientWebSocketResponse, str]:
     """A runner on the socket that granted ``slots``, once the hub is done with them
-    (queued jobs it could run are then pushed to it)."""
+    (queued jobs it could run are then pushed to it); ``runner_id`` to come back."""
     ws = await client.ws_connect("/api/runner/ws", headers=RUNNER)
     hello = {"type": "hello", "name": "r", "capabilities": ["hello_world"]}
+    if runner_id is not None:
+        hello["runner_id"] = runner_id
     await ws.send_json({**hello, "concurrency": concurrency})
     welcome = await ws.receive_json(timeout=5)
-    runner_id: str = welcome["runner_id"]
+    runner_id = welcome["runner_id"]
     await ws.send_json({"type": "ready", "slots": slots})
     hub = hub_of(client)
 
@@ -125,3 +127,21 @@ async def test_a_submit_of_a_known_job_gives_the_slot_back(
     frame = await job_frame(ws)
     assert frame["job_id"] == new["job_id"] and claims == []
     await ws.close()
+
+
+async def test_a_runner_back_on_a_new_socket_gets_the_job_there(client: TestClient) -> None:
+    """The old socket's free slots are not free any more once the runner is back on
+    another one: a job submitted before the new socket grants a slot waits for it."""
+    old, runner_id = await runner(client, concurrency=1, slots=1)
+    new = await client.ws_connect("/api/runner/ws", headers=RUNNER)
+    hello = {"type": "hello", "name": "r", "capabilities": ["hello_world"], "concurrency": 1}
+    await new.send_json({**hello, "runner_id": runner_id})
+    assert (await new.receive_json(timeout=5))["runner_id"] == runner_id
+    answer = await submit(client, name="after the reconnect")
+    row = await service_of(client).get_job(answer["job_id"])
+    assert row.status == "pending"  # not placed on the old socket's slot
+    await new.send_json({"type": "ready", "slots": 1})
+    frame = await job_frame(new)
+    assert frame["job_id"] == answer["job_id"] and frame["attempt"] == 1
+    await new.close()
+    await old.close()
