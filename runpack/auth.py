@@ -72,13 +72,15 @@ class StoredKey:
 
     id: str
     role: Role
-    #: Job types it may submit and check; None for any.
+    #: Job types it may submit, check, read and cancel; None for any.
     job_types: frozenset[str] | None
     #: Browser Origins it may be used from; None for any.
     origins: frozenset[str] | None
     #: Requests per rate window on rate-limited routes, in place of the per-IP limits.
     rate: int | None
     revoked: bool
+    #: The highest priority it may submit; None for no ceiling.
+    max_priority: int | None = None
 
     @classmethod
     def from_row(cls, row: ApiKeyRow) -> StoredKey:
@@ -92,6 +94,7 @@ class StoredKey:
             origins=names(row.origins),
             rate=row.rate,
             revoked=row.revoked_at is not None,
+            max_priority=row.max_priority,
         )
 
 
@@ -104,13 +107,24 @@ class Caller:
     #: The request's Origin, when the key lists its Origins (CORS replies name it).
     origin: str | None = None
 
-    def check_job_type(self, job_type: str) -> None:
-        """Refuse a job type the key may not submit or check."""
+    def check_job_type(self, job_type: str, action: str = "submit") -> None:
+        """Refuse a job type the key may not act on: submit or check a job of, and
+        read or cancel an existing one of (``action`` names it in the error)."""
         allowed = self.key.job_types if self.key is not None else None
         if allowed is not None and job_type not in allowed:
             raise Forbidden(
-                "This key may not submit this job type",
+                f"This key may not {action} this job type",
                 details=f"{job_type!r} is not one of: {', '.join(sorted(allowed))}",
+            )
+
+    def check_priority(self, priority: int) -> None:
+        """Refuse a priority above the key's ceiling (the environment keys have none
+        but the range every submit has)."""
+        ceiling = self.key.max_priority if self.key is not None else None
+        if ceiling is not None and priority > ceiling:
+            raise Forbidden(
+                f"This key may submit priority at most {ceiling}",
+                details=f"{priority} is above its ceiling (runpack keys create --max-priority)",
             )
 
 

@@ -3,8 +3,10 @@
 ``create`` prints a new key's secret once (the database keeps only its SHA-256),
 ``list`` shows every key and never a secret, ``revoke`` ends a key. A key has a
 role (submit, runner or admin, as the environment keys) and optional limits: the
-job types it may submit and check, the browser Origins it may be used from, and a
-rate in place of the per-IP limits. The commands work on the database directly
+job types it may submit, check, read and cancel, the browser Origins it may be used
+from, a rate in place of the per-IP limits, and the highest priority it may submit
+(0 for a submit key unless it names one: a key handed to strangers cannot jump the
+queue). The commands work on the database directly
 (``--db`` or RUNPACK_DB, SQLite or PostgreSQL), like ``runpack migrate``; the admin
 API (``/api/admin/keys``) does the same over HTTP with the same checks.
 """
@@ -37,6 +39,8 @@ MAX_NAME = 200
 MAX_JOB_TYPE = 200
 MAX_ITEMS = 100
 MAX_RATE = 1_000_000_000
+#: The highest priority any submit may ask (runpack.service checks the range).
+MAX_PRIORITY = 1000
 _KEY_ID = re.compile(r"[0-9a-f]{12}")
 _HOST = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -44,7 +48,7 @@ ROLE_NAMES = ", ".join(KEY_ROLES)
 DESCRIPTION = (
     "API keys beyond the three environment keys, kept in the database (--db or RUNPACK_DB). "
     "A key has a role (submit, runner or admin) and optional limits: job types, browser "
-    "Origins, a rate. Only a hash of each secret is stored."
+    "Origins, a rate, a priority ceiling. Only a hash of each secret is stored."
 )
 
 
@@ -61,6 +65,8 @@ class KeySpec:
     job_types: tuple[str, ...] | None = None
     origins: tuple[str, ...] | None = None
     rate: int | None = None
+    #: The highest priority it may submit; None for no ceiling.
+    max_priority: int | None = None
 
 
 def parse_origin(text: str) -> str:
@@ -115,8 +121,10 @@ def key_spec(
     job_types: Sequence[str] | None = None,
     origins: Sequence[str] | None = None,
     rate: int | None = None,
+    max_priority: int | None = None,
 ) -> KeySpec:
-    """Check a new key's settings; a clear BadRequest for anything wrong."""
+    """Check a new key's settings; a clear BadRequest for anything wrong. A submit
+    key that names no priority ceiling gets 0."""
     if role not in KEY_ROLES:
         raise BadRequest(f"role must be one of {ROLE_NAMES}", details=repr(role))
     if len(name) > MAX_NAME or "\x00" in name:
@@ -135,12 +143,25 @@ def key_spec(
         raise BadRequest(
             "Invalid rate", details=f"{rate}: 0 (unlimited) to {MAX_RATE} requests per window"
         )
+    if max_priority is not None:
+        if role == Role.RUNNER:
+            raise BadRequest(
+                "A runner key takes no priority ceiling",
+                details="the ceiling limits the priority a key submits",
+            )
+        if not 0 <= max_priority <= MAX_PRIORITY:
+            raise BadRequest(
+                "Invalid priority ceiling", details=f"{max_priority}: 0 to {MAX_PRIORITY}"
+            )
+    elif role == Role.SUBMIT:
+        max_priority = 0
     return KeySpec(
         role=Role(role),
         name=name,
         job_types=tuple(types) if types is not None else None,
         origins=tuple(allowed) if allowed is not None else None,
         rate=rate,
+        max_priority=max_priority,
     )
 
 
@@ -166,6 +187,7 @@ async def create_key(store: Store, spec: KeySpec, now: int) -> tuple[str, ApiKey
         created_at=now,
         last_used_at=None,
         revoked_at=None,
+        max_priority=spec.max_priority,
     )
     await store.insert_api_key(row)
     return secret, row
@@ -191,6 +213,7 @@ def key_view(row: ApiKeyRow) -> dict[str, Any]:
         "job_types": orjson.loads(row.job_types) if row.job_types is not None else None,
         "origins": orjson.loads(row.origins) if row.origins is not None else None,
         "rate": row.rate,
+        "max_priority": row.max_priority,
         "created_at": row.created_at,
         "last_used_at": row.last_used_at,
         "revoked_at": row.revoked_at,
@@ -219,7 +242,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     create.add_argument("--name", default="", help="A label: who or what holds the key.")
     create.add_argument(
-        "--job-types", metavar="A,B", help="Only these job types may be submitted and checked."
+        "--job-types",
+        metavar="A,B",
+        help="Only jobs of these types may be submitted, checked, read and cancelled.",
     )
     create.add_argument(
         "--origins",
@@ -232,6 +257,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="N requests per rate window on rate-limited routes, for this key across "
         "all clients, in place of the per-IP limits (0 = unlimited).",
+    )
+    create.add_argument(
+        "--max-priority",
+        type=int,
+        metavar="N",
+        help=f"The highest priority it may submit, 0 to {MAX_PRIORITY}; a submit above it "
+        "is refused (403). A submit key gets 0 unless it names one; an admin key has none.",
     )
     sub.add_parser("list", parents=[common], help="List every key (never a secret).")
     revoke = sub.add_parser(
@@ -261,6 +293,8 @@ def _limits(view: dict[str, Any]) -> str:
         parts.append("origins " + ",".join(view["origins"]))
     if view["rate"] is not None:
         parts.append(f"rate {view['rate'] or 'unlimited'}")
+    if view["max_priority"] is not None:
+        parts.append(f"priority at most {view['max_priority']}")
     return "; ".join(parts) or "-"
 
 
@@ -323,7 +357,12 @@ def main(args: argparse.Namespace) -> int:
         spec = None
         if args.keys_command == "create":  # checked before the database is touched
             spec = key_spec(
-                args.role, args.name, _split(args.job_types), _split(args.origins), args.rate
+                args.role,
+                args.name,
+                _split(args.job_types),
+                _split(args.origins),
+                args.rate,
+                args.max_priority,
             )
         elif not db.startswith(("postgres://", "postgresql://")) and not Path(db).exists():
             raise BadRequest("No database", details=f"{db} does not exist")

@@ -366,9 +366,19 @@ class JobService:
             raise JobNotFound()
         return job
 
-    async def cancel(self, job_id: str, any_state: bool, reason: str) -> JobRow:
-        """Cancel a job: pending ones for clients, running ones too for admins."""
+    async def cancel(
+        self,
+        job_id: str,
+        any_state: bool,
+        reason: str,
+        check_type: Callable[[str], None] | None = None,
+    ) -> JobRow:
+        """Cancel a job: pending ones for clients, running ones too for admins.
+        ``check_type`` may refuse the job's type (it raises) before anything changes;
+        a job's type never changes, so its answer holds for the update."""
         job = await self.get_job(job_id)
+        if check_type is not None:
+            check_type(job.job_type)
         allowed = (JobStatus.PENDING, *RUNNING) if any_state else (JobStatus.PENDING,)
         if job.status not in allowed:
             hint = "" if any_state or job.status in FINAL else "; running jobs need the admin key"

@@ -146,10 +146,11 @@ async def test_the_database_allows_exactly_the_key_roles(db: str) -> None:
 async def test_migration_2_adds_the_table_to_a_version_1_database(
     engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A database made before keys existed gets the table from 0002_api_keys.sql."""
-    only_0002 = [m for m in migrations.migrations() if m[0] == 2]
-    assert [name for _, name, _ in only_0002] == ["0002_api_keys.sql"]
-    monkeypatch.setattr(migrations, "migrations", lambda: only_0002)
+    """A database made before keys existed gets the table from 0002_api_keys.sql (and
+    its priority ceilings from 0007_key_priority.sql)."""
+    only_keys = [m for m in migrations.migrations() if m[0] in (2, 7)]
+    assert [name for _, name, _ in only_keys] == ["0002_api_keys.sql", "0007_key_priority.sql"]
+    monkeypatch.setattr(migrations, "migrations", lambda: only_keys)
     v1 = "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY, applied_at BIGINT)"
     if engine == "sqlite":
         db = str(tmp_path / "v1.db")

@@ -1,4 +1,8 @@
-"""Client routes: submit, check, status (submit key)."""
+"""Client routes: submit, check, status, cancel (submit key).
+
+A stored key limited to some job types acts only on jobs of those types, whichever
+route names the job; a stored key's priority ceiling bounds what it submits.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +49,9 @@ def _error_text(result: SubmitResult) -> str:
 async def submit(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     job_request = await job_request_of(request)
-    request[CALLER].check_job_type(job_request.job_type)
+    caller = request[CALLER]
+    caller.check_job_type(job_request.job_type)
+    caller.check_priority(job_request.priority)
     result = await service.submit(job_request)
     job = result.job
     assert job is not None
@@ -98,8 +104,12 @@ async def cancel(request: web.Request) -> web.Response:
     """Pending jobs with the submit key; running ones too with the admin key."""
     is_admin = request.get(ROLE) == Role.ADMIN
     who = "an administrator" if is_admin else "the client"
+    caller = request[CALLER]
     job = await request.app[SERVICE].cancel(
-        request.match_info["job_id"], any_state=is_admin, reason=f"Cancelled by {who}"
+        request.match_info["job_id"],
+        any_state=is_admin,
+        reason=f"Cancelled by {who}",
+        check_type=lambda job_type: caller.check_job_type(job_type, "cancel"),
     )
     return json_response({"job_id": job.id, "status": job.status, "message": "Job cancelled"})
 
@@ -108,4 +118,6 @@ async def cancel(request: web.Request) -> web.Response:
 @policy(Role.SUBMIT, bucket="poll", failure="Failed to get job status")
 async def status(request: web.Request) -> web.Response:
     job = await request.app[SERVICE].get_job(request.match_info["job_id"])
+    # 403 rather than 404: the job's id already opens its public detail and stream.
+    request[CALLER].check_job_type(job.job_type, "read")
     return json_response(job_status(job))

@@ -12,7 +12,7 @@ from runpack.keys import KeySpec, create_key, key_spec, key_view, now_ms, revoke
 from runpack.protocol import Role
 
 routes = web.RouteTableDef()
-FIELDS = ("role", "name", "job_types", "origins", "rate")
+FIELDS = ("role", "name", "job_types", "origins", "rate", "max_priority")
 
 
 def _spec(body: dict[str, Any]) -> KeySpec:
@@ -24,8 +24,10 @@ def _spec(body: dict[str, Any]) -> KeySpec:
         raise BadRequest("role must be one of submit, runner, admin")
     if not isinstance(name, str):
         raise BadRequest("name must be a string")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int)):
-        raise BadRequest("rate must be an integer or null")
+    for field in ("rate", "max_priority"):
+        value = body.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise BadRequest(f"{field} must be an integer or null")
     lists = {}
     for field in ("job_types", "origins"):
         value = body.get(field)
@@ -34,7 +36,9 @@ def _spec(body: dict[str, Any]) -> KeySpec:
         ):
             raise BadRequest(f"{field} must be an array of strings or null")
         lists[field] = value
-    return key_spec(role, name, lists["job_types"], lists["origins"], rate)
+    return key_spec(
+        role, name, lists["job_types"], lists["origins"], rate, body.get("max_priority")
+    )
 
 
 @routes.get("/api/admin/keys")

@@ -67,6 +67,14 @@ JOB_TYPE_403 = error_reply(
     "A stored key sent from a browser Origin that it does not list, "
     "or for a job type that it may not submit."
 )
+SUBMIT_403 = error_reply(
+    "A stored key sent from a browser Origin that it does not list, for a job type that it "
+    "may not submit, or with a priority above its ceiling."
+)
+JOB_OF_TYPE_403 = error_reply(
+    "A stored key sent from a browser Origin that it does not list, "
+    "or for a job of a type that it may not act on."
+)
 
 
 def operation(
@@ -238,7 +246,7 @@ def paths() -> Json:
             "post": operation(
                 "Submit a job (or get the existing one, or its cached result)",
                 Role.SUBMIT,
-                {**submit_replies, "403": JOB_TYPE_403},
+                {**submit_replies, "403": SUBMIT_403},
                 tag="jobs",
                 body=ref("JobRequest"),
                 bucket=True,
@@ -261,7 +269,11 @@ def paths() -> Json:
             "get": operation(
                 "A job's status, progress, result or error",
                 Role.SUBMIT,
-                {"200": json_reply("The job.", ref("JobState")), "404": JOB_404},
+                {
+                    "200": json_reply("The job.", ref("JobState")),
+                    "403": JOB_OF_TYPE_403,
+                    "404": JOB_404,
+                },
                 tag="jobs",
                 parameters=[JOB_ID],
                 bucket=True,
@@ -273,6 +285,7 @@ def paths() -> Json:
                 Role.SUBMIT,
                 {
                     "200": json_reply("Cancelled.", ref("StatusChange")),
+                    "403": JOB_OF_TYPE_403,
                     "404": JOB_404,
                     "409": error_reply("The job is past cancelling."),
                 },

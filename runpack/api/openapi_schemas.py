@@ -57,12 +57,20 @@ _API_KEY: Json = {
     "id": {"type": "string"},
     "name": {"type": "string"},
     "role": {"enum": ["submit", "runner", "admin"]},
-    "job_types": {**NAMES, "description": "Job types it may submit and check; null: any."},
+    "job_types": {
+        **NAMES,
+        "description": "Job types it may submit, check, read and cancel; null: any.",
+    },
     "origins": {**NAMES, "description": "Browser Origins it may be used from; null: any."},
     "rate": {
         **NULLABLE_INT,
         "description": "Requests per rate window in place of the per-IP limits (0: unlimited); "
         "null: the per-IP limits.",
+    },
+    "max_priority": {
+        **NULLABLE_INT,
+        "description": "The highest priority it may submit (a submit key: 0 unless set); "
+        "null: no ceiling.",
     },
     "created_at": MS,
     "last_used_at": {**NULLABLE_MS, "description": "Written at most once a minute."},
@@ -91,6 +99,12 @@ API_KEY_SCHEMAS: Json = {
                 "description": "Each `scheme://host[:port]`.",
             },
             "rate": {**NULLABLE_INT, "minimum": 0, "maximum": 1_000_000_000},
+            "max_priority": {
+                **NULLABLE_INT,
+                "minimum": 0,
+                "maximum": 1000,
+                "description": "Not for a runner key; a submit key gets 0 when it is left out.",
+            },
         },
         additionalProperties=False,
     ),

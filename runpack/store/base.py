@@ -266,6 +266,7 @@ API_KEY_COLUMNS = (
     "created_at",
     "last_used_at",
     "revoked_at",
+    "max_priority",
 )
 
 
@@ -283,3 +284,5 @@ class ApiKeyRow:
     created_at: int
     last_used_at: int | None
     revoked_at: int | None
+    #: The highest priority it may submit, or None for no ceiling.
+    max_priority: int | None = None

@@ -67,6 +67,8 @@ CREATE INDEX IF NOT EXISTS runners_last_seen_idx ON runners (last_seen);
 -- token is then found with one probe of the UNIQUE index, whose timing says nothing
 -- about any stored secret. job_types and origins are JSON arrays of text, NULL for
 -- no limit. rate is requests per RUNPACK_RATE_WINDOW, NULL for the per-IP limits.
+-- max_priority is the highest priority the key may submit, NULL for no ceiling (a
+-- submit key gets 0 unless it names one).
 CREATE TABLE IF NOT EXISTS api_keys (
     id            TEXT    NOT NULL PRIMARY KEY,
     name          TEXT    NOT NULL DEFAULT '',
@@ -77,7 +79,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     rate          INTEGER CHECK (rate IS NULL OR rate >= 0),
     created_at    BIGINT  NOT NULL,
     last_used_at  BIGINT,
-    revoked_at    BIGINT
+    revoked_at    BIGINT,
+    max_priority  INTEGER CHECK (max_priority IS NULL OR max_priority BETWEEN 0 AND 1000)
 );
 
 INSERT INTO schema_version (version, applied_at) VALUES (1, 0) ON CONFLICT (version) DO NOTHING;
@@ -85,3 +88,5 @@ INSERT INTO schema_version (version, applied_at) VALUES (2, 0) ON CONFLICT (vers
 INSERT INTO schema_version (version, applied_at) VALUES (3, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (4, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (5, 0) ON CONFLICT (version) DO NOTHING;
+INSERT INTO schema_version (version, applied_at) VALUES (6, 0) ON CONFLICT (version) DO NOTHING;
+INSERT INTO schema_version (version, applied_at) VALUES (7, 0) ON CONFLICT (version) DO NOTHING;
