@@ -32,8 +32,10 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: fetches by default (``RUNPACK_FIGURE_URL_HOSTS``).
 FIGPACK_HOSTS = ("figures.figpack.org",)
 
-#: Not caught by ``is_global`` on every Python version, or holding another address.
+#: Shared address space (carrier-grade NAT; cloud metadata at 100.100.100.200), which
+#: ``is_global`` does not catch on every Python version.
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
+#: NAT64's well-known prefix: the IPv4 address in its last 32 bits is what is reached.
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 #: The resolver, as it was before :func:`guarded` wrapped it.
 _real_getaddrinfo = socket.getaddrinfo
@@ -124,7 +126,8 @@ def check_url(url: str, *, allow_private: bool = False, resolve: bool = True) ->
     if not resolve:
         return
     try:
-        infos = _real_getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = _real_getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         raise URLNotAllowed(f"URL not allowed: the host of {url} cannot be resolved") from None
     for info in infos:
@@ -153,6 +156,7 @@ def check_sockaddr(addr_info: tuple[Any, ...]) -> socket.socket:
 
 _guard = threading.local()
 _install_lock = threading.Lock()
+_installed = False
 
 
 def _checked_getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
@@ -172,14 +176,14 @@ def guarded(allow_private: bool = False) -> Iterator[None]:
     ``socket.getaddrinfo``, so none reaches a private address. Other threads (the
     runner's own connection to its server) are not affected. Literal addresses go
     through ``getaddrinfo`` as well in those libraries."""
-    if allow_private:
-        yield
-        return
-    with _install_lock:
-        if socket.getaddrinfo is not _checked_getaddrinfo:
-            socket.getaddrinfo = _checked_getaddrinfo
+    global _installed
+    if not allow_private and not _installed:
+        with _install_lock:
+            if not _installed:
+                socket.getaddrinfo = _checked_getaddrinfo
+                _installed = True
     outer = getattr(_guard, "active", False)
-    _guard.active = True
+    _guard.active = not allow_private
     try:
         yield
     finally:
