@@ -112,8 +112,8 @@ def split_url(url: str) -> SplitResult:
 def check_url(url: str, *, allow_private: bool = False, resolve: bool = True) -> None:
     """Raise :class:`URLNotAllowed` unless ``url`` may be fetched: an http(s) URL with
     no credentials whose host resolves only to allowed addresses (every one of them).
-    A name that does not resolve is refused too. ``resolve=False`` checks the text only
-    (a literal address is still checked)."""
+    A name that does not resolve is refused too ("the host of … cannot be resolved").
+    ``resolve=False`` checks the text only (a literal address is still checked)."""
     parts = split_url(url)
     host = parts.hostname or ""
     if allow_private:
@@ -129,7 +129,7 @@ def check_url(url: str, *, allow_private: bool = False, resolve: bool = True) ->
         port = parts.port or (443 if parts.scheme == "https" else 80)
         infos = _real_getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
-        raise URLNotAllowed(f"URL not allowed: the host of {url} cannot be resolved") from None
+        raise URLNotAllowed(f"the host of {url} cannot be resolved") from None
     for info in infos:
         if not address_allowed(str(info[4][0])):
             raise URLNotAllowed(f"URL not allowed: {url} resolves to a private address")

@@ -23,12 +23,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+import requests
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from runpack import netrules
 from runpack.netrules import URLNotAllowed, address_allowed, check_url, guarded, host_matches
 from runpack.validation import INVALID, UNKNOWN, VALID, ResultValidator
+from runpack_runner.cli import build_parser
+from runpack_runner.settings import RunnerSettings
 from tests.pg import fresh_database, require_postgres
 from tests.procs import KEYS, Proc, free_port, running_runner, running_server, until
 
@@ -322,6 +325,19 @@ def test_urls_that_break_the_rule_are_refused_with_a_reason(url: str, why: str) 
         check_url(url)
 
 
+def test_a_host_that_does_not_resolve_is_refused_as_such() -> None:
+    with pytest.raises(URLNotAllowed, match=r"^the host of http://no-such-host\.invalid/x"):
+        check_url("http://no-such-host.invalid/x")
+
+
+def test_the_runner_takes_the_setting_from_its_environment_or_a_flag() -> None:
+    assert not RunnerSettings().allow_private_urls
+    assert RunnerSettings.from_env({"RUNPACK_ALLOW_PRIVATE_URLS": "true"}).allow_private_urls
+    args = build_parser().parse_args(["--allow-private-urls"])
+    assert args.allow_private_urls is True
+    assert build_parser().parse_args([]).allow_private_urls is None  # the environment decides
+
+
 def test_allow_private_lifts_the_address_rule_but_not_the_rest() -> None:
     check_url("http://127.0.0.1:8080/x", allow_private=True)
     check_url("http://2130706433/x", allow_private=True)
@@ -358,6 +374,11 @@ async def test_guarded_threads_cannot_connect_to_private_addresses(listener: Lis
         with guarded():
             outcomes["literal"] = fetch(f"{base}/a/figpack.json")
             outcomes["name"] = fetch(f"http://localhost:{listener.port}/b/figpack.json")
+            try:  # lindi reads remote files with requests (urllib3)
+                requests.get(f"{base}/e/figpack.json", timeout=5)
+                outcomes["requests"] = "fetched"
+            except requests.ConnectionError as exc:
+                outcomes["requests"] = f"refused: {exc}"
         with guarded(allow_private=True):
             outcomes["allowed"] = fetch(f"{base}/c/figpack.json")
         return outcomes
@@ -365,6 +386,7 @@ async def test_guarded_threads_cannot_connect_to_private_addresses(listener: Lis
     outcomes = await asyncio.to_thread(guarded_thread)
     assert outcomes["literal"].startswith("refused: connection to a private address refused")
     assert outcomes["name"].startswith("refused: connection to a private address refused")
+    assert "connection to a private address refused" in outcomes["requests"]
     assert outcomes["allowed"] == "200"
     assert await asyncio.to_thread(fetch, f"{base}/d/figpack.json") == "200"  # not guarded
     assert listener.paths() == ["/c/figpack.json", "/d/figpack.json"]
