@@ -8,7 +8,9 @@ trains (``/units``), an ImageSeries (``/acquisition/ImageSeries``, 40 frames of
 32x32 pixels) and an ndx-pose PoseEstimation container
 (``/processing/behavior/PoseEstimation``, three keypoints). The server answers
 HTTP range requests, as the DANDI archive's storage does, so lindi reads the file
-the same way. It prints the URL and the commands to submit each job.
+the same way. It prints the URL and the commands to submit each job. The file is
+on loopback, which runners refuse to fetch unless allowed: start the runner (or
+``make run``) with ``RUNPACK_ALLOW_PRIVATE_URLS=true``.
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ def main() -> None:
     path = write_small_nwb(args.dir / "demo.nwb")
     nwb_url = f"http://{args.host}:{args.port}/{path.name}"
     print(f"NWB file: {nwb_url}")
+    print("Runners read it only with RUNPACK_ALLOW_PRIVATE_URLS=true (it is on loopback).")
     print("Submit the figure jobs (after: source runpack-data/dev-keys.env):")
     for command in submit_commands(nwb_url):
         print("  " + command)

@@ -29,6 +29,7 @@ from runpack.api.monitoring import METRICS, echo_request_id, incident_id, observ
 from runpack.api.runner_ws import HUB
 from runpack.artifacts import FigureStore
 from runpack.auth import KeyRing
+from runpack.envvars import split_list
 from runpack.errors import BadRequest, RunpackError, StoreError, StoreUnavailable, TooLarge
 from runpack.eventloop import loop_name
 from runpack.hub import Hub
@@ -235,7 +236,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     figures = app[FIGURES]
     await asyncio.to_thread(figures.clean_incoming)
     validator = ResultValidator(
-        settings.validation_timeout, settings.validation_cache_ttl, local=figures
+        settings.validation_timeout,
+        settings.validation_cache_ttl,
+        local=figures,
+        hosts=split_list(settings.figure_url_hosts),
+        allow_private=settings.allow_private_urls,
     )
     await validator.start()
     notifier = Notifier()

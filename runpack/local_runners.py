@@ -31,6 +31,7 @@ def local_runners(settings: Settings) -> object:
             **os.environ,
             "RUNPACK_WORKER_URL": f"http://{host}:{settings.port}",
             "RUNPACK_RUNNER_API_KEY": settings.runner_api_key,
+            "RUNPACK_ALLOW_PRIVATE_URLS": "true" if settings.allow_private_urls else "false",
         }
         for i in range(settings.local_runners):
             folder = Path(settings.data_dir) / f"runner-{i + 1}"

@@ -16,6 +16,7 @@ from typing import Any
 
 from runpack import protocol
 from runpack.envvars import env_name, read_values, type_name
+from runpack.netrules import FIGPACK_HOSTS
 
 
 def _s(default: Any, help: str, *, secret: bool = False) -> Any:
@@ -98,6 +99,17 @@ class Settings:
         5.0, "Timeout for checking a cached figpack_url (a failure keeps the result)."
     )
     validation_cache_ttl: float = _s(60.0, "How long a figpack_url check is remembered.")
+    figure_url_hosts: str = _s(
+        ",".join(FIGPACK_HOSTS),
+        "Comma-separated hosts whose figpack.json the server may fetch to check a cached "
+        "figpack_url (`*.example.org` for a domain, `*` for any); a figure URL elsewhere "
+        "expires its result. Figures stored by this server are checked on disk.",
+    )
+    allow_private_urls: bool = _s(
+        False,
+        "Let the server fetch figure URLs on loopback, private and link-local addresses "
+        "(refused by default, as are metadata addresses); local runners inherit it.",
+    )
     notify_relay_base_url: str = _s("", "NotifyRelay base URL to announce new jobs (optional).")
     notify_relay_publish_key: str = _s("", "NotifyRelay publish key.", secret=True)
     local_runners: int = _s(

@@ -8,12 +8,23 @@ remembered for a short time so a popular result costs one check per TTL.
 A figure stored by this server (its URL is under ``<public_url>/figures/``) is
 checked on disk instead, every time: it is good while every file it was
 uploaded with is still there with its size.
+
+A figure URL comes from a runner, so it is fetched only under the address rule
+(:mod:`runpack.netrules`): an http(s) URL on one of the allowed hosts
+(``RUNPACK_FIGURE_URL_HOSTS``, figpack's own by default), without credentials,
+to public addresses only (unless ``RUNPACK_ALLOW_PRIVATE_URLS``), checked on the
+resolved address and again on every socket opened; no redirect is followed, no
+cookie kept, and the answer is read up to :data:`MAX_MANIFEST_BYTES`. A URL that
+breaks the rule is never fetched and its result is *invalid* (expired, computed
+again), as a figure URL not ending in ``index.html`` already was; completing a job
+with such a URL is accepted, as by the original.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Any, Protocol
 
@@ -21,10 +32,21 @@ import aiohttp
 import orjson
 
 from runpack.artifacts import figpack_urls
+from runpack.netrules import (
+    FIGPACK_HOSTS,
+    URLNotAllowed,
+    address_allowed,
+    check_sockaddr,
+    host_matches,
+    split_url,
+)
+from runpack.netrules import check_url as check_url_text
 
 log = logging.getLogger(__name__)
 
 VALID, INVALID, UNKNOWN = "valid", "invalid", "unknown"
+#: A figure's ``figpack.json`` is a few hundred bytes; anything past this is not one.
+MAX_MANIFEST_BYTES = 1024 * 1024
 
 
 class LocalFigures(Protocol):
@@ -49,16 +71,32 @@ def judge_manifest(manifest: Any, now_ms: int) -> str:
 
 class ResultValidator:
     def __init__(
-        self, timeout: float = 5.0, cache_ttl: float = 60.0, local: LocalFigures | None = None
+        self,
+        timeout: float = 5.0,
+        cache_ttl: float = 60.0,
+        local: LocalFigures | None = None,
+        *,
+        hosts: tuple[str, ...] = FIGPACK_HOSTS,
+        allow_private: bool = False,
     ) -> None:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.local = local
         self.cache_ttl = cache_ttl
+        self.hosts = hosts
+        self.allow_private = allow_private
         self._cache: dict[str, tuple[str, float]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=self.timeout)
+        connector = aiohttp.TCPConnector(
+            socket_factory=None if self.allow_private else check_sockaddr
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self.timeout,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+        )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -89,7 +127,14 @@ class ResultValidator:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        verdict, good_until_ms = await self._fetch(url[: -len("index.html")] + "figpack.json")
+        refusal = await self.refusal(url)
+        if refusal == UNKNOWN:
+            return UNKNOWN
+        if refusal is not None:
+            log.warning("figpack_url not fetched, result expired: %s", refusal)
+            verdict, good_until_ms = INVALID, None
+        else:
+            verdict, good_until_ms = await self._fetch(url[: -len("index.html")] + "figpack.json")
         if verdict != UNKNOWN:
             if len(self._cache) > 10_000:
                 self._cache.clear()
@@ -99,21 +144,50 @@ class ResultValidator:
             self._cache[url] = (verdict, until)
         return verdict
 
+    async def refusal(self, url: str) -> str | None:
+        """Why ``url`` may not be fetched (the address rule), None when it may, or
+        UNKNOWN when its host cannot be resolved now (a network error keeps results)."""
+        try:
+            parts = split_url(url)
+            if not host_matches(parts.hostname or "", self.hosts):
+                return f"URL not allowed: {url}: its host is not in RUNPACK_FIGURE_URL_HOSTS"
+            check_url_text(url, allow_private=self.allow_private, resolve=False)
+        except URLNotAllowed as exc:
+            return str(exc)
+        if self.allow_private:
+            return None
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                parts.hostname, parts.port or 443, type=socket.SOCK_STREAM
+            )
+        except (OSError, UnicodeError) as exc:
+            log.info("figpack.json of %s unreachable (%s): keeping result", url, exc)
+            return UNKNOWN
+        if not all(address_allowed(str(info[4][0])) for info in infos):
+            return f"URL not allowed: {url} resolves to a private address"
+        return None
+
     async def _fetch(self, manifest_url: str) -> tuple[str, float | None]:
         """The verdict, and until when a "valid" lasts (ms epoch) if it expires."""
         if self._session is None:
             await self.start()
         assert self._session is not None
         try:
-            async with self._session.get(manifest_url) as resp:
-                if resp.status >= 500 or resp.status in (408, 429):
+            async with self._session.get(manifest_url, allow_redirects=False) as resp:
+                if resp.status >= 500 or resp.status in (408, 429) or 300 <= resp.status < 400:
+                    # A redirect is not followed: the result is kept, as for an outage.
                     log.info(
                         "figpack.json %s answered %s: keeping result", manifest_url, resp.status
                     )
                     return UNKNOWN, None
-                if resp.status >= 300:  # gone, forbidden (S3's "missing"), …
+                if resp.status >= 400:  # gone, forbidden (S3's "missing"), …
                     return INVALID, None
-                body = await resp.read()
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > MAX_MANIFEST_BYTES:
+                        log.info("figpack.json %s is too large: result expired", manifest_url)
+                        return INVALID, None
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.info("figpack.json %s unreachable (%s): keeping result", manifest_url, exc)
             return UNKNOWN, None

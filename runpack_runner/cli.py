@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
             "help": f"{spec['help']} [{spec['env']}]",
             "metavar": spec["name"].upper(),
         }
-        if spec["type"].startswith("tuple"):
+        if spec["type"] == "bool":
+            del kwargs["metavar"]
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif spec["type"].startswith("tuple"):
             kwargs["type"] = split_list
         else:
             kwargs["type"] = {"int": int, "float": float}.get(spec["type"], str)
@@ -65,6 +68,8 @@ def settings_table() -> str:
             shown = "required"
         elif default in ("", ()):
             shown = "unset"
+        elif isinstance(default, bool):
+            shown = f"`{str(default).lower()}`"
         else:
             shown = f"`{default}`"
         rows.append(f"| `{spec['env']}` | {flag} | {shown} | {spec['help']} |")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from runpack import netrules
 from runpack.protocol import MAX_CONSOLE_BYTES
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,9 @@ class JobContext:
         self._version = 0
         #: Sends a folder to the server and returns its URL (set by the runner).
         self.uploader: Callable[[JobContext, Path], str] | None = None
+        #: Whether the handler may fetch URLs on private addresses (the runner's
+        #: ``allow_private_urls``); the runner runs the handler under that rule.
+        self.allow_private_urls = False
 
     # --- cancellation -------------------------------------------------------------
     @property
@@ -193,6 +197,17 @@ class JobContext:
         """(progress_current, progress_total) as last reported."""
         with self._lock:
             return self._current, self._total
+
+    # --- URLs named by the job -------------------------------------------------------
+    def check_url(self, url: str) -> None:
+        """Raise :class:`runpack.netrules.URLNotAllowed` (a ValueError, so the job fails
+        with "Invalid parameters: URL not allowed: …") unless ``url`` may be fetched: an
+        http(s) URL without credentials whose host resolves only to public addresses
+        (any address with ``allow_private_urls``). Call it before opening a URL that a
+        submitter named; the runner also refuses, at connect time, every connection the
+        handler's thread makes to a private address (redirects included).
+        """
+        netrules.check_url(url, allow_private=self.allow_private_urls)
 
     # --- files ----------------------------------------------------------------------
     def upload_folder(self, folder: str | os.PathLike[str]) -> str:

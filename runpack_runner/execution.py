@@ -14,7 +14,6 @@ import logging
 import queue
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from enum import StrEnum
@@ -22,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from runpack.netrules import guarded
 from runpack.protocol import (
     HEARTBEAT_INTERVAL,
     MAX_CONSOLE_BYTES,
@@ -95,6 +95,7 @@ class JobRun:
         heartbeat_interval: Callable[[], float] = lambda: HEARTBEAT_INTERVAL,
         limits: Mapping[str, int] | None = None,
         first_beats: FirstBeats | None = None,
+        allow_private_urls: bool = False,
     ) -> None:
         limits = limits or {}
         self.job = job
@@ -108,6 +109,7 @@ class JobRun:
             notify=self._changed,
             max_console_bytes=limits.get("max_console_bytes", MAX_CONSOLE_BYTES),
         )
+        self.ctx.allow_private_urls = allow_private_urls
         self.reporter = HeartbeatReporter(self.ctx, transport, heartbeat_interval, first_beats)
         self.stop_reason: StopReason | None = None
         self.started = time.monotonic()
@@ -226,7 +228,9 @@ class JobRun:
         value: Any = None
         error: BaseException | None = None
         try:
-            value = self.handler.execute(self.job.input_params, self.ctx)
+            # Every name the handler's thread resolves meets the address rule.
+            with guarded(self.ctx.allow_private_urls):
+                value = self.handler.execute(self.job.input_params, self.ctx)
         except BaseException as exc:  # reported as the job's error, never lost
             error = exc
         # RuntimeError: the loop closed while this handler ran on; nobody waits for it.
@@ -241,7 +245,9 @@ class JobRun:
     # --- results ----------------------------------------------------------------------
     def _result(self, value: Any, exc: BaseException | None) -> Result:
         if isinstance(exc, ValueError):
-            return self._error(f"Invalid parameters: {exc}")
+            message = f"Invalid parameters: {one_line(exc)}"
+            self.ctx.log(message)
+            return self._error(message)
         if isinstance(exc, Cancelled):
             return self._error(f"Job cancelled: {exc}")
         retry = _retry_later(exc)
@@ -249,8 +255,12 @@ class JobRun:
             self.ctx.log(f"Could not finish, to be retried: {retry}")
             return self._error(str(retry) or type(retry).__name__, retryable=True)
         if exc is not None:
-            self.ctx.log("".join(traceback.format_exception(exc)).rstrip())
-            return self._error(f"Job execution failed: {exc}")
+            # The traceback names this machine's files: the runner's log only. The
+            # public console and the error get one line.
+            log.error("job %s (%s) failed", self.job_id, self.job.job_type, exc_info=exc)
+            message = f"Job execution failed: {one_line(exc)}"
+            self.ctx.log(message)
+            return self._error(message)
         if not isinstance(value, dict):
             return self._error(
                 f"Job execution failed: the handler returned {type(value).__name__}, not a dict"
@@ -283,6 +293,11 @@ class JobRun:
             error_message=message,
             retryable=retryable,
         )
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message with whitespace runs joined, or its type."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _retry_later(exc: BaseException | None) -> RetryLater | None:

@@ -413,6 +413,7 @@ class Runner:
             heartbeat_interval=self._current_interval,
             limits=self.limits,
             first_beats=self._first_beats,
+            allow_private_urls=self.settings.allow_private_urls,
         )
         run.ctx.uploader = self.uploader
         self.runs[job.job_id] = run

@@ -57,6 +57,11 @@ class RunnerSettings:
     )
     reconnect_min: float = _s(0.5, "First reconnect delay (exponential backoff, full jitter).")
     reconnect_max: float = _s(30.0, "Longest reconnect delay.")
+    allow_private_urls: bool = _s(
+        False,
+        "Let handlers fetch URLs (an nwb_url) on loopback, private and link-local addresses, "
+        "for files served on your own network; refused by default, as are metadata addresses.",
+    )
     stop_grace: float = _s(
         30.0,
         "How long a cancelled or timed-out handler may take to stop before its slot is reused.",

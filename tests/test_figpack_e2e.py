@@ -85,7 +85,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wait_for(nwb_url, nwb_server)
         env = {**KEYS, "RUNPACK_RATE_SUBMIT": "0", "RUNPACK_RATE_POLL": "0"}
         with running_server(tmp / "server", env=env) as server:
-            runner_env = {"FIGPACK_API_KEY": ""}  # figures go to this server, not the cloud
+            # Figures go to this server, not the cloud; the NWB file is on loopback.
+            runner_env = {"FIGPACK_API_KEY": "", "RUNPACK_ALLOW_PRIVATE_URLS": "true"}
             with running_runner(
                 tmp / "runner",
                 server.url,

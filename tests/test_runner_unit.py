@@ -546,11 +546,12 @@ async def test_quiet_jobs_that_outlast_the_first_beat_delay_get_their_heartbeats
 
 
 def test_the_runner_needs_no_server_modules() -> None:
-    """The runner shares only the wire protocol, settings parsing and the choice of
-    event loop with the server."""
+    """The runner shares only the wire protocol, settings parsing, the choice of
+    event loop and the address rule with the server."""
     code = (
         "import sys, runpack_runner.cli, runpack_runner.runner\n"
-        "shared = ('runpack.protocol', 'runpack.envvars', 'runpack.eventloop')\n"
+        "shared = ('runpack.protocol', 'runpack.envvars', 'runpack.eventloop',\n"
+        "          'runpack.netrules')\n"
         "server = [m for m in sys.modules if m.startswith(('aiosqlite', 'asyncpg'))\n"
         "          or (m.startswith('runpack.') and m not in shared)]\n"
         "assert not server, server\n"

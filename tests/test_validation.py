@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from runpack.settings import Settings
 from runpack.validation import INVALID, VALID, figpack_urls, judge_manifest
 from tests.conftest import ADMIN, SUBMIT, MakeClient, as_runner, claim, register
 
@@ -65,6 +66,13 @@ class FigpackCloud:
     def url(self, figure: str) -> str:
         assert self.server is not None
         return str(self.server.make_url(f"/{figure}/index.html"))
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The figpack cloud's stand-in is on loopback: its host is allowed, and so are
+    private addresses, as for a lab that serves figures on its own network."""
+    return settings.replace(figure_url_hosts="127.0.0.1", allow_private_urls=True)
 
 
 @pytest.fixture

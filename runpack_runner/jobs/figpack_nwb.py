@@ -101,6 +101,9 @@ def open_nwb(ctx: JobContext, nwb_url: str) -> Any:
     import lindi
 
     ctx.log(f"Opening NWB file: {nwb_url}")
+    # Before any connection, so that the answer never tells a refused port from an
+    # open one; every connection lindi then makes meets the same rule (JobRun).
+    ctx.check_url(nwb_url)
     try:
         return lindi.LindiH5pyFile.from_hdf5_file(nwb_url)
     except Exception as exc:
