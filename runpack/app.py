@@ -6,7 +6,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from aiohttp import web
 
@@ -194,12 +193,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[METRICS] = metrics
     if not settings.base_url.startswith(("http://", "https://")):
         raise ValueError(f"public_url must start with http:// or https://: {settings.public_url}")
-    app[FIGURES] = FigureStore(
-        Path(settings.data_dir) / "figures",
-        settings.base_url,
-        settings.max_upload_bytes,
-        settings.max_upload_files,
-    )
+    app[FIGURES] = FigureStore.from_settings(settings)
     app.router.add_route("*", "/", health)
     app.router.add_route("*", "/health", health)
     app.add_routes(events.routes)  # before jobs: /api/jobs/by-hash/… must win
@@ -217,6 +211,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         app.cleanup_ctx.append(local_runners(settings))  # type: ignore[arg-type]
     app.on_shutdown.append(_close_sockets)
     app.on_response_prepare.append(echo_request_id)
+    app.on_response_prepare.append(files.guard_figure_response)
     return app
 
 

@@ -1,13 +1,19 @@
 """Stored figures: the folders runners upload, kept under ``<data_dir>/figures/<job_id>/``.
 
-An upload is one tar archive (plain or gzip-compressed). It is spooled to disk,
-unpacked into a fresh folder under ``figures/.incoming/``, checked, given a
-manifest (every file's path and size) and renamed into place in one step, so a
-reader sees the old figure or the new one, never half of one. Only regular files
-and folders with plain relative names are accepted; sizes and file counts are
-limited while reading, before anything is kept. A figure is *complete* while
-every file in its manifest exists with its size: a cached result whose figure
-is not complete is expired and computed again.
+An upload is one tar archive (plain, or compressed with gzip, bzip2 or xz). It is
+spooled to disk, unpacked into a fresh folder under ``figures/.incoming/``, checked,
+given a manifest (every file's path and size) and renamed into place in one step, so
+a reader sees the old figure or the new one, never half of one. Only regular files
+and folders with plain relative names are accepted. Limits are enforced while
+reading, before anything is kept: the bytes of the files, the entries (every member
+of the archive, folders included, and every folder a path creates), and how much
+the archive may grow when decompressed (a ratio of the bytes sent: a small gzip
+of zeros is refused long before it fills the disk). A refused upload leaves nothing.
+A figure is *complete* while every file in its manifest exists with its size: a
+cached result whose figure is not complete is expired and computed again.
+
+A figure's URL is under the public URL, or under the figure base URL when figures
+have an origin of their own; a URL under either names a figure stored here.
 
 When the disk is full or the folder cannot be written (ENOSPC, EDQUOT, EFBIG,
 EROFS, EACCES, EPERM…), an upload is refused with :class:`InsufficientStorage`
@@ -20,9 +26,13 @@ Imports neither aiohttp nor a database driver; blocking file work runs in thread
 from __future__ import annotations
 
 import asyncio
+import bz2
 import contextlib
 import errno
+import gzip
+import io
 import logging
+import lzma
 import os
 import secrets
 import shutil
@@ -30,10 +40,12 @@ import stat
 import tarfile
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -46,6 +58,9 @@ from runpack.errors import (
     TooLarge,
 )
 
+if TYPE_CHECKING:
+    from runpack.settings import Settings
+
 log = logging.getLogger(__name__)
 
 #: Written beside the files of every stored figure; never uploaded, never served.
@@ -56,6 +71,16 @@ MAX_NAME_BYTES = 255
 #: Leftovers of uploads interrupted by a crash are removed at start once this old.
 STALE_INCOMING_S = 3600.0
 WRITE_BUFFER = 1024 * 1024
+#: An archive may always unpack to this much, whatever its ratio: tar pads even a
+#: tiny archive to 10 KiB of mostly zeros, which compress to almost nothing.
+MIN_UNPACKED_LIMIT = 1024 * 1024
+DEFAULT_MAX_RATIO = 100
+#: Compressed archives, by their first bytes, and how to read them.
+COMPRESSED: tuple[tuple[bytes, Callable[[IO[bytes]], io.BufferedIOBase]], ...] = (
+    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+    (b"BZh", bz2.BZ2File),
+    (b"\xfd7zXZ\x00", lzma.LZMAFile),
+)
 
 #: Content types by suffix; anything else is served as application/octet-stream.
 CONTENT_TYPES = {
@@ -152,6 +177,16 @@ def check_path(path: str) -> str:
     return path
 
 
+def _authority(url: str) -> tuple[str, int] | None:
+    """(host, port) of an http(s) URL, the port made explicit; None if it has none."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    return (parts.hostname, port) if parts.hostname else None
+
+
 def is_job_id(value: str) -> bool:
     if len(value) != 36:
         return False
@@ -175,12 +210,51 @@ class StoredFigure:
 class FigureStore:
     """Figure folders of jobs on local disk, and their public URLs."""
 
-    def __init__(self, root: Path, public_url: str, max_bytes: int, max_files: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        public_url: str,
+        max_bytes: int,
+        max_files: int,
+        *,
+        figure_url: str = "",
+        max_ratio: int = DEFAULT_MAX_RATIO,
+    ) -> None:
         self.root = root
-        self.prefix = public_url.rstrip("/") + "/figures/"
+        main = public_url.rstrip("/")
+        #: The origin of figures when it is not the public URL's, else None.
+        self.figure_origin = figure_url.rstrip("/") or None
+        if self.figure_origin is not None:
+            if not self.figure_origin.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"figure_base_url must start with http:// or https://: {figure_url}"
+                )
+            figure_host = _authority(self.figure_origin)
+            if figure_host is None or figure_host == _authority(main):
+                why = "must name another host (or port) than the public URL"
+                raise ValueError(f"figure_base_url {why}: {figure_url}")
+        #: Where figures are handed out.
+        self.prefix = (self.figure_origin or main) + "/figures/"
+        #: Where a figure URL of this server may point (older results keep theirs).
+        self.prefixes = tuple(dict.fromkeys((self.prefix, main + "/figures/")))
+        self._main = _authority(main)
+        self._main_scheme = urlsplit(main).scheme
         self.max_bytes = max_bytes
         self.max_files = max_files
+        self.max_ratio = max_ratio
         self._locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FigureStore:
+        """The store of a server with these settings."""
+        return cls(
+            Path(settings.data_dir) / "figures",
+            settings.base_url,
+            settings.max_upload_bytes,
+            settings.max_upload_files,
+            figure_url=settings.figure_base_url,
+            max_ratio=settings.max_upload_ratio,
+        )
 
     # --- names ------------------------------------------------------------------------
     def folder(self, job_id: str) -> Path:
@@ -193,10 +267,22 @@ class FigureStore:
 
     def job_of_url(self, url: str) -> str | None:
         """The job whose stored figure ``url`` names, if it is one of ours."""
-        if not url.startswith(self.prefix):
+        for prefix in self.prefixes:
+            if url.startswith(prefix):
+                job_id = url[len(prefix) :].split("/", 1)[0]
+                return job_id if is_job_id(job_id) else None
+        return None
+
+    def moved_to_figure_origin(self, host: str | None, target: str) -> str | None:
+        """The URL on the figure origin for a request of ``target`` (path and query)
+        that reached the public URL's host, when figures have an origin of their own.
+        Requests on any other host (the figure host itself, or a proxy's name for the
+        server) are served where they are: a redirect could never loop."""
+        if self.figure_origin is None or self._main is None or not host:
             return None
-        job_id = url[len(self.prefix) :].split("/", 1)[0]
-        return job_id if is_job_id(job_id) else None
+        if _authority(f"{self._main_scheme}://{host}") != self._main:
+            return None
+        return self.figure_origin + target
 
     def file(self, job_id: str, path: str) -> Path | None:
         """The stored file to serve for ``path`` of a job's figure, or None."""
@@ -360,51 +446,30 @@ class FigureStore:
     def _unpack(
         self, archive: Path, staging: Path, job_id: str
     ) -> tuple[list[dict[str, Any]], int]:
-        """Unpack regular files and folders into ``staging``, checking every name and size."""
-        staging.mkdir()
+        """Unpack regular files and folders into ``staging``, once the whole archive has
+        passed every check: a refused upload writes nothing."""
+        sent = archive.stat().st_size
+        limit = max(sent * self.max_ratio, MIN_UNPACKED_LIMIT)
+        plan = self._plan(archive, limit, sent)
         files: list[dict[str, Any]] = []
-        seen: set[str] = set()
         total = 0
-        try:
-            with tarfile.open(archive, "r:*") as tar:
-                for member in tar:
-                    name = member.name
-                    while name.startswith("./"):
-                        name = name[2:]
-                    name = name.rstrip("/") if member.isdir() else name
-                    if name in ("", "."):
-                        continue
-                    rel = check_path(name)
-                    target = staging / rel
-                    if member.isdir():
-                        _mkdirs(staging, rel)
-                        continue
-                    if not member.isreg():
-                        raise BadRequest(
-                            "Only regular files and folders can be uploaded",
-                            details=f"{rel} is a link or a special file",
-                        )
-                    if rel in seen:
-                        raise BadRequest("A file appears twice in the upload", details=rel)
-                    seen.add(rel)
-                    if len(files) >= self.max_files:
-                        raise TooLarge(f"Upload exceeds the limit of {self.max_files} files")
-                    total += member.size
-                    if total > self.max_bytes:
-                        raise TooLarge(f"Upload exceeds size limit of {self.max_bytes} bytes")
-                    if "/" in rel:
-                        _mkdirs(staging, rel.rsplit("/", 1)[0])
-                    source = tar.extractfile(member)
-                    if source is None:
-                        raise BadRequest("Unreadable file in the upload", details=rel)
-                    _write_new(target, source, member.size)
-                    files.append({"path": rel, "size": member.size})
-        except tarfile.TarError as exc:
-            raise BadRequest("The upload must be a tar archive", details=str(exc)) from None
-        except EOFError:
-            raise BadRequest("The upload must be a tar archive", details="truncated") from None
-        if not files:
-            raise BadRequest("The upload has no files")
+        staging.mkdir()
+        with self._tar(archive, limit, sent) as tar:
+            for member, step in zip(tar, plan, strict=False):
+                if step is None:
+                    continue
+                rel, folder = step
+                if member.isdir():
+                    _mkdirs(staging, rel)
+                    continue
+                if folder:
+                    _mkdirs(staging, folder)
+                source = tar.extractfile(member)
+                if source is None:
+                    raise BadRequest("Unreadable file in the upload", details=rel)
+                _write_new(staging / rel, source, member.size)
+                files.append({"path": rel, "size": member.size})
+                total += member.size
         manifest = {
             "version": 1,
             "job_id": job_id,
@@ -414,6 +479,79 @@ class FigureStore:
         }
         (staging / MANIFEST).write_bytes(orjson.dumps(manifest))
         return files, total
+
+    def _plan(self, archive: Path, limit: int, sent: int) -> list[tuple[str, str] | None]:
+        """Read every header of the archive, checking names, kinds, sizes and counts;
+        for each member, its path and parent folder, or None to skip it."""
+        plan: list[tuple[str, str] | None] = []
+        seen: set[str] = set()
+        folders: set[str] = set()
+        entries = 0
+        total = 0
+
+        def count(more: int) -> None:
+            nonlocal entries
+            entries += more
+            if entries > self.max_files:
+                raise TooLarge(
+                    f"Upload exceeds the limit of {self.max_files} files and folders",
+                    details="every member of the archive counts, and every folder a path creates",
+                )
+
+        with self._tar(archive, limit, sent) as tar:
+            for member in tar:
+                count(1)
+                name = member.name
+                while name.startswith("./"):
+                    name = name[2:]
+                name = name.rstrip("/") if member.isdir() else name
+                if name in ("", "."):
+                    plan.append(None)
+                    continue
+                rel = check_path(name)
+                folder = rel if member.isdir() else rel.rpartition("/")[0]
+                new = _new_folders(folders, folder)
+                count(len(new) - (1 if member.isdir() and rel in new else 0))
+                plan.append((rel, folder))
+                if member.isdir():
+                    if rel in seen:
+                        raise BadRequest(
+                            "A file and a folder share a name in the upload", details=rel
+                        )
+                    continue
+                if not member.isreg() or member.issparse():
+                    raise BadRequest(
+                        "Only regular files and folders can be uploaded",
+                        details=f"{rel} is a link or a special file",
+                    )
+                if rel in seen:
+                    raise BadRequest("A file appears twice in the upload", details=rel)
+                if rel in folders or any(f in seen for f in new):
+                    raise BadRequest("A file and a folder share a name in the upload", details=rel)
+                seen.add(rel)
+                total += member.size
+                if total > self.max_bytes:
+                    raise TooLarge(f"Upload exceeds size limit of {self.max_bytes} bytes")
+                if total > limit:
+                    raise _too_large(self.max_ratio, sent, limit)
+        if not seen:
+            raise BadRequest("The upload has no files")
+        return plan
+
+    @contextlib.contextmanager
+    def _tar(self, archive: Path, limit: int, sent: int) -> Iterator[tarfile.TarFile]:
+        """The archive, read through its decompressor and the expansion limit."""
+        try:
+            with (
+                archive.open("rb") as raw,
+                _Unpacked(raw, limit, sent, self.max_ratio) as stream,
+                tarfile.open(fileobj=stream, mode="r:") as tar,  # type: ignore[call-overload]
+            ):
+                yield tar
+        except tarfile.TarError as exc:
+            raise BadRequest("The upload must be a tar archive", details=str(exc)) from None
+        except EOFError:
+            raise BadRequest("The upload must be a tar archive", details="truncated") from None
 
     def _commit(self, staging: Path, job_id: str) -> None:
         """Put ``staging`` in place as the job's folder (an older one is replaced)."""
@@ -432,6 +570,85 @@ class FigureStore:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         log.info("stored the figure of job %s", job_id)
+
+
+class _Unpacked:
+    """An archive's tar stream, decompressed if it is compressed, refused past ``limit``
+    bytes: a decompression bomb stops at the ratio, not at the disk's end. Read errors
+    of the decompressor are the sender's (400); those of the disk stay OSErrors."""
+
+    def __init__(self, raw: IO[bytes], limit: int, sent: int, ratio: int) -> None:
+        self.limit = limit
+        self.sent = sent
+        self.ratio = ratio
+        head = raw.read(6)
+        raw.seek(0)
+        opener = next((o for magic, o in COMPRESSED if head.startswith(magic)), None)
+        self.inner: IO[bytes] | io.BufferedIOBase = raw if opener is None else opener(raw)
+        self.position = 0
+
+    def __enter__(self) -> _Unpacked:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.inner.close()
+
+    def too_large(self) -> TooLarge:
+        return _too_large(self.ratio, self.sent, self.limit)
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self.limit + 1 - self.position
+        size = left if size is None or size < 0 else min(size, left)
+        data = self._call(self.inner.read, size)
+        self.position += len(data)
+        if self.position > self.limit:
+            raise self.too_large()
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        target = offset if whence == os.SEEK_SET else self.position + offset
+        if whence not in (os.SEEK_SET, os.SEEK_CUR):
+            raise OSError(errno.ESPIPE, "only forward and absolute seeks")
+        if target > self.limit:
+            raise self.too_large()
+        self.position = self._call(self.inner.seek, target)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def seekable(self) -> bool:
+        return True
+
+    def _call(self, method: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return method(*args)
+        except OSError as exc:
+            if exc.errno is not None:  # the disk's, not the data's
+                raise
+            raise BadRequest("The upload's compressed data is corrupt", details=str(exc)) from None
+        except (EOFError, zlib.error, lzma.LZMAError) as exc:
+            raise BadRequest(
+                "The upload's compressed data is corrupt", details=str(exc) or "truncated"
+            ) from None
+
+
+def _too_large(ratio: int, sent: int, limit: int) -> TooLarge:
+    return TooLarge(
+        f"Upload expands more than {ratio} times its size when unpacked",
+        details=f"{sent} bytes sent, more than {limit} bytes unpacked",
+    )
+
+
+def _new_folders(folders: set[str], path: str) -> list[str]:
+    """The folders ``path`` and its parents that are not in ``folders`` yet (now added)."""
+    new = []
+    while path and path not in folders:
+        new.append(path)
+        path = path.rpartition("/")[0]
+    folders.update(new)
+    return new[::-1]
 
 
 def _mkdirs(staging: Path, rel: str) -> None:

@@ -374,12 +374,7 @@ async def collect(settings: Settings, policy: Policy, dry_run: bool) -> Report:
     from runpack.store import open_store
 
     store = open_store(settings.db)
-    figures = FigureStore(
-        Path(settings.data_dir) / "figures",
-        settings.base_url,
-        settings.max_upload_bytes,
-        settings.max_upload_files,
-    )
+    figures = FigureStore.from_settings(settings)
     events: list[Event] = []
     notifier = Notifier()
     notifier.subscribe(events.append)

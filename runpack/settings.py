@@ -33,6 +33,12 @@ class Settings:
         "",
         "Base URL clients reach this server at, for figure URLs (default: http://host:port).",
     )
+    figure_base_url: str = _s(
+        "",
+        "Base URL of a separate origin (another hostname pointed at this server) for figures: "
+        "figure URLs are built on it, and figure requests that reach the public URL's host "
+        "are redirected to it (default: figures are served, sandboxed, on the public URL).",
+    )
     submit_api_key: str = _s("", "Key for clients that submit and read jobs.", secret=True)
     runner_api_key: str = _s("", "Key for runner daemons (also reads admin data).", secret=True)
     admin_api_key: str = _s("", "Key for administrators.", secret=True)
@@ -94,7 +100,12 @@ class Settings:
     max_upload_bytes: int = _s(
         500 * 1024 * 1024, "Largest figure upload (a tar of its files), in bytes."
     )
-    max_upload_files: int = _s(10_000, "Most files in one figure upload.")
+    max_upload_files: int = _s(10_000, "Most entries (files and folders) in one figure upload.")
+    max_upload_ratio: int = _s(
+        100,
+        "How many times its size a compressed figure upload may unpack to (an archive "
+        "of up to 1 MiB unpacked is always allowed).",
+    )
     validation_timeout: float = _s(
         5.0, "Timeout for checking a cached figpack_url (a failure keeps the result)."
     )

@@ -10,6 +10,23 @@ job computed again after its figure was deleted gets the same URL. There is no
 ``figpack.json`` (figpack's cloud status file): without one, figpack's viewer shows
 no "Manage Figure" button pointing at a cloud that does not know the figure, and
 this server checks its own figures on disk.
+
+A figure's files come from a runner, whose key may be held by a stranger, so no
+response under ``/figures/`` (any status, type or method: files, ranges, 304s,
+redirects, errors, preflights) may run script in this server's origin, where the
+dashboard keeps its keys. Every one carries a sandbox CSP without
+``allow-same-origin`` (a figure page runs its scripts in an opaque origin: no
+access to this origin's storage, and its API calls carry no key) and ``nosniff``.
+Only the types a figpack figure is made of are shown inline; anything else is a
+download (``Content-Disposition: attachment``). SVG is a download too, though an
+image: it is a document that can script. A figure only uses it as an image
+(``<img>``, CSS), which browsers load whatever the disposition and never script;
+opened by itself it is a download, and sandboxed should a browser render it anyway.
+
+With ``RUNPACK_FIGURE_BASE_URL`` (another hostname pointed at this server), figure
+URLs are handed out on that origin, and a figure request reaching the public URL's
+host is redirected there (307): figures then never share the dashboard's origin,
+even in a browser that ignores the CSP.
 """
 
 from __future__ import annotations
@@ -17,7 +34,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from runpack.api.common import SERVICE, json_response, policy, runner_id
-from runpack.artifacts import FigureStore, content_type
+from runpack.artifacts import CONTENT_TYPES, FigureStore, content_type
 from runpack.errors import TooLarge
 from runpack.protocol import Role
 
@@ -35,15 +52,22 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
 #: Served with no-cache: it may change when a job is computed again.
 MUTABLE_NAMES = frozenset({"index.html"})
-#: A figure's pages run in an opaque origin: figure scripts can never read what this
-#: server's dashboard keeps for its origin (the API keys in localStorage). They load
-#: their files with CORS, which every figure response allows.
-SANDBOX = {
+#: On every response under /figures/. A figure's pages run in an opaque origin:
+#: figure scripts can never read what this server's dashboard keeps for its origin
+#: (the API keys in localStorage). They load their files with CORS, which every
+#: figure response allows.
+FIGURE_GUARD = {
     "Content-Security-Policy": (
         "sandbox allow-scripts allow-popups allow-popups-to-escape-sandbox "
         "allow-downloads allow-modals"
-    )
+    ),
+    "X-Content-Type-Options": "nosniff",
 }
+#: The types a figure is made of, shown inline; any other response is a download.
+INLINE_TYPES = frozenset(
+    kind.split(";")[0] for kind in CONTENT_TYPES.values() if kind != "image/svg+xml"
+)
+ATTACHMENT = "attachment"
 
 
 @routes.post("/api/runner/jobs/{job_id}/files")
@@ -82,15 +106,34 @@ def _not_found() -> web.Response:
     return json_response({"error": "Not found"}, status=404, headers=FIGURE_CORS_HEADERS)
 
 
+async def guard_figure_response(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the guard headers on every response under /figures/."""
+    if not request.path.startswith("/figures/"):
+        return
+    response.headers.update(FIGURE_CORS_HEADERS)
+    response.headers.update(FIGURE_GUARD)
+    if response.content_type not in INLINE_TYPES:
+        response.headers["Content-Disposition"] = ATTACHMENT
+
+
+def _to_figure_origin(request: web.Request) -> None:
+    """Raise a redirect to the figure origin for a request that reached the main one."""
+    there = request.app[FIGURES].moved_to_figure_origin(request.host, request.raw_path)
+    if there is not None:
+        raise web.HTTPTemporaryRedirect(there)
+
+
 @routes.get("/figures/{job_id}")
 @policy(Role.PUBLIC, failure="Failed to serve the figure")
 async def figure_root(request: web.Request) -> web.StreamResponse:
+    _to_figure_origin(request)
     raise web.HTTPMovedPermanently(f"/figures/{request.match_info['job_id']}/index.html")
 
 
 @routes.get("/figures/{job_id}/{path:.*}")
 @policy(Role.PUBLIC, failure="Failed to serve the figure")
 async def figure_file(request: web.Request) -> web.StreamResponse:
+    _to_figure_origin(request)
     figures = request.app[FIGURES]
     job_id = request.match_info["job_id"]
     path = request.match_info["path"] or "index.html"
@@ -98,12 +141,5 @@ async def figure_file(request: web.Request) -> web.StreamResponse:
     if target is None:
         return _not_found()
     cache = REVALIDATE if path in MUTABLE_NAMES else IMMUTABLE
-    headers = {
-        **FIGURE_CORS_HEADERS,
-        "Content-Type": content_type(path),
-        "Cache-Control": cache,
-        "X-Content-Type-Options": "nosniff",
-    }
-    if headers["Content-Type"].startswith("text/html"):
-        headers.update(SANDBOX)
+    headers = {"Content-Type": content_type(path), "Cache-Control": cache}
     return web.FileResponse(target, headers=headers)

@@ -199,6 +199,12 @@ def redirect(description: str) -> Json:
     }
 
 
+TO_FIGURE_ORIGIN = redirect(
+    "With `RUNPACK_FIGURE_BASE_URL`, a request on the public URL's host goes to the same "
+    "path on the figure origin."
+)
+
+
 def ui_file(description: str, types: tuple[str, ...]) -> Json:
     return {
         "description": description,
@@ -596,7 +602,7 @@ def paths() -> Json:
             "get": operation(
                 "A job's figure",
                 Role.PUBLIC,
-                {"301": redirect("To the figure's `index.html`.")},
+                {"301": redirect("To the figure's `index.html`."), "307": TO_FIGURE_ORIGIN},
                 tag="figures",
                 parameters=[JOB_ID],
             )
@@ -607,6 +613,7 @@ def paths() -> Json:
                 Role.PUBLIC,
                 {
                     **FILE_REPLIES,
+                    "307": TO_FIGURE_ORIGIN,
                     "200": {
                         "description": "The file, with its content type (`figpack.json`: "
                         "made from the job's state when the folder has none).",

@@ -35,6 +35,10 @@ function figpackUrls(value, found = []) {
   return found;
 }
 
+function isPage(url) {
+  return /\.html?$/i.test(new URL(url).pathname);
+}
+
 /**
  * The live view of a job; the job page and the Playground both show it.
  * Returns its element; the stream closes with the page (ctx.onCleanup).
@@ -133,8 +137,9 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
         href: url, target: '_blank', rel: 'noopener noreferrer', class: 'button',
         text: 'Open figure ↗',
       })),
-      // sandboxed without allow-same-origin: the figure cannot read this page's keys
-      h('iframe', {
+      // a figure's page only (any other file is served as a download), sandboxed
+      // without allow-same-origin: the figure cannot read this page's keys
+      isPage(url) && h('iframe', {
         src: url, title: 'Figure preview', loading: 'lazy', referrerpolicy: 'no-referrer',
         sandbox: 'allow-scripts allow-popups allow-downloads',
       }))));
