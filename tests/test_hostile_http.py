@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from tests.pg import fresh_database, require_postgres
-from tests.procs import KEYS, Proc, running_server
+from tests.procs import KEYS, Proc, running_server, until
 
 SUBMIT = f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}".encode()
 RUNNER = f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}".encode()
@@ -171,3 +171,56 @@ async def test_headers_that_are_not_utf8_text_get_json_errors(
         data = request("POST", "/api/jobs/submit", b"Authorization: " + SUBMIT, body=HELLO)
         assert (await exchange(server, data))[0] == 201
         assert_clean_log(server)
+
+
+# --- log injection ----------------------------------------------------------------------------
+
+FORGED = "2026-12-06 05:00:00,000 ERROR runpack.auth: FORGED LINE"
+
+
+def forged_lines(text: str) -> list[str]:
+    return [
+        line for line in text.splitlines() if "FORGED" in line and line.startswith("2026-12-06 05")
+    ]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_a_client_cannot_write_a_line_into_the_log(log_format: str, tmp_path: Path) -> None:
+    env = {**KEYS, "RUNPACK_LOG_FORMAT": log_format}
+    with running_server(tmp_path, env) as server:
+        path = "/nothing%0a" + FORGED.replace(" ", "%20") + "%0d%1b[2J%e2%80%a8"
+        assert (await exchange(server, request("GET", path)))[0] == 404
+        # A runner's name reaches the log through a message's arguments.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                server.url + "/api/runner/ws", headers={"Authorization": RUNNER.decode()}
+            ) as ws,
+        ):
+            name = "lab\n" + FORGED + "\r\x1b[31m"
+            hello = {
+                "type": "hello",
+                "name": name,
+                "capabilities": ["hello_world"],
+                "concurrency": 1,
+            }
+            await ws.send_str(orjson.dumps(hello).decode())
+            msg = await ws.receive(timeout=10)
+            assert orjson.loads(msg.data)["type"] == "welcome", msg
+
+        def logged() -> str | None:
+            text = server.output()
+            return text if "connected" in text and "/nothing" in text else None
+
+        text = await until(logged, "the access line and the runner's connection in the log")
+        assert forged_lines(text) == [], text
+        assert "\x1b" not in text and "\r" not in text and "\u2028" not in text
+        escaped = "\\n" + FORGED
+        if log_format == "text":
+            assert f"GET /nothing{escaped}\\r\\x1b[2J\\u2028 404" in text, text
+            assert f"(lab{escaped}\\r\\x1b[31m) connected" in text, text
+        else:
+            records = [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+            paths = [r["path"] for r in records if r["logger"] == "runpack.access"]
+            assert f"/nothing{escaped}\\r\\x1b[2J\\u2028" in paths, paths
+            assert any(f"(lab{escaped}\\r\\x1b[31m) connected" in r["message"] for r in records)
