@@ -92,6 +92,8 @@ async def errors_and_cors(request: web.Request, handler: Handler) -> web.StreamR
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and request.transport is None:
+            raise  # the client went away, or was sent away, mid-request: nobody to answer
         response = _failure(request, exc)
     if path.startswith("/api/") and not response.prepared:
         response.headers.update(CORS_HEADERS)

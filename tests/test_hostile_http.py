@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -173,6 +174,63 @@ async def test_headers_that_are_not_utf8_text_get_json_errors(
         assert_clean_log(server)
 
 
+# --- requests aiohttp cannot parse, bodies it cannot decode -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    env = {**KEYS, "RUNPACK_RATE_SUBMIT": "0"}
+    with running_server(tmp_path_factory.mktemp("hostile-http"), env) as proc:
+        yield proc
+
+
+def submit_with(*headers: bytes, body: bytes) -> bytes:
+    return request(
+        "POST",
+        "/api/jobs/submit",
+        b"Authorization: " + SUBMIT,
+        b"Content-Type: application/json",
+        *headers,
+        body=body,
+    )
+
+
+UNREADABLE = [
+    pytest.param(submit_with(b"Content-Encoding: gzip", body=b"not gzip at all"), id="bad-gzip"),
+    pytest.param(submit_with(b"Content-Encoding: deflate", body=b"\x00" * 20), id="bad-deflate"),
+    pytest.param(submit_with(b"Content-Encoding: br", body=b"\x00" * 20), id="brotli"),
+    pytest.param(submit_with(b"Content-Encoding: zstd", body=b"\x00" * 20), id="zstd"),
+    pytest.param(submit_with(b"Content-Encoding: x-magic", body=b"{}"), id="unknown-encoding"),
+    pytest.param(
+        request(
+            "POST",
+            "/api/jobs/submit",
+            b"Authorization: " + SUBMIT,
+            b"Transfer-Encoding: chunked",
+        ).replace(b"\r\n\r\n", b"\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
+        id="bad-chunk-size",
+    ),
+    pytest.param(submit_with(body=b'{"job_type": '), id="bad-json"),
+    pytest.param(b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n", id="control-in-path"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: \x01\r\n\r\n", id="control-in-header"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX-A\r\n\r\n", id="header-without-colon"),
+    pytest.param(b"GET / HTTP/9.9\r\n\r\n", id="bad-version"),
+    pytest.param(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", id="line-too-long"),
+]
+
+
+@pytest.mark.parametrize("data", UNREADABLE)
+async def test_requests_that_cannot_be_read_get_a_json_400_and_no_traceback(
+    server: Proc, data: bytes
+) -> None:
+    before = len(server.output())
+    await json_error(server, data, 400)
+    # The next request is answered, so anything the bad one logged is written by now.
+    assert (await exchange(server, request("GET", "/health")))[0] == 200
+    text = server.output()[before:]
+    assert "Traceback" not in text and " ERROR " not in text, text
+
+
 # --- log injection ----------------------------------------------------------------------------
 
 FORGED = "2026-12-06 05:00:00,000 ERROR runpack.auth: FORGED LINE"
@@ -224,3 +282,121 @@ async def test_a_client_cannot_write_a_line_into_the_log(log_format: str, tmp_pa
             paths = [r["path"] for r in records if r["logger"] == "runpack.access"]
             assert f"/nothing{escaped}\\r\\x1b[2J\\u2028" in paths, paths
             assert any(f"(lab{escaped}\\r\\x1b[31m) connected" in r["message"] for r in records)
+
+
+# --- slow and silent connections --------------------------------------------------------------
+
+
+async def closed_within(
+    reader: asyncio.StreamReader,
+    limit: float,
+    trickle: tuple[asyncio.StreamWriter, bytes] | None = None,
+) -> float:
+    """Seconds until the server closes the connection (reading and dropping whatever it
+    sends), sending ``trickle``'s bytes one at a time every 0.1 s meanwhile."""
+    start = time.monotonic()
+    deadline = start + limit
+    pending = list(trickle[1]) if trickle else []
+    while time.monotonic() < deadline:
+        if pending and trickle is not None:
+            try:
+                trickle[0].write(bytes([pending.pop(0)]))
+                await trickle[0].drain()
+            except ConnectionError:
+                return time.monotonic() - start
+        try:
+            if not await asyncio.wait_for(reader.read(65536), 0.1):
+                return time.monotonic() - start
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            return time.monotonic() - start
+    raise AssertionError(f"the server kept the connection open for {limit:g} s")
+
+
+async def test_slow_and_silent_connections_are_closed_streams_and_runners_stay(
+    tmp_path: Path,
+) -> None:
+    env = {**KEYS, "RUNPACK_HEADER_TIMEOUT": "1", "RUNPACK_IDLE_TIMEOUT": "4"}
+    with running_server(tmp_path, env) as server:
+        port = port_of(server)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            # A runner on its socket, and a watcher on an event stream.
+            ws = await http.ws_connect(
+                server.url + "/api/runner/ws", headers={"Authorization": RUNNER.decode()}
+            )
+            hello = {
+                "type": "hello",
+                "name": "steady",
+                "capabilities": ["other_type"],
+                "concurrency": 1,
+            }
+            await ws.send_str(orjson.dumps(hello).decode())
+            assert orjson.loads((await ws.receive(timeout=10)).data)["type"] == "welcome"
+            job_id = await submit_job(http, server)
+            stream = await http.get(f"{server.url}/api/jobs/{job_id}/events")
+            assert stream.status == 200
+            assert (await next_event(stream))[0] == "snapshot"
+
+            # A connection that sends nothing; one that sends its headers a byte at a time;
+            # one that does so for its second request.
+            silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
+            slow_reader, slow = await asyncio.open_connection("127.0.0.1", port)
+            again_reader, again = await asyncio.open_connection("127.0.0.1", port)
+            again.write(request("GET", "/health", close=False))
+            slowloris = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: a\r\n" * 100
+            took = await asyncio.gather(
+                closed_within(silent_reader, 4.0),
+                closed_within(slow_reader, 4.0, (slow, slowloris)),
+                closed_within(again_reader, 4.0, (again, slowloris)),
+            )
+            assert max(took) < 4.0  # the header timeout, before the idle timeout could
+            # A kept-alive connection after its request; one whose body stops coming.
+            idle_reader, idle = await asyncio.open_connection("127.0.0.1", port)
+            idle.write(request("GET", "/health", close=False))
+            body_reader, body = await asyncio.open_connection("127.0.0.1", port)
+            head = request("POST", "/api/jobs/submit", b"Authorization: " + SUBMIT, body=HELLO)
+            body.write(head[: -len(HELLO) + 5])
+            took = await asyncio.gather(
+                closed_within(idle_reader, 4 + CLOSE_BOUND),
+                closed_within(body_reader, 4 + CLOSE_BOUND),
+            )
+            assert min(took) >= 3.5  # the idle timeout, not the header timeout
+            for writer in (silent, slow, again, idle, body):
+                writer.close()
+
+            # The idle timeout has passed for the runner's socket and the stream: both live.
+            await ws.send_str('{"type": "dance"}')
+            frame = orjson.loads((await ws.receive(timeout=10)).data)
+            assert frame["type"] == "error", frame
+            assert not ws.closed
+            async with http.post(
+                f"{server.url}/api/jobs/{job_id}/cancel",
+                headers={"Authorization": SUBMIT.decode()},
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+            kind, data = await next_event(stream)
+            assert (kind, data["status"]) == ("status", "cancelled")
+            stream.close()
+            await ws.close()
+        assert_clean_log(server)
+
+
+async def submit_job(http: aiohttp.ClientSession, server: Proc) -> str:
+    body = {"job_type": "other_type", "input_params": {}}
+    headers = {"Authorization": SUBMIT.decode()}
+    async with http.post(server.url + "/api/jobs/submit", json=body, headers=headers) as resp:
+        assert resp.status == 201, await resp.text()
+        return str((await resp.json())["job_id"])
+
+
+async def next_event(resp: aiohttp.ClientResponse) -> tuple[str, dict[str, Any]]:
+    kind = ""
+    while True:
+        raw = await asyncio.wait_for(resp.content.readline(), 10)
+        assert raw, "the event stream ended"
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            return kind, orjson.loads(line[6:])
