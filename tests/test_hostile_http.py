@@ -10,6 +10,7 @@ must hold no traceback and no line the client wrote.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import uuid
@@ -21,6 +22,7 @@ import aiohttp
 import orjson
 import pytest
 
+from runpack.logs import JsonFormatter, TextFormatter
 from tests.pg import fresh_database, require_postgres
 from tests.procs import KEYS, Proc, running_server, until
 
@@ -284,6 +286,26 @@ async def test_a_client_cannot_write_a_line_into_the_log(log_format: str, tmp_pa
             assert any(f"(lab{escaped}\\r\\x1b[31m) connected" in r["message"] for r in records)
 
 
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
+def test_an_exception_message_cannot_forge_a_record_either(formatter: logging.Formatter) -> None:
+    try:
+        raise ValueError("no such job: x\n" + FORGED + "\r\x1b[2J")
+    except ValueError as exc:
+        record = logging.LogRecord("runpack.app", logging.ERROR, "", 0, "failed", (), None)
+        record.exc_info = (type(exc), exc, exc.__traceback__)
+    out = formatter.format(record)
+    assert "\r" not in out and "\x1b" not in out, out
+    if isinstance(formatter, JsonFormatter):
+        assert "\n" not in out  # one record, one line
+        assert orjson.loads(out)["logger"] == "runpack.app"
+    else:
+        # Every line but the record's own is indented: none can pass for a record.
+        first, *rest = out.splitlines()
+        assert first.endswith("ERROR runpack.app: failed") and rest, out
+        assert all(line.startswith("  ") for line in rest), out
+        assert rest[-1] == "  " + FORGED + "\\r\\x1b[2J", out
+
+
 # --- slow and silent connections --------------------------------------------------------------
 
 
@@ -314,10 +336,17 @@ async def closed_within(
     raise AssertionError(f"the server kept the connection open for {limit:g} s")
 
 
+#: Connections of each kind in the crowd; the idle timeout of the server they meet.
+CROWD = 70
+IDLE = 6.0
+#: The header timeout is 1 s: closed before this, it was not the idle timeout.
+HEADER_BOUND = IDLE - 1.0
+
+
 async def test_slow_and_silent_connections_are_closed_streams_and_runners_stay(
     tmp_path: Path,
 ) -> None:
-    env = {**KEYS, "RUNPACK_HEADER_TIMEOUT": "1", "RUNPACK_IDLE_TIMEOUT": "4"}
+    env = {**KEYS, "RUNPACK_HEADER_TIMEOUT": "1", "RUNPACK_IDLE_TIMEOUT": str(IDLE)}
     with running_server(tmp_path, env) as server:
         port = port_of(server)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
@@ -338,19 +367,19 @@ async def test_slow_and_silent_connections_are_closed_streams_and_runners_stay(
             assert stream.status == 200
             assert (await next_event(stream))[0] == "snapshot"
 
-            # A connection that sends nothing; one that sends its headers a byte at a time;
-            # one that does so for its second request.
-            silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
-            slow_reader, slow = await asyncio.open_connection("127.0.0.1", port)
-            again_reader, again = await asyncio.open_connection("127.0.0.1", port)
-            again.write(request("GET", "/health", close=False))
+            # A crowd of connections that send nothing, that send their headers a byte
+            # at a time, and that do so for their second request.
+            silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(CROWD)]
+            slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(CROWD)]
+            again = [await asyncio.open_connection("127.0.0.1", port) for _ in range(CROWD)]
+            for _, writer in again:
+                writer.write(request("GET", "/health", close=False))
             slowloris = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: a\r\n" * 100
             took = await asyncio.gather(
-                closed_within(silent_reader, 4.0),
-                closed_within(slow_reader, 4.0, (slow, slowloris)),
-                closed_within(again_reader, 4.0, (again, slowloris)),
+                *(closed_within(reader, HEADER_BOUND) for reader, _ in silent),
+                *(closed_within(r, HEADER_BOUND, (w, slowloris)) for r, w in slow + again),
             )
-            assert max(took) < 4.0  # the header timeout, before the idle timeout could
+            assert max(took) < HEADER_BOUND  # the header timeout, before the idle timeout
             # A kept-alive connection after its request; one whose body stops coming.
             idle_reader, idle = await asyncio.open_connection("127.0.0.1", port)
             idle.write(request("GET", "/health", close=False))
@@ -358,11 +387,11 @@ async def test_slow_and_silent_connections_are_closed_streams_and_runners_stay(
             head = request("POST", "/api/jobs/submit", b"Authorization: " + SUBMIT, body=HELLO)
             body.write(head[: -len(HELLO) + 5])
             took = await asyncio.gather(
-                closed_within(idle_reader, 4 + CLOSE_BOUND),
-                closed_within(body_reader, 4 + CLOSE_BOUND),
+                closed_within(idle_reader, IDLE + CLOSE_BOUND),
+                closed_within(body_reader, IDLE + CLOSE_BOUND),
             )
-            assert min(took) >= 3.5  # the idle timeout, not the header timeout
-            for writer in (silent, slow, again, idle, body):
+            assert min(took) >= HEADER_BOUND  # the idle timeout, not the header timeout
+            for _, writer in [*silent, *slow, *again, (idle_reader, idle), (body_reader, body)]:
                 writer.close()
 
             # The idle timeout has passed for the runner's socket and the stream: both live.
