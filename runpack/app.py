@@ -19,6 +19,7 @@ from runpack.api.common import (
     SERVICE,
     SETTINGS,
     Handler,
+    check_headers,
     json_response,
     policy_of,
 )
@@ -91,6 +92,8 @@ async def errors_and_cors(request: web.Request, handler: Handler) -> web.StreamR
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and request.transport is None:
+            raise  # the client went away, or was sent away, mid-request: nobody to answer
         response = _failure(request, exc)
     if path.startswith("/api/") and not response.prepared:
         response.headers.update(CORS_HEADERS)
@@ -131,10 +134,12 @@ def _failure(request: web.Request, exc: Exception) -> web.Response:
 
 @web.middleware
 async def enforce_policy(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Per-route policy: X-Runner-ID presence, then auth (401/403), then rate limit (429)."""
+    """Per-route policy: headers that are text, X-Runner-ID presence, then auth (401/403),
+    then rate limit (429)."""
     route_policy = policy_of(request.match_info.handler)
     if route_policy is None:
         return await handler(request)
+    check_headers(request)
     if route_policy.runner_header and not request.headers.get("X-Runner-ID"):
         return json_response({"error": "Missing X-Runner-ID header"}, status=400)
     caller = await request.app[KEYS].authorize(

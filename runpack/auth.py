@@ -151,7 +151,8 @@ class KeyRing:
 
     def holder(self, token: str) -> Role | None:
         """The environment key this token is, if any."""
-        given = token.encode()
+        # A header's bytes that are not UTF-8 come as lone surrogates: back to those bytes.
+        given = token.encode("utf-8", "surrogateescape")
         found = None
         for role, key in self._keys.items():
             # Every key is compared, so timing says nothing about which matched.

@@ -95,8 +95,7 @@ def raise_open_files_limit() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
+    from runpack import server
     from runpack.app import create_app
     from runpack.eventloop import loop_factory, tune_gc
     from runpack.logs import setup_logging
@@ -128,12 +127,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     tune_gc()
     try:
-        web.run_app(
+        server.run(
             app,
             host=settings.host,
             port=settings.port,
-            print=None,
-            access_log=None,
+            header_timeout=settings.header_timeout,
+            idle_timeout=settings.idle_timeout,
             shutdown_timeout=5,
             loop=new_loop(),
         )

@@ -8,11 +8,17 @@ A filter copies that context onto every record, where an explicit
 line; ``json`` writes one object per line: ``ts``, ``level``, ``logger``,
 ``message``, ``request_id`` and every extra field. No headers are ever logged,
 so keys never reach a record.
+
+Whatever a client sends may end up in a record (a path, a runner's name), so both
+formats escape control characters (``\\n``, ``\\x1b``, ``\\u2028``, ``\\udcff`` for a byte
+that was not UTF-8): a text record is one line, and a forged line cannot be written
+into the log. A traceback's own lines follow its record, indented.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
@@ -34,6 +40,32 @@ _REQUEST_ID: ContextVar[str | None] = ContextVar("runpack_request_id", default=N
 _STANDARD = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
 )
+#: Characters escaped in logged text: C0 and C1 controls (tab aside), DEL, the Unicode
+#: line and paragraph separators, bidirectional overrides, and lone surrogates.
+_UNSAFE = re.compile(
+    r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with every control character written as an escape: one safe line."""
+    return _UNSAFE.sub(_escape_one, text)
+
+
+def _indented(text: str) -> str:
+    """A traceback below its record: each line escaped and indented, so that no line
+    of it (an exception's message included) can pass for a record of its own."""
+    return "\n".join("  " + escape(line) for line in text.split("\n"))
 
 
 def bind(**fields: str) -> Token[Mapping[str, str]]:
@@ -76,7 +108,13 @@ class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
         known = [f"{k}={record.__dict__[k]}" for k in TEXT_FIELDS if record.__dict__.get(k)]
-        return f"{line} [{' '.join(known)}]" if known else line
+        return escape(f"{line} [{' '.join(known)}]" if known else line)
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
 
 
 class JsonFormatter(logging.Formatter):
@@ -88,17 +126,22 @@ class JsonFormatter(logging.Formatter):
             "ts": ts.replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": escape(record.getMessage()),
             "request_id": record.__dict__.get("request_id"),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
-                out.setdefault(key, value)
+                out.setdefault(key, escape(value) if isinstance(value, str) else value)
         if record.exc_info:
-            out["exc_info"] = self.formatException(record.exc_info)
+            out["exc_info"] = _escape_lines(self.formatException(record.exc_info))
         if record.stack_info:
-            out["stack_info"] = self.formatStack(record.stack_info)
+            out["stack_info"] = _escape_lines(self.formatStack(record.stack_info))
         return orjson.dumps(out, default=str).decode()
+
+
+def _escape_lines(text: str) -> str:
+    """A traceback for a JSON field: its own line breaks kept, anything else escaped."""
+    return "\n".join(escape(line) for line in text.split("\n"))
 
 
 def setup_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:

@@ -86,6 +86,16 @@ class Settings:
     gc_interval: float = _s(
         3600.0, "How often the retention pass applies the TTLs above (only when one is set)."
     )
+    header_timeout: float = _s(
+        15.0,
+        "A client must send a request's headers within this long of connecting (or of the "
+        "request's first byte on a kept-alive connection), else the connection is closed.",
+    )
+    idle_timeout: float = _s(
+        75.0,
+        "A connection with no request in progress, or whose request body stops coming, "
+        "is closed after this long (event streams and WebSockets excepted).",
+    )
     rate_window: float = _s(60.0, "Rate-limit window.")
     rate_submit: int = _s(10, "Submits and checks per window per client IP (0 = unlimited).")
     rate_poll: int = _s(60, "Job status reads per window per client IP (0 = unlimited).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +108,37 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object", details=type(body).__name__)
     return body
+
+
+#: Request headers the server reads besides Authorization (a bad token is a 401 there).
+READ_HEADERS = (
+    "X-Runner-ID",
+    "Origin",
+    "Last-Event-ID",
+    "Range",
+    "If-None-Match",
+    "If-Modified-Since",
+    "If-Range",
+    "Content-Type",
+    "Accept",
+    "Upgrade",
+    "CF-Connecting-IP",
+    "X-Forwarded-For",
+)
+#: What a header value may not hold: control characters, and the lone surrogates that
+#: stand for bytes that are not UTF-8 (aiohttp decodes with ``surrogateescape``).
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+
+
+def check_headers(request: web.Request) -> None:
+    """Refuse (400) a request whose headers that the server reads are not UTF-8 text."""
+    headers = request.headers
+    for name in READ_HEADERS:
+        value = headers.get(name)
+        if value is not None and _NOT_TEXT.search(value):
+            raise BadRequest(
+                "Invalid header", details=f"{name} must be UTF-8 text without control characters"
+            )
 
 
 def runner_id(request: web.Request) -> str:

@@ -80,7 +80,7 @@ def observe_requests(metrics: Metrics, client_ip: Callable[[web.Request], str]) 
         except web.HTTPException as exc:  # redirects and 304s are raised
             status = exc.status
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionResetError):
             status = CLIENT_GONE
             raise
         finally:
