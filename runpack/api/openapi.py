@@ -169,7 +169,10 @@ HEALTH: Json = {
     "summary": "Health (any method)",
     "tags": ["health"],
     "security": [],
-    "responses": {"200": json_reply("Up.", ref("Health"))},
+    "responses": {
+        "200": json_reply("Up, and the database writes.", ref("Health")),
+        "503": error_reply("The database cannot write (checked at most once a second)."),
+    },
 }
 HEALTH_METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -661,7 +664,7 @@ def document() -> Json:
             {"name": "events", "description": "Live streams."},
             {"name": "ui", "description": "The dashboard's pages and files."},
             {"name": "figures", "description": "Figures stored by this server."},
-            {"name": "health", "description": "Liveness, no key."},
+            {"name": "health", "description": "Readiness, no key."},
             {"name": "meta", "description": "This description."},
             {"name": "operations", "description": "Monitoring."},
         ],

@@ -189,6 +189,11 @@ class Store(Protocol):
 
     async def count_runners(self, active_since: int) -> tuple[int, int]: ...
 
+    # --- readiness (GET /health) ---------------------------------------------------
+    async def probe_write(self) -> None:
+        """Write one row and commit; raise StoreError if the store cannot."""
+        ...
+
     # --- imports (runpack import-d1) --------------------------------------------------
     async def import_jobs(self, rows: Sequence[JobRow]) -> int:
         """Insert these rows as given, in one transaction; skip any whose id or job_hash

@@ -551,6 +551,9 @@ class PostgresStore:
     async def touch_runner(self, runner_id: str, now: int) -> bool:
         return await self._write_count(q.TOUCH_RUNNER, {"id": runner_id, "now": now}) > 0
 
+    async def probe_write(self) -> None:
+        await self._write_count(q.PROBE_WRITE, {})
+
     async def list_runners(self) -> list[RunnerRow]:
         return [RunnerRow(*row) for row in await self._rows(q.LIST_RUNNERS, {})]
 

@@ -183,6 +183,11 @@ VALUES (:id, :name, :capabilities, :registered_at, :last_seen)
 
 GET_RUNNER = f"SELECT {RUNNER_COLS} FROM runners WHERE id = :id"
 TOUCH_RUNNER = "UPDATE runners SET last_seen = :now WHERE id = :id"
+#: A real write of one row, for the readiness check: its commit proves the store writes.
+PROBE_WRITE = """
+UPDATE schema_version SET applied_at = applied_at
+WHERE version = (SELECT MAX(version) FROM schema_version)
+"""
 LIST_RUNNERS = f"SELECT {RUNNER_COLS} FROM runners ORDER BY last_seen DESC"
 COUNT_RUNNERS = """
 SELECT COUNT(*), COALESCE(SUM(CASE WHEN last_seen > :active_since THEN 1 ELSE 0 END), 0)
