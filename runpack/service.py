@@ -635,7 +635,8 @@ class JobService:
                 return None
             self.observer.ended(job.id, "lost", now)
             log.warning("job %s re-queued: %s", job.id, why)
-            self._queued(job, new=False, not_before=not_before)
+            # The note stays on the job until a run completes it; watchers hear it now.
+            self._queued(job, new=False, not_before=not_before, note=note)
             return JobStatus.PENDING
         message = f"Job failed after {job.attempts} attempts: {why} on the last attempt"
         if not await self.store.fail_stale(job, now, message):
@@ -690,10 +691,16 @@ class JobService:
 
     # --- events -----------------------------------------------------------------------
     def _queued(
-        self, job: JobRow, *, new: bool, not_before: int = 0, runner_id: str | None = None
+        self,
+        job: JobRow,
+        *,
+        new: bool,
+        not_before: int = 0,
+        runner_id: str | None = None,
+        note: str | None = None,
     ) -> None:
         """``runner_id``: the job was claimed for it as it was inserted (no runner
-        needs waking for it)."""
+        needs waking for it); ``note``: why a run of it was lost."""
         data: dict[str, Any] = {
             "job_hash": job.job_hash,
             "job_type": job.job_type,
@@ -704,6 +711,8 @@ class JobService:
         }
         if runner_id is not None:
             data["runner_id"] = runner_id
+        if note is not None:
+            data["note"] = note
         self.notifier.publish(Event("job_queued", job.id, data))
 
     def _updated(self, job_id: str, status: str, **data: Any) -> None:

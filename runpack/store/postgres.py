@@ -106,7 +106,8 @@ SELECT false, {q.JOB_COLS} FROM jobs WHERE job_hash = ANY($2::text[])
 # can look cheaper).
 COMPLETE_JOBS = f"""
 UPDATE jobs SET status = 'completed', output_data = v.output_data, updated_at = v.now,
-       last_heartbeat = v.now, console_output = COALESCE(v.console_output, jobs.console_output)
+       last_heartbeat = v.now, console_output = COALESCE(v.console_output, jobs.console_output),
+       error_message = NULL
 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
      AS v(id, runner_id, now, output_data, console_output)
 WHERE jobs.id = ANY($1::text[]) AND jobs.id = v.id

@@ -114,7 +114,8 @@ WHERE id = :id AND claimed_by = :runner_id AND status IN {RUNNING}
 
 COMPLETE = f"""
 UPDATE jobs SET status = 'completed', output_data = :output_data, updated_at = :now,
-       last_heartbeat = :now, console_output = COALESCE(:console_output, console_output)
+       last_heartbeat = :now, console_output = COALESCE(:console_output, console_output),
+       error_message = NULL
 WHERE id = :id AND claimed_by = :runner_id AND status IN {RUNNING}
 """
 
