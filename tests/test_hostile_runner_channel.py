@@ -21,7 +21,7 @@ import pytest
 from runpack.errors import StoreError
 from runpack.store.sqlite import SqliteStore
 from tests.pg import fresh_database, require_postgres
-from tests.procs import KEYS, Proc, running_server, until
+from tests.procs import KEYS, Proc, running_runner, running_server, until
 
 RUNNER = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
@@ -336,3 +336,128 @@ async def test_a_job_completed_on_a_retry_shows_no_error(
     assert status["status"] == "completed" and "error" not in status, status
     assert "re-queued: runner" in server.output()  # the lost attempt is in the log
     await asyncio.gather(silent.ws.close(), other.ws.close())
+
+
+# --- item 12: never more jobs pushed than slots, never more handlers than --concurrency -------
+
+
+class Pushes:
+    """What the server sends a raw runner that floods ``ready``: the jobs pushed, and
+    how many were out at once (pushed, and not yet reported by the runner)."""
+
+    def __init__(self, channel: Channel, concurrency: int) -> None:
+        self.channel = channel
+        self.concurrency = concurrency
+        self.jobs: list[str] = []
+        self.reported = 0
+        self.most = 0
+        self.acks: set[str] = set()
+        self.sentinel = asyncio.Event()
+
+    async def read(self) -> None:
+        while True:
+            frame = await self.channel.receive()
+            if frame["type"] == "job":
+                self.jobs.append(frame["job_id"])
+                self.most = max(self.most, len(self.jobs) - self.reported)
+            elif frame["type"] == "ack":
+                self.acks.add(frame["job_id"])
+            elif frame["type"] == "error" and frame.get("ref") == "ready":
+                self.sentinel.set()  # every frame sent before it was handled
+
+    async def flood(self, frames: int) -> None:
+        for _ in range(frames):
+            await self.channel.send({"type": "ready", "slots": 1})
+
+    async def handled(self) -> None:
+        """Wait until the server has handled every frame sent so far."""
+        self.sentinel.clear()
+        await self.channel.send({"type": "ready"})  # no slots: answered with an error
+        await asyncio.wait_for(self.sentinel.wait(), 10)
+
+    def all_acked(self) -> bool:
+        return self.acks >= set(self.jobs[: self.reported])
+
+    def unreported(self) -> list[str]:
+        return self.jobs[self.reported :]
+
+    async def report(self, job_id: str) -> None:
+        self.reported += 1  # before the send: its slot may be used as soon as it arrives
+        await self.channel.send({"type": "complete", "job_id": job_id, "output_data": {}})
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_ready_floods_never_get_a_runner_more_jobs_than_its_slots(
+    server: Proc, http: aiohttp.ClientSession, concurrency: int
+) -> None:
+    job_type = f"flood_{concurrency}"
+    channel = await connect(http, server, job_type, concurrency=concurrency)
+    pushes = Pushes(channel, concurrency)
+    reader = asyncio.create_task(pushes.read())
+    try:
+        # `ready` frames pour in while jobs are submitted (placed on free slots as they
+        # are inserted, or claimed for the runner): none adds a slot on top of those
+        # already reserved, taken or granted.
+        jobs = 16
+        submits = asyncio.gather(*(submit(http, server, job_type, n=i) for i in range(jobs)))
+        await asyncio.gather(submits, pushes.flood(400))
+        await pushes.handled()
+
+        async def claims_settled() -> bool:
+            url = f"{server.url}/api/admin/runners/{channel.runner_id}"
+            async with http.get(url, headers=ADMIN) as resp:
+                body = await resp.json()
+            claimed = [j["job_id"] for j in body["jobs"] if j["status"] == "claimed"]
+            return sorted(claimed) == sorted(pushes.jobs) and len(claimed) > 0
+
+        await until(claims_settled, "the server's claims to match the jobs pushed")
+        assert len(pushes.jobs) == concurrency == pushes.most
+        # Each result frees one slot; floods after it add nothing more.
+        for _ in range(jobs):
+            [job_id, *_] = await until(pushes.unreported, "a job pushed to the runner")
+            await pushes.report(job_id)
+            await pushes.flood(20)
+            await pushes.handled()
+            await until(pushes.all_acked, "the results sent to be acknowledged")
+            assert pushes.most <= concurrency, pushes.most
+        assert len(pushes.jobs) == jobs and pushes.most == concurrency
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await channel.ws.close()
+
+
+async def test_a_real_runner_never_runs_more_jobs_than_its_concurrency(
+    server: Proc, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    jobs = [
+        await submit(http, server, "hello_world", name=f"n{i}", processing_time=0.3)
+        for i in range(12)
+    ]
+    most = 0
+
+    async def all_done() -> bool:
+        nonlocal most
+        async with http.get(server.url + "/api/admin/jobs?limit=100", headers=ADMIN) as resp:
+            states = {j["job_id"]: j["status"] for j in (await resp.json())["jobs"]}
+        running = sum(states[j] in ("claimed", "in_progress") for j in jobs)
+        assert running <= 2, states
+        most = max(most, running)
+        return all(states[j] == "completed" for j in jobs)
+
+    folder = tmp_path / "runner"
+    with running_runner(folder, server.url, "--concurrency", "2"):
+        await until(all_done, "twelve jobs to complete", 60)
+    assert most == 2
+    # The runner's own record: never more than two handlers running at once.
+    running: set[str] = set()
+    for line in (folder / "runpack_runner.log").read_text().splitlines():
+        words = line.split()
+        if "job" in words and words.index("job") + 1 < len(words):
+            job_id = words[words.index("job") + 1]
+            if "started," in words:
+                running.add(job_id)
+                assert len(running) <= 2, line
+            elif "completed" in words:
+                running.discard(job_id)
+    assert not running
