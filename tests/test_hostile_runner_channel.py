@@ -290,6 +290,88 @@ async def test_health_is_503_while_the_store_cannot_write(
     await until(lambda: answers(200), "/health to see a writable database again", 30)
 
 
+# --- item 10: bounded runner names and capabilities, a paged runner list ----------------------
+
+LONG = "n" * 201
+#: (name, capabilities) refused at registration and in a hello, with the rule broken.
+BAD_REGISTRATIONS = [
+    (LONG, ["a"], "name: at most 200 characters"),
+    ("r", ["a"] * 257, "capabilities: at most 256 job types"),
+    ("r", ["a", LONG], "capabilities: job types of 1 to 200 characters"),
+    ("r", [""], "capabilities: job types of 1 to 200 characters"),
+    ("r", "a", "capabilities: an array of job types"),
+]
+
+
+async def register(
+    http: aiohttp.ClientSession, server: Proc, body: Any
+) -> tuple[int, dict[str, Any]]:
+    async with http.post(server.url + "/api/runner/register", json=body, headers=RUNNER) as resp:
+        return resp.status, await resp.json()
+
+
+async def hello_reply(
+    http: aiohttp.ClientSession, server: Proc, name: Any, caps: Any, **extra: Any
+) -> dict[str, Any]:
+    ws = await http.ws_connect(server.url + "/api/runner/ws", headers=RUNNER)
+    try:
+        frame = {"type": "hello", "name": name, "capabilities": caps, "concurrency": 1, **extra}
+        await ws.send_str(orjson.dumps(frame).decode())
+        msg = await ws.receive(timeout=10)
+        reply: dict[str, Any] = orjson.loads(msg.data)
+        return reply
+    finally:
+        await ws.close()
+
+
+async def test_runner_names_and_capabilities_are_bounded_on_both_channels(
+    server: Proc, http: aiohttp.ClientSession
+) -> None:
+    known = await connect(http, server, "bounded")
+    for name, caps, why in BAD_REGISTRATIONS:
+        status, body = await register(http, server, {"name": name, "capabilities": caps})
+        expected = {"error": "Invalid registration data", "details": why}
+        assert (status, body) == (400, expected)
+        # A new runner's hello, and one resuming a known runner id, get the same answer.
+        for extra in ({}, {"runner_id": known.runner_id}):
+            reply = await hello_reply(http, server, name, caps, **extra)
+            assert reply["type"] == "error", reply
+            assert (reply["error"], reply["details"], reply["ref"]) == (*expected.values(), "hello")
+    # At the limits, both are fine.
+    widest = {"name": "n" * 200, "capabilities": [f"{i:03d}" + "t" * 197 for i in range(256)]}
+    assert (await register(http, server, widest))[0] == 201
+    reply = await hello_reply(http, server, widest["name"], widest["capabilities"])
+    assert reply["type"] == "welcome", reply
+    await known.ws.close()
+
+
+async def test_the_runner_list_is_paged(server: Proc, http: aiohttp.ClientSession) -> None:
+    for i in range(101):
+        body = {"name": f"r{i}", "capabilities": ["paged"]}
+        assert (await register(http, server, body))[0] == 201
+
+    async def page(query: str) -> tuple[int, dict[str, Any]]:
+        async with http.get(f"{server.url}/api/admin/runners{query}", headers=ADMIN) as resp:
+            return resp.status, await resp.json()
+
+    # The original's clients read the first page: the 100 runners seen last.
+    status, first = await page("")
+    assert status == 200 and first["total"] == len(first["runners"]) == 100
+    row = first["runners"][0]
+    assert set(row) >= {"runner_id", "name", "capabilities", "last_seen", "is_active"}
+    _, rest = await page("?offset=100")
+    rows = first["runners"] + rest["runners"]
+    seen = [r["runner_id"] for r in rows]
+    assert len(set(seen)) == 101 and len(rest["runners"]) == 1
+    last_seen = [r["last_seen"] for r in rows]
+    assert last_seen == sorted(last_seen, reverse=True)
+    _, small = await page("?limit=7&offset=3")
+    assert [r["runner_id"] for r in small["runners"]] == seen[3:10]
+    for query in ("?limit=0", "?limit=501", "?offset=-1", "?limit=x"):
+        status, body = await page(query)
+        assert status == 400 and "error" in body, (query, body)
+
+
 # --- item 14: a completed job shows no old attempt's error ------------------------------------
 
 

@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from runpack import __version__
-from runpack.api import ui
+from runpack.api import admin, ui
 from runpack.api.common import policy
 from runpack.api.openapi_schemas import (
     JSON,
@@ -515,8 +515,28 @@ def paths() -> Json:
             "get": operation(
                 "Runners, most recently seen first",
                 Role.ADMIN_READ,
-                {"200": json_reply("The runners.", ref("RunnerList"))},
+                {
+                    "200": json_reply("A page of runners.", ref("RunnerList")),
+                    "400": error_reply("A bad limit or offset."),
+                },
                 tag="admin",
+                parameters=[
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": admin.MAX_RUNNERS_PAGE,
+                            "default": admin.RUNNERS_PAGE,
+                        },
+                    },
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0},
+                    },
+                ],
             )
         },
         "/api/admin/runners/{runner_id}": {

@@ -21,7 +21,7 @@ from runpack.api.events import wants_websocket
 from runpack.errors import BadRequest, NotOwned, RunpackError, StoreError, StoreUnavailable
 from runpack.hub import SEND_QUEUE, Hub, RunnerConn
 from runpack.protocol import FINAL, Role
-from runpack.service import JobService, params_fragment
+from runpack.service import JobService, check_registration, params_fragment
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -250,10 +250,8 @@ class RunnerSession:
             frame = self._parse(msg.data)
             if frame.get("type") != "hello":
                 raise FrameError("Expected hello", "the first frame must be a hello")
-            name = _field(frame, "name", str)
-            capabilities = _field(frame, "capabilities", list)
-            if not all(isinstance(c, str) for c in capabilities):
-                raise FrameError("Invalid or missing field: capabilities", "expected strings")
+            # The same rules as POST /api/runner/register, for a runner resuming too.
+            name, capabilities = check_registration(frame.get("name"), frame.get("capabilities"))
             concurrency = _field(frame, "concurrency", int)
             if not 1 <= concurrency <= 1000:
                 raise FrameError("Invalid field: concurrency", "from 1 to 1000")

@@ -555,8 +555,9 @@ class PostgresStore:
     async def probe_write(self) -> None:
         await self._write_count(q.PROBE_WRITE, {})
 
-    async def list_runners(self) -> list[RunnerRow]:
-        return [RunnerRow(*row) for row in await self._rows(q.LIST_RUNNERS, {})]
+    async def list_runners(self, limit: int = 1000, offset: int = 0) -> list[RunnerRow]:
+        params = {"limit": limit, "offset": offset}
+        return [RunnerRow(*row) for row in await self._rows(q.LIST_RUNNERS, params)]
 
     async def count_runners(self, active_since: int) -> tuple[int, int]:
         total, active = (await self._rows(q.COUNT_RUNNERS, {"active_since": active_since}))[0]

@@ -189,7 +189,9 @@ PROBE_WRITE = """
 UPDATE schema_version SET applied_at = applied_at
 WHERE version = (SELECT MAX(version) FROM schema_version)
 """
-LIST_RUNNERS = f"SELECT {RUNNER_COLS} FROM runners ORDER BY last_seen DESC"
+LIST_RUNNERS = f"""
+SELECT {RUNNER_COLS} FROM runners ORDER BY last_seen DESC, id LIMIT :limit OFFSET :offset
+"""
 COUNT_RUNNERS = """
 SELECT COUNT(*), COALESCE(SUM(CASE WHEN last_seen > :active_since THEN 1 ELSE 0 END), 0)
 FROM runners
