@@ -168,15 +168,22 @@ class Readiness:
         return await asyncio.shield(self._probing)
 
     async def _run(self) -> str | None:
+        failure: str | None = None
         try:
             async with asyncio.timeout(PROBE_TIMEOUT):
                 await self._probe()
-            failure = None
-        except (StoreError, TimeoutError) as exc:
-            failure = getattr(exc, "details", None) or f"no commit within {PROBE_TIMEOUT:g} s"
+        except StoreError as exc:
+            failure = exc.details or exc.message
+        except TimeoutError:
+            failure = f"no commit within {PROBE_TIMEOUT:g} s"
+        except Exception as exc:  # whatever stops the write, the store is not ready
+            log.exception("readiness probe failed")
+            failure = type(exc).__name__
+        finally:
+            self._probing = None
+        if failure is not None:
             log.warning("not ready: the database cannot write: %s", failure)
         self._failure, self._until = failure, self._clock() + self._ttl
-        self._probing = None
         return failure
 
 
