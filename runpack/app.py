@@ -25,7 +25,15 @@ from runpack.api.common import (
 )
 from runpack.api.events import WATCH
 from runpack.api.files import FIGURE_CORS_HEADERS, FIGURES
-from runpack.api.monitoring import METRICS, echo_request_id, incident_id, observe_requests
+from runpack.api.monitoring import (
+    METRICS,
+    READINESS,
+    Readiness,
+    echo_request_id,
+    health,
+    incident_id,
+    observe_requests,
+)
 from runpack.api.runner_ws import HUB
 from runpack.artifacts import FigureStore
 from runpack.auth import KeyRing
@@ -176,10 +184,6 @@ def client_ip(request: web.Request, trust_proxy: bool) -> str:
     return request.remote or "unknown"
 
 
-async def health(request: web.Request) -> web.Response:
-    return json_response({"status": "ok", "service": "runpack-worker"})
-
-
 def create_app(settings: Settings, store: Store | None = None) -> web.Application:
     """The whole server; tests use it with ``aiohttp_client(create_app(...))``."""
     metrics = Metrics()
@@ -196,6 +200,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[KEYS] = KeyRing(settings, app[STORE])
     app[LIMITER] = RateLimiter(settings.rate_window)
     app[METRICS] = metrics
+    app[READINESS] = Readiness(app[STORE].probe_write)
     if not settings.base_url.startswith(("http://", "https://")):
         raise ValueError(f"public_url must start with http:// or https://: {settings.public_url}")
     app[FIGURES] = FigureStore.from_settings(settings)

@@ -45,7 +45,21 @@ NO_JOBS: frozenset[str] = frozenset()
 
 @dataclass(eq=False, slots=True)
 class RunnerConn:
-    """One runner's live connection, as the hub sees it."""
+    """One runner's live connection, as the hub sees it.
+
+    The slots of a connection, whatever order its ``ready`` frames and the hub's
+    claims come in, are accounted so that two invariants hold:
+
+    - ``len(held) + reserved + credits <= concurrency``: a job pushed and not yet
+      reported, a slot reserved for a claim or an insert on its way, and a slot
+      granted and unused each take one of the runner's slots. A ``ready`` frame
+      grants at most the slots that are in none of these; more is ignored. So the
+      server never has more jobs out to a runner than its concurrency.
+    - A slot whose job was reported (``free_on_result``: the runner frees it as it
+      sends the result) may be granted at once, but takes a new job only once that
+      result is stored (:attr:`free`): the jobs the database shows claimed or in
+      progress for a runner never outnumber its slots either.
+    """
 
     runner_id: str
     name: str
@@ -54,7 +68,10 @@ class RunnerConn:
     send: Callable[[dict[str, Any]], None]
     close: Callable[[], None]
     transport: str = "websocket"
+    #: Slots granted by the runner and not used yet.
     credits: int = 0
+    #: Slots taken from ``credits`` for a claim or an insert whose answer is on its way.
+    reserved: int = 0
     #: The jobs pushed to it that use a slot: not finished, nor reported; NO_JOBS
     #: while there are none (an empty set, on each of thousands of idle runners,
     #: would cost 216 bytes).
@@ -67,6 +84,13 @@ class RunnerConn:
     @property
     def load(self) -> float:
         return len(self.held) / max(self.concurrency, 1)
+
+    @property
+    def free(self) -> int:
+        """Slots that may take a job now: granted, and not still holding a result
+        that is being stored."""
+        busy = len(self.held) + len(self.reporting) + self.reserved
+        return max(0, min(self.credits, self.concurrency - busy))
 
     def hold(self, job_ids: Iterable[str]) -> None:
         held = self.held if isinstance(self.held, set) else set()
@@ -89,8 +113,17 @@ class RunnerConn:
         return job_id in self.held or job_id in self.reporting
 
     def grant(self, slots: int) -> None:
-        room = self.concurrency - len(self.held) - self.credits
+        room = self.concurrency - len(self.held) - self.reserved - self.credits
         self.credits += max(0, min(slots, room))
+
+    def reserve(self, slots: int) -> None:
+        self.credits -= slots
+        self.reserved += slots
+
+    def unreserve(self, slots: int, unused: int) -> None:
+        """A claim or insert for ``slots`` answered; ``unused`` of them found no job."""
+        self.reserved -= slots
+        self.credits += unused
 
 
 def _without(jobs: set[str] | frozenset[str], job_id: str) -> set[str] | frozenset[str]:
@@ -238,12 +271,12 @@ class Hub:
     def grant(self, conn: RunnerConn, slots: int) -> None:
         conn.grant(slots)
         self._note(conn)
-        if conn.credits:
+        if conn.free:
             self.wake()
 
     def _note(self, conn: RunnerConn) -> None:
-        """Keep ``_free`` up to date after ``conn``'s credits or connection changed."""
-        if conn.credits > 0 and self.conns.get(conn.runner_id) is conn:
+        """Keep ``_free`` up to date after ``conn``'s slots or connection changed."""
+        if conn.free > 0 and self.conns.get(conn.runner_id) is conn:
             self._free[conn.runner_id] = conn
         elif self._free.get(conn.runner_id) is conn:
             del self._free[conn.runner_id]
@@ -272,7 +305,7 @@ class Hub:
                     break
         if best is None:
             return None
-        best.credits -= 1
+        best.reserve(1)
         self._note(best)
         self._placing[best.runner_id] += 1
         return best
@@ -280,13 +313,14 @@ class Hub:
     def placed(self, slot: RunnerSlot, job: JobRow) -> None:
         conn = cast(RunnerConn, slot)
         self._push(conn, job)
+        conn.unreserve(1, 0)
         self._placed(conn)
 
     def unplaced(self, slot: RunnerSlot, *, unsure: bool) -> None:
         conn = cast(RunnerConn, slot)
         self._placed(conn)
+        conn.unreserve(1, 1)
         if self.conns.get(conn.runner_id) is conn:
-            conn.credits += 1
             self._note(conn)
         if unsure:  # the job may be claimed for it: the next round checks
             self._unsure.add(conn.runner_id)
@@ -304,7 +338,14 @@ class Hub:
         conn.report(job_id)
 
     def finished(self, conn: RunnerConn, job_id: str) -> None:
+        """The job's result or release is stored: its slot, if granted, takes a job.
+        The dispatcher is woken if the runner had no free slot before: with one, it
+        was woken already for any job that waits."""
+        had_room = conn.free > 0
         conn.forget(job_id)
+        self._note(conn)
+        if not had_room and conn.free and self.conns.get(conn.runner_id) is conn:
+            self.wake()
 
     def cancel(self, job_id: str, reason: str) -> None:
         for conn in self.conns.values():
@@ -398,14 +439,14 @@ class Hub:
         """
         ready: dict[frozenset[str], list[RunnerConn]] = {}
         for conn in self.conns.values():
-            if conn.credits > 0:
+            if conn.free > 0:
                 ready.setdefault(conn.capabilities, []).append(conn)
         groups: dict[frozenset[str], list[RunnerConn]] = {}
         for caps, conns in ready.items():
             if any(c.held for c in conns):  # all idle: already in order
                 conns.sort(key=_load)  # least busy first
-            # Half the free slots of each runner, rounded up: (credits + 1) // 2.
-            groups[caps] = [c for c in conns for _ in range((c.credits + 1) // 2)]
+            # Half the free slots of each runner, rounded up: (free + 1) // 2.
+            groups[caps] = [c for c in conns for _ in range((c.free + 1) // 2)]
         wave = {caps: len(slots) if caps in self._backlog else 1 for caps, slots in groups.items()}
         assigned = False
         while groups:
@@ -416,7 +457,7 @@ class Hub:
                 asks += [(caps, conn, n) for conn, n in taken.items()]
                 del slots[: wave[caps]]
             for _, conn, n in asks:
-                conn.credits -= n  # reserved while the claim is in flight
+                conn.reserve(n)  # while the claim is in flight
                 self._note(conn)
             results = await asyncio.gather(
                 *(self.service.claim_batch(c.runner_id, sorted(caps), n) for caps, c, n in asks),
@@ -426,18 +467,18 @@ class Hub:
             for (caps, conn, n), result in zip(asks, results, strict=True):
                 if isinstance(result, BaseException):
                     log.error("claim for %s failed: %s", conn.runner_id, result)
-                    conn.credits += n
+                    conn.unreserve(n, n)
                     self._note(conn)
                     self._unsure.add(conn.runner_id)
                     found_nothing.add(caps)
                     continue
-                conn.credits += n - len(result)
-                self._note(conn)
-                if len(result) < n:
-                    found_nothing.add(caps)
                 for job in result:
                     assigned = True
                     self._push(conn, job)
+                conn.unreserve(n, n - len(result))
+                self._note(conn)
+                if len(result) < n:
+                    found_nothing.add(caps)
             for caps in list(groups):
                 if caps in found_nothing:
                     self._backlog.discard(caps)

@@ -44,6 +44,10 @@ MAX_PARAMS_BYTES = 102_400
 MAX_OUTPUT_BYTES = 512_000
 MAX_CONSOLE_BYTES = 1_048_576
 MAX_ERROR_BYTES = 10_240
+#: A job type, a runner's name and each of its capabilities (job types), in characters.
+MAX_NAME_CHARS = 200
+#: Job types one runner may declare.
+MAX_CAPABILITIES = 256
 
 
 # --- The runner channel: WebSocket ``GET /api/runner/ws`` --------------------------
@@ -77,8 +81,10 @@ MAX_ERROR_BYTES = 10_240
 # than the slots it was granted; a job pushed uses one slot, and the runner grants
 # it back with `ready` when the job is released (after the ack), or when its run
 # ended: once its complete or error is sent if the welcome said `free_on_result`
-# (the server counts the job as the runner's until the ack, in no slot), else
-# after the ack, as a server without the field expects.
+# (the server counts the job as the runner's until the ack, in no slot, and puts a
+# new job in a slot so granted once the result is stored), else after the ack, as a
+# server without the field expects. `ready` frames beyond the runner's concurrency
+# (less the jobs it holds and the slots it granted) are ignored, whenever they come.
 
 RUNNER_TO_SERVER = ("hello", "ready", "heartbeat", "complete", "error", "release")
 SERVER_TO_RUNNER = ("welcome", "job", "cancel", "ack", "error")

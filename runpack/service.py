@@ -31,7 +31,14 @@ from runpack.errors import (
     RunnerNotFound,
 )
 from runpack.notify import Event, Notifier
-from runpack.protocol import FINAL, REQUEUEABLE, RUNNING, JobStatus
+from runpack.protocol import (
+    FINAL,
+    MAX_CAPABILITIES,
+    MAX_NAME_CHARS,
+    REQUEUEABLE,
+    RUNNING,
+    JobStatus,
+)
 from runpack.settings import Settings
 from runpack.store import JobRow, NewJob, RunnerRow, Store
 
@@ -402,19 +409,7 @@ class JobService:
 
     # --- runners --------------------------------------------------------------------
     async def register_runner(self, name: object, capabilities: object) -> RunnerRow:
-        if (
-            not isinstance(name, str)
-            or not name.strip()
-            or len(name) > 200
-            or not isinstance(capabilities, list)
-            or not all(isinstance(c, str) and c for c in capabilities)
-            or len(capabilities) > 1000
-            or NUL in name + "".join(capabilities)
-        ):
-            raise BadRequest(
-                "Invalid registration data",
-                details="name: a non-empty string; capabilities: an array of strings (no NULs)",
-            )
+        name, capabilities = check_registration(name, capabilities)
         now = self.clock()
         runner = RunnerRow(
             id=str(uuid.uuid4()),
@@ -603,8 +598,9 @@ class JobService:
             self.notifier.publish(Event("job_deleted", job_id))
         return deleted
 
-    async def list_runners(self) -> list[RunnerRow]:
-        return await self.store.list_runners()
+    async def list_runners(self, limit: int, offset: int) -> list[RunnerRow]:
+        """Most recently seen first."""
+        return await self.store.list_runners(limit, offset)
 
     async def runner_jobs(self, runner_id: str) -> list[JobRow]:
         return await self.store.jobs_of_runner(runner_id, 100)
@@ -645,7 +641,8 @@ class JobService:
                 return None
             self.observer.ended(job.id, "lost", now)
             log.warning("job %s re-queued: %s", job.id, why)
-            self._queued(job, new=False, not_before=not_before)
+            # The note stays on the job until a run completes it; watchers hear it now.
+            self._queued(job, new=False, not_before=not_before, note=note)
             return JobStatus.PENDING
         message = f"Job failed after {job.attempts} attempts: {why} on the last attempt"
         if not await self.store.fail_stale(job, now, message):
@@ -700,10 +697,16 @@ class JobService:
 
     # --- events -----------------------------------------------------------------------
     def _queued(
-        self, job: JobRow, *, new: bool, not_before: int = 0, runner_id: str | None = None
+        self,
+        job: JobRow,
+        *,
+        new: bool,
+        not_before: int = 0,
+        runner_id: str | None = None,
+        note: str | None = None,
     ) -> None:
         """``runner_id``: the job was claimed for it as it was inserted (no runner
-        needs waking for it)."""
+        needs waking for it); ``note``: why a run of it was lost."""
         data: dict[str, Any] = {
             "job_hash": job.job_hash,
             "job_type": job.job_type,
@@ -714,10 +717,37 @@ class JobService:
         }
         if runner_id is not None:
             data["runner_id"] = runner_id
+        if note is not None:
+            data["note"] = note
         self.notifier.publish(Event("job_queued", job.id, data))
 
     def _updated(self, job_id: str, status: str, **data: Any) -> None:
         self.notifier.publish(Event("job_updated", job_id, {"status": str(status), **data}))
+
+
+def check_registration(name: object, capabilities: object) -> tuple[str, list[str]]:
+    """A runner's name and job types as registered over HTTP or said in a hello;
+    BadRequest (the original's message, the rule in the details) if they are not."""
+    if not isinstance(name, str) or not name.strip():
+        raise _bad_registration("name: a non-empty string")
+    if len(name) > MAX_NAME_CHARS:
+        raise _bad_registration(f"name: at most {MAX_NAME_CHARS} characters")
+    if not isinstance(capabilities, list):
+        raise _bad_registration("capabilities: an array of job types")
+    if len(capabilities) > MAX_CAPABILITIES:
+        raise _bad_registration(f"capabilities: at most {MAX_CAPABILITIES} job types")
+    types: list[str] = []
+    for job_type in capabilities:
+        if not isinstance(job_type, str) or not job_type or len(job_type) > MAX_NAME_CHARS:
+            raise _bad_registration(f"capabilities: job types of 1 to {MAX_NAME_CHARS} characters")
+        types.append(job_type)
+    if NUL in name + "".join(types):
+        raise _bad_registration("name and capabilities: no NUL characters")
+    return name, types
+
+
+def _bad_registration(why: str) -> BadRequest:
+    return BadRequest("Invalid registration data", details=why)
 
 
 #: Deepest nesting of objects/arrays stored as params or output. Replies wrap them in a

@@ -169,7 +169,10 @@ def translate(event: Event) -> list[tuple[str, dict[str, Any]]]:
     """A service event as the events a watcher sees."""
     data = event.data
     if event.type == "job_queued":
-        return [("status", {"status": JobStatus.PENDING.value})]
+        queued = {"status": JobStatus.PENDING.value}
+        if data.get("note"):  # a lost attempt: its story, which a completed job drops
+            queued["note"] = data["note"]
+        return [("status", queued)]
     if event.type == "job_deleted":
         return [("status", {"status": "deleted"})]
     if event.type != "job_updated":

@@ -10,7 +10,9 @@ Bookkeeping, all on the event loop:
   leaves ``busy`` its slot is granted back (``ready {slots}``, one frame for all
   the slots freed since the last, after the results sent meanwhile), so granted
   credits plus busy jobs always equal the concurrency. A new connection starts
-  with ``concurrency - len(busy)`` credits.
+  with ``concurrency - len(busy)`` credits. A job pushed while ``busy`` is full
+  (by a server that miscounts) is released, not run: no more handlers run at once
+  than ``--concurrency``, a handler that overran its stop grace aside.
 - ``outbox``: results not yet acknowledged; re-sent after every reconnect, so a
   network blip loses none, and the server applies each one once.
 - ``waiting``: jobs the server assigned again while a run of theirs it had given

@@ -13,6 +13,10 @@ from runpack.protocol import JobStatus, Role
 routes = web.RouteTableDef()
 MAX_LIST = 1000
 MAX_BATCH = 1000
+#: Runners per page of /api/admin/runners (the original's clients read the first page:
+#: the runners seen last), and the most a caller may ask for.
+RUNNERS_PAGE = 100
+MAX_RUNNERS_PAGE = 500
 STATUSES = frozenset(s.value for s in JobStatus)
 
 
@@ -98,7 +102,9 @@ async def batch_delete(request: web.Request) -> web.Response:
 @policy(Role.ADMIN_READ, failure="Failed to get runners")
 async def list_runners(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    runners = await service.list_runners()
+    limit = _int_query(request, "limit", RUNNERS_PAGE, 1, MAX_RUNNERS_PAGE)
+    offset = _int_query(request, "offset", 0, 0, 10**9)
+    runners = await service.list_runners(limit, offset)
     live = request.app[HUB].snapshot()
     return json_response(
         {

@@ -146,21 +146,3 @@ def runner_id(request: web.Request) -> str:
     if not value:
         raise BadRequest("Missing X-Runner-ID header")
     return value
-
-
-def optional_int(body: dict[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise BadRequest(f"{name} must be an integer or null")
-    if not -(2**62) < value < 2**62:
-        raise BadRequest(f"{name} is out of range")
-    return int(value)
-
-
-def optional_str(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string")
-    return value

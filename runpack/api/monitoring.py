@@ -17,13 +17,14 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from runpack import logs
-from runpack.api.common import Handler, policy
+from runpack.api.common import Handler, json_response, policy
+from runpack.errors import StoreError
 from runpack.metrics import Metrics
 from runpack.protocol import Role
 
@@ -35,8 +36,16 @@ UNMATCHED = "unmatched"
 #: Status recorded for a request whose client went away before the reply.
 CLIENT_GONE = 499
 
+#: How long a readiness verdict is reused: however often /health is polled, the
+#: store gets at most one probe write per this many seconds.
+READY_TTL = 1.0
+#: A probe that has not committed by then counts as a store that cannot write.
+PROBE_TIMEOUT = 5.0
+HEALTHY = {"status": "ok", "service": "runpack-worker"}
+
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 access_log = logging.getLogger("runpack.access")
+log = logging.getLogger(__name__)
 
 
 #: New request ids: 12 hex digits counting up from a random start, unique within a
@@ -131,6 +140,68 @@ async def metrics(request: web.Request) -> web.Response:
 async def public_metrics(request: web.Request) -> web.Response:
     """``/metrics`` with ``metrics_public``: for a Prometheus on a trusted network."""
     return await _scrape(request)
+
+
+class Readiness:
+    """Can the store write? Checked by a real write (one row, committed), one probe
+    at a time, its verdict reused for ``ttl`` seconds."""
+
+    def __init__(
+        self,
+        probe: Callable[[], Awaitable[None]],
+        ttl: float = READY_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._probe = probe
+        self._ttl = ttl
+        self._clock = clock
+        self._until = 0.0
+        self._failure: str | None = None
+        self._probing: asyncio.Task[str | None] | None = None
+
+    async def failure(self) -> str | None:
+        """Why the store cannot write, or None when it can."""
+        if self._clock() < self._until:
+            return self._failure
+        if self._probing is None:
+            self._probing = asyncio.create_task(self._run(), name="runpack-readiness")
+        return await asyncio.shield(self._probing)
+
+    async def _run(self) -> str | None:
+        failure: str | None = None
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                await self._probe()
+        except StoreError as exc:
+            failure = exc.details or exc.message
+        except TimeoutError:
+            failure = f"no commit within {PROBE_TIMEOUT:g} s"
+        except Exception as exc:  # whatever stops the write, the store is not ready
+            log.exception("readiness probe failed")
+            failure = type(exc).__name__
+        finally:
+            self._probing = None
+        if failure is not None:
+            log.warning("not ready: the database cannot write: %s", failure)
+        self._failure, self._until = failure, self._clock() + self._ttl
+        return failure
+
+
+READINESS = web.AppKey("readiness", Readiness)
+
+
+async def health(request: web.Request) -> web.Response:
+    """``/`` and ``/health``, any method, no key: 200 as the original's while the store
+    writes; 503 (with Retry-After) while it cannot, for load balancers and probes."""
+    if await request.app[READINESS].failure() is None:
+        return json_response(HEALTHY)
+    body = {
+        **HEALTHY,
+        "status": "unavailable",
+        "error": "The database cannot write",
+        "details": "see the server log",
+    }
+    return json_response(body, status=503, headers={"Retry-After": str(round(READY_TTL) or 1)})
 
 
 def add_routes(app: web.Application, public: bool) -> None:

@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from runpack import __version__
-from runpack.api import ui
+from runpack.api import admin, ui
 from runpack.api.common import policy
 from runpack.api.openapi_schemas import (
     JSON,
@@ -177,7 +177,10 @@ HEALTH: Json = {
     "summary": "Health (any method)",
     "tags": ["health"],
     "security": [],
-    "responses": {"200": json_reply("Up.", ref("Health"))},
+    "responses": {
+        "200": json_reply("Up, and the database writes.", ref("Health")),
+        "503": error_reply("The database cannot write (checked at most once a second)."),
+    },
 }
 HEALTH_METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -531,8 +534,28 @@ def paths() -> Json:
             "get": operation(
                 "Runners, most recently seen first",
                 Role.ADMIN_READ,
-                {"200": json_reply("The runners.", ref("RunnerList"))},
+                {
+                    "200": json_reply("A page of runners.", ref("RunnerList")),
+                    "400": error_reply("A bad limit or offset."),
+                },
                 tag="admin",
+                parameters=[
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": admin.MAX_RUNNERS_PAGE,
+                            "default": admin.RUNNERS_PAGE,
+                        },
+                    },
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0},
+                    },
+                ],
             )
         },
         "/api/admin/runners/{runner_id}": {
@@ -681,7 +704,7 @@ def document() -> Json:
             {"name": "events", "description": "Live streams."},
             {"name": "ui", "description": "The dashboard's pages and files."},
             {"name": "figures", "description": "Figures stored by this server."},
-            {"name": "health", "description": "Liveness, no key."},
+            {"name": "health", "description": "Readiness, no key."},
             {"name": "meta", "description": "This description."},
             {"name": "operations", "description": "Monitoring."},
         ],

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from runpack.api.common import (
-    SERVICE,
-    json_response,
-    optional_int,
-    optional_str,
-    policy,
-    read_json,
-    runner_id,
-)
-from runpack.errors import BadRequest, NotOwned
+from runpack import reports
+from runpack.api.common import SERVICE, json_response, policy, read_json, runner_id
+from runpack.errors import NotOwned
 from runpack.protocol import Role
 from runpack.service import parse_json_text
 
@@ -99,15 +92,16 @@ async def claim(request: web.Request) -> web.Response:
     failure="Failed to update heartbeat",
 )
 async def heartbeat(request: web.Request) -> web.Response:
-    body = await read_json(request)
+    beat = reports.heartbeat(await read_json(request))
     service = request.app[SERVICE]
     await service.touch_runner(runner_id(request))
     await service.heartbeat(
         runner_id(request),
         request.match_info["job_id"],
-        optional_int(body, "progress_current"),
-        optional_int(body, "progress_total"),
-        optional_str(body, "console_output"),
+        beat.progress_current,
+        beat.progress_total,
+        beat.console_output,
+        console_append=beat.console_append,
     )
     return json_response({"success": True, "message": "Heartbeat updated successfully"})
 
@@ -115,17 +109,11 @@ async def heartbeat(request: web.Request) -> web.Response:
 @routes.post("/api/runner/jobs/{job_id}/complete")
 @policy(Role.RUNNER, runner_header=True, failure="Failed to complete job")
 async def complete(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    output = body.get("output_data")
-    if not isinstance(output, dict):
-        raise BadRequest("output_data must be an object")
+    result = reports.completion(await read_json(request))
     service = request.app[SERVICE]
     await service.touch_runner(runner_id(request))
     await service.complete(
-        runner_id(request),
-        request.match_info["job_id"],
-        output,
-        optional_str(body, "console_output"),
+        runner_id(request), request.match_info["job_id"], result.output_data, result.console_output
     )
     return json_response({"success": True, "message": "Job completed successfully"})
 
@@ -133,23 +121,17 @@ async def complete(request: web.Request) -> web.Response:
 @routes.post("/api/runner/jobs/{job_id}/error")
 @policy(Role.RUNNER, runner_header=True, failure="Failed to mark job as failed")
 async def error(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    message = body.get("error_message")
-    if not isinstance(message, str):
-        raise BadRequest("error_message must be a string")
-    retryable = body.get("retryable", False)
-    if not isinstance(retryable, bool):
-        raise BadRequest("retryable must be a boolean")
+    report = reports.failure(await read_json(request))
     service = request.app[SERVICE]
     await service.touch_runner(runner_id(request))
-    end = service.retry_later if retryable else service.fail
+    end = service.retry_later if report.retryable else service.fail
     await end(
         runner_id(request),
         request.match_info["job_id"],
-        message,
-        optional_str(body, "console_output"),
+        report.error_message,
+        report.console_output,
     )
-    if retryable:
+    if report.retryable:
         return json_response({"success": True, "message": "Job queued again to be retried"})
     return json_response({"success": True, "message": "Job marked as failed successfully"})
 
@@ -158,11 +140,10 @@ async def error(request: web.Request) -> web.Response:
 @policy(Role.RUNNER, runner_header=True, failure="Failed to release job")
 async def release(request: web.Request) -> web.Response:
     """Give a claimed job back to the queue at once (the runner cannot run it now)."""
-    body = await read_json(request) if request.can_read_body else {}
-    reason = optional_str(body, "reason") or "released by the runner"
+    reason = reports.release_reason(await read_json(request) if request.can_read_body else {})
     service = request.app[SERVICE]
     rid = runner_id(request)
     await service.touch_runner(rid)
-    if not await service.release_jobs(rid, [request.match_info["job_id"]], reason[:500]):
+    if not await service.release_jobs(rid, [request.match_info["job_id"]], reason):
         raise NotOwned()
     return json_response({"success": True, "message": "Job released"})

@@ -15,13 +15,13 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from runpack import __version__, logs, protocol
+from runpack import __version__, logs, protocol, reports
 from runpack.api.common import SERVICE, SETTINGS, json_response, policy, runner_id
 from runpack.api.events import wants_websocket
 from runpack.errors import BadRequest, NotOwned, RunpackError, StoreError, StoreUnavailable
 from runpack.hub import SEND_QUEUE, Hub, RunnerConn
 from runpack.protocol import FINAL, Role
-from runpack.service import JobService, params_fragment
+from runpack.service import JobService, check_registration, params_fragment
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -250,10 +250,8 @@ class RunnerSession:
             frame = self._parse(msg.data)
             if frame.get("type") != "hello":
                 raise FrameError("Expected hello", "the first frame must be a hello")
-            name = _field(frame, "name", str)
-            capabilities = _field(frame, "capabilities", list)
-            if not all(isinstance(c, str) for c in capabilities):
-                raise FrameError("Invalid or missing field: capabilities", "expected strings")
+            # The same rules as POST /api/runner/register, for a runner resuming too.
+            name, capabilities = check_registration(frame.get("name"), frame.get("capabilities"))
             concurrency = _field(frame, "concurrency", int)
             if not 1 <= concurrency <= 1000:
                 raise FrameError("Invalid field: concurrency", "from 1 to 1000")
@@ -442,22 +440,23 @@ class RunnerSession:
     async def _on_heartbeat(self, frame: dict[str, Any]) -> None:
         assert self.conn is not None
         job_id = _field(frame, "job_id", str)
+        beat = reports.heartbeat(frame)
         await self.service.heartbeat(
             self.conn.runner_id,
             job_id,
-            _field(frame, "progress_current", int, optional=True),
-            _field(frame, "progress_total", int, optional=True),
-            _field(frame, "console_output", str, optional=True),
-            console_append=_field(frame, "console_append", str, optional=True),
+            beat.progress_current,
+            beat.progress_total,
+            beat.console_output,
+            console_append=beat.console_append,
         )
 
     async def _on_complete(self, frame: dict[str, Any]) -> None:
         assert self.conn is not None
         job_id = _field(frame, "job_id", str)
-        output = _field(frame, "output_data", dict)
-        console = _field(frame, "console_output", str, optional=True)
+        result = reports.completion(frame)
+        console = result.console_output
         try:
-            await self.service.complete(self.conn.runner_id, job_id, output, console)
+            await self.service.complete(self.conn.runner_id, job_id, result.output_data, console)
         except BadRequest as exc:
             if isinstance(exc, NotOwned):
                 await self._ack_unapplied(job_id, "complete")
@@ -470,26 +469,24 @@ class RunnerSession:
     async def _on_error(self, frame: dict[str, Any]) -> None:
         assert self.conn is not None
         job_id = _field(frame, "job_id", str)
-        message = _field(frame, "error_message", str)
-        console = _field(frame, "console_output", str, optional=True)
-        retryable = _field(frame, "retryable", bool, optional=True)
-        limit = self.service.settings.max_error_bytes
-        if len(message.encode()) > limit:
-            message = message.encode()[: limit - 20].decode(errors="ignore") + " … (truncated)"
+        report = reports.failure(frame)
+        end = self.service.retry_later if report.retryable else self.service.fail
         try:
-            if retryable:
-                await self.service.retry_later(self.conn.runner_id, job_id, message, console)
-            else:
-                await self.service.fail(self.conn.runner_id, job_id, message, console)
+            await end(self.conn.runner_id, job_id, report.error_message, report.console_output)
         except NotOwned:
             await self._ack_unapplied(job_id, "error")
+            return
+        except BadRequest as exc:
+            # Refused as over HTTP, and nothing changed; the runner need not keep it.
+            self.reply_error(exc.message, exc.details, ref="error", job_id=job_id)
+            self._ack(job_id, "error", False, reason=exc.message)
             return
         self._ack(job_id, "error", True)
 
     async def _on_release(self, frame: dict[str, Any]) -> None:
         assert self.conn is not None
         job_id = _field(frame, "job_id", str)
-        reason = _field(frame, "reason", str, optional=True) or "released by the runner"
+        reason = reports.release_reason(frame)
         await self.service.release_jobs(self.conn.runner_id, [job_id], reason)
         self._ack(job_id, "release", True)
 

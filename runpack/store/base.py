@@ -185,9 +185,16 @@ class Store(Protocol):
 
     async def touch_runner(self, runner_id: str, now: int) -> bool: ...
 
-    async def list_runners(self) -> list[RunnerRow]: ...
+    async def list_runners(self, limit: int = 1000, offset: int = 0) -> list[RunnerRow]:
+        """A page of runners, most recently seen first."""
+        ...
 
     async def count_runners(self, active_since: int) -> tuple[int, int]: ...
+
+    # --- readiness (GET /health) ---------------------------------------------------
+    async def probe_write(self) -> None:
+        """Write one row and commit; raise StoreError if the store cannot."""
+        ...
 
     # --- imports (runpack import-d1) --------------------------------------------------
     async def import_jobs(self, rows: Sequence[JobRow]) -> int:

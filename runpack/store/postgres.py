@@ -106,7 +106,8 @@ SELECT false, {q.JOB_COLS} FROM jobs WHERE job_hash = ANY($2::text[])
 # can look cheaper).
 COMPLETE_JOBS = f"""
 UPDATE jobs SET status = 'completed', output_data = v.output_data, updated_at = v.now,
-       last_heartbeat = v.now, console_output = COALESCE(v.console_output, jobs.console_output)
+       last_heartbeat = v.now, console_output = COALESCE(v.console_output, jobs.console_output),
+       error_message = NULL
 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
      AS v(id, runner_id, now, output_data, console_output)
 WHERE jobs.id = ANY($1::text[]) AND jobs.id = v.id
@@ -551,8 +552,12 @@ class PostgresStore:
     async def touch_runner(self, runner_id: str, now: int) -> bool:
         return await self._write_count(q.TOUCH_RUNNER, {"id": runner_id, "now": now}) > 0
 
-    async def list_runners(self) -> list[RunnerRow]:
-        return [RunnerRow(*row) for row in await self._rows(q.LIST_RUNNERS, {})]
+    async def probe_write(self) -> None:
+        await self._write_count(q.PROBE_WRITE, {})
+
+    async def list_runners(self, limit: int = 1000, offset: int = 0) -> list[RunnerRow]:
+        params = {"limit": limit, "offset": offset}
+        return [RunnerRow(*row) for row in await self._rows(q.LIST_RUNNERS, params)]
 
     async def count_runners(self, active_since: int) -> tuple[int, int]:
         total, active = (await self._rows(q.COUNT_RUNNERS, {"active_since": active_since}))[0]

@@ -114,7 +114,8 @@ WHERE id = :id AND claimed_by = :runner_id AND status IN {RUNNING}
 
 COMPLETE = f"""
 UPDATE jobs SET status = 'completed', output_data = :output_data, updated_at = :now,
-       last_heartbeat = :now, console_output = COALESCE(:console_output, console_output)
+       last_heartbeat = :now, console_output = COALESCE(:console_output, console_output),
+       error_message = NULL
 WHERE id = :id AND claimed_by = :runner_id AND status IN {RUNNING}
 """
 
@@ -183,7 +184,14 @@ VALUES (:id, :name, :capabilities, :registered_at, :last_seen)
 
 GET_RUNNER = f"SELECT {RUNNER_COLS} FROM runners WHERE id = :id"
 TOUCH_RUNNER = "UPDATE runners SET last_seen = :now WHERE id = :id"
-LIST_RUNNERS = f"SELECT {RUNNER_COLS} FROM runners ORDER BY last_seen DESC"
+#: A real write of one row, for the readiness check: its commit proves the store writes.
+PROBE_WRITE = """
+UPDATE schema_version SET applied_at = applied_at
+WHERE version = (SELECT MAX(version) FROM schema_version)
+"""
+LIST_RUNNERS = f"""
+SELECT {RUNNER_COLS} FROM runners ORDER BY last_seen DESC, id LIMIT :limit OFFSET :offset
+"""
 COUNT_RUNNERS = """
 SELECT COUNT(*), COALESCE(SUM(CASE WHEN last_seen > :active_since THEN 1 ELSE 0 END), 0)
 FROM runners

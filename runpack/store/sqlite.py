@@ -105,6 +105,10 @@ class SqliteStore:
         self._keeper: sqlite3.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
         self._batch: list[tuple[asyncio.Future[Any], Any]] = []
+        #: A transaction is open on the writing connection; it ends at the next loop turn.
+        self._open = False
+        #: Why the open transaction must be rolled back rather than committed.
+        self._doomed: StoreError | None = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -141,7 +145,7 @@ class SqliteStore:
         self._checkpointer.start()
 
     async def close(self) -> None:
-        if self._batch:
+        if self._open:
             self._commit()
         if self._reader is not None:
             await self._reader.close()
@@ -166,25 +170,34 @@ class SqliteStore:
         the other writes of the transaction stand. An ``op`` that makes one change
         (a single INSERT, UPDATE or DELETE, reads aside) passes ``savepoint=False``:
         SQLite undoes a failed statement by itself, and two statements per write
-        are saved.
+        are saved. Whatever ``op`` raises, the transaction ends at the next turn of
+        the loop: committed, or rolled back if a failed ``op`` may have left a change
+        that no savepoint can undo (every write of that transaction then fails).
         """
         conn = self._conn
         if conn is None:
             raise StoreError(details="store is closed")
-        if not self._batch:
+        if not self._open:
             try:
+                if conn.in_transaction:  # left by a failed rollback: nothing of it stands
+                    conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise _store_error(exc) from exc
+            self._open = True
             asyncio.get_running_loop().call_soon(self._commit)
         if savepoint:
             conn.execute("SAVEPOINT op")
+        changes = conn.total_changes
         try:
             value = op(conn)
         except Exception as exc:
             if savepoint:
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
+            elif not isinstance(exc, sqlite3.Error) and conn.total_changes != changes:
+                # It wrote, then failed in Python: only the whole transaction can go.
+                self._doomed = _store_error(exc)
             if isinstance(exc, sqlite3.Error):
                 raise _store_error(exc) from exc
             raise
@@ -195,16 +208,23 @@ class SqliteStore:
         return await fut  # type: ignore[no-any-return]
 
     def _commit(self) -> None:
+        """End the open transaction (even if no write of it succeeded) and answer its writes."""
         batch, self._batch = self._batch, []
-        if not batch or self._conn is None:
+        failure, self._doomed = self._doomed, None
+        conn = self._conn
+        if not self._open or conn is None:
             return
-        failure: StoreError | None = None
+        self._open = False
         try:
-            self._conn.execute("COMMIT")
+            if failure is None:
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             failure = _store_error(exc)
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.error("SQLite rollback failed: %s", exc)
         for fut, value in batch:
             if fut.done():
                 continue
@@ -434,8 +454,12 @@ class SqliteStore:
     async def touch_runner(self, runner_id: str, now: int) -> bool:
         return await self._write_count(q.TOUCH_RUNNER, {"id": runner_id, "now": now}) > 0
 
-    async def list_runners(self) -> list[RunnerRow]:
-        return [RunnerRow(*row) for row in await self._read(q.LIST_RUNNERS, {})]
+    async def probe_write(self) -> None:
+        await self._write_count(q.PROBE_WRITE, {})
+
+    async def list_runners(self, limit: int = 1000, offset: int = 0) -> list[RunnerRow]:
+        params = {"limit": limit, "offset": offset}
+        return [RunnerRow(*row) for row in await self._read(q.LIST_RUNNERS, params)]
 
     async def count_runners(self, active_since: int) -> tuple[int, int]:
         total, active = (await self._read(q.COUNT_RUNNERS, {"active_since": active_since}))[0]
