@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -23,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import orjson
 import pytest
 
+from runpack.store import RunnerRow, open_store
 from tests.pg import fresh_database, require_postgres
 from tests.procs import KEYS, Proc, clean_env, running_runner, running_server, until
 
@@ -160,6 +163,47 @@ def revoke_in_database(database: str, key_id: str) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+# --- the store: a runner's owner and secret ----------------------------------------------------
+
+DOWNGRADE = (
+    "ALTER TABLE runners DROP COLUMN owner",
+    "ALTER TABLE runners DROP COLUMN secret_sha256",
+    "DELETE FROM schema_version WHERE version = 6",
+    "INSERT INTO runners (id, name, capabilities, registered_at, last_seen)"
+    " VALUES ('0f0e0d0c-0b0a-4990-8877-665544332211', 'old', '[]', 1, 1)",
+)
+
+
+async def test_runners_keep_their_owner_and_old_runners_belong_to_the_environment_key(
+    database: str,
+) -> None:
+    store = open_store(database)
+    await store.open()
+    await store.close()
+    # The database as version 5 left it, with a runner registered then.
+    if database.startswith("postgresql://"):
+        conn = await asyncpg.connect(database)
+        for statement in DOWNGRADE:
+            await conn.execute(statement)
+        await conn.close()
+    else:
+        with sqlite3.connect(database) as db:
+            for statement in DOWNGRADE:
+                db.execute(statement)
+    store = open_store(database)
+    await store.open()  # migration 0006
+    try:
+        old = await store.get_runner("0f0e0d0c-0b0a-4990-8877-665544332211")
+        assert old is not None and (old.owner, old.secret_sha256) == ("env", None)
+        new = RunnerRow(
+            "1f0e0d0c-0b0a-4990-8877-665544332211", "new", "[]", 2, 2, "a1b2c3d4e5f6", "ab" * 32
+        )
+        await store.insert_runner(new)
+        assert await store.get_runner(new.id) == new
+    finally:
+        await store.close()
 
 
 # --- HTTP: another lab's key names our runner ---------------------------------------------------
