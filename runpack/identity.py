@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
+from dataclasses import dataclass
 
 from runpack.auth import hash_secret
 from runpack.errors import Forbidden
@@ -38,25 +39,32 @@ def new_runner_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def check_runner(
-    runner: RunnerRow | tuple[str, str | None], owner: str, secret: str | None
-) -> None:
-    """Refuse (403) ``owner`` acting for ``runner`` (a row, or its owner and secret's
-    hash), or a secret that is not the runner's."""
-    mine, secret_sha256 = (
-        (runner.owner, runner.secret_sha256) if isinstance(runner, RunnerRow) else runner
-    )
-    if not hmac.compare_digest(mine.encode(), owner.encode()):
-        raise NotYourRunner(
-            details="a runner acts only with the key that registered it; register anew"
-        )
-    if secret_sha256 is not None and (
-        secret is None
-        or not hmac.compare_digest(hash_secret(secret).encode(), secret_sha256.encode())
-    ):
-        raise WrongRunnerSecret(
-            details="this runner registered with a secret of its own: send it (X-Runner-Secret)"
-        )
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """Who may act for a runner: its owner, and the SHA-256 of its secret if it has one.
+    Neither ever changes, so an instance may remember them."""
+
+    owner: str
+    secret_sha256: str | None
+
+    @classmethod
+    def of(cls, runner: RunnerRow) -> Ownership:
+        return cls(runner.owner, runner.secret_sha256)
+
+    def check(self, owner: str, secret: str | None) -> None:
+        """Refuse (403) ``owner`` acting for the runner, or a secret that is not its own."""
+        if not hmac.compare_digest(self.owner.encode(), owner.encode()):
+            raise NotYourRunner(
+                details="a runner acts only with the key that registered it; register anew"
+            )
+        if self.secret_sha256 is not None and (
+            secret is None
+            or not hmac.compare_digest(hash_secret(secret).encode(), self.secret_sha256.encode())
+        ):
+            raise WrongRunnerSecret(
+                details="this runner registered with a secret of its own: "
+                "send it (X-Runner-Secret, or runner_secret in the hello)"
+            )
 
 
 class RunnerOwners:
@@ -64,8 +72,7 @@ class RunnerOwners:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        #: runner id -> (owner, SHA-256 of its secret or None)
-        self._known: dict[str, tuple[str, str | None]] = {}
+        self._known: dict[str, Ownership] = {}  # runner id -> who may act for it
 
     async def check(self, runner_id: str, owner: str, secret: str | None) -> None:
         """Refuse (403) a request for another key's runner, or without its secret. An
@@ -76,10 +83,10 @@ class RunnerOwners:
             if runner is None:
                 return
             known = self.remember(runner)
-        check_runner(known, owner, secret)
+        known.check(owner, secret)
 
-    def remember(self, runner: RunnerRow) -> tuple[str, str | None]:
+    def remember(self, runner: RunnerRow) -> Ownership:
         if len(self._known) >= MAX_REMEMBERED:
             self._known.clear()
-        known = self._known[runner.id] = (runner.owner, runner.secret_sha256)
+        known = self._known[runner.id] = Ownership.of(runner)
         return known

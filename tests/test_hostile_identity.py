@@ -417,6 +417,37 @@ async def test_the_http_transport_registers_with_a_secret_and_sends_it(
         assert status == 403
 
 
+async def test_a_runner_whose_id_belongs_to_another_key_registers_anew(
+    tmp_path: Path, database: str, stack: ExitStack
+) -> None:
+    """A lab moves its runner to a key of its own: the saved id (the environment
+    key's) is refused, so the runner becomes a new runner of the new key."""
+    server = serve(stack, tmp_path / "server", database)
+    url = server.url
+    runner_dir = tmp_path / "moved"
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+        old_id = await register(http, url, ENV_RUNNER, "moved")
+        runner_dir.mkdir()
+        state = {"runner_id": old_id, "name": "moved"}
+        (runner_dir / ".runpack_runner.json").write_bytes(orjson.dumps(state))
+        lab, _ = await new_key(http, url, "runner", "lab")
+        moved = stack.enter_context(
+            running_runner(runner_dir, url, env={"RUNPACK_RUNNER_API_KEY": lab})
+        )
+        row = await until(lambda: runner_row(http, url, "moved"), "the runner to connect")
+        assert row["runner_id"] != old_id
+        job_id = await submit(http, url, "moved")
+
+        async def completed() -> bool:
+            return (await job(http, url, job_id))["status"] == "completed"
+
+        await until(completed, "the runner to run a job")
+        assert (await job(http, url, job_id))["claimed_by"] == row["runner_id"]
+        assert f"the server refused runner {old_id}" in moved.output()
+        saved = orjson.loads((runner_dir / ".runpack_runner.json").read_bytes())
+        assert saved["runner_id"] == row["runner_id"] and saved["runner_secret"]
+
+
 # --- a revoked key closes what it opened --------------------------------------------------------
 
 

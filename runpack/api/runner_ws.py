@@ -28,7 +28,7 @@ from runpack.errors import (
     StoreUnavailable,
 )
 from runpack.hub import SEND_QUEUE, Hub, RunnerConn
-from runpack.identity import check_runner, new_runner_secret
+from runpack.identity import Ownership, new_runner_secret
 from runpack.protocol import FINAL, Role
 from runpack.service import JobService, params_fragment
 
@@ -302,7 +302,7 @@ class RunnerSession:
                     name, capabilities, owner=self.caller.owner, secret=secret
                 )
             else:
-                check_runner(runner, self.caller.owner, given_secret)
+                Ownership.of(runner).check(self.caller.owner, given_secret)
                 await self.service.touch_runner(runner.id)
         except Forbidden as exc:
             log.warning("runner hello refused for runner %s: %s", wanted_id, exc.message)
