@@ -488,6 +488,33 @@ async def test_a_revoked_runner_key_closes_its_open_sockets_within_the_ttl(
         assert (await job(http, url, job_id))["status"] == "pending"
 
 
+async def test_a_long_poll_of_a_revoked_runner_key_ends_without_a_job(
+    tmp_path: Path, database: str, stack: ExitStack
+) -> None:
+    server = serve(stack, tmp_path / "server", database)
+    url = server.url
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+        lab, key_id = await new_key(http, url, "runner", "lab")
+        runner = await register(http, url, bearer(lab), "poller")
+        headers = {**bearer(lab), "X-Runner-ID": runner}
+        poll = asyncio.ensure_future(
+            call(http, "GET", f"{url}/api/runner/jobs/next?types[]=noop&wait=25", headers)
+        )
+
+        async def polling() -> bool:
+            # The long-poll notes the runner's contact before it waits.
+            async with http.get(f"{url}/metrics", headers=ADMIN) as resp:
+                return 'operation="touch_runner"' in await resp.text()
+
+        await until(polling, "the long-poll to wait")
+        revoke_in_database(database, key_id)
+        revoked_at = time.monotonic()
+        status, reply = await asyncio.wait_for(poll, KEY_CACHE_TTL + 10)
+        elapsed = time.monotonic() - revoked_at
+        assert status == 401 and reply["details"] == "This key has been revoked", reply
+        assert elapsed < KEY_CACHE_TTL + 1.5, elapsed
+
+
 async def test_a_revoked_admin_key_ends_its_event_stream_on_every_instance(
     tmp_path: Path, database: str, stack: ExitStack
 ) -> None:

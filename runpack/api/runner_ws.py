@@ -26,6 +26,7 @@ from runpack.errors import (
     RunpackError,
     StoreError,
     StoreUnavailable,
+    Unauthorized,
 )
 from runpack.hub import SEND_QUEUE, Hub, RunnerConn
 from runpack.identity import Ownership, new_runner_secret
@@ -600,26 +601,36 @@ async def next_job(request: web.Request) -> web.Response:
     if not 0 <= wait <= MAX_LONG_POLL:
         raise BadRequest(f"wait must be from 0 to {MAX_LONG_POLL:g} seconds")
     await service.touch_runner(rid)
+    # A stored key revoked while the poll waits takes no job (see KeyRing.check_open).
+    revoked = asyncio.Event()
+    key = request[CALLER].key
+    release = request.app[KEYS].hold(key, revoked.set) if key is not None else None
     deadline = time.monotonic() + wait
-    while True:
-        if hub.stopping:
-            return web.Response(status=204)
-        signal = hub.queued_signal()
-        job = await service.claim_next(rid, types)
-        if job is not None:
-            return json_response(
-                {
-                    "job": {
-                        "job_id": job.id,
-                        "job_type": job.job_type,
-                        "input_params": params_fragment(job.input_params),
-                        "attempt": job.attempts,
-                        "timeout": job.timeout / 1000 if job.timeout else None,
+    try:
+        while True:
+            if hub.stopping:
+                return web.Response(status=204)
+            if revoked.is_set():
+                raise Unauthorized("Invalid API key", details="This key has been revoked")
+            signal = hub.queued_signal()
+            job = await service.claim_next(rid, types)
+            if job is not None:
+                return json_response(
+                    {
+                        "job": {
+                            "job_id": job.id,
+                            "job_type": job.job_type,
+                            "input_params": params_fragment(job.input_params),
+                            "attempt": job.attempts,
+                            "timeout": job.timeout / 1000 if job.timeout else None,
+                        }
                     }
-                }
-            )
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return web.Response(status=204)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(signal.wait(), min(left, 1.0))
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return web.Response(status=204)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signal.wait(), min(left, 1.0))
+    finally:
+        if release is not None:
+            release()
