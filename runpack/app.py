@@ -44,6 +44,7 @@ from runpack.hub import Hub
 from runpack.local_runners import local_runners
 from runpack.metrics import Metrics
 from runpack.notify import Notifier, NotifyRelay, PgBridge
+from runpack.protocol import RUNNER_SECRET_HEADER, Role
 from runpack.ratelimit import RateLimiter
 from runpack.retention import Policy, Retention
 from runpack.service import JobService
@@ -143,7 +144,7 @@ def _failure(request: web.Request, exc: Exception) -> web.Response:
 @web.middleware
 async def enforce_policy(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Per-route policy: headers that are text, X-Runner-ID presence, then auth (401/403),
-    then rate limit (429)."""
+    then the runner's owner (403), then rate limit (429)."""
     route_policy = policy_of(request.match_info.handler)
     if route_policy is None:
         return await handler(request)
@@ -155,6 +156,11 @@ async def enforce_policy(request: web.Request, handler: Handler) -> web.StreamRe
     )
     request[CALLER] = caller
     request[ROLE] = caller.role
+    acting_for = request.headers.get("X-Runner-ID")
+    if acting_for and route_policy.role == Role.RUNNER:
+        # A runner acts only with the key that registered it (and its own secret).
+        secret = request.headers.get(RUNNER_SECRET_HEADER)
+        await request.app[SERVICE].owners.check(acting_for, caller.owner, secret)
     if route_policy.bucket is not None and caller.key is not None and caller.key.rate is not None:
         # A stored key with a rate: one bucket of its own instead of the per-IP ones.
         request.app[LIMITER].hit(f"key:{caller.key.id}", caller.key.rate)
@@ -286,11 +292,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         run_sweeper(service, settings.sweep_interval, retention, settings.gc_interval),
         name="runpack-sweeper",
     )
+    # Connections opened with a key that is revoked since, on any instance, close.
+    key_watch = asyncio.create_task(app[KEYS].watch_revocations(), name="runpack-key-watch")
     try:
         yield
     finally:
         sweeper.cancel()
-        await asyncio.gather(sweeper, return_exceptions=True)
+        key_watch.cancel()
+        await asyncio.gather(sweeper, key_watch, return_exceptions=True)
         await hub.stop()
         watch.close()
         if relay is not None:

@@ -10,11 +10,14 @@ text) ever reach the database. Keys and tokens are never logged.
 Each instance remembers a stored key, or that a token is wrong, for
 ``key_cache_ttl`` seconds: a flood of requests with one token costs one lookup
 per period, and a key revoked in the database stops working on every instance
-within that time (at once on the instance that revoked it over HTTP).
+within that time (at once on the instance that revoked it over HTTP). What a key
+opened before (a runner's socket, an event stream) closes within that time too:
+each instance checks, that often, the keys that hold its open connections.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -30,6 +33,7 @@ import orjson
 from runpack.errors import Forbidden, StoreError, Unauthorized
 from runpack.protocol import Role
 from runpack.settings import Settings
+from runpack.store.base import ENV_OWNER
 
 if TYPE_CHECKING:
     from runpack.store.base import ApiKeyRow, Store
@@ -45,6 +49,8 @@ _SECRET_SHAPE = re.compile(r"rpk_[A-Za-z0-9_-]{32,128}")
 TOUCH_INTERVAL = 60.0
 #: Remembered tokens per instance; past this, expired ones go, then all of them.
 MAX_CACHED = 10_000
+#: Shortest pause between two checks of the keys that hold open connections (seconds).
+MIN_CHECK_INTERVAL = 0.5
 
 
 def new_secret() -> str:
@@ -107,6 +113,12 @@ class Caller:
     #: The request's Origin, when the key lists its Origins (CORS replies name it).
     origin: str | None = None
 
+    @property
+    def owner(self) -> str:
+        """The owner of the runners this caller registers: its stored key's id, or
+        ``env`` for an environment key (see runpack.identity)."""
+        return self.key.id if self.key is not None else ENV_OWNER
+
     def check_job_type(self, job_type: str, action: str = "submit") -> None:
         """Refuse a job type the key may not act on: submit or check a job of, and
         read or cancel an existing one of (``action`` names it in the error)."""
@@ -148,6 +160,8 @@ class KeyRing:
         self.clock = clock
         self._cache: dict[str, tuple[float, StoredKey | None]] = {}  # hash -> (until, key)
         self._touched: dict[str, float] = {}  # key id -> when its use was last written
+        #: Stored key id -> what closes each connection it opened that is still open.
+        self._open: dict[str, set[Callable[[], None]]] = {}
 
     def holder(self, token: str) -> Role | None:
         """The environment key this token is, if any."""
@@ -211,8 +225,51 @@ class KeyRing:
         return key
 
     def forget(self, key_id: str) -> None:
-        """Drop a key from this instance's cache (it was just revoked here)."""
+        """A key was just revoked here: drop it from this instance's cache, and close
+        the connections it opened (other instances find out in check_open)."""
         self._cache = {d: e for d, e in self._cache.items() if e[1] is None or e[1].id != key_id}
+        for close in self._open.pop(key_id, set()):
+            close()
+
+    def hold(self, key: StoredKey, close: Callable[[], None]) -> Callable[[], None]:
+        """Note a connection (a runner socket, an event stream) opened with ``key``:
+        ``close`` ends it once the key is revoked. Returns what to call when it ends."""
+        self._open.setdefault(key.id, set()).add(close)
+
+        def release() -> None:
+            held = self._open.get(key.id)
+            if held is not None:
+                held.discard(close)
+                if not held:
+                    del self._open[key.id]
+
+        return release
+
+    async def check_open(self) -> None:
+        """Close the connections of every key revoked (or deleted) since they opened,
+        wherever it was revoked: one read per key that holds connections."""
+        if self.store is None:
+            return
+        for key_id in list(self._open):
+            try:
+                row = await self.store.get_api_key(key_id)
+            except StoreError as exc:
+                log.warning("could not check API key %s: %s", key_id, exc.details)
+                continue
+            if row is None or row.revoked_at is not None:
+                log.info("API key %s was revoked: closing its connections", key_id)
+                self.forget(key_id)
+
+    async def watch_revocations(self) -> None:
+        """Run check_open for as long as the server runs, often enough that a key
+        revoked on any instance closes what it opened within ``cache_ttl``."""
+        interval = max(self.cache_ttl / 2, MIN_CHECK_INTERVAL)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check_open()
+            except Exception:
+                log.exception("checking the keys of open connections failed")
 
     def _remember(self, digest: str, key: StoredKey | None, now: float) -> None:
         if self.cache_ttl <= 0:

@@ -55,8 +55,10 @@ MAX_CAPABILITIES = 256
 # <runner key>`` on the upgrade request.
 #
 # runner -> server
-#   hello      {runner_id?: str, name: str, capabilities: [str], concurrency: int,
-#               version: str, jobs: [job_id]}          first frame; jobs = ones it holds
+#   hello      {runner_id?: str, runner_secret?: str, name: str, capabilities: [str],
+#               concurrency: int, version: str, jobs: [job_id]}
+#              first frame; jobs = ones it holds; runner_secret = the secret the
+#              welcome that registered it gave (required once a runner has one)
 #   ready      {slots: int}                            grants this many MORE job slots
 #   heartbeat  {job_id, progress_current?: int|null, progress_total?: int|null,
 #               console_output?: str (replaces), console_append?: str (appends)}
@@ -75,7 +77,8 @@ MAX_CAPABILITIES = 256
 #   cancel     {job_id, reason}
 #   ack        {job_id, of: "complete"|"error"|"release", applied: bool}
 #              (the result is durable, or was already final: forget it)
-#   error      {error: str, details?: str, ref?: str (the frame type), job_id?: str}
+#   error      {error: str, details?: str, ref?: str (the frame type), job_id?: str,
+#               code?: str (one of ERROR_CODES, when the socket closes for it)}
 #
 # Flow control is by credits: the server never has more jobs out to a connection
 # than the slots it was granted; a job pushed uses one slot, and the runner grants
@@ -86,8 +89,25 @@ MAX_CAPABILITIES = 256
 # server without the field expects. `ready` frames beyond the runner's concurrency
 # (less the jobs it holds and the slots it granted) are ignored, whenever they come.
 
+#
+# A hello for a runner that another key registered, or without its secret, is
+# refused with an error frame (code "not_your_runner") and close code 1008; a socket
+# whose key is revoked gets one with code "key_revoked" and 1008 as well.
+#
+# Over HTTP a runner names itself with ``X-Runner-ID`` and, if it has a secret,
+# proves it with ``X-Runner-Secret``; ``POST /api/runner/register`` with
+# ``{"with_secret": true}`` answers the new runner's ``runner_secret`` too.
+
 RUNNER_TO_SERVER = ("hello", "ready", "heartbeat", "complete", "error", "release")
 SERVER_TO_RUNNER = ("welcome", "job", "cancel", "ack", "error")
+
+#: The WebSocket close code for a runner refused by policy (RFC 6455).
+CLOSE_POLICY_VIOLATION = 1008
+#: ``code`` of the error frame sent before such a close.
+NOT_YOUR_RUNNER = "not_your_runner"
+KEY_REVOKED = "key_revoked"
+#: The header in which a runner with a secret of its own proves it over HTTP.
+RUNNER_SECRET_HEADER = "X-Runner-Secret"
 
 #: Runners send a heartbeat for each running job at least this often (seconds).
 HEARTBEAT_INTERVAL = 30.0

@@ -21,6 +21,7 @@ import orjson
 
 from runpack import hashing
 from runpack.artifacts import figpack_urls
+from runpack.auth import hash_secret
 from runpack.cache import ResultCache
 from runpack.errors import (
     BadRequest,
@@ -30,6 +31,7 @@ from runpack.errors import (
     NotOwned,
     RunnerNotFound,
 )
+from runpack.identity import RunnerOwners
 from runpack.notify import Event, Notifier
 from runpack.protocol import (
     FINAL,
@@ -41,6 +43,7 @@ from runpack.protocol import (
 )
 from runpack.settings import Settings
 from runpack.store import JobRow, NewJob, RunnerRow, Store
+from runpack.store.base import ENV_OWNER
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +205,8 @@ class JobService:
         self.clock = clock
         self.rng = rng
         self.results = ResultCache()
+        #: Who may act for which runner.
+        self.owners = RunnerOwners(store)
         #: Set by the hub while it runs: free runner slots for new jobs.
         self.slots: Slots | None = None
         self._requests: dict[bytes, JobRequest] = {}
@@ -408,7 +413,16 @@ class JobService:
         return result.job
 
     # --- runners --------------------------------------------------------------------
-    async def register_runner(self, name: object, capabilities: object) -> RunnerRow:
+    async def register_runner(
+        self,
+        name: object,
+        capabilities: object,
+        *,
+        owner: str = ENV_OWNER,
+        secret: str | None = None,
+    ) -> RunnerRow:
+        """A new runner, owned by ``owner`` (see runpack.identity), with ``secret`` as its
+        own if given (only its hash is kept)."""
         name, capabilities = check_registration(name, capabilities)
         now = self.clock()
         runner = RunnerRow(
@@ -417,8 +431,11 @@ class JobService:
             capabilities=orjson.dumps(capabilities).decode(),
             registered_at=now,
             last_seen=now,
+            owner=owner,
+            secret_sha256=hash_secret(secret) if secret is not None else None,
         )
         await self.store.insert_runner(runner)
+        self.owners.remember(runner)
         return runner
 
     async def get_runner(self, runner_id: str) -> RunnerRow:

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     state = load_state(state_path)
     name = settings.name or state.name or default_name()
     if name != state.name:
-        state = RunnerState(state.runner_id, name)
+        state = RunnerState(state.runner_id, name, state.secret)
         save_state(state_path, state)
     runner = Runner(settings, registry, state_path=state_path, state=state, name=name)
     tune_gc()

@@ -58,6 +58,7 @@ from runpack_runner.transports import (
     Event,
     Hello,
     HttpTransport,
+    NotOurRunner,
     Reconnect,
     Result,
     Transport,
@@ -97,6 +98,8 @@ class Runner:
         self.registry = registry
         self.state_path = state_path
         self.runner_id = state.runner_id
+        #: Our own secret: proves to the server that ``runner_id`` is ours.
+        self.runner_secret = state.secret
         self.name = name
         self.transport: Transport | None = None
         self.runs: dict[str, JobRun] = {}
@@ -150,7 +153,9 @@ class Runner:
         headers = {"User-Agent": f"runpack-runner/{__version__}"}
         try:
             async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-                self.uploader = FolderUploader(session, self.settings, lambda: self.runner_id)
+                self.uploader = FolderUploader(
+                    session, self.settings, lambda: self.runner_id, lambda: self.runner_secret
+                )
                 try:
                     await self._connect_loop(session)
                 finally:
@@ -250,6 +255,13 @@ class Runner:
             log.warning("connection lost (%s): %s", transport.name, exc)
             self._link = None
             return False
+        except NotOurRunner as exc:
+            # Our id was registered with another key (this runner's key changed), or our
+            # secret was lost: we cannot act as that runner, so we become a new one.
+            log.warning("the server refused runner %s (%s): registering anew", self.runner_id, exc)
+            self._remember_identity(None, None)
+            self._link = None
+            return True
         finally:
             if isinstance(transport, HttpTransport):
                 self._long_poll = transport.mode == "long-poll"
@@ -303,7 +315,12 @@ class Runner:
             concurrency=self.settings.concurrency,
             version=__version__,
             jobs=held,
+            runner_secret=self.runner_secret,
         )
+
+    def _remember_identity(self, runner_id: str | None, secret: str | None) -> None:
+        self.runner_id, self.runner_secret = runner_id, secret
+        save_state(self.state_path, RunnerState(runner_id, self.name, secret))
 
     def _adopt(self, welcome: Welcome) -> None:
         if welcome.runner_id != self.runner_id:
@@ -311,8 +328,9 @@ class Runner:
                 log.warning("the server knows this runner as %s now", welcome.runner_id)
             else:
                 log.info("registered as runner %s", welcome.runner_id)
-            self.runner_id = welcome.runner_id
-            save_state(self.state_path, RunnerState(self.runner_id, self.name))
+            self._remember_identity(welcome.runner_id, welcome.runner_secret)
+        elif welcome.runner_secret and welcome.runner_secret != self.runner_secret:
+            self._remember_identity(welcome.runner_id, welcome.runner_secret)
         if welcome.heartbeat_interval:
             self.heartbeat_interval = welcome.heartbeat_interval
         for key in self.limits:

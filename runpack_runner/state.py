@@ -1,4 +1,6 @@
-"""The state file (``.runpack_runner.json``): the runner's id and name across restarts."""
+"""The state file (``.runpack_runner.json``): the runner's id, its secret and its name
+across restarts. The secret proves the id is ours (runpack.identity on the server),
+so the file is readable by its owner only."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ log = logging.getLogger(__name__)
 class RunnerState:
     runner_id: str | None = None
     name: str | None = None
+    #: The runner's own secret, given once when it registered (None: it has none).
+    secret: str | None = None
 
 
 def default_name() -> str:
@@ -38,9 +42,11 @@ def load_state(path: Path) -> RunnerState:
         return RunnerState()
     runner_id = data.get("runner_id")
     name = data.get("name", data.get("runner_name"))
+    secret = data.get("runner_secret")
     return RunnerState(
         runner_id=runner_id if isinstance(runner_id, str) and runner_id else None,
         name=name if isinstance(name, str) and name else None,
+        secret=secret if isinstance(secret, str) and secret else None,
     )
 
 
@@ -48,8 +54,11 @@ def save_state(path: Path, state: RunnerState) -> None:
     """Write atomically: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(
-        json.dumps({"runner_id": state.runner_id, "name": state.name}, indent=2) + "\n",
-        encoding="utf-8",
-    )
+    data = {"runner_id": state.runner_id, "name": state.name}
+    if state.secret is not None:
+        data["runner_secret"] = state.secret
+    text = json.dumps(data, indent=2) + "\n"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
     os.replace(tmp, path)

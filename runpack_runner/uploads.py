@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from runpack import protocol
 from runpack_runner.context import JobContext, RetryLater
 from runpack_runner.settings import RunnerSettings
 
@@ -78,10 +79,12 @@ class FolderUploader:
         session: aiohttp.ClientSession,
         settings: RunnerSettings,
         runner_id: Callable[[], str | None],
+        runner_secret: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._session = session
         self._settings = settings
         self._runner_id = runner_id
+        self._runner_secret = runner_secret
         self._loop = asyncio.get_running_loop()
 
     def __call__(self, ctx: JobContext, folder: Path) -> str:
@@ -115,6 +118,9 @@ class FolderUploader:
                 "X-Runner-ID": self._runner_id() or "",
                 "Content-Type": "application/x-tar",
             }
+            secret = self._runner_secret()
+            if secret:
+                headers[protocol.RUNNER_SECRET_HEADER] = secret
             try:
                 with archive.open("rb") as body:
                     async with self._session.post(

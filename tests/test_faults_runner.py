@@ -351,10 +351,11 @@ async def test_a_cut_beyond_the_grace_period_refuses_the_late_result(tmp_path: P
         await w.runner_id("late")  # back
         await until(log_has(late, f"job {job_id} dropped"), "the late runner to drop its result")
         # The late result, sent again over HTTP as the first runner, is refused too.
+        secret = json.loads((tmp_path / "late" / ".runpack_runner.json").read_text())
         status, body = await w.call(
             "POST",
             f"/api/runner/jobs/{job_id}/complete",
-            {**RUNNER, "X-Runner-ID": late_id},
+            {**RUNNER, "X-Runner-ID": late_id, "X-Runner-Secret": secret["runner_secret"]},
             json={"output_data": {"pid": late.popen.pid, "attempt": 1, "tag": "outside"}},
         )
         assert status == 400 and body["success"] is False, body

@@ -863,7 +863,7 @@ async def test_a_payload_that_is_not_a_batch_of_events_is_ignored(pg: str) -> No
 async def test_a_hello_while_the_database_is_away_is_refused_clearly(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def away(*args: Any) -> None:
+    async def away(*args: Any, **kwargs: Any) -> None:
         raise StoreUnavailable(details="connection refused")
 
     monkeypatch.setattr(app_service(client), "register_runner", away)

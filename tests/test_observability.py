@@ -65,12 +65,19 @@ async def scrape(client: TestClient, **headers: str) -> Samples:
 
 async def hello(ws: aiohttp.ClientWebSocketResponse, caps: list[str], slots: int) -> str:
     """Say hello on the runner socket; the runner id from the welcome."""
+    return str((await welcome_of(ws, caps, slots))["runner_id"])
+
+
+async def welcome_of(
+    ws: aiohttp.ClientWebSocketResponse, caps: list[str], slots: int
+) -> dict[str, Any]:
+    """Say hello on the runner socket; the welcome."""
     await ws.send_json(
         {"type": "hello", "name": "obs", "capabilities": caps, "concurrency": slots, "jobs": []}
     )
     welcome = await ws.receive_json(timeout=10)
     assert welcome["type"] == "welcome", welcome
-    return str(welcome["runner_id"])
+    return dict(welcome)
 
 
 async def first_event(resp: aiohttp.ClientResponse) -> list[str]:
@@ -520,13 +527,17 @@ async def test_shutdown_closes_sockets_and_streams_at_once(
     runner = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
     with running_server(tmp_path, SERVER_KEYS) as server:
         ws = await session.ws_connect(server.url + "/api/runner/ws", headers=runner)
-        runner_id = await hello(ws, ["noop"], 1)
+        welcome = await welcome_of(ws, ["noop"], 1)
         stream = await session.get(server.url + "/api/admin/events", headers=admin)
         assert "event: reset" in await first_event(stream)
         long_poll = asyncio.ensure_future(
             session.get(
                 server.url + "/api/runner/jobs/next?types[]=noop&wait=60",
-                headers={**runner, "X-Runner-ID": runner_id},
+                headers={
+                    **runner,
+                    "X-Runner-ID": welcome["runner_id"],
+                    "X-Runner-Secret": welcome["runner_secret"],
+                },
             )
         )
         await watchers_and_polls_open(server)

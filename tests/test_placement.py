@@ -24,6 +24,10 @@ def hub_of(client: TestClient) -> Hub:
     return client.app[HUB]
 
 
+#: The secret each runner got when it registered, to come back with.
+SECRETS: dict[str, str] = {}
+
+
 async def runner(
     client: TestClient, concurrency: int, slots: int, runner_id: str | None = None
 ) -> tuple[aiohttp.ClientWebSocketResponse, str]:
@@ -33,9 +37,11 @@ async def runner(
     hello = {"type": "hello", "name": "r", "capabilities": ["hello_world"]}
     if runner_id is not None:
         hello["runner_id"] = runner_id
+        hello["runner_secret"] = SECRETS[runner_id]
     await ws.send_json({**hello, "concurrency": concurrency})
     welcome = await ws.receive_json(timeout=5)
     runner_id = welcome["runner_id"]
+    SECRETS.setdefault(runner_id, welcome.get("runner_secret"))
     await ws.send_json({"type": "ready", "slots": slots})
     hub = hub_of(client)
 
@@ -135,7 +141,7 @@ async def test_a_runner_back_on_a_new_socket_gets_the_job_there(client: TestClie
     old, runner_id = await runner(client, concurrency=1, slots=1)
     new = await client.ws_connect("/api/runner/ws", headers=RUNNER)
     hello = {"type": "hello", "name": "r", "capabilities": ["hello_world"], "concurrency": 1}
-    await new.send_json({**hello, "runner_id": runner_id})
+    await new.send_json({**hello, "runner_id": runner_id, "runner_secret": SECRETS[runner_id]})
     assert (await new.receive_json(timeout=5))["runner_id"] == runner_id
     answer = await submit(client, name="after the reconnect")
     row = await service_of(client).get_job(answer["job_id"])

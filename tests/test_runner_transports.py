@@ -47,8 +47,10 @@ def base_url(client: TestClient) -> str:
     return str(client.make_url("")).rstrip("/")
 
 
-def hello(runner_id: str | None = None, jobs: list[str] | None = None) -> Hello:
-    return Hello(runner_id, "test-runner", ["hello_world"], 1, "test", jobs or [])
+def hello(
+    runner_id: str | None = None, jobs: list[str] | None = None, secret: str | None = None
+) -> Hello:
+    return Hello(runner_id, "test-runner", ["hello_world"], 1, "test", jobs or [], secret)
 
 
 async def job_detail(client: TestClient, job_id: str) -> Any:
@@ -117,8 +119,10 @@ async def test_http_transport_registers_again_when_unknown(
     assert welcome.runner_id != UNKNOWN_RUNNER
     assert welcome.dropped == [UNKNOWN_RUNNER]
     await transport.close()
+    assert welcome.runner_secret  # registered with a secret of its own, kept by the runner
     again = HttpTransport(session, settings, ["hello_world"])
-    assert (await again.start(hello(welcome.runner_id))).runner_id == welcome.runner_id
+    back = await again.start(hello(welcome.runner_id, secret=welcome.runner_secret))
+    assert back.runner_id == welcome.runner_id
     await again.close()
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
-from runpack.api.common import CORS_HEADERS, SERVICE, policy
+from runpack.api.common import CALLER, CORS_HEADERS, KEYS, SERVICE, policy
 from runpack.api.views import job_detail
 from runpack.envvars import split_list
 from runpack.errors import BadRequest, JobNotFound, RunpackError
@@ -311,6 +311,11 @@ async def admin_events(request: web.Request) -> web.StreamResponse:
     channel = hub.admin
     statuses = status_filter(request)
     watcher = hub.watch(channel, statuses)
+    key = request[CALLER].key
+    # A stored key's stream ends once the key is revoked (see KeyRing.check_open).
+    release = (
+        request.app[KEYS].hold(key, lambda: watcher.end(_revoked(channel.seq))) if key else None
+    )
     try:
         resume = _resume_point(request, hub.epoch)
         backlog = channel.since(resume) if resume is not None else None
@@ -321,4 +326,11 @@ async def admin_events(request: web.Request) -> web.StreamResponse:
             backlog = [(channel.seq, "reset", {"watchers": hub.watcher_count()})]
         return await _serve(request, hub, watcher, backlog, channel.seq, job=False)
     finally:
+        if release is not None:
+            release()
         hub.unwatch(channel, watcher)
+
+
+def _revoked(seq: int) -> Item:
+    """The last event of a stream whose key was revoked."""
+    return (seq, "closing", {"reason": "API key revoked"})

@@ -35,8 +35,16 @@ RUNNER_ID: Json = {
     "name": "X-Runner-ID",
     "in": "header",
     "required": True,
-    "description": "The id `POST /api/runner/register` gave; missing: 400 before auth.",
+    "description": "The id `POST /api/runner/register` gave; missing: 400 before auth. "
+    "A runner registered with another key: 403.",
     "schema": {"type": "string", "format": "uuid"},
+}
+RUNNER_SECRET: Json = {
+    "name": "X-Runner-Secret",
+    "in": "header",
+    "description": "The runner's own secret, for a runner registered with one "
+    "(`with_secret`, or over the WebSocket); without it, or wrong: 403.",
+    "schema": {"type": "string"},
 }
 TYPES: Json = {
     "name": "types[]",
@@ -97,7 +105,10 @@ def operation(
         out["description"] = description
     params = list(parameters or [])
     if runner_header:
-        params.insert(0, {"$ref": "#/components/parameters/RunnerId"})
+        params[:0] = [
+            {"$ref": "#/components/parameters/RunnerId"},
+            {"$ref": "#/components/parameters/RunnerSecret"},
+        ]
     if params:
         out["parameters"] = params
     if body is not None:
@@ -109,6 +120,11 @@ def operation(
         implied["401"] = error_reply("Missing, malformed or wrong key.")
     if role == Role.ADMIN:
         implied["403"] = error_reply(f"The runner key may read but not change jobs; {ORIGIN_403}")
+    elif runner_header:
+        implied["403"] = error_reply(
+            "The runner was registered with another key, or its secret is missing or wrong; "
+            + ORIGIN_403
+        )
     elif role != Role.PUBLIC:
         implied["403"] = error_reply(ORIGIN_403.capitalize())
     if body is not None:
@@ -161,9 +177,12 @@ RESUME: list[Json] = [
 ]
 
 RUNNER_WS_HELP = """The runner channel: JSON text frames after a WebSocket upgrade
-(runner key on the upgrade request). The runner sends `hello` first (`runner_id?`, `name`,
-`capabilities`, `concurrency`, `version`, `jobs` it still holds) and gets `welcome`
-(`runner_id`, `heartbeat_interval`, `limits`, `resumed`, `dropped`). Then runner → server:
+(runner key on the upgrade request). The runner sends `hello` first (`runner_id?`,
+`runner_secret?`, `name`, `capabilities`, `concurrency`, `version`, `jobs` it still holds)
+and gets `welcome` (`runner_id`, `heartbeat_interval`, `limits`, `resumed`, `dropped`, and
+`runner_secret` when the hello registered it). A hello for a runner of another key, or
+without its secret, gets an `error` frame and close code 1008, as does a socket whose key
+is revoked. Then runner → server:
 `ready` (`slots`), `heartbeat`, `complete`, `error`, `release`; server → runner: `job`,
 `cancel`, `ack`, `error`. The server never pushes more jobs than the slots granted.
 See runpack/protocol.py for every field."""
@@ -712,7 +731,7 @@ def document() -> Json:
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": SECURITY_SCHEMES,
-            "parameters": {"RunnerId": RUNNER_ID},
+            "parameters": {"RunnerId": RUNNER_ID, "RunnerSecret": RUNNER_SECRET},
         },
     }
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from runpack import reports
-from runpack.api.common import SERVICE, json_response, policy, read_json, runner_id
+from runpack.api.common import CALLER, SERVICE, json_response, policy, read_json, runner_id
 from runpack.errors import NotOwned
+from runpack.identity import new_runner_secret
 from runpack.protocol import Role
 from runpack.service import parse_json_text
 
@@ -17,10 +18,15 @@ routes = web.RouteTableDef()
 @policy(Role.RUNNER, failure="Failed to register runner")
 async def register(request: web.Request) -> web.Response:
     body = await read_json(request)
-    runner = await request.app[SERVICE].register_runner(body.get("name"), body.get("capabilities"))
-    return json_response(
-        {"runner_id": runner.id, "message": "Runner registered successfully"}, status=201
+    # Runpack's runner asks for a secret of its own; the original's runner cannot.
+    secret = new_runner_secret() if body.get("with_secret") is True else None
+    runner = await request.app[SERVICE].register_runner(
+        body.get("name"), body.get("capabilities"), owner=request[CALLER].owner, secret=secret
     )
+    answer = {"runner_id": runner.id, "message": "Runner registered successfully"}
+    if secret is not None:
+        answer["runner_secret"] = secret
+    return json_response(answer, status=201)
 
 
 @routes.get("/api/runner/verify")

@@ -16,10 +16,20 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from runpack import __version__, logs, protocol, reports
-from runpack.api.common import SERVICE, SETTINGS, json_response, policy, runner_id
+from runpack.api.common import CALLER, KEYS, SERVICE, SETTINGS, json_response, policy, runner_id
 from runpack.api.events import wants_websocket
-from runpack.errors import BadRequest, NotOwned, RunpackError, StoreError, StoreUnavailable
+from runpack.auth import Caller
+from runpack.errors import (
+    BadRequest,
+    Forbidden,
+    NotOwned,
+    RunpackError,
+    StoreError,
+    StoreUnavailable,
+    Unauthorized,
+)
 from runpack.hub import SEND_QUEUE, Hub, RunnerConn
+from runpack.identity import Ownership, new_runner_secret
 from runpack.protocol import FINAL, Role
 from runpack.service import JobService, check_registration, params_fragment
 
@@ -92,6 +102,8 @@ class RunnerSession:
     """
 
     __slots__ = (
+        "_close_code",
+        "_close_reason",
         "_closing",
         "_log_context",
         "_outbox",
@@ -99,6 +111,7 @@ class RunnerSession:
         "_sender",
         "_tails",
         "_tasks",
+        "caller",
         "conn",
         "hub",
         "service",
@@ -112,8 +125,11 @@ class RunnerSession:
         hub: Hub,
         service: JobService,
         transport: asyncio.Transport | None,
+        caller: Caller | None = None,
     ) -> None:
         self.ws = ws
+        #: The key that opened the socket: only its runners may say hello on it.
+        self.caller = caller if caller is not None else Caller(Role.RUNNER)
         #: Aborted to drop a runner that does not read what it is sent.
         self.transport = transport
         self.hub = hub
@@ -125,6 +141,8 @@ class RunnerSession:
         self._sender: asyncio.Task[None] | None = None
         #: The socket closes (GOING_AWAY) after the frames already queued; no more are.
         self._closing = False
+        self._close_code: int = WSCloseCode.GOING_AWAY
+        self._close_reason = b""
         #: Frame tasks still running, and the last one per job id (None when none).
         self._tasks: set[asyncio.Task[None]] | None = None
         self._tails: dict[str, asyncio.Task[None]] | None = None
@@ -147,11 +165,13 @@ class RunnerSession:
         if self._sender is None:
             self._sender = asyncio.create_task(self._flush(), name="runner-ws-sender")
 
-    def close(self) -> None:
-        """Close the socket with GOING_AWAY once the frames queued before are sent."""
+    def close(self, code: int = WSCloseCode.GOING_AWAY, reason: str = "") -> None:
+        """Close the socket (GOING_AWAY unless told) once the frames queued before are sent."""
         if self._closing:
             return
         self._closing = True
+        self._close_code = code
+        self._close_reason = reason.encode()[:120]
         if self._sender is None:
             self._sender = asyncio.create_task(self._flush(), name="runner-ws-sender")
 
@@ -179,7 +199,7 @@ class RunnerSession:
                 # waits for the socket to drain.
                 await self.ws.send_frame(outbox.popleft(), WSMsgType.TEXT)
             if self._closing:
-                await self.ws.close(code=WSCloseCode.GOING_AWAY)
+                await self.ws.close(code=self._close_code, message=self._close_reason)
         except (ConnectionError, RuntimeError):
             self._closing = True  # the connection is gone: the receiving side ends too
         finally:
@@ -189,6 +209,16 @@ class RunnerSession:
     @property
     def runner_label(self) -> str:
         return self.conn.runner_id if self.conn else "(before hello)"
+
+    def refuse(self, code: str, error: str, details: str | None = None, **extra: Any) -> None:
+        """Tell the runner why, then close its socket with 1008 (policy violation)."""
+        self.reply_error(error, details, code=code, **extra)
+        self.close(protocol.CLOSE_POLICY_VIOLATION, error)
+
+    def key_revoked(self) -> None:
+        """The key that opened this socket was revoked."""
+        log.info("runner %s: its key was revoked: closing its socket", self.runner_label)
+        self.refuse(protocol.KEY_REVOKED, "API key revoked", "this runner key no longer works")
 
     def reply_error(self, error: str, details: str | None = None, **extra: Any) -> None:
         frame: dict[str, Any] = {"type": "error", "error": error, **extra}
@@ -259,14 +289,24 @@ class RunnerSession:
             if not all(isinstance(j, str) for j in held):
                 raise FrameError("Invalid field: jobs", "expected job ids")
             wanted_id = _field(frame, "runner_id", str, optional=True)
+            given_secret = _field(frame, "runner_secret", str, optional=True)
             runner = None
+            secret = None
             if wanted_id:
                 with contextlib.suppress(RunpackError):
                     runner = await self.service.get_runner(wanted_id)
             if runner is None:
-                runner = await self.service.register_runner(name, capabilities)
+                secret = new_runner_secret()  # Runpack's runner keeps and sends it
+                runner = await self.service.register_runner(
+                    name, capabilities, owner=self.caller.owner, secret=secret
+                )
             else:
+                Ownership.of(runner).check(self.caller.owner, given_secret)
                 await self.service.touch_runner(runner.id)
+        except Forbidden as exc:
+            log.warning("runner hello refused for runner %s: %s", wanted_id, exc.message)
+            self.refuse(protocol.NOT_YOUR_RUNNER, exc.message, exc.details, ref="hello")
+            return False
         except FrameError as exc:
             self.reply_error(exc.error, exc.details, ref="hello")
             return False
@@ -290,9 +330,12 @@ class RunnerSession:
         self._log_context = logs.bind(runner_id=runner.id)
         resumed, dropped = await self.hub.attach(self.conn, held)
         settings = self.service.settings
+        welcome: dict[str, Any] = {"type": "welcome"}
+        if secret is not None:
+            welcome["runner_secret"] = secret  # shown once: only its hash is kept
         self.send(
             {
-                "type": "welcome",
+                **welcome,
                 "runner_id": runner.id,
                 "heartbeat_interval": min(
                     protocol.HEARTBEAT_INTERVAL, settings.heartbeat_timeout / 3
@@ -528,8 +571,15 @@ async def runner_socket(request: web.Request) -> web.StreamResponse:
     if ws is None or not ws.can_prepare(request).ok:
         raise BadRequest("Expected a WebSocket upgrade", details="GET with Upgrade: websocket")
     await ws.prepare(request)
-    session = RunnerSession(ws, request.app[HUB], request.app[SERVICE], request.transport)
-    await session.run()
+    caller = request[CALLER]
+    session = RunnerSession(ws, request.app[HUB], request.app[SERVICE], request.transport, caller)
+    # A stored key's socket closes once the key is revoked (see KeyRing.check_open).
+    release = request.app[KEYS].hold(caller.key, session.key_revoked) if caller.key else None
+    try:
+        await session.run()
+    finally:
+        if release is not None:
+            release()
     return ws
 
 
@@ -548,26 +598,36 @@ async def next_job(request: web.Request) -> web.Response:
     if not 0 <= wait <= MAX_LONG_POLL:
         raise BadRequest(f"wait must be from 0 to {MAX_LONG_POLL:g} seconds")
     await service.touch_runner(rid)
+    # A stored key revoked while the poll waits takes no job (see KeyRing.check_open).
+    revoked = asyncio.Event()
+    key = request[CALLER].key
+    release = request.app[KEYS].hold(key, revoked.set) if key is not None else None
     deadline = time.monotonic() + wait
-    while True:
-        if hub.stopping:
-            return web.Response(status=204)
-        signal = hub.queued_signal()
-        job = await service.claim_next(rid, types)
-        if job is not None:
-            return json_response(
-                {
-                    "job": {
-                        "job_id": job.id,
-                        "job_type": job.job_type,
-                        "input_params": params_fragment(job.input_params),
-                        "attempt": job.attempts,
-                        "timeout": job.timeout / 1000 if job.timeout else None,
+    try:
+        while True:
+            if hub.stopping:
+                return web.Response(status=204)
+            if revoked.is_set():
+                raise Unauthorized("Invalid API key", details="This key has been revoked")
+            signal = hub.queued_signal()
+            job = await service.claim_next(rid, types)
+            if job is not None:
+                return json_response(
+                    {
+                        "job": {
+                            "job_id": job.id,
+                            "job_type": job.job_type,
+                            "input_params": params_fragment(job.input_params),
+                            "attempt": job.attempts,
+                            "timeout": job.timeout / 1000 if job.timeout else None,
+                        }
                     }
-                }
-            )
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return web.Response(status=204)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(signal.wait(), min(left, 1.0))
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return web.Response(status=204)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signal.wait(), min(left, 1.0))
+    finally:
+        if release is not None:
+            release()

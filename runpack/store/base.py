@@ -34,7 +34,17 @@ JOB_COLUMNS = (
     "error_message",
 )
 
-RUNNER_COLUMNS = ("id", "name", "capabilities", "registered_at", "last_seen")
+RUNNER_COLUMNS = (
+    "id",
+    "name",
+    "capabilities",
+    "registered_at",
+    "last_seen",
+    "owner",
+    "secret_sha256",
+)
+#: The owner of a runner registered with the environment runner key.
+ENV_OWNER = "env"
 
 
 @dataclass(slots=True)
@@ -73,6 +83,10 @@ class RunnerRow:
     capabilities: str
     registered_at: int
     last_seen: int
+    #: The key that registered it: a stored key's id, or ENV_OWNER.
+    owner: str = ENV_OWNER
+    #: SHA-256 of the runner's own secret (Runpack's runner); None: the key alone.
+    secret_sha256: str | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -179,7 +179,7 @@ DELETE_JOBS_PG = "DELETE FROM jobs WHERE id = ANY(:ids) RETURNING id"
 
 INSERT_RUNNER = f"""
 INSERT INTO runners ({RUNNER_COLS})
-VALUES (:id, :name, :capabilities, :registered_at, :last_seen)
+VALUES (:id, :name, :capabilities, :registered_at, :last_seen, :owner, :secret_sha256)
 """
 
 GET_RUNNER = f"SELECT {RUNNER_COLS} FROM runners WHERE id = :id"

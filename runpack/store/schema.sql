@@ -55,7 +55,11 @@ CREATE TABLE IF NOT EXISTS runners (
     name          TEXT   NOT NULL,
     capabilities  TEXT   NOT NULL,
     registered_at BIGINT NOT NULL,
-    last_seen     BIGINT NOT NULL
+    last_seen     BIGINT NOT NULL,
+    -- The key that registered it: a stored key's id, or 'env' (the environment key).
+    owner         TEXT   NOT NULL DEFAULT 'env',
+    -- SHA-256 of the runner's own secret (Runpack's runner); NULL: the key alone.
+    secret_sha256 TEXT
 );
 
 CREATE INDEX IF NOT EXISTS runners_last_seen_idx ON runners (last_seen);

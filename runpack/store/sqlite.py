@@ -444,6 +444,8 @@ class SqliteStore:
             "capabilities": runner.capabilities,
             "registered_at": runner.registered_at,
             "last_seen": runner.last_seen,
+            "owner": runner.owner,
+            "secret_sha256": runner.secret_sha256,
         }
         await self._write_count(q.INSERT_RUNNER, params)
 

@@ -26,6 +26,8 @@ class Hello:
     version: str
     #: Jobs this runner still holds: running, or with a result not yet acknowledged.
     jobs: list[str]
+    #: The runner's own secret, proving ``runner_id`` is ours (None: it has none).
+    runner_secret: str | None = None
 
     def frame(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -38,6 +40,8 @@ class Hello:
         }
         if self.runner_id:
             out["runner_id"] = self.runner_id
+            if self.runner_secret:
+                out["runner_secret"] = self.runner_secret
         return out
 
 
@@ -89,6 +93,8 @@ class Welcome:
     limits: dict[str, Any] = field(default_factory=dict)
     #: A job's slot is free once its result is sent (the server counts it so).
     free_on_result: bool = False
+    #: The new runner's own secret, when this start registered it (keep it).
+    runner_secret: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +159,11 @@ class ServerUnreachable(Exception):
 
 class AuthFailed(Exception):
     """The server refused the runner key: retrying cannot help."""
+
+
+class NotOurRunner(Exception):
+    """The server refused our runner id (another key's, or our secret is wrong):
+    connect again as a new runner."""
 
 
 class Transport(Protocol):

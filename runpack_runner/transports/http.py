@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from runpack import protocol
 from runpack_runner.settings import RunnerSettings
 from runpack_runner.transports.base import (
     Acked,
@@ -27,6 +28,7 @@ from runpack_runner.transports.base import (
     CancelJob,
     Event,
     Hello,
+    NotOurRunner,
     Reconnect,
     Result,
     TransportClosed,
@@ -66,6 +68,8 @@ class HttpTransport:
         self._base = settings.worker_url.rstrip("/")
         self._types = job_types
         self._runner_id = ""
+        #: Our runner's own secret (X-Runner-Secret), if it has one.
+        self._secret: str | None = None
         self._events: asyncio.Queue[Event | _Closed] = asyncio.Queue()
         self._credits = 0
         self._taking = True
@@ -82,20 +86,28 @@ class HttpTransport:
     # --- session --------------------------------------------------------------------
     async def start(self, hello: Hello) -> Welcome:
         runner_id = hello.runner_id
+        self._secret = hello.runner_secret if runner_id else None
+        new_secret = None
         if runner_id:
-            status, _ = await self._call("GET", "/api/runner/verify", runner_id=runner_id)
+            status, reply = await self._call("GET", "/api/runner/verify", runner_id=runner_id)
             if status == 404:
                 log.warning("the server does not know runner %s: registering again", runner_id)
                 runner_id = None
+            elif status == 403:
+                log.warning("runner %s is not ours: %s", runner_id, _error_text(reply))
+                raise NotOurRunner(_error_text(reply))
             elif status != 200:
                 raise TransportClosed(f"verify answered HTTP {status}")
         if not runner_id:
-            body = {"name": hello.name, "capabilities": hello.capabilities}
+            # A secret of our own, so that no other runner can act as this one.
+            body = {"name": hello.name, "capabilities": hello.capabilities, "with_secret": True}
             status, reply = await self._call("POST", "/api/runner/register", json=body)
             new_id = reply.get("runner_id") if isinstance(reply, dict) else None
             if status != 201 or not isinstance(new_id, str):
                 raise TransportClosed(f"register answered HTTP {status}: {reply}")
             runner_id = new_id
+            secret = reply.get("runner_secret")
+            new_secret = self._secret = secret if isinstance(secret, str) and secret else None
         self._runner_id = runner_id
         kept = hello.jobs if runner_id == hello.runner_id else []
         self._poller = asyncio.create_task(self._poll_loop(), name="runner-http-poll")
@@ -103,6 +115,7 @@ class HttpTransport:
             runner_id=runner_id,
             resumed=list(kept),
             dropped=[j for j in hello.jobs if j not in kept],
+            runner_secret=new_secret,
         )
 
     async def receive(self) -> Event:
@@ -297,6 +310,8 @@ class HttpTransport:
         rid = runner_id or self._runner_id
         if rid:
             headers["X-Runner-ID"] = rid
+            if self._secret:
+                headers[protocol.RUNNER_SECRET_HEADER] = self._secret
         try:
             async with self._session.request(
                 method,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
+from runpack import protocol
 from runpack_runner.transports.base import (
     Acked,
     Assignment,
@@ -26,6 +27,7 @@ from runpack_runner.transports.base import (
     CancelJob,
     Event,
     Hello,
+    NotOurRunner,
     Result,
     ServerUnreachable,
     SocketUnavailable,
@@ -89,6 +91,9 @@ class WebSocketTransport:
                     if kind == "welcome":
                         break
                     if kind == "error":
+                        _raise_if_final(frame)
+                        if frame.get("code") == protocol.NOT_YOUR_RUNNER:
+                            raise NotOurRunner(_describe_error(frame))
                         raise TransportClosed(f"hello refused: {_describe_error(frame)}")
                     log.warning("ignoring a %r frame before welcome", kind)
         except TimeoutError:
@@ -105,6 +110,7 @@ class WebSocketTransport:
             dropped=_ids(frame.get("dropped")),
             limits=limits if isinstance(limits, dict) else {},
             free_on_result=frame.get("free_on_result") is True,
+            runner_secret=_text(frame.get("runner_secret")),
         )
         return welcome
 
@@ -179,6 +185,7 @@ class WebSocketTransport:
         kind = frame.get("type")
         job_id = frame.get("job_id")
         if kind == "error":
+            _raise_if_final(frame)
             log.warning("server error frame: %s", _describe_error(frame))
             return None
         if not isinstance(job_id, str) or not job_id:
@@ -210,6 +217,17 @@ class WebSocketTransport:
             )
         log.warning("ignoring an unknown %r frame", kind)
         return None
+
+
+def _raise_if_final(frame: dict[str, Any]) -> None:
+    """AuthFailed for an error frame that says the runner key was revoked: the socket
+    closes (1008) and connecting again with the same key cannot help."""
+    if frame.get("code") == protocol.KEY_REVOKED:
+        raise AuthFailed(f"the server revoked the runner key ({_describe_error(frame)})")
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _ids(value: object) -> list[str]:
