@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from runpack.errors import StoreError
+from runpack.protocol import RUNNER_SECRET_HEADER
 from runpack.store.sqlite import SqliteStore
 from tests.pg import fresh_database, require_postgres
 from tests.procs import KEYS, Proc, running_runner, running_server, until
@@ -66,9 +67,19 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 class Channel:
     """A raw runner socket: what a hostile runner sends, frame by frame."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, runner_id: str) -> None:
+    def __init__(
+        self, ws: aiohttp.ClientWebSocketResponse, runner_id: str, secret: str | None = None
+    ) -> None:
         self.ws = ws
         self.runner_id = runner_id
+        self.secret = secret
+
+    def http_headers(self) -> dict[str, str]:
+        """The headers that make an HTTP report as this runner (its id and secret)."""
+        headers = {"X-Runner-ID": self.runner_id}
+        if self.secret is not None:
+            headers[RUNNER_SECRET_HEADER] = self.secret
+        return headers
 
     async def send(self, frame: dict[str, Any]) -> None:
         await self.ws.send_str(orjson.dumps(frame).decode())
@@ -100,7 +111,7 @@ async def connect(
     msg = await ws.receive(timeout=10)
     welcome = orjson.loads(msg.data)
     assert welcome["type"] == "welcome", welcome
-    return Channel(ws, welcome["runner_id"])
+    return Channel(ws, welcome["runner_id"], welcome.get("runner_secret"))
 
 
 async def submit(http: aiohttp.ClientSession, server: Proc, job_type: str, **params: Any) -> str:
@@ -181,7 +192,7 @@ async def test_a_bad_report_gets_the_same_answer_over_http_and_the_socket(
     channel = await connect(http, server, "same_rules")
     job_id = await submit(http, server, "same_rules", n=1)
     await channel.take(job_id)
-    headers = {**RUNNER, "X-Runner-ID": channel.runner_id}
+    headers = {**RUNNER, **channel.http_headers()}
     for kind, body in BAD_REPORTS:
         url = f"{server.url}/api/runner/jobs/{job_id}/{kind}"
         async with http.post(url, json=body, headers=headers) as resp:
@@ -216,7 +227,7 @@ async def test_a_release_reason_is_cut_the_same_on_both_channels(
     for over_http in (False, True):
         await channel.take(job_id)
         if over_http:
-            headers = {**RUNNER, "X-Runner-ID": channel.runner_id}
+            headers = {**RUNNER, **channel.http_headers()}
             url = f"{server.url}/api/runner/jobs/{job_id}/release"
             async with http.post(url, json={"reason": reason}, headers=headers) as resp:
                 assert resp.status == 200, await resp.text()
