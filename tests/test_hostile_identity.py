@@ -170,7 +170,8 @@ def revoke_in_database(database: str, key_id: str) -> None:
 DOWNGRADE = (
     "ALTER TABLE runners DROP COLUMN owner",
     "ALTER TABLE runners DROP COLUMN secret_sha256",
-    "DELETE FROM schema_version WHERE version = 6",
+    "ALTER TABLE api_keys DROP COLUMN max_priority",
+    "DELETE FROM schema_version WHERE version >= 6",
     "INSERT INTO runners (id, name, capabilities, registered_at, last_seen)"
     " VALUES ('0f0e0d0c-0b0a-4990-8877-665544332211', 'old', '[]', 1, 1)",
 )
@@ -193,7 +194,7 @@ async def test_runners_keep_their_owner_and_old_runners_belong_to_the_environmen
             for statement in DOWNGRADE:
                 db.execute(statement)
     store = open_store(database)
-    await store.open()  # migration 0006
+    await store.open()  # migrations 0006 and on
     try:
         old = await store.get_runner("0f0e0d0c-0b0a-4990-8877-665544332211")
         assert old is not None and (old.owner, old.secret_sha256) == ("env", None)
