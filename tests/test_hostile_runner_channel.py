@@ -501,7 +501,7 @@ async def test_ready_floods_never_get_a_runner_more_jobs_than_its_slots(
             async with http.get(url, headers=ADMIN) as resp:
                 body = await resp.json()
             claimed = [j["job_id"] for j in body["jobs"] if j["status"] == "claimed"]
-            return sorted(claimed) == sorted(pushes.jobs) and len(claimed) > 0
+            return sorted(claimed) == sorted(pushes.jobs) and len(claimed) == concurrency
 
         await until(claims_settled, "the server's claims to match the jobs pushed")
         assert len(pushes.jobs) == concurrency == pushes.most

@@ -297,10 +297,17 @@ async def server_watchers(http: aiohttp.ClientSession, url: str) -> int:
 
 
 async def connected_runners(http: aiohttp.ClientSession, url: str) -> int:
-    async with http.get(f"{url}/api/admin/runners", headers=ADMIN) as resp:
-        assert resp.status == 200, await resp.text()
-        runners = (await resp.json())["runners"]
-    return sum(1 for r in runners if r.get("connected"))
+    """Connected runners, counted over every page of the runner list."""
+    connected, offset, page = 0, 0, 500
+    while True:
+        query = f"limit={page}&offset={offset}"
+        async with http.get(f"{url}/api/admin/runners?{query}", headers=ADMIN) as resp:
+            assert resp.status == 200, await resp.text()
+            runners = (await resp.json())["runners"]
+        connected += sum(1 for r in runners if r.get("connected"))
+        if len(runners) < page:
+            return connected
+        offset += page
 
 
 # --- 1. many runner sockets and watchers on one server ----------------------------------------
