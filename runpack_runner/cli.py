@@ -53,13 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--settings-markdown",
         action="store_true",
-        help="Print the settings as the README's Markdown table and exit.",
+        help="Print the settings as the Markdown table of docs/settings.md and exit.",
     )
     return parser
 
 
 def settings_table() -> str:
-    """Variable, flag, default and meaning of every runner setting (for the README)."""
+    """Variable, flag, default and meaning of every runner setting (for docs/settings.md)."""
     rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
     for spec in describe():
         flag = "—" if spec["secret"] else f"`{spec['flag']}`"

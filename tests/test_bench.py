@@ -1,4 +1,4 @@
-"""``runpack bench`` as the README runs it: real processes on loopback, small counts.
+"""``runpack bench`` as docs/performance.md runs it: real processes on loopback, small counts.
 
 Figures are not asserted (a benchmark is not a timed test); what is asserted is
 that every job ran, and that every figure the issue asks for is reported.

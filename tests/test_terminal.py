@@ -21,6 +21,7 @@ from tests.live import ADMIN_KEY, SUBMIT_KEY, Live, live_fixture, unique  # noqa
 from tests.procs import clean_env, free_port
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+WATCHING = Path(__file__).resolve().parents[1] / "docs" / "watching.md"
 RUNPACK = Path(sys.executable).parent / "runpack"
 KEYFILE_HINT = "(make run saved it in runpack-data/dev-keys.env)"
 
@@ -276,9 +277,8 @@ def test_line_mode_prints_each_console_line_once() -> None:
     assert view.final is not None
 
 
-def test_the_readme_curl_follows_a_job(live: Live) -> None:
-    section = README.read_text().split("## Watching jobs", 1)[1].split("\n## ", 1)[0]
-    [line] = [ln for ln in section.splitlines() if ln.startswith("curl -N ")]
+def test_the_docs_curl_follows_a_job(live: Live) -> None:
+    [line] = [ln for ln in WATCHING.read_text().splitlines() if ln.startswith("curl -N ")]
     job_id = submitted(live, "-p", f"name={unique()}", "-p", "processing_time=1")
     command = line.replace("http://127.0.0.1:8080", live.url).replace("$JOB_ID", job_id)
     done = subprocess.run(
