@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runpack.cli import settings_table
+from runpack.settings import settings_table
 from tests.procs import clean_env, running_server
 
 README = Path(__file__).resolve().parents[1] / "README.md"
