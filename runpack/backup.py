@@ -13,12 +13,10 @@ PostgreSQL has its own tools for this: ``pg_dump`` (see docs/deployment.md).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import secrets
 import sqlite3
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,33 +118,3 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# --- the command ---------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", metavar="PATH", help="The new file to write the copy to.")
-    parser.add_argument("--db", default=None, help="The SQLite database to copy [RUNPACK_DB].")
-    parser.add_argument("--force", action="store_true", help="Replace PATH if it exists.")
-
-
-def main(args: argparse.Namespace) -> int:
-    from runpack.cli import settings_from
-
-    db = settings_from(args).db
-    if db.startswith(("postgres://", "postgresql://")):
-        print(
-            "runpack backup: copies SQLite databases only. For PostgreSQL use pg_dump, e.g.\n"
-            '  pg_dump --format=custom --file=runpack.dump "$RUNPACK_DB"\n'
-            "and pg_restore to load it (see docs/deployment.md).",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        copy = backup_sqlite(Path(db), Path(args.path), force=args.force)
-    except BackupError as exc:
-        print(f"runpack backup: {exc}", file=sys.stderr)
-        return exc.status
-    print(copy.render(db))
-    return 0

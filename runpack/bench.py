@@ -9,7 +9,6 @@ cache-hit submits/s, and the peak memory of the server and the runners.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -20,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,24 @@ BENCH_KEYS = {
     "RUNPACK_ADMIN_API_KEY": "bench-admin",
 }
 JOB_TYPE = "noop"
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    """What to run (``runpack bench``'s flags)."""
+
+    jobs: int = 2000
+    runners: int = 1
+    runner_concurrency: int = 16
+    concurrency: int = 32
+    latency_jobs: int = 200
+    warmup: int = 20
+    cache_hits: int = 5000
+    #: A SQLite path or postgresql:// DSN; None for SQLite in a temporary folder.
+    db: str | None = None
+    #: A running server to target instead of starting one (keys from the environment).
+    url: str | None = None
+    timeout: float = 300
 
 
 @dataclass
@@ -115,13 +132,13 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def _processes(
-    args: argparse.Namespace, workdir: Path
+    args: BenchOptions, workdir: Path, environ: Mapping[str, str]
 ) -> Iterator[tuple[str, list[int], Callable[[], str | None]]]:
     """Start the server and runners; yield (url, [server pid, runner pids…], exited):
     ``exited()`` says which process ended early, and the last line it logged."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPACK_")}
+    env = {k: v for k, v in environ.items() if not k.startswith("RUNPACK_")}
     env.update(BENCH_KEYS)
     db = args.db or str(workdir / "bench.db")
     procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []  # (who, process, its log)
@@ -365,12 +382,12 @@ async def _latency_phase(
 
 
 async def run_bench(
-    args: argparse.Namespace,
+    args: BenchOptions,
     url: str,
     pids: list[int],
+    keys: Mapping[str, str],
     exited: Callable[[], str | None] = lambda: None,
 ) -> dict[str, Any]:
-    keys = {k: os.environ.get(k, v) if args.url else v for k, v in BENCH_KEYS.items()}
     submit_h = {
         "Authorization": f"Bearer {keys['RUNPACK_SUBMIT_API_KEY']}",
         "Content-Type": "application/json",
@@ -504,41 +521,18 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--jobs", type=int, default=2000, help="Distinct no-op jobs to run.")
-    parser.add_argument("--runners", type=int, default=1, help="Runner processes to start.")
-    parser.add_argument(
-        "--runner-concurrency", type=int, default=16, help="Slots per runner process."
-    )
-    parser.add_argument("--concurrency", type=int, default=32, help="Concurrent clients.")
-    parser.add_argument(
-        "--latency-jobs", type=int, default=200, help="Jobs run one at a time for latency."
-    )
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=20,
-        help="Jobs run one at a time before the latency jobs, not counted.",
-    )
-    parser.add_argument("--cache-hits", type=int, default=5000, help="Cache-hit submits to time.")
-    parser.add_argument("--db", default=None, help="SQLite path or postgresql:// DSN.")
-    parser.add_argument(
-        "--url", default=None, help="Target a running server (keys from RUNPACK_*_API_KEY)."
-    )
-    parser.add_argument("--timeout", type=float, default=300, help="Give up after this long.")
-    parser.add_argument("--json", action="store_true", help="Print one JSON object.")
-
-
-def main(args: argparse.Namespace) -> int:
+def bench(args: BenchOptions, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Start the server and runners (or target ``args.url``, with the keys of
+    ``environ``), run the three phases, and return the figures."""
     if min(args.jobs, args.runners, args.concurrency, args.runner_concurrency) < 1:
         raise SystemExit("runpack bench: --jobs, --runners and the concurrencies must be ≥ 1")
     if args.warmup < 0:
         raise SystemExit("runpack bench: --warmup must be ≥ 0")
-    with tempfile.TemporaryDirectory(prefix="runpack-bench-") as tmp:
-        if args.url:
-            result = run(run_bench(args, args.url.rstrip("/"), []))
-        else:
-            with _processes(args, Path(tmp)) as (url, pids, exited):
-                result = run(run_bench(args, url, pids, exited))
-    print(orjson.dumps(result).decode() if args.json else report(result))
-    return 0 if result["completed"] == result["jobs"] else 1
+    if args.url:
+        keys = {k: environ.get(k, v) for k, v in BENCH_KEYS.items()}
+        return run(run_bench(args, args.url.rstrip("/"), [], keys))
+    with (
+        tempfile.TemporaryDirectory(prefix="runpack-bench-") as tmp,
+        _processes(args, Path(tmp), environ) as (url, pids, exited),
+    ):
+        return run(run_bench(args, url, pids, BENCH_KEYS, exited))

@@ -1,4 +1,4 @@
-"""``runpack keys``: API keys beyond the three environment keys, kept in the database.
+"""API keys beyond the three environment keys, kept in the database.
 
 ``create`` prints a new key's secret once (the database keeps only its SHA-256),
 ``list`` shows every key and never a secret, ``revoke`` ends a key. A key has a
@@ -6,33 +6,28 @@ role (submit, runner or admin, as the environment keys) and optional limits: the
 job types it may submit, check, read and cancel, the browser Origins it may be used
 from, a rate in place of the per-IP limits, and the highest priority it may submit
 (0 for a submit key unless it names one: a key handed to strangers cannot jump the
-queue). The commands work on the database directly
-(``--db`` or RUNPACK_DB, SQLite or PostgreSQL), like ``runpack migrate``; the admin
-API (``/api/admin/keys``) does the same over HTTP with the same checks.
+queue). ``runpack keys`` (:mod:`runpack.commands.keys`) works on the database
+directly (``--db`` or RUNPACK_DB, SQLite or PostgreSQL), like ``runpack migrate``;
+the admin API (``/api/admin/keys``) does the same over HTTP with the same checks.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import re
 import secrets
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
 from runpack.auth import KEY_ROLES, hash_secret, new_secret
-from runpack.errors import BadRequest, NotFound, RunpackError
+from runpack.errors import BadRequest, NotFound
 from runpack.protocol import Role
-from runpack.store import Store, open_store
+from runpack.store import Store
 from runpack.store.base import ApiKeyRow
 
 MAX_NAME = 200
@@ -45,11 +40,6 @@ _KEY_ID = re.compile(r"[0-9a-f]{12}")
 _HOST = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 ROLE_NAMES = ", ".join(KEY_ROLES)
-DESCRIPTION = (
-    "API keys beyond the three environment keys, kept in the database (--db or RUNPACK_DB). "
-    "A key has a role (submit, runner or admin) and optional limits: job types, browser "
-    "Origins, a rate, a priority ceiling. Only a hash of each secret is stored."
-)
 
 
 class KeyNotFound(NotFound):
@@ -220,72 +210,16 @@ def key_view(row: ApiKeyRow) -> dict[str, Any]:
     }
 
 
-# --- the command ------------------------------------------------------------------------
+# --- how the CLI shows keys ---------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--db", default=None, help="SQLite file path, or a postgresql:// DSN [RUNPACK_DB]."
-    )
-    common.add_argument("--json", action="store_true", help="Print JSON.")
-    sub = parser.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
-    create = sub.add_parser(
-        "create",
-        parents=[common],
-        help="Create a key and print its secret (once).",
-        description="Create a key and print its secret. Only its hash is stored: "
-        "the secret cannot be shown again.",
-    )
-    create.add_argument(
-        "--role", required=True, choices=[r.value for r in KEY_ROLES], help="What it opens."
-    )
-    create.add_argument("--name", default="", help="A label: who or what holds the key.")
-    create.add_argument(
-        "--job-types",
-        metavar="A,B",
-        help="Only jobs of these types may be submitted, checked, read and cancelled.",
-    )
-    create.add_argument(
-        "--origins",
-        metavar="URL,URL",
-        help="A browser key: requests from any other Origin are refused (403).",
-    )
-    create.add_argument(
-        "--rate",
-        type=int,
-        metavar="N",
-        help="N requests per rate window on rate-limited routes, for this key across "
-        "all clients, in place of the per-IP limits (0 = unlimited).",
-    )
-    create.add_argument(
-        "--max-priority",
-        type=int,
-        metavar="N",
-        help=f"The highest priority it may submit, 0 to {MAX_PRIORITY}; a submit above it "
-        "is refused (403). A submit key gets 0 unless it names one; an admin key has none.",
-    )
-    sub.add_parser("list", parents=[common], help="List every key (never a secret).")
-    revoke = sub.add_parser(
-        "revoke",
-        parents=[common],
-        help="Revoke a key.",
-        description="Revoke a key: servers refuse it within RUNPACK_KEY_CACHE_TTL seconds.",
-    )
-    revoke.add_argument("key_id", metavar="ID", help="The key's id (runpack keys list).")
-
-
-def _split(text: str | None) -> list[str] | None:
-    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _when(ms: int | None) -> str:
+def when_text(ms: int | None) -> str:
     if ms is None:
         return "-"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _limits(view: dict[str, Any]) -> str:
+def limits_text(view: dict[str, Any]) -> str:
     parts = []
     if view["job_types"] is not None:
         parts.append("job types " + ",".join(view["job_types"]))
@@ -305,10 +239,10 @@ def table(views: list[dict[str, Any]]) -> str:
             v["id"],
             v["name"] or "-",
             v["role"],
-            _when(v["created_at"]),
-            _when(v["last_used_at"]),
-            _when(v["revoked_at"]),
-            _limits(v),
+            when_text(v["created_at"]),
+            when_text(v["last_used_at"]),
+            when_text(v["revoked_at"]),
+            limits_text(v),
         )
         for v in views
     ]
@@ -317,57 +251,3 @@ def table(views: list[dict[str, Any]]) -> str:
         "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
         for row in rows
     )
-
-
-async def _run(args: argparse.Namespace, db: str, spec: KeySpec | None) -> int:
-    store = open_store(db)
-    await store.open()
-    try:
-        if spec is not None:
-            secret, row = await create_key(store, spec, now_ms())
-            view = key_view(row)
-            if args.json:
-                print(json.dumps({**view, "secret": secret}, indent=2))
-            else:
-                name = f" {row.name!r}" if row.name else ""
-                print(f"Created {row.role} key {row.id}{name} ({_limits(view)}).")
-                print("Its secret, shown only now (the database keeps only a hash):")
-                print(secret)
-        elif args.keys_command == "list":
-            views = [key_view(row) for row in await store.list_api_keys()]
-            print(json.dumps(views, indent=2) if args.json else table(views))
-        else:
-            row, changed = await revoke_key(store, args.key_id, now_ms())
-            if args.json:
-                print(json.dumps({**key_view(row), "revoked_now": changed}, indent=2))
-            elif changed:
-                print(f"Revoked key {row.id}; servers refuse it within RUNPACK_KEY_CACHE_TTL.")
-            else:
-                print(f"Key {row.id} was already revoked on {_when(row.revoked_at)}.")
-    finally:
-        await store.close()
-    return 0
-
-
-def main(args: argparse.Namespace) -> int:
-    from runpack.cli import settings_from
-
-    db = settings_from(argparse.Namespace(db=args.db)).db
-    try:
-        spec = None
-        if args.keys_command == "create":  # checked before the database is touched
-            spec = key_spec(
-                args.role,
-                args.name,
-                _split(args.job_types),
-                _split(args.origins),
-                args.rate,
-                args.max_priority,
-            )
-        elif not db.startswith(("postgres://", "postgresql://")) and not Path(db).exists():
-            raise BadRequest("No database", details=f"{db} does not exist")
-        return asyncio.run(_run(args, db, spec))
-    except RunpackError as exc:
-        details = f": {exc.details}" if exc.details else ""
-        print(f"runpack keys: {exc.message}{details}", file=sys.stderr)
-        return 1

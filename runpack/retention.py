@@ -1,4 +1,4 @@
-"""Retention: forget old jobs, consoles, figures and runners, and ``runpack gc``.
+"""Retention: forget old jobs, consoles, figures and runners.
 
 Every limit is a time-to-live in seconds, 0 meaning keep forever (the default):
 ``result_ttl`` deletes completed and expired jobs, ``failure_ttl`` failed and
@@ -16,12 +16,12 @@ as ``job_console_cleared``: the result cache drops them, here and, through
 LISTEN/NOTIFY, in every other instance. Deleting a job deletes its figure too.
 
 The server runs a pass every ``gc_interval`` seconds when a TTL is set (see
-:mod:`runpack.sweeper`); ``runpack gc`` runs one now, or counts with ``--dry-run``.
+:mod:`runpack.sweeper`); ``runpack gc`` (:func:`collect`) runs one now, or counts
+with ``--dry-run``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runpack.artifacts import INCOMING, FigureStore, is_job_id
-from runpack.errors import StoreError
 from runpack.notify import Event, Notifier
 from runpack.protocol import FINAL, JobStatus
 from runpack.service import now_ms
-from runpack.settings import Settings
+from runpack.settings import TTL_NAMES, Settings
 from runpack.store import Store
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,6 @@ BATCH = 500
 CONSOLE_CLEARED = "job_console_cleared"
 RESULT_STATES = (JobStatus.COMPLETED, JobStatus.EXPIRED)
 FAILURE_STATES = (JobStatus.FAILED, JobStatus.CANCELLED)
-TTL_NAMES = ("result_ttl", "failure_ttl", "console_ttl", "figure_ttl", "runner_ttl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,49 +322,6 @@ def human_bytes(n: int) -> str:
             return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-# --- runpack gc ----------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=None, help="SQLite file path, or a postgresql:// DSN.")
-    parser.add_argument(
-        "--data-dir", default=None, help="The server's data folder (its figures are there)."
-    )
-    parser.add_argument("--dry-run", action="store_true", help="Count only; change nothing.")
-    for name in TTL_NAMES:
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            type=float,
-            default=None,
-            metavar="SECONDS",
-            help=f"Override RUNPACK_{name.upper()} (0 = keep).",
-        )
-
-
-def main(args: argparse.Namespace) -> int:
-    from runpack.cli import settings_from
-
-    settings = settings_from(args)
-    policy = Policy.from_settings(settings)
-    if not policy.active:
-        print(
-            "runpack gc: no TTL is set, nothing to do (set RUNPACK_RESULT_TTL, … "
-            "or pass --result-ttl SECONDS, …)"
-        )
-        return 0
-    if not _is_postgres(settings.db) and not Path(settings.db).is_file():
-        print(f"runpack gc: no SQLite database at {settings.db}", file=sys.stderr)
-        return 2
-    try:
-        report = asyncio.run(collect(settings, policy, args.dry_run))
-    except StoreError as exc:
-        print(f"runpack gc: {exc.message}: {exc.details}", file=sys.stderr)
-        return 1
-    print(report.render())
-    return 0
 
 
 async def collect(settings: Settings, policy: Policy, dry_run: bool) -> Report:

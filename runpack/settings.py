@@ -1,22 +1,28 @@
 """One frozen settings object for the server.
 
 Every field is a setting with a default, a help text, a ``--flag`` and a
-``RUNPACK_<NAME>`` environment variable. The CLI is the only place that reads
-the environment (:func:`Settings.from_env`); the README's settings table is
-checked against :func:`describe` by a test. Durations are in seconds.
+``RUNPACK_<NAME>`` environment variable. The commands (:mod:`runpack.commands`)
+are the only readers of the environment: they build settings with
+:meth:`Settings.from_args`. The README's settings table is checked against
+:func:`describe` by a test. Durations are in seconds.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runpack import protocol
 from runpack.envvars import env_name, read_values, type_name
 from runpack.netrules import FIGPACK_HOSTS
+
+if TYPE_CHECKING:
+    import argparse
+
+#: The retention settings (:mod:`runpack.retention`), which ``runpack gc`` also takes as flags.
+TTL_NAMES = ("result_ttl", "failure_ttl", "console_ttl", "figure_ttl", "runner_ttl")
 
 
 def _s(default: Any, help: str, *, secret: bool = False) -> Any:
@@ -164,10 +170,17 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
         """Settings from ``RUNPACK_*`` variables, then explicit overrides (CLI flags)."""
-        environ = os.environ if environ is None else environ
         return cls(**read_values(cls, environ, overrides))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+        """Settings of a command: its parsed flags that name a setting (those left unset
+        are None) over the ``RUNPACK_*`` variables of ``environ``. ValueError names a
+        variable or a flag whose value does not fit."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls.from_env(environ, **{k: v for k, v in vars(args).items() if k in names})
 
 
 def describe() -> list[dict[str, Any]]:
@@ -186,3 +199,22 @@ def describe() -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def settings_table() -> str:
+    """The README's settings table (a test keeps the README equal to this)."""
+    rows = [
+        "| Variable | Flag | Default | Meaning |",
+        "|---|---|---|---|",
+    ]
+    for spec in describe():
+        flag = "—" if spec["secret"] else f"`{spec['flag']}`"
+        default = spec["default"]
+        if spec["secret"] and spec["name"].endswith("_api_key"):
+            shown = "generated when unset, loopback only"
+        elif default == "":
+            shown = "unset"
+        else:
+            shown = f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        rows.append(f"| `{spec['env']}` | {flag} | {shown} | {spec['help']} |")
+    return "\n".join(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import socket
@@ -313,3 +314,52 @@ def test_a_database_that_cannot_be_opened_is_one_clear_line(tmp_path: Path, comm
         assert says in result.stderr and str(db) in result.stderr
         assert "Traceback" not in result.stderr
     assert not_a_db.read_text().startswith("these are notes")  # untouched
+
+
+# --- the commands package ----------------------------------------------------------------------
+
+
+def test_library_modules_do_not_load_the_commands(tmp_path: Path) -> None:
+    """No import cycle: the library modules that have a command (keys, gc, backup, bench)
+    never load the command line back."""
+    code = (
+        "import sys, runpack.keys, runpack.retention, runpack.backup, runpack.bench\n"
+        "loaded = [m for m in sys.modules if m == 'runpack.cli' or m == 'runpack.commands'\n"
+        "          or m.startswith('runpack.commands.')]\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=clean_env(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    # Nor later, from inside a function: only the command line imports the commands.
+    for path in [*(REPO / "runpack").rglob("*.py"), *(REPO / "runpack_runner").rglob("*.py")]:
+        where = path.relative_to(REPO).as_posix()
+        if where == "runpack/cli.py" or where.startswith("runpack/commands/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            wrong = [n for n in names if n in ("runpack.cli", "runpack.commands")]
+            wrong += [n for n in names if n.startswith("runpack.commands.")]
+            assert not wrong, f"{where} imports {wrong}"
+
+
+def test_settings_from_args_reads_flags_over_the_environment() -> None:
+    import argparse
+
+    from runpack.commands import build_parser
+    from runpack.settings import Settings
+
+    args = build_parser().parse_args(["serve", "--port", "9000", "--db", "flag.db"])
+    environ = {"RUNPACK_PORT": "8000", "RUNPACK_DB": "env.db", "RUNPACK_SWEEP_INTERVAL": "7"}
+    settings = Settings.from_args(args, environ)
+    assert (settings.port, settings.db, settings.sweep_interval) == (9000, "flag.db", 7.0)
+    # Arguments that name no setting (the subcommand, --json, ...) are left out.
+    settings = Settings.from_args(argparse.Namespace(db=None, json=True), environ)
+    assert (settings.port, settings.db) == (8000, "env.db")
+    with pytest.raises(ValueError, match="RUNPACK_PORT"):
+        Settings.from_args(argparse.Namespace(), {"RUNPACK_PORT": "abc"})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runpack.cli import settings_table
+from runpack.settings import settings_table
 from tests.procs import clean_env, running_server
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,44 @@
+"""The ``runpack`` command, one module per subcommand: each declares its arguments and
+calls into the library. With :mod:`runpack_runner.cli`, the only readers of the
+environment; their settings come from :meth:`runpack.settings.Settings.from_args`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from runpack import __version__
+from runpack.commands import (
+    backup,
+    bench,
+    client,
+    gc,
+    import_d1,
+    keys,
+    migrate,
+    runner,
+    serve,
+    settings,
+)
+
+#: In the order ``runpack --help`` lists them.
+COMMANDS = (serve, migrate, import_d1, bench, gc, backup, keys, settings, client, runner)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runpack", description="Runpack: on-demand computation and result caching."
+    )
+    parser.add_argument("--version", action="version", version=f"runpack {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_to(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["runner"]:  # the runner daemon has its own flags: hand them all over
+        return runner.run(argv[1:])
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,119 @@
+"""``runpack serve``: run the server; with no keys set, on loopback only, with local keys."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from runpack.commands.common import add_settings_flags, server_missing, settings_of, store_failure
+from runpack.errors import StoreError
+from runpack.settings import Settings, env_name
+
+KEY_FIELDS = ("submit_api_key", "runner_api_key", "admin_api_key")
+
+
+def add_to(sub: Any) -> None:
+    parser = sub.add_parser("serve", help="Run the server.")
+    add_settings_flags(parser)
+    parser.set_defaults(func=run)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def local_keys(settings: Settings) -> Settings:
+    """Development mode: keep or generate the missing keys in DATA_DIR/dev-keys.env."""
+    path = Path(settings.data_dir) / "dev-keys.env"
+    stored: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            stored[name.strip()] = value.strip()
+    values = {}
+    for field in KEY_FIELDS:
+        values[field] = (
+            getattr(settings, field) or stored.get(env_name(field)) or secrets.token_urlsafe(24)
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"export {env_name(f)}={values[f]}" for f in KEY_FIELDS]
+    lines.append(f"export RUNPACK_URL=http://{settings.host}:{settings.port}")
+    lines.append(f"export RUNPACK_WORKER_URL=http://{settings.host}:{settings.port}")
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return settings.replace(**values)
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one: every runner socket and
+    event stream holds a descriptor, and the usual soft limit (1024) is far too low."""
+    try:
+        import resource
+    except ImportError:  # not on this platform: nothing to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # e.g. macOS refuses an infinite soft limit
+        logging.getLogger(__name__).warning("open files limit stays at %d: %s", soft, exc)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    if server_missing("serve"):
+        return 2
+    from runpack import server
+    from runpack.app import create_app
+    from runpack.eventloop import loop_factory, tune_gc
+    from runpack.logs import setup_logging
+
+    try:
+        setup_logging(settings.log_level, settings.log_format)
+        new_loop = loop_factory(settings.event_loop)
+    except ValueError as exc:
+        print(f"runpack: {exc}", file=sys.stderr)
+        return 2
+    raise_open_files_limit()
+    base = f"http://{settings.host}:{settings.port}"
+    if not settings.has_keys:
+        if not is_loopback(settings.host):
+            print(
+                "runpack: refusing to bind a non-loopback address without keys: set "
+                "RUNPACK_SUBMIT_API_KEY, RUNPACK_RUNNER_API_KEY and RUNPACK_ADMIN_API_KEY",
+                file=sys.stderr,
+            )
+            return 2
+        settings = local_keys(settings)
+        keyfile = Path(settings.data_dir) / "dev-keys.env"
+        print("Runpack is running in local development mode with these keys:")
+        for field in KEY_FIELDS:
+            print(f"  {env_name(field)}={getattr(settings, field)}")
+        print(f"(saved in {keyfile}; in another shell: source {keyfile})")
+    print(f"Dashboard: {base}/ui/   API: {base}/api/   Health: {base}/health", flush=True)
+    app = create_app(settings)
+    tune_gc()
+    try:
+        server.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            header_timeout=settings.header_timeout,
+            idle_timeout=settings.idle_timeout,
+            shutdown_timeout=5,
+            loop=new_loop(),
+        )
+    except StoreError as exc:
+        return store_failure("serve", exc)
+    return 0
