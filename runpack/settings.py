@@ -3,7 +3,7 @@
 Every field is a setting with a default, a help text, a ``--flag`` and a
 ``RUNPACK_<NAME>`` environment variable. The commands (:mod:`runpack.commands`)
 are the only readers of the environment: they build settings with
-:meth:`Settings.from_args`. The README's settings table is checked against
+:meth:`Settings.from_args`. The settings table in docs/settings.md is checked against
 :func:`describe` by a test. Durations are in seconds.
 """
 
@@ -184,7 +184,7 @@ class Settings:
 
 
 def describe() -> list[dict[str, Any]]:
-    """Name, variable, default and help of every setting (CLI, README and a test read this)."""
+    """Name, variable, default and help of every setting (the CLI, docs/settings.md and a test read this)."""
     out = []
     for f in dataclasses.fields(Settings):
         out.append(
@@ -202,7 +202,7 @@ def describe() -> list[dict[str, Any]]:
 
 
 def settings_table() -> str:
-    """The README's settings table (a test keeps the README equal to this)."""
+    """The table in docs/settings.md (a test keeps that page equal to this)."""
     rows = [
         "| Variable | Flag | Default | Meaning |",
         "|---|---|---|---|",

@@ -189,7 +189,7 @@ See runpack/protocol.py for every field."""
 
 METRICS_HELP = """Jobs by status and type, queue depth, submit→start and run times,
 submits by outcome, cache hits and misses, connected runners and watchers, database call
-times and HTTP requests (README, Monitoring). The admin key or the runner key, as other
+times and HTTP requests (docs/operations.md, Monitoring). The admin key or the runner key, as other
 admin reads; with `RUNPACK_METRICS_PUBLIC=true`, no key."""
 
 HEALTH: Json = {

@@ -10,7 +10,9 @@ from runpack.settings import describe, settings_table
 
 def add_to(sub: Any) -> None:
     parser = sub.add_parser("settings", help="List every setting and its variable.")
-    parser.add_argument("--markdown", action="store_true", help="Print the README's table.")
+    parser.add_argument(
+        "--markdown", action="store_true", help="Print the table in docs/settings.md."
+    )
     parser.set_defaults(func=run)
 
 
