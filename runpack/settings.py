@@ -184,7 +184,7 @@ class Settings:
 
 
 def describe() -> list[dict[str, Any]]:
-    """Name, variable, default and help of every setting (the CLI, docs/settings.md and a test read this)."""
+    """Name, variable, default and help of every setting (for the CLI, docs/settings.md, tests)."""
     out = []
     for f in dataclasses.fields(Settings):
         out.append(
