@@ -11,30 +11,23 @@ from aiohttp import web
 
 from runpack import __version__
 from runpack.api import admin, events, files, jobs, keys, monitoring, openapi, runner, runner_ws, ui
-from runpack.api.common import (
+from runpack.api.common import CORS_HEADERS, Handler, check_headers, json_response, policy_of
+from runpack.api.files import FIGURE_CORS_HEADERS
+from runpack.api.monitoring import Readiness, echo_request_id, health, incident_id, observe_requests
+from runpack.appkeys import (
     CALLER,
-    CORS_HEADERS,
+    FIGURES,
+    HUB,
     KEYS,
+    LIMITER,
+    METRICS,
+    READINESS,
     ROLE,
     SERVICE,
     SETTINGS,
-    Handler,
-    check_headers,
-    json_response,
-    policy_of,
+    STORE,
+    WATCH,
 )
-from runpack.api.events import WATCH
-from runpack.api.files import FIGURE_CORS_HEADERS, FIGURES
-from runpack.api.monitoring import (
-    METRICS,
-    READINESS,
-    Readiness,
-    echo_request_id,
-    health,
-    incident_id,
-    observe_requests,
-)
-from runpack.api.runner_ws import HUB
 from runpack.artifacts import FigureStore
 from runpack.auth import KeyRing
 from runpack.envvars import split_list
@@ -57,8 +50,6 @@ from runpack.watch import WatchHub
 log = logging.getLogger(__name__)
 
 HEALTH_PATHS = ("/", "/health")
-STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
-LIMITER = web.AppKey("limiter", RateLimiter)
 
 
 def _render(exc: RunpackError) -> web.Response:

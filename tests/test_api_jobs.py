@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from aiohttp.test_utils import TestClient
 
+from runpack.appkeys import SERVICE
 from tests.conftest import ADMIN, SUBMIT, MakeClient, as_runner, claim, register
 
 UUID_LEN = 36
@@ -410,7 +411,6 @@ async def test_get_check_and_submit_paths_fall_into_the_status_route(client: Tes
 
 async def test_a_body_seen_lately_is_not_parsed_and_hashed_again(client: TestClient) -> None:
     """Viewers repeat the same body: what it asks is remembered by its bytes only."""
-    from runpack.api.common import SERVICE
     from runpack.service import REQUEST_MEMO_MAX_BODY, REQUEST_MEMO_SIZE
 
     assert client.app is not None

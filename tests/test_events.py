@@ -21,8 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from runpack.api import events as events_api
-from runpack.api.common import SERVICE
-from runpack.api.events import WATCH
+from runpack.appkeys import SERVICE, WATCH
 from runpack.notify import Event, Notifier
 from runpack.watch import WatchHub
 from tests.conftest import ADMIN, RUNNER, SUBMIT, as_runner, claim, register, submit

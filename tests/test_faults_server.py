@@ -38,8 +38,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from runpack import notify
-from runpack.api.common import SERVICE
-from runpack.api.runner_ws import HUB
+from runpack.appkeys import HUB, SERVICE
 from runpack.errors import StoreUnavailable
 from runpack.notify import Event, Notifier, PgBridge
 from runpack.service import JobService, now_ms

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from runpack.api.common import SERVICE
+from runpack.appkeys import SERVICE
 from runpack.errors import RateLimited
 from runpack.ratelimit import RateLimiter
 from tests.conftest import (

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from runpack import __version__, logs
-from runpack.api.common import SERVICE
+from runpack.appkeys import SERVICE
 from runpack.cli import main as cli_main
 from runpack.errors import StoreError
 from runpack.metrics import MAX_JOB_TYPES, OTHER_TYPES, JobCounts, Metrics

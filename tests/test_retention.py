@@ -28,8 +28,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from runpack.api.common import SERVICE
-from runpack.api.files import FIGURES
+from runpack.appkeys import FIGURES, SERVICE
 from runpack.artifacts import FigureStore
 from runpack.cache import ResultCache
 from runpack.notify import Event

@@ -10,11 +10,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from runpack.auth import Caller, KeyRing
+from runpack.appkeys import SETTINGS
 from runpack.errors import BadRequest
 from runpack.protocol import Role
-from runpack.service import JobService
-from runpack.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -23,14 +21,6 @@ CORS_HEADERS = {
     "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, Authorization, X-Runner-ID",
 }
-
-SERVICE = web.AppKey("service", JobService)
-#: The caller's role, set on each request by the policy middleware.
-ROLE = web.RequestKey("role", Role)
-SETTINGS = web.AppKey("settings", Settings)
-KEYS = web.AppKey("keys", KeyRing)
-#: The caller (role, and the stored key if it was one), set by the policy middleware.
-CALLER = web.RequestKey("caller", Caller)
 
 
 @dataclass(frozen=True, slots=True)

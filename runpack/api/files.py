@@ -33,13 +33,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from runpack.api.common import SERVICE, json_response, policy, runner_id
-from runpack.artifacts import CONTENT_TYPES, FigureStore, content_type
+from runpack.api.common import json_response, policy, runner_id
+from runpack.appkeys import FIGURES, SERVICE
+from runpack.artifacts import CONTENT_TYPES, content_type
 from runpack.errors import TooLarge
 from runpack.protocol import Role
 
 routes = web.RouteTableDef()
-FIGURES = web.AppKey("figures", FigureStore)
 UPLOAD_CHUNK = 256 * 1024
 
 FIGURE_CORS_HEADERS = {

@@ -10,16 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from runpack.api.common import (
-    CALLER,
-    ROLE,
-    SERVICE,
-    json_response,
-    parse_json_object,
-    policy,
-    read_body,
-)
+from runpack.api.common import json_response, parse_json_object, policy, read_body
 from runpack.api.views import job_status, result_of
+from runpack.appkeys import CALLER, ROLE, SERVICE
 from runpack.protocol import Role
 from runpack.service import JobRequest, Outcome, SubmitResult
 

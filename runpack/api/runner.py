@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from runpack import reports
-from runpack.api.common import CALLER, SERVICE, json_response, policy, read_json, runner_id
+from runpack.api.common import json_response, policy, read_json, runner_id
+from runpack.appkeys import CALLER, SERVICE
 from runpack.errors import NotOwned
 from runpack.identity import new_runner_secret
 from runpack.protocol import Role

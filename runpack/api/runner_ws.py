@@ -16,8 +16,9 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from runpack import __version__, logs, protocol, reports
-from runpack.api.common import CALLER, KEYS, SERVICE, SETTINGS, json_response, policy, runner_id
+from runpack.api.common import json_response, policy, runner_id
 from runpack.api.events import wants_websocket
+from runpack.appkeys import CALLER, HUB, KEYS, SERVICE, SETTINGS
 from runpack.auth import Caller
 from runpack.errors import (
     BadRequest,
@@ -35,7 +36,6 @@ from runpack.service import JobService, check_registration, params_fragment
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
-HUB = web.AppKey("hub", Hub)
 HELLO_TIMEOUT = 10.0
 MAX_LONG_POLL = 60.0
 MAX_INFLIGHT = 256
