@@ -23,6 +23,7 @@ from runpack.appkeys import (
     METRICS,
     READINESS,
     ROLE,
+    RUNNER_ID,
     SERVICE,
     SETTINGS,
     STORE,
@@ -135,7 +136,9 @@ def _failure(request: web.Request, exc: Exception) -> web.Response:
 @web.middleware
 async def enforce_policy(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Per-route policy: headers that are text, X-Runner-ID presence, then auth (401/403),
-    then the runner's owner (403), then rate limit (429)."""
+    then the runner's owner (403), then rate limit (429), then, for a route that acts for
+    a runner, the runner's contact noted (404 until it registers) and its id put on the
+    request (``request[RUNNER_ID]``) for the handler."""
     route_policy = policy_of(request.match_info.handler)
     if route_policy is None:
         return await handler(request)
@@ -158,14 +161,16 @@ async def enforce_policy(request: web.Request, handler: Handler) -> web.StreamRe
     elif route_policy.bucket is not None:
         settings = request.app[SETTINGS]
         limit: int = getattr(settings, f"rate_{route_policy.bucket}")
-        if limit <= 0:  # unlimited: nothing to count
-            return await handler(request)
-        who = (
-            request.headers.get("X-Runner-ID", "")
-            if route_policy.per_runner
-            else client_ip(request, settings.trust_proxy)
-        )
-        request.app[LIMITER].hit(f"{route_policy.bucket}:{who}", limit)
+        if limit > 0:  # else unlimited: nothing to count
+            who = (
+                request.headers.get("X-Runner-ID", "")
+                if route_policy.per_runner
+                else client_ip(request, settings.trust_proxy)
+            )
+            request.app[LIMITER].hit(f"{route_policy.bucket}:{who}", limit)
+    if route_policy.runner_header and acting_for:
+        await request.app[SERVICE].touch_runner(acting_for)
+        request[RUNNER_ID] = acting_for
     return await handler(request)
 
 

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from runpack.api.common import json_response, policy, runner_id
-from runpack.appkeys import FIGURES, SERVICE
+from runpack.api.common import json_response, policy
+from runpack.appkeys import FIGURES, RUNNER_ID, SERVICE
 from runpack.artifacts import CONTENT_TYPES, content_type
 from runpack.errors import TooLarge
 from runpack.protocol import Role
@@ -76,9 +76,8 @@ async def upload(request: web.Request) -> web.Response:
     """Store a job's figure folder (a tar archive body) before the job completes."""
     service = request.app[SERVICE]
     figures = request.app[FIGURES]
-    rid = runner_id(request)
+    rid = request[RUNNER_ID]
     job_id = request.match_info["job_id"]
-    await service.touch_runner(rid)
     await service.check_holder(rid, job_id)
     length = request.content_length
     if length is not None and length > figures.max_bytes:

@@ -16,9 +16,9 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from runpack import __version__, logs, protocol, reports
-from runpack.api.common import json_response, policy, runner_id
+from runpack.api.common import json_response, policy
 from runpack.api.events import wants_websocket
-from runpack.appkeys import CALLER, HUB, KEYS, SERVICE, SETTINGS
+from runpack.appkeys import CALLER, HUB, KEYS, RUNNER_ID, SERVICE, SETTINGS
 from runpack.auth import Caller
 from runpack.errors import (
     BadRequest,
@@ -589,7 +589,7 @@ async def next_job(request: web.Request) -> web.Response:
     """Long-poll: a job already claimed for the caller, or 204 after ``wait`` seconds."""
     service = request.app[SERVICE]
     hub = request.app[HUB]
-    rid = runner_id(request)
+    rid = request[RUNNER_ID]
     types = request.query.getall("types[]", [])
     try:
         wait = float(request.query.get("wait", "20"))
@@ -597,7 +597,6 @@ async def next_job(request: web.Request) -> web.Response:
         raise BadRequest("wait must be a number of seconds") from None
     if not 0 <= wait <= MAX_LONG_POLL:
         raise BadRequest(f"wait must be from 0 to {MAX_LONG_POLL:g} seconds")
-    await service.touch_runner(rid)
     # A stored key revoked while the poll waits takes no job (see KeyRing.check_open).
     revoked = asyncio.Event()
     key = request[CALLER].key
