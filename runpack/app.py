@@ -21,12 +21,14 @@ from runpack.appkeys import (
     KEYS,
     LIMITER,
     METRICS,
+    NOTIFIER,
     READINESS,
     ROLE,
     RUNNER_ID,
     SERVICE,
     SETTINGS,
     STORE,
+    VALIDATOR,
     WATCH,
 )
 from runpack.artifacts import FigureStore
@@ -40,7 +42,7 @@ from runpack.metrics import Metrics
 from runpack.notify import Notifier, NotifyRelay, PgBridge
 from runpack.protocol import RUNNER_SECRET_HEADER, Role
 from runpack.ratelimit import RateLimiter
-from runpack.retention import Policy, Retention
+from runpack.retention import Retention, RetentionPolicy
 from runpack.service import JobService
 from runpack.settings import Settings
 from runpack.store import Store, open_store
@@ -218,7 +220,8 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app.add_routes(files.routes)
     app.add_routes(openapi.routes)
     monitoring.add_routes(app, public=settings.metrics_public)
-    app.cleanup_ctx.append(_lifecycle)
+    app[NOTIFIER] = Notifier()
+    app.cleanup_ctx.extend(LIFECYCLE)
     if settings.local_runners:
         app.cleanup_ctx.append(local_runners(settings))  # type: ignore[arg-type]
     app.on_shutdown.append(_close_sockets)
@@ -236,71 +239,133 @@ async def _close_sockets(app: web.Application) -> None:
     app[WATCH].close()
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
+# --- the lifecycle: one cleanup context per resource, each closing what it opened ------
+# aiohttp enters them in this order and leaves them in reverse; when one fails to start,
+# those already started are closed and the rest never open.
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await store.open()
-    figures = app[FIGURES]
-    await asyncio.to_thread(figures.clean_incoming)
+    try:
+        await asyncio.to_thread(app[FIGURES].clean_incoming)
+        yield
+    finally:
+        await store.close()
+
+
+async def _validator(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
     validator = ResultValidator(
         settings.validation_timeout,
         settings.validation_cache_ttl,
-        local=figures,
+        local=app[FIGURES],
         hosts=split_list(settings.figure_url_hosts),
         allow_private=settings.allow_private_urls,
     )
     await validator.start()
-    notifier = Notifier()
-    relay = None
-    if settings.notify_relay_base_url:
-        relay = NotifyRelay(settings.notify_relay_base_url, settings.notify_relay_publish_key)
-        await relay.start()
-        notifier.subscribe(relay)
-    metrics = app[METRICS]
-    metrics.running_on(__version__, loop_name(asyncio.get_running_loop()))
-    service = JobService(
-        metrics.timed(store), settings, validator, notifier, figures=figures, observer=metrics
-    )
-    app[SERVICE] = service
-    bridge = None
-    if settings.db.startswith(("postgres://", "postgresql://")):
-        # Other instances on the same database hear of our jobs, and we of theirs.
-        bridge = PgBridge(settings.db, notifier, store.get_job, uuid.uuid4().hex[:12])
-        await bridge.start()
-    watch = WatchHub(notifier)
-    app[WATCH] = watch
-    hub = Hub(service, settings.reconnect_grace)
-    app[HUB] = hub
-    await hub.start()
-    metrics.read_live(
-        runners=lambda: len(hub.conns),
-        slots=lambda: sum(c.concurrency for c in hub.conns.values()),
-        jobs=lambda: sum(len(c.held) for c in hub.conns.values()),
-        watchers=watch.watcher_count,
-    )
-    policy = Policy.from_settings(settings)
-    retention = None
-    if policy.active:
-        retention = Retention(
-            service.store, policy, figures=figures, notifier=notifier, clock=lambda: service.clock()
-        )
-    sweeper = asyncio.create_task(
-        run_sweeper(service, settings.sweep_interval, retention, settings.gc_interval),
-        name="runpack-sweeper",
-    )
-    # Connections opened with a key that is revoked since, on any instance, close.
-    key_watch = asyncio.create_task(app[KEYS].watch_revocations(), name="runpack-key-watch")
+    app[VALIDATOR] = validator
     try:
         yield
     finally:
-        sweeper.cancel()
-        key_watch.cancel()
-        await asyncio.gather(sweeper, key_watch, return_exceptions=True)
-        await hub.stop()
-        watch.close()
-        if relay is not None:
-            await relay.close()
-        if bridge is not None:
-            await bridge.close()
         await validator.close()
-        await store.close()
+
+
+async def _relay(app: web.Application) -> AsyncIterator[None]:
+    """The NotifyRelay announcement of new jobs, when configured."""
+    settings = app[SETTINGS]
+    if not settings.notify_relay_base_url:
+        yield
+        return
+    relay = NotifyRelay(settings.notify_relay_base_url, settings.notify_relay_publish_key)
+    await relay.start()
+    app[NOTIFIER].subscribe(relay)
+    try:
+        yield
+    finally:
+        await relay.close()
+
+
+async def _service(app: web.Application) -> AsyncIterator[None]:
+    settings, metrics, figures = app[SETTINGS], app[METRICS], app[FIGURES]
+    metrics.running_on(__version__, loop_name(asyncio.get_running_loop()))
+    app[SERVICE] = JobService(
+        metrics.timed(app[STORE]),
+        settings,
+        app[VALIDATOR],
+        app[NOTIFIER],
+        figures=figures,
+        observer=metrics,
+    )
+    yield
+
+
+async def _bridge(app: web.Application) -> AsyncIterator[None]:
+    """On PostgreSQL, other instances on the same database hear of our jobs, and we of
+    theirs."""
+    settings = app[SETTINGS]
+    if not settings.db.startswith(("postgres://", "postgresql://")):
+        yield
+        return
+    bridge = PgBridge(settings.db, app[NOTIFIER], app[STORE].get_job, uuid.uuid4().hex[:12])
+    await bridge.start()
+    try:
+        yield
+    finally:
+        await bridge.close()
+
+
+async def _watch(app: web.Application) -> AsyncIterator[None]:
+    watch = app[WATCH] = WatchHub(app[NOTIFIER])
+    try:
+        yield
+    finally:
+        watch.close()
+
+
+async def _hub(app: web.Application) -> AsyncIterator[None]:
+    hub = app[HUB] = Hub(app[SERVICE], app[SETTINGS].reconnect_grace)
+    await hub.start()
+    try:
+        app[METRICS].read_live(
+            runners=lambda: len(hub.conns),
+            slots=lambda: sum(c.concurrency for c in hub.conns.values()),
+            jobs=lambda: sum(len(c.held) for c in hub.conns.values()),
+            watchers=app[WATCH].watcher_count,
+        )
+        yield
+    finally:
+        await hub.stop()
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """The sweeper (with retention), and the watch on revoked keys: connections opened
+    with a key that is revoked since, on any instance, close."""
+    settings, service = app[SETTINGS], app[SERVICE]
+    policy = RetentionPolicy.from_settings(settings)
+    retention = None
+    if policy.active:
+        retention = Retention(
+            service.store,
+            policy,
+            figures=app[FIGURES],
+            notifier=app[NOTIFIER],
+            clock=lambda: service.clock(),
+        )
+    tasks = [
+        asyncio.create_task(
+            run_sweeper(service, settings.sweep_interval, retention, settings.gc_interval),
+            name="runpack-sweeper",
+        ),
+        asyncio.create_task(app[KEYS].watch_revocations(), name="runpack-key-watch"),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+#: The server's resources, in the order they start.
+LIFECYCLE = (_store, _validator, _relay, _service, _bridge, _watch, _hub, _background)

@@ -17,11 +17,13 @@ if TYPE_CHECKING:
     from runpack.auth import Caller, KeyRing
     from runpack.hub import Hub
     from runpack.metrics import Metrics
+    from runpack.notify import Notifier
     from runpack.protocol import Role
     from runpack.ratelimit import RateLimiter
     from runpack.service import JobService
     from runpack.settings import Settings
     from runpack.store import Store
+    from runpack.validation import ResultValidator
     from runpack.watch import WatchHub
 
 # --- the application's resources (create_app and its cleanup contexts) ----------------
@@ -32,6 +34,9 @@ LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 FIGURES: web.AppKey[FigureStore] = web.AppKey("figures")
+#: Events of this process: the service publishes, the hub, watchers and relays listen.
+NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
+VALIDATOR: web.AppKey[ResultValidator] = web.AppKey("validator")
 SERVICE: web.AppKey[JobService] = web.AppKey("service")
 WATCH: web.AppKey[WatchHub] = web.AppKey("watch")
 HUB: web.AppKey[Hub] = web.AppKey("hub")

@@ -36,7 +36,7 @@ from prometheus_client.utils import floatToGoString
 
 from runpack.errors import RunpackError
 from runpack.protocol import JobStatus
-from runpack.service import Outcome, SubmitResult
+from runpack.service import Answer, Outcome
 from runpack.store import JobRow, Store
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,7 @@ class Metrics:
         observe(seconds)
 
     # --- the job service's observer ----------------------------------------------------
-    def answered(self, request: str, result: SubmitResult) -> None:
+    def answered(self, request: str, result: Answer) -> None:
         key = (request, result.outcome, result.requeued)
         counters = self._answers.get(key)
         if counters is None:

@@ -32,7 +32,7 @@ from runpack.errors import (
     RunnerNotFound,
 )
 from runpack.identity import RunnerOwners
-from runpack.notify import Event, Notifier
+from runpack.notify import EventKind, Notifier, ServerEvent
 from runpack.protocol import (
     FINAL,
     MAX_CAPABILITIES,
@@ -69,7 +69,7 @@ class Figures(Protocol):
 class Observer(Protocol):
     """What the service reports as it works (runpack.metrics counts it). Must be cheap."""
 
-    def answered(self, request: str, result: SubmitResult) -> None:
+    def answered(self, request: str, result: Answer) -> None:
         """A ``"submit"`` or ``"check"`` was answered with ``result``."""
 
     def started(self, job: JobRow) -> None:
@@ -105,7 +105,7 @@ class Slots(Protocol):
 
 
 class NoObserver:
-    def answered(self, request: str, result: SubmitResult) -> None:
+    def answered(self, request: str, result: Answer) -> None:
         pass
 
     def started(self, job: JobRow) -> None:
@@ -159,7 +159,9 @@ class JobRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class SubmitResult:
+class Answer:
+    """What the service answers a submit or a check: how it went, and the job."""
+
     outcome: Outcome
     job: JobRow | None
     #: CREATED for a job that existed and was queued again (not a new row).
@@ -272,18 +274,18 @@ class JobService:
                 self.results.put(job)
         return job
 
-    async def submit(self, req: JobRequest) -> SubmitResult:
+    async def submit(self, req: JobRequest) -> Answer:
         result = await self._submit(req)
         self.observer.answered("submit", result)
         return result
 
-    async def _submit(self, req: JobRequest) -> SubmitResult:
+    async def _submit(self, req: JobRequest) -> Answer:
         job = self.results.get(req.job_hash)
         if job is None:
             # The insert finds the job if its hash has one: no read before it.
             job, created = await self._insert(req)
             if created:
-                return SubmitResult(Outcome.CREATED, job)
+                return Answer(Outcome.CREATED, job)
             if job.status == JobStatus.COMPLETED:
                 self.results.put(job)
         return await self._existing(job, req.force)
@@ -323,11 +325,11 @@ class JobService:
         slots.placed(slot, job)
         return job, True
 
-    async def _existing(self, job: JobRow, force: bool) -> SubmitResult:
+    async def _existing(self, job: JobRow, force: bool) -> Answer:
         status = job.status
         if status == JobStatus.COMPLETED:
             if await self.validator.is_valid(job.output_data):
-                return SubmitResult(Outcome.CACHED, job)
+                return Answer(Outcome.CACHED, job)
             await self.store.expire(job.id, self.clock())
             self._updated(job.id, JobStatus.EXPIRED)
             return await self._requeue(job, (JobStatus.EXPIRED,))
@@ -337,40 +339,40 @@ class JobService:
             due = self.clock() - job.updated_at >= self.settings.failed_retry_after * 1000
             if force or due:
                 return await self._requeue(job, (JobStatus.FAILED,))
-            return SubmitResult(Outcome.FAILED, job)
-        return SubmitResult(Outcome.ACTIVE, job)
+            return Answer(Outcome.FAILED, job)
+        return Answer(Outcome.ACTIVE, job)
 
-    async def _requeue(self, job: JobRow, from_status: Sequence[str]) -> SubmitResult:
+    async def _requeue(self, job: JobRow, from_status: Sequence[str]) -> Answer:
         now = self.clock()
         row = await self.store.requeue(job.id, from_status, now, not_before=now)
         if row is None:  # someone else changed it first: report what it is now
             current = await self.store.get_job(job.id)
             if current is None:
                 raise JobNotFound()
-            return SubmitResult(Outcome.ACTIVE, current)
+            return Answer(Outcome.ACTIVE, current)
         self._queued(row, new=False)
-        return SubmitResult(Outcome.CREATED, row, requeued=True)
+        return Answer(Outcome.CREATED, row, requeued=True)
 
-    async def check(self, req: JobRequest) -> SubmitResult:
+    async def check(self, req: JobRequest) -> Answer:
         result = await self._check(req)
         self.observer.answered("check", result)
         return result
 
-    async def _check(self, req: JobRequest) -> SubmitResult:
+    async def _check(self, req: JobRequest) -> Answer:
         job = await self._find(req.job_hash)
         if job is None:
-            return SubmitResult(Outcome.MISSING, None)
+            return Answer(Outcome.MISSING, None)
         if job.status == JobStatus.COMPLETED:
             if await self.validator.is_valid(job.output_data):
-                return SubmitResult(Outcome.CACHED, job)
+                return Answer(Outcome.CACHED, job)
             await self.store.expire(job.id, self.clock())
             self._updated(job.id, JobStatus.EXPIRED)
-            return SubmitResult(Outcome.EXPIRED, job)
+            return Answer(Outcome.EXPIRED, job)
         if job.status == JobStatus.EXPIRED:
-            return SubmitResult(Outcome.EXPIRED, job)
+            return Answer(Outcome.EXPIRED, job)
         if job.status == JobStatus.FAILED:
-            return SubmitResult(Outcome.FAILED, job)
-        return SubmitResult(Outcome.ACTIVE, job)
+            return Answer(Outcome.FAILED, job)
+        return Answer(Outcome.ACTIVE, job)
 
     async def get_job(self, job_id: str) -> JobRow:
         job = await self.store.get_job(job_id) if _is_uuid(job_id) else None
@@ -612,7 +614,7 @@ class JobService:
         for job_id in deleted:
             if self.figures is not None:
                 await self.figures.remove(job_id)
-            self.notifier.publish(Event("job_deleted", job_id))
+            self.notifier.publish(ServerEvent(EventKind.JOB_DELETED, job_id))
         return deleted
 
     async def list_runners(self, limit: int, offset: int) -> list[RunnerRow]:
@@ -736,10 +738,12 @@ class JobService:
             data["runner_id"] = runner_id
         if note is not None:
             data["note"] = note
-        self.notifier.publish(Event("job_queued", job.id, data))
+        self.notifier.publish(ServerEvent(EventKind.JOB_QUEUED, job.id, data))
 
     def _updated(self, job_id: str, status: str, **data: Any) -> None:
-        self.notifier.publish(Event("job_updated", job_id, {"status": str(status), **data}))
+        self.notifier.publish(
+            ServerEvent(EventKind.JOB_UPDATED, job_id, {"status": str(status), **data})
+        )
 
 
 def check_registration(name: object, capabilities: object) -> tuple[str, list[str]]:
@@ -806,4 +810,4 @@ def _is_uuid(value: str) -> bool:
     return _UUID.fullmatch(value) is not None
 
 
-__all__ = ["RUNNING", "JobRequest", "JobService", "Outcome", "SubmitResult", "now_ms"]
+__all__ = ["RUNNING", "Answer", "JobRequest", "JobService", "Outcome", "now_ms"]

@@ -24,7 +24,7 @@ CORS_HEADERS = {
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class RoutePolicy:
     """Declared once per route; the policy middleware enforces it."""
 
     role: Role
@@ -50,13 +50,13 @@ def policy(
     failure: str = "Internal server error",
 ) -> Callable[[Handler], Handler]:
     def mark(handler: Handler) -> Handler:
-        setattr(handler, POLICY_ATTR, Policy(role, bucket, per_runner, runner_header, failure))
+        setattr(handler, POLICY_ATTR, RoutePolicy(role, bucket, per_runner, runner_header, failure))
         return handler
 
     return mark
 
 
-def policy_of(handler: Any) -> Policy | None:
+def policy_of(handler: Any) -> RoutePolicy | None:
     return getattr(handler, POLICY_ATTR, None)
 
 

@@ -14,7 +14,7 @@ from runpack.api.common import json_response, parse_json_object, policy, read_bo
 from runpack.api.views import job_status, result_of
 from runpack.appkeys import CALLER, ROLE, SERVICE
 from runpack.protocol import Role
-from runpack.service import JobRequest, Outcome, SubmitResult
+from runpack.service import Answer, JobRequest, Outcome
 
 routes = web.RouteTableDef()
 
@@ -32,7 +32,7 @@ async def job_request_of(request: web.Request) -> JobRequest:
     return job_request
 
 
-def _error_text(result: SubmitResult) -> str:
+def _error_text(result: Answer) -> str:
     assert result.job is not None
     return result.job.error_message or "Unknown error"
 
