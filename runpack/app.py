@@ -13,11 +13,13 @@ from runpack import __version__
 from runpack.api import admin, events, files, jobs, keys, monitoring, openapi, runner, runner_ws, ui
 from runpack.api.common import CORS_HEADERS, Handler, check_headers, json_response, policy_of
 from runpack.api.files import FIGURE_CORS_HEADERS
+from runpack.api.job_requests import JobRequests
 from runpack.api.monitoring import Readiness, echo_request_id, health, incident_id, observe_requests
 from runpack.appkeys import (
     CALLER,
     FIGURES,
     HUB,
+    JOB_REQUESTS,
     KEYS,
     LIMITER,
     METRICS,
@@ -208,6 +210,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     if not settings.base_url.startswith(("http://", "https://")):
         raise ValueError(f"public_url must start with http:// or https://: {settings.public_url}")
     app[FIGURES] = FigureStore.from_settings(settings)
+    app[JOB_REQUESTS] = JobRequests.from_settings(settings)
     app.router.add_route("*", "/", health)
     app.router.add_route("*", "/health", health)
     app.add_routes(events.routes)  # before jobs: /api/jobs/by-hash/… must win

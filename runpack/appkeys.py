@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from runpack.api.job_requests import JobRequests
     from runpack.api.monitoring import Readiness
     from runpack.artifacts import FigureStore
     from runpack.auth import Caller, KeyRing
@@ -40,6 +41,8 @@ VALIDATOR: web.AppKey[ResultValidator] = web.AppKey("validator")
 SERVICE: web.AppKey[JobService] = web.AppKey("service")
 WATCH: web.AppKey[WatchHub] = web.AppKey("watch")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
+#: Submit and check bodies parsed and hashed, small ones remembered.
+JOB_REQUESTS: web.AppKey[JobRequests] = web.AppKey("job_requests")
 
 # --- set on each request by the middlewares ---------------------------------------------
 #: The request's id (X-Request-ID), set by the request observer.

@@ -24,10 +24,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from runpack.encoding import params_fragment
 from runpack.errors import RunpackError
 from runpack.notify import EventKind, ServerEvent
 from runpack.protocol import JobStatus
-from runpack.service import JobService, RunnerSlot, params_fragment
+from runpack.service import JobService
+from runpack.service.core import RunnerSlot
 from runpack.store import JobRow
 
 log = logging.getLogger(__name__)
@@ -285,7 +287,7 @@ class Hub:
         elif self._free.get(conn.runner_id) is conn:
             del self._free[conn.runner_id]
 
-    # --- new jobs placed as they are inserted (runpack.service.Slots) ---------------
+    # --- new jobs placed as they are inserted (runpack.service.core.Slots) ---------------
     def take(self, job_type: str) -> RunnerSlot | None:
         """A free slot of the least busy runner that can run ``job_type``, reserved,
         or None: while the dispatcher is woken or at work there may be queued jobs

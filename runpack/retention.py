@@ -35,7 +35,7 @@ from pathlib import Path
 from runpack.artifacts import INCOMING, FigureStore, is_job_id
 from runpack.notify import EventKind, Notifier, ServerEvent
 from runpack.protocol import FINAL, JobStatus
-from runpack.service import now_ms
+from runpack.service.core import now_ms
 from runpack.settings import TTL_NAMES, Settings
 from runpack.store import Store
 

@@ -41,7 +41,8 @@ from runpack import notify
 from runpack.appkeys import HUB, SERVICE
 from runpack.errors import StoreUnavailable
 from runpack.notify import Notifier, PgBridge, ServerEvent
-from runpack.service import JobService, now_ms
+from runpack.service import JobService
+from runpack.service.core import now_ms
 from runpack.store import JobRow, NewJob
 from tests.conftest import RUNNER, claim, register
 from tests.conftest import SUBMIT as CLIENT_SUBMIT

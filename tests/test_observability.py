@@ -26,7 +26,7 @@ from runpack.appkeys import SERVICE
 from runpack.cli import main as cli_main
 from runpack.errors import StoreError
 from runpack.metrics import MAX_JOB_TYPES, OTHER_TYPES, JobCounts, Metrics
-from runpack.service import Answer, Outcome
+from runpack.service.core import Answer, Outcome
 from runpack.store import JobRow
 from tests.conftest import (
     ADMIN,

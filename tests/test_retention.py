@@ -34,7 +34,7 @@ from runpack.cache import ResultCache
 from runpack.notify import EventKind, ServerEvent
 from runpack.protocol import JobStatus
 from runpack.retention import Retention, RetentionPolicy
-from runpack.service import now_ms
+from runpack.service.core import now_ms
 from runpack.settings import Settings
 from runpack.store import JobRow, RunnerRow, Store, open_store
 from runpack.store.sqlite import SqliteStore

@@ -7,10 +7,10 @@ from aiohttp import web
 from runpack import reports
 from runpack.api.common import json_response, policy, read_json, runner_id
 from runpack.appkeys import CALLER, RUNNER_ID, SERVICE
+from runpack.encoding import parse_json_text
 from runpack.errors import NotOwned
 from runpack.identity import new_runner_secret
 from runpack.protocol import Role
-from runpack.service import parse_json_text
 
 routes = web.RouteTableDef()
 

@@ -20,6 +20,7 @@ from runpack.api.common import json_response, policy
 from runpack.api.events import wants_websocket
 from runpack.appkeys import CALLER, HUB, KEYS, RUNNER_ID, SERVICE, SETTINGS
 from runpack.auth import Caller
+from runpack.encoding import params_fragment
 from runpack.errors import (
     BadRequest,
     Forbidden,
@@ -32,7 +33,8 @@ from runpack.errors import (
 from runpack.hub import SEND_QUEUE, Hub, RunnerConn
 from runpack.identity import Ownership, new_runner_secret
 from runpack.protocol import FINAL, Role
-from runpack.service import JobService, check_registration, params_fragment
+from runpack.service import JobService
+from runpack.service.runners import check_registration
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
