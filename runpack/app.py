@@ -11,30 +11,28 @@ from aiohttp import web
 
 from runpack import __version__
 from runpack.api import admin, events, files, jobs, keys, monitoring, openapi, runner, runner_ws, ui
-from runpack.api.common import (
+from runpack.api.common import CORS_HEADERS, Handler, check_headers, json_response, policy_of
+from runpack.api.files import FIGURE_CORS_HEADERS
+from runpack.api.job_requests import JobRequests
+from runpack.api.monitoring import Readiness, echo_request_id, health, incident_id, observe_requests
+from runpack.appkeys import (
     CALLER,
-    CORS_HEADERS,
+    FIGURES,
+    HUB,
+    JOB_REQUESTS,
     KEYS,
+    LIMITER,
+    METRICS,
+    NOTIFIER,
+    READINESS,
     ROLE,
+    RUNNER_ID,
     SERVICE,
     SETTINGS,
-    Handler,
-    check_headers,
-    json_response,
-    policy_of,
+    STORE,
+    VALIDATOR,
+    WATCH,
 )
-from runpack.api.events import WATCH
-from runpack.api.files import FIGURE_CORS_HEADERS, FIGURES
-from runpack.api.monitoring import (
-    METRICS,
-    READINESS,
-    Readiness,
-    echo_request_id,
-    health,
-    incident_id,
-    observe_requests,
-)
-from runpack.api.runner_ws import HUB
 from runpack.artifacts import FigureStore
 from runpack.auth import KeyRing
 from runpack.envvars import split_list
@@ -46,7 +44,7 @@ from runpack.metrics import Metrics
 from runpack.notify import Notifier, NotifyRelay, PgBridge
 from runpack.protocol import RUNNER_SECRET_HEADER, Role
 from runpack.ratelimit import RateLimiter
-from runpack.retention import Policy, Retention
+from runpack.retention import Retention, RetentionPolicy
 from runpack.service import JobService
 from runpack.settings import Settings
 from runpack.store import Store, open_store
@@ -57,8 +55,6 @@ from runpack.watch import WatchHub
 log = logging.getLogger(__name__)
 
 HEALTH_PATHS = ("/", "/health")
-STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
-LIMITER = web.AppKey("limiter", RateLimiter)
 
 
 def _render(exc: RunpackError) -> web.Response:
@@ -144,7 +140,9 @@ def _failure(request: web.Request, exc: Exception) -> web.Response:
 @web.middleware
 async def enforce_policy(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Per-route policy: headers that are text, X-Runner-ID presence, then auth (401/403),
-    then the runner's owner (403), then rate limit (429)."""
+    then the runner's owner (403), then rate limit (429), then, for a route that acts for
+    a runner, the runner's contact noted (404 until it registers) and its id put on the
+    request (``request[RUNNER_ID]``) for the handler."""
     route_policy = policy_of(request.match_info.handler)
     if route_policy is None:
         return await handler(request)
@@ -167,14 +165,16 @@ async def enforce_policy(request: web.Request, handler: Handler) -> web.StreamRe
     elif route_policy.bucket is not None:
         settings = request.app[SETTINGS]
         limit: int = getattr(settings, f"rate_{route_policy.bucket}")
-        if limit <= 0:  # unlimited: nothing to count
-            return await handler(request)
-        who = (
-            request.headers.get("X-Runner-ID", "")
-            if route_policy.per_runner
-            else client_ip(request, settings.trust_proxy)
-        )
-        request.app[LIMITER].hit(f"{route_policy.bucket}:{who}", limit)
+        if limit > 0:  # else unlimited: nothing to count
+            who = (
+                request.headers.get("X-Runner-ID", "")
+                if route_policy.per_runner
+                else client_ip(request, settings.trust_proxy)
+            )
+            request.app[LIMITER].hit(f"{route_policy.bucket}:{who}", limit)
+    if route_policy.runner_header and acting_for:
+        await request.app[SERVICE].touch_runner(acting_for)
+        request[RUNNER_ID] = acting_for
     return await handler(request)
 
 
@@ -210,6 +210,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     if not settings.base_url.startswith(("http://", "https://")):
         raise ValueError(f"public_url must start with http:// or https://: {settings.public_url}")
     app[FIGURES] = FigureStore.from_settings(settings)
+    app[JOB_REQUESTS] = JobRequests.from_settings(settings)
     app.router.add_route("*", "/", health)
     app.router.add_route("*", "/health", health)
     app.add_routes(events.routes)  # before jobs: /api/jobs/by-hash/… must win
@@ -222,7 +223,8 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app.add_routes(files.routes)
     app.add_routes(openapi.routes)
     monitoring.add_routes(app, public=settings.metrics_public)
-    app.cleanup_ctx.append(_lifecycle)
+    app[NOTIFIER] = Notifier()
+    app.cleanup_ctx.extend(LIFECYCLE)
     if settings.local_runners:
         app.cleanup_ctx.append(local_runners(settings))  # type: ignore[arg-type]
     app.on_shutdown.append(_close_sockets)
@@ -240,71 +242,133 @@ async def _close_sockets(app: web.Application) -> None:
     app[WATCH].close()
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
+# --- the lifecycle: one cleanup context per resource, each closing what it opened ------
+# aiohttp enters them in this order and leaves them in reverse; when one fails to start,
+# those already started are closed and the rest never open.
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await store.open()
-    figures = app[FIGURES]
-    await asyncio.to_thread(figures.clean_incoming)
+    try:
+        await asyncio.to_thread(app[FIGURES].clean_incoming)
+        yield
+    finally:
+        await store.close()
+
+
+async def _validator(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
     validator = ResultValidator(
         settings.validation_timeout,
         settings.validation_cache_ttl,
-        local=figures,
+        local=app[FIGURES],
         hosts=split_list(settings.figure_url_hosts),
         allow_private=settings.allow_private_urls,
     )
     await validator.start()
-    notifier = Notifier()
-    relay = None
-    if settings.notify_relay_base_url:
-        relay = NotifyRelay(settings.notify_relay_base_url, settings.notify_relay_publish_key)
-        await relay.start()
-        notifier.subscribe(relay)
-    metrics = app[METRICS]
-    metrics.running_on(__version__, loop_name(asyncio.get_running_loop()))
-    service = JobService(
-        metrics.timed(store), settings, validator, notifier, figures=figures, observer=metrics
-    )
-    app[SERVICE] = service
-    bridge = None
-    if settings.db.startswith(("postgres://", "postgresql://")):
-        # Other instances on the same database hear of our jobs, and we of theirs.
-        bridge = PgBridge(settings.db, notifier, store.get_job, uuid.uuid4().hex[:12])
-        await bridge.start()
-    watch = WatchHub(notifier)
-    app[WATCH] = watch
-    hub = Hub(service, settings.reconnect_grace)
-    app[HUB] = hub
-    await hub.start()
-    metrics.read_live(
-        runners=lambda: len(hub.conns),
-        slots=lambda: sum(c.concurrency for c in hub.conns.values()),
-        jobs=lambda: sum(len(c.held) for c in hub.conns.values()),
-        watchers=watch.watcher_count,
-    )
-    policy = Policy.from_settings(settings)
-    retention = None
-    if policy.active:
-        retention = Retention(
-            service.store, policy, figures=figures, notifier=notifier, clock=lambda: service.clock()
-        )
-    sweeper = asyncio.create_task(
-        run_sweeper(service, settings.sweep_interval, retention, settings.gc_interval),
-        name="runpack-sweeper",
-    )
-    # Connections opened with a key that is revoked since, on any instance, close.
-    key_watch = asyncio.create_task(app[KEYS].watch_revocations(), name="runpack-key-watch")
+    app[VALIDATOR] = validator
     try:
         yield
     finally:
-        sweeper.cancel()
-        key_watch.cancel()
-        await asyncio.gather(sweeper, key_watch, return_exceptions=True)
-        await hub.stop()
-        watch.close()
-        if relay is not None:
-            await relay.close()
-        if bridge is not None:
-            await bridge.close()
         await validator.close()
-        await store.close()
+
+
+async def _relay(app: web.Application) -> AsyncIterator[None]:
+    """The NotifyRelay announcement of new jobs, when configured."""
+    settings = app[SETTINGS]
+    if not settings.notify_relay_base_url:
+        yield
+        return
+    relay = NotifyRelay(settings.notify_relay_base_url, settings.notify_relay_publish_key)
+    await relay.start()
+    app[NOTIFIER].subscribe(relay)
+    try:
+        yield
+    finally:
+        await relay.close()
+
+
+async def _service(app: web.Application) -> AsyncIterator[None]:
+    settings, metrics, figures = app[SETTINGS], app[METRICS], app[FIGURES]
+    metrics.running_on(__version__, loop_name(asyncio.get_running_loop()))
+    app[SERVICE] = JobService(
+        metrics.timed(app[STORE]),
+        settings,
+        app[VALIDATOR],
+        app[NOTIFIER],
+        figures=figures,
+        observer=metrics,
+    )
+    yield
+
+
+async def _bridge(app: web.Application) -> AsyncIterator[None]:
+    """On PostgreSQL, other instances on the same database hear of our jobs, and we of
+    theirs."""
+    settings = app[SETTINGS]
+    if not settings.db.startswith(("postgres://", "postgresql://")):
+        yield
+        return
+    bridge = PgBridge(settings.db, app[NOTIFIER], app[STORE].get_job, uuid.uuid4().hex[:12])
+    await bridge.start()
+    try:
+        yield
+    finally:
+        await bridge.close()
+
+
+async def _watch(app: web.Application) -> AsyncIterator[None]:
+    watch = app[WATCH] = WatchHub(app[NOTIFIER])
+    try:
+        yield
+    finally:
+        watch.close()
+
+
+async def _hub(app: web.Application) -> AsyncIterator[None]:
+    hub = app[HUB] = Hub(app[SERVICE], app[SETTINGS].reconnect_grace)
+    await hub.start()
+    try:
+        app[METRICS].read_live(
+            runners=lambda: len(hub.conns),
+            slots=lambda: sum(c.concurrency for c in hub.conns.values()),
+            jobs=lambda: sum(len(c.held) for c in hub.conns.values()),
+            watchers=app[WATCH].watcher_count,
+        )
+        yield
+    finally:
+        await hub.stop()
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """The sweeper (with retention), and the watch on revoked keys: connections opened
+    with a key that is revoked since, on any instance, close."""
+    settings, service = app[SETTINGS], app[SERVICE]
+    policy = RetentionPolicy.from_settings(settings)
+    retention = None
+    if policy.active:
+        retention = Retention(
+            service.store,
+            policy,
+            figures=app[FIGURES],
+            notifier=app[NOTIFIER],
+            clock=lambda: service.clock(),
+        )
+    tasks = [
+        asyncio.create_task(
+            run_sweeper(service, settings.sweep_interval, retention, settings.gc_interval),
+            name="runpack-sweeper",
+        ),
+        asyncio.create_task(app[KEYS].watch_revocations(), name="runpack-key-watch"),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+#: The server's resources, in the order they start.
+LIFECYCLE = (_store, _validator, _relay, _service, _bridge, _watch, _hub, _background)

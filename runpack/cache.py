@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from runpack.notify import Event
+from runpack.notify import ServerEvent
 from runpack.protocol import JobStatus
 from runpack.store import JobRow
 
@@ -78,7 +78,7 @@ class ResultCache:
         self._hash_of.pop(job.id, None)
         self._bytes -= _size(job)
 
-    def on_event(self, event: Event) -> None:
+    def on_event(self, event: ServerEvent) -> None:
         """Any change to a cached job (expired, re-queued, deleted) drops it."""
         if event.job_id is not None and event.job_id in self._hash_of:
             self.forget(event.job_id)

@@ -24,10 +24,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from runpack.encoding import params_fragment
 from runpack.errors import RunpackError
-from runpack.notify import Event
+from runpack.notify import EventKind, ServerEvent
 from runpack.protocol import JobStatus
-from runpack.service import JobService, RunnerSlot, params_fragment
+from runpack.service import JobService
+from runpack.service.core import RunnerSlot
 from runpack.store import JobRow
 
 log = logging.getLogger(__name__)
@@ -207,19 +209,21 @@ class Hub:
             log.error("hub task %s failed", task.get_name(), exc_info=task.exception())
 
     # --- events -----------------------------------------------------------------------
-    def _on_event(self, event: Event) -> None:
-        if event.type == "job_queued" and event.data.get("runner_id"):
+    def _on_event(self, event: ServerEvent) -> None:
+        if event.type == EventKind.JOB_QUEUED and event.data.get("runner_id"):
             return  # claimed as it was inserted: no runner needs waking for it
-        if event.type in ("job_queued", "resync"):
+        if event.type in (EventKind.JOB_QUEUED, EventKind.RESYNC):
             self.wake()
             self._queued.set()
             self._queued = asyncio.Event()
-        elif event.type == "runner_attached" and event.origin is not None:
+        elif event.type == EventKind.RUNNER_ATTACHED and event.origin is not None:
             # It came back through another instance: our grace period is over.
             handle = self._grace.pop(event.data.get("runner_id", ""), None)
             if handle is not None:
                 handle.cancel()
-        elif event.type == "job_updated" and event.data.get("status") == JobStatus.CANCELLED:
+        elif (
+            event.type == EventKind.JOB_UPDATED and event.data.get("status") == JobStatus.CANCELLED
+        ):
             self.cancel(event.job_id or "", event.data.get("reason", "cancelled"))
 
     def wake(self) -> None:
@@ -243,7 +247,9 @@ class Hub:
             self._note(old)  # no longer connected: none of its slots are free
         same = tuple(sorted(conn.capabilities))
         conn.capabilities = self._capabilities.setdefault(same, conn.capabilities)
-        self.service.notifier.publish(Event("runner_attached", data={"runner_id": conn.runner_id}))
+        self.service.notifier.publish(
+            ServerEvent(EventKind.RUNNER_ATTACHED, data={"runner_id": conn.runner_id})
+        )
         owned = {j.id for j in await self.service.running_jobs_of(conn.runner_id)}
         resumed = [j for j in held if j in owned]
         dropped = [j for j in held if j not in owned]
@@ -281,7 +287,7 @@ class Hub:
         elif self._free.get(conn.runner_id) is conn:
             del self._free[conn.runner_id]
 
-    # --- new jobs placed as they are inserted (runpack.service.Slots) ---------------
+    # --- new jobs placed as they are inserted (runpack.service.core.Slots) ---------------
     def take(self, job_type: str) -> RunnerSlot | None:
         """A free slot of the least busy runner that can run ``job_type``, reserved,
         or None: while the dispatcher is woken or at work there may be queued jobs

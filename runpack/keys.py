@@ -34,7 +34,7 @@ MAX_NAME = 200
 MAX_JOB_TYPE = 200
 MAX_ITEMS = 100
 MAX_RATE = 1_000_000_000
-#: The highest priority any submit may ask (runpack.service checks the range).
+#: The highest priority any submit may ask (runpack.api.job_requests checks the range).
 MAX_PRIORITY = 1000
 _KEY_ID = re.compile(r"[0-9a-f]{12}")
 _HOST = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")

@@ -2,7 +2,7 @@
 
 Each app has its own registry (tests make many apps). Counters and histograms
 are updated as things happen: the job service reports submits, checks, starts
-and ends through its :class:`~runpack.service.Observer` hooks, the store is
+and ends through its :class:`~runpack.service.core.Observer` hooks, the store is
 wrapped so each call is timed (two clock reads and one observation), and the
 HTTP middleware counts requests. Levels are read when Prometheus scrapes: jobs
 by status and type from one grouped count in the database (at most once a
@@ -36,7 +36,7 @@ from prometheus_client.utils import floatToGoString
 
 from runpack.errors import RunpackError
 from runpack.protocol import JobStatus
-from runpack.service import Outcome, SubmitResult
+from runpack.service.core import Answer, Outcome
 from runpack.store import JobRow, Store
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,7 @@ class Metrics:
         observe(seconds)
 
     # --- the job service's observer ----------------------------------------------------
-    def answered(self, request: str, result: SubmitResult) -> None:
+    def answered(self, request: str, result: Answer) -> None:
         key = (request, result.outcome, result.requeued)
         counters = self._answers.get(key)
         if counters is None:

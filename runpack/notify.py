@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import aiohttp
@@ -23,16 +24,34 @@ from runpack.store.base import JOB_COLUMNS
 log = logging.getLogger(__name__)
 
 
+class EventKind(StrEnum):
+    """Every kind of event the server publishes (and relays between instances)."""
+
+    #: A job was inserted or queued again (``new``: inserted; ``runner_id``: inserted
+    #: already claimed for that runner; ``note``: why its last run was lost).
+    JOB_QUEUED = "job_queued"
+    #: A job changed: ``status`` and the fields that changed with it.
+    JOB_UPDATED = "job_updated"
+    #: A job was deleted (by an administrator or by retention).
+    JOB_DELETED = "job_deleted"
+    #: Retention cleared a finished job's console output.
+    JOB_CONSOLE_CLEARED = "job_console_cleared"
+    #: A runner connected over WebSocket to some instance.
+    RUNNER_ATTACHED = "runner_attached"
+    #: This instance may have missed events (LISTEN reconnected): re-read what matters.
+    RESYNC = "resync"
+
+
 @dataclass(frozen=True, slots=True)
-class Event:
-    type: str  # "job_queued" | "job_updated" | "job_deleted"
+class ServerEvent:
+    type: EventKind
     job_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     #: The server instance it came from over LISTEN/NOTIFY; None when it is local.
     origin: str | None = None
 
 
-Subscriber = Callable[[Event], None]
+Subscriber = Callable[[ServerEvent], None]
 
 
 class Notifier:
@@ -45,7 +64,7 @@ class Notifier:
         self._subscribers.append(callback)
         return lambda: self._subscribers.remove(callback)
 
-    def publish(self, event: Event) -> None:
+    def publish(self, event: ServerEvent) -> None:
         for callback in list(self._subscribers):
             try:
                 callback(event)
@@ -75,8 +94,8 @@ class NotifyRelay:
         if self._session is not None:
             await self._session.close()
 
-    def __call__(self, event: Event) -> None:
-        if event.type != "job_queued" or not event.data.get("new") or self._session is None:
+    def __call__(self, event: ServerEvent) -> None:
+        if event.type != EventKind.JOB_QUEUED or not event.data.get("new") or self._session is None:
             return
         message = {
             "type": "new_job",
@@ -171,7 +190,7 @@ class PgBridge:
         #: How this instance's own payloads start: they come back to it, unread.
         self._own = orjson.dumps({"o": instance}).decode()[:-1] + ","
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue(100_000)
-        self._inbox: asyncio.Queue[tuple[Event, list[str]]] = asyncio.Queue()
+        self._inbox: asyncio.Queue[tuple[ServerEvent, list[str]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
         self.connected = asyncio.Event()
@@ -193,7 +212,7 @@ class PgBridge:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # --- out ---------------------------------------------------------------------
-    def _outgoing(self, event: Event) -> None:
+    def _outgoing(self, event: ServerEvent) -> None:
         if event.origin is not None:
             return  # it came from another instance: do not echo it back
         for payload in self.encode(event):
@@ -202,7 +221,7 @@ class PgBridge:
             except asyncio.QueueFull:
                 log.warning("NOTIFY backlog full: dropping an event for job %s", event.job_id)
 
-    def encode(self, event: Event) -> list[bytes]:
+    def encode(self, event: ServerEvent) -> list[bytes]:
         """The event as JSON records of at most MAX_EVENT bytes, in order."""
         data = {k: v for k, v in event.data.items() if k not in HEAVY}
         heavy = [k for k in HEAVY if event.data.get(k) is not None]
@@ -294,7 +313,9 @@ class PgBridge:
                 # after a loss, watchers get the state of what they may have missed.
                 again = {"reconnected": self._listened}
                 self._listened = True
-                self.notifier.publish(Event("resync", data=again, origin=self.instance))
+                self.notifier.publish(
+                    ServerEvent(EventKind.RESYNC, data=again, origin=self.instance)
+                )
                 while not lost.is_set():
                     # A closed connection says so at once; one whose peer vanished
                     # without a word (a cut network) shows it only when used.
@@ -322,9 +343,11 @@ class PgBridge:
             msg = orjson.loads(payload)
             origin = msg.get("o")
             for record in msg["e"]:
-                event = Event(record["t"], record.get("j"), record.get("d") or {}, origin=origin)
+                event = ServerEvent(
+                    EventKind(record["t"]), record.get("j"), record.get("d") or {}, origin=origin
+                )
                 self._inbox.put_nowait((event, record.get("h") or []))
-        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
             log.warning("ignored a payload on %s that is not a batch of events", CHANNEL)
 
     async def _deliver(self) -> None:
@@ -344,7 +367,7 @@ class PgBridge:
                         if name == "output_data" and isinstance(value, str):
                             value = orjson.loads(value)
                         data[name] = value
-                event = Event(event.type, event.job_id, data, origin=event.origin)
+                event = ServerEvent(event.type, event.job_id, data, origin=event.origin)
             self.notifier.publish(event)
 
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runpack.artifacts import INCOMING, FigureStore, is_job_id
-from runpack.notify import Event, Notifier
+from runpack.notify import EventKind, Notifier, ServerEvent
 from runpack.protocol import FINAL, JobStatus
-from runpack.service import now_ms
+from runpack.service.core import now_ms
 from runpack.settings import TTL_NAMES, Settings
 from runpack.store import Store
 
@@ -43,14 +43,12 @@ log = logging.getLogger(__name__)
 
 #: Rows per statement, and figure folders per look-up.
 BATCH = 500
-#: The event that tells result caches a finished job's console was cleared.
-CONSOLE_CLEARED = "job_console_cleared"
 RESULT_STATES = (JobStatus.COMPLETED, JobStatus.EXPIRED)
 FAILURE_STATES = (JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class RetentionPolicy:
     """The time-to-live settings, in seconds (0 = keep forever)."""
 
     result_ttl: float = 0.0
@@ -60,7 +58,7 @@ class Policy:
     runner_ttl: float = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Policy:
+    def from_settings(cls, settings: Settings) -> RetentionPolicy:
         return cls(**{name: getattr(settings, name) for name in TTL_NAMES})
 
     @property
@@ -128,7 +126,7 @@ class Retention:
     def __init__(
         self,
         store: Store,
-        policy: Policy,
+        policy: RetentionPolicy,
         *,
         figures: FigureStore | None = None,
         notifier: Notifier | None = None,
@@ -170,7 +168,7 @@ class Retention:
                 ids = await self.store.delete_finished(status, before, self.batch)
                 report.deleted[status] += len(ids)
                 for job_id in ids:
-                    self.notifier.publish(Event("job_deleted", job_id))
+                    self.notifier.publish(ServerEvent(EventKind.JOB_DELETED, job_id))
                 await self._remove_figures(ids, report)
                 if len(ids) < self.batch:
                     break
@@ -198,7 +196,7 @@ class Retention:
                 rows = await self.store.clear_consoles(status, since, before, self.batch)
                 report.consoles += len(rows)
                 for job_id, _ in rows:
-                    self.notifier.publish(Event(CONSOLE_CLEARED, job_id))
+                    self.notifier.publish(ServerEvent(EventKind.JOB_CONSOLE_CLEARED, job_id))
                 if len(rows) < self.batch:
                     break
                 since = max(updated_at for _, updated_at in rows)
@@ -324,13 +322,13 @@ def human_bytes(n: int) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def collect(settings: Settings, policy: Policy, dry_run: bool) -> Report:
+async def collect(settings: Settings, policy: RetentionPolicy, dry_run: bool) -> Report:
     """One pass on the configured database and data folder, as ``runpack gc`` runs it."""
     from runpack.store import open_store
 
     store = open_store(settings.db)
     figures = FigureStore.from_settings(settings)
-    events: list[Event] = []
+    events: list[ServerEvent] = []
     notifier = Notifier()
     notifier.subscribe(events.append)
     await store.open()
@@ -344,7 +342,7 @@ async def collect(settings: Settings, policy: Policy, dry_run: bool) -> Report:
     return report
 
 
-async def announce(dsn: str, events: Sequence[Event]) -> None:
+async def announce(dsn: str, events: Sequence[ServerEvent]) -> None:
     """Tell running server instances, over NOTIFY, which jobs went (their caches drop them)."""
     import asyncpg
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from runpack import protocol
 from runpack.envvars import env_name, read_values, type_name
+from runpack.jobtypes import FIGURE_METADATA
 from runpack.netrules import FIGPACK_HOSTS
 
 if TYPE_CHECKING:
@@ -113,6 +114,12 @@ class Settings:
     max_console_bytes: int = _s(protocol.MAX_CONSOLE_BYTES, "Largest console output, in bytes.")
     max_error_bytes: int = _s(protocol.MAX_ERROR_BYTES, "Largest error message, in bytes.")
     max_body_bytes: int = _s(4 * 1024 * 1024, "Largest request body read at all, in bytes.")
+    hash_ignored_params: str = _s(
+        FIGURE_METADATA,
+        "Parameters left out of the job hash, by job type: `TYPE=NAME,NAME`, a type ending "
+        "in `*` for a prefix, rules separated by `;` (metadata such as the page a request "
+        "came from; see docs/figures.md). Empty: every parameter counts, as in the original.",
+    )
     max_upload_bytes: int = _s(
         500 * 1024 * 1024, "Largest figure upload (a tar of its files), in bytes."
     )

@@ -1,5 +1,8 @@
 """The background task that takes back jobs whose runner went silent, and applies the
-retention TTLs every ``gc_interval`` (:mod:`runpack.retention`)."""
+retention TTLs every ``gc_interval`` (:mod:`runpack.retention`).
+
+This module owns the timing only; what a sweep decides (which runs are stale, retried
+with backoff or failed) is the service's, in :mod:`runpack.service.sweeping`."""
 
 from __future__ import annotations
 

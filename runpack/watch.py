@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runpack.notify import Event, Notifier
+from runpack.notify import EventKind, Notifier, ServerEvent
 from runpack.protocol import FINAL, JobStatus
 
 WATCH_QUEUE = 256
@@ -165,17 +165,17 @@ class Channel:
         return [item for item in self.buffer if item[0] > seq]
 
 
-def translate(event: Event) -> list[tuple[str, dict[str, Any]]]:
+def translate(event: ServerEvent) -> list[tuple[str, dict[str, Any]]]:
     """A service event as the events a watcher sees."""
     data = event.data
-    if event.type == "job_queued":
+    if event.type == EventKind.JOB_QUEUED:
         queued = {"status": JobStatus.PENDING.value}
         if data.get("note"):  # a lost attempt: its story, which a completed job drops
             queued["note"] = data["note"]
         return [("status", queued)]
-    if event.type == "job_deleted":
+    if event.type == EventKind.JOB_DELETED:
         return [("status", {"status": "deleted"})]
-    if event.type != "job_updated":
+    if event.type != EventKind.JOB_UPDATED:
         return []
     status = data.get("status")
     out: list[tuple[str, dict[str, Any]]] = []
@@ -244,9 +244,9 @@ class WatchHub:
             if not channel.watchers:
                 del self.channels[job_id]
 
-    def on_event(self, event: Event) -> None:
+    def on_event(self, event: ServerEvent) -> None:
         if event.job_id is None:
-            if event.type == "resync" and event.data.get("reconnected"):
+            if event.type == EventKind.RESYNC and event.data.get("reconnected"):
                 self.resync()
             elif event.type.startswith("runner_"):  # e.g. runner_attached: for the dashboard
                 self.admin.emit("runner", {"change": event.type[7:], **event.data})

@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from runpack.api.common import SERVICE
 from runpack.app import create_app
+from runpack.appkeys import SERVICE
 from runpack.service import JobService
 from runpack.settings import Settings
 from tests.pg import ADMIN_DSN, dsn_for, unavailable, unreachable_reason

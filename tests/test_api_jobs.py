@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from aiohttp.test_utils import TestClient
 
+from runpack.appkeys import JOB_REQUESTS
 from tests.conftest import ADMIN, SUBMIT, MakeClient, as_runner, claim, register
 
 UUID_LEN = 36
@@ -410,35 +411,34 @@ async def test_get_check_and_submit_paths_fall_into_the_status_route(client: Tes
 
 async def test_a_body_seen_lately_is_not_parsed_and_hashed_again(client: TestClient) -> None:
     """Viewers repeat the same body: what it asks is remembered by its bytes only."""
-    from runpack.api.common import SERVICE
-    from runpack.service import REQUEST_MEMO_MAX_BODY, REQUEST_MEMO_SIZE
+    from runpack.api.job_requests import REQUEST_MEMO_MAX_BODY, REQUEST_MEMO_SIZE
 
     assert client.app is not None
-    service = client.app[SERVICE]
+    requests = client.app[JOB_REQUESTS]
     body = b'{"job_type": "hello_world", "input_params": {"name": "Memo", "n": 1}}'
     first = await client.post("/api/jobs/submit", data=body, headers=SUBMIT)
     assert first.status == 201
-    remembered = service.known_request(body)
+    remembered = requests.known(body)
     assert remembered is not None and remembered.input_params == {"name": "Memo", "n": 1}
     again = await client.post("/api/jobs/submit", data=body, headers=SUBMIT)
     assert again.status == 200
     assert (await again.json())["job_id"] == (await first.json())["job_id"]
-    assert service.known_request(body) is remembered
+    assert requests.known(body) is remembered
     # Same meaning, other bytes: a lookup of its own, the same job.
     spaced = b'{"input_params": {"n": 1, "name": "Memo"}, "job_type": "hello_world"}'
-    assert service.known_request(spaced) is None
+    assert requests.known(spaced) is None
     resp = await client.post("/api/jobs/submit", data=spaced, headers=SUBMIT)
     assert (await resp.json())["job_id"] == (await first.json())["job_id"]
     # Bad bodies are never remembered; big ones neither; the memo stays bounded.
     bad = b'{"job_type": "", "input_params": {}}'
     assert (await client.post("/api/jobs/submit", data=bad, headers=SUBMIT)).status == 400
-    assert service.known_request(bad) is None
+    assert requests.known(bad) is None
     big = orjson.dumps(
         {"job_type": "hello_world", "input_params": {"x": "y" * REQUEST_MEMO_MAX_BODY}}
     )
     assert (await client.post("/api/jobs/check", data=big, headers=SUBMIT)).status == 200
-    assert service.known_request(big) is None
+    assert requests.known(big) is None
     for i in range(REQUEST_MEMO_SIZE + 5):
-        service.remember_request(b"%d" % i, remembered)
-    assert len(service._requests) == REQUEST_MEMO_SIZE
-    assert service.known_request(body) is None  # the oldest went first
+        requests.remember(b"%d" % i, remembered)
+    assert len(requests) == REQUEST_MEMO_SIZE
+    assert requests.known(body) is None  # the oldest went first

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from runpack.artifacts import MANIFEST, check_path, content_type
 from runpack.errors import BadRequest
+from runpack.jobtypes import FIGURE_METADATA, HashIgnored
 from runpack.settings import Settings
 from tests.conftest import (
     ADMIN,
@@ -313,6 +314,40 @@ async def test_metadata_params_of_figure_jobs_do_not_split_the_cache(client: Tes
     # The first submit's metadata is what the job keeps.
     detail = await (await client.get(f"/api/admin/jobs/{a['job_id']}")).json()
     assert detail["input_params"]["neurosift_url"] == "https://neurosift.app/?p=1"
+
+
+async def test_the_hash_ignored_params_are_the_operators_setting(make_client: MakeClient) -> None:
+    """The figure job types' rule is the setting's default; an operator may name others,
+    or none (every parameter counts, as in the original)."""
+    params = {"nwb_url": "https://x/a.nwb", "units_path": "/units"}
+    plain = await make_client(hash_ignored_params="")
+    a = await submit(plain, "figpack_nwb_raster_plot", **params, neurosift_url="1")
+    b = await submit(plain, "figpack_nwb_raster_plot", **params, neurosift_url="2")
+    assert a["job_id"] != b["job_id"]
+    mine = await make_client(hash_ignored_params="hello_world=page; other_* = page , tab")
+    c = await submit(mine, "hello_world", name="Ada", page="1")
+    d = await submit(mine, "hello_world", name="Ada", page="2")
+    assert c["job_id"] == d["job_id"]
+    e = await submit(mine, "other_kind", name="Ada", page="1", tab="x")
+    f = await submit(mine, "other_kind", name="Ada", page="2")
+    assert e["job_id"] == f["job_id"]
+    g = await submit(mine, "figpack_nwb_raster_plot", **params, neurosift_url="1")
+    h = await submit(mine, "figpack_nwb_raster_plot", **params, neurosift_url="2")
+    assert g["job_id"] != h["job_id"]
+
+
+@pytest.mark.parametrize("text", ["figpack", "=a", "x=", "a*b=c", "ok=a;bad"])
+def test_a_hash_ignored_rule_that_is_not_one_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="hash_ignored_params"):
+        HashIgnored.parse(text)
+
+
+def test_the_default_rule_ignores_the_figure_metadata_only() -> None:
+    rules = HashIgnored.parse(FIGURE_METADATA)
+    params = {"nwb_url": "u", "neurosift_url": "n", "dandiset_id": "d"}
+    assert rules.hash_params("figpack_nwb_video_preview", params) == {"nwb_url": "u"}
+    assert rules.hash_params("figpack_other", params) == params
+    assert rules.hash_params("hello_world", params) == params
 
 
 async def test_a_figure_folder_that_cannot_be_removed_is_left_with_a_warning(

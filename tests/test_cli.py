@@ -177,6 +177,16 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path: Path) -> None:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def test_serve_names_a_setting_it_cannot_use_in_one_line(tmp_path: Path) -> None:
+    env = {**clean_env(), "RUNPACK_HASH_IGNORED_PARAMS": "figpack_nwb_"}
+    result = run_cli(["serve", "--port", str(free_port())], tmp_path, env=env, timeout=20)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "runpack: hash_ignored_params: 'figpack_nwb_' is not JOB_TYPE=NAME,NAME "
+        "(a job type, or a prefix ending in *)"
+    ]
+
+
 def test_serve_on_loopback_generates_and_keeps_local_keys(
     tmp_path: Path, servers: list[Server]
 ) -> None:

@@ -21,9 +21,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from runpack.api import events as events_api
-from runpack.api.common import SERVICE
-from runpack.api.events import WATCH
-from runpack.notify import Event, Notifier
+from runpack.appkeys import SERVICE, WATCH
+from runpack.notify import Notifier, ServerEvent
 from runpack.watch import WatchHub
 from tests.conftest import ADMIN, RUNNER, SUBMIT, as_runner, claim, register, submit
 from tests.procs import until
@@ -472,7 +471,7 @@ def test_a_resume_id_from_an_evicted_channel_gets_a_snapshot(
 
     def update(job_id: str, current: int) -> None:
         data = {"status": "in_progress", "progress_current": current, "progress_total": 9}
-        hub.on_event(Event("job_updated", job_id, data))
+        hub.on_event(ServerEvent("job_updated", job_id, data))
 
     for i in range(1, 4):
         update("a", i)

@@ -38,11 +38,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from runpack import notify
-from runpack.api.common import SERVICE
-from runpack.api.runner_ws import HUB
+from runpack.appkeys import HUB, SERVICE
 from runpack.errors import StoreUnavailable
-from runpack.notify import Event, Notifier, PgBridge
-from runpack.service import JobService, now_ms
+from runpack.notify import Notifier, PgBridge, ServerEvent
+from runpack.service import JobService
+from runpack.service.core import now_ms
 from runpack.store import JobRow, NewJob
 from tests.conftest import RUNNER, claim, register
 from tests.conftest import SUBMIT as CLIENT_SUBMIT
@@ -730,7 +730,7 @@ async def test_watchers_get_the_job_afresh_when_listen_is_reopened(client: TestC
         assert (kind, data["status"]) == ("snapshot", "claimed")
         # Completed through another instance, whose NOTIFY this one did not hear.
         assert await service.store.complete(job_id, runner_id, now_ms(), '{"x": 1}', None)
-        again = Event("resync", data={"reconnected": True}, origin="this-instance")
+        again = ServerEvent("resync", data={"reconnected": True}, origin="this-instance")
         service.notifier.publish(again)
         rest = [item async for item in events]
     assert [kind for kind, _ in rest] == ["snapshot"], rest
@@ -754,11 +754,11 @@ async def no_job(job_id: str) -> None:
 @contextlib.asynccontextmanager
 async def two_bridges(
     pg: str, fetch_job: Callable[[str], Awaitable[Any]] = no_job
-) -> AsyncIterator[tuple[Notifier, list[Event]]]:
+) -> AsyncIterator[tuple[Notifier, list[ServerEvent]]]:
     """Two instances' bridges on one database, both listening: yields the other
     instance's notifier and every event this instance heard from it (reading the
     fields too large to send with ``fetch_job``)."""
-    heard: list[Event] = []
+    heard: list[ServerEvent] = []
     here, there = Notifier(), Notifier()
     here.subscribe(heard.append)
     bridges = [PgBridge(pg, here, fetch_job, "here"), PgBridge(pg, there, no_job, "there")]
@@ -783,7 +783,7 @@ async def test_the_bridge_listens_again_at_once_when_its_connection_is_terminate
     try:
         async with two_bridges(pg) as (there, heard):
             async with asyncio.timeout(10):
-                there.publish(Event("job_updated", "before", {"status": "in_progress"}))
+                there.publish(ServerEvent("job_updated", "before", {"status": "in_progress"}))
                 await until(lambda: any(e.job_id == "before" for e in heard), "the first event")
             assert await admin.fetchval(DROP_ALL) == 3  # two LISTEN connections, one NOTIFY
             async with asyncio.timeout(3):
@@ -791,7 +791,7 @@ async def test_the_bridge_listens_again_at_once_when_its_connection_is_terminate
                     lambda: any(e.type == "resync" and e.data.get("reconnected") for e in heard),
                     "the listener to be back",
                 )
-                there.publish(Event("job_updated", "after", {"status": "completed"}))
+                there.publish(ServerEvent("job_updated", "after", {"status": "completed"}))
                 await until(lambda: any(e.job_id == "after" for e in heard), "events to flow")
             (after,) = [e for e in heard if e.job_id == "after"]
             assert after.origin == "there" and after.data == {"status": "completed"}
@@ -802,11 +802,11 @@ async def test_the_bridge_listens_again_at_once_when_its_connection_is_terminate
 async def test_events_published_together_cross_the_bridge_whole_and_in_order(pg: str) -> None:
     async with two_bridges(pg) as (there, heard):
 
-        def crossed() -> list[Event]:
+        def crossed() -> list[ServerEvent]:
             return [e for e in heard if (e.job_id or "").startswith("job-")]
 
         for i in range(300):  # one turn of the loop: they leave as batches
-            there.publish(Event("job_updated", f"job-{i}", {"status": "in_progress", "i": i}))
+            there.publish(ServerEvent("job_updated", f"job-{i}", {"status": "in_progress", "i": i}))
         async with asyncio.timeout(10):
             await until(lambda: len(crossed()) >= 300, "all of them")
         assert [e.data["i"] for e in crossed()] == list(range(300))
@@ -815,8 +815,10 @@ async def test_events_published_together_cross_the_bridge_whole_and_in_order(pg:
 
 def test_events_sent_together_share_payloads_that_postgresql_accepts() -> None:
     bridge = PgBridge("postgresql://unused", Notifier(), no_job, "there")
-    events = [Event("job_updated", f"job-{i}", {"status": "in_progress"}) for i in range(300)]
-    console = Event("job_updated", "job-c", {"status": "in_progress", "console_append": "é" * 9000})
+    events = [ServerEvent("job_updated", f"job-{i}", {"status": "in_progress"}) for i in range(300)]
+    console = ServerEvent(
+        "job_updated", "job-c", {"status": "in_progress", "console_append": "é" * 9000}
+    )
     records = [r for e in [*events[:150], console, *events[150:]] for r in bridge.encode(e)]
     payloads = notify.pack("there", records)
     assert len(payloads) < 20  # not one per event
@@ -837,9 +839,9 @@ async def test_a_long_error_message_crosses_the_bridge_read_from_the_database(pg
 
     async with two_bridges(pg, fetch_job) as (there, heard):
         there.publish(
-            Event("job_updated", "failed-job", {"status": "failed", "error_message": message})
+            ServerEvent("job_updated", "failed-job", {"status": "failed", "error_message": message})
         )
-        there.publish(Event("job_updated", "next-job", {"status": "completed"}))
+        there.publish(ServerEvent("job_updated", "next-job", {"status": "completed"}))
         async with asyncio.timeout(10):
             await until(lambda: any(e.job_id == "next-job" for e in heard), "the next event")
         (failed,) = [e for e in heard if e.job_id == "failed-job"]
@@ -852,7 +854,7 @@ async def test_a_payload_that_is_not_a_batch_of_events_is_ignored(pg: str) -> No
         async with two_bridges(pg) as (there, heard):
             for junk in ["not json", '{"o": "elsewhere"}', '{"o": "x", "e": [{"j": "no type"}]}']:
                 await admin.execute("SELECT pg_notify($1, $2)", notify.CHANNEL, junk)
-            there.publish(Event("job_updated", "after-junk", {"status": "completed"}))
+            there.publish(ServerEvent("job_updated", "after-junk", {"status": "completed"}))
             async with asyncio.timeout(10):
                 await until(lambda: any(e.job_id == "after-junk" for e in heard), "events to flow")
             assert [e.job_id for e in heard if e.type != "resync"] == ["after-junk"]

@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from runpack.api.common import SERVICE
+from runpack.api.common import policy_of
+from runpack.appkeys import SERVICE
 from runpack.errors import RateLimited
 from runpack.ratelimit import RateLimiter
 from tests.conftest import (
@@ -618,3 +619,41 @@ async def test_keys_never_appear_in_logs(
     assert caplog.records, "expected some log output to inspect"
     for key in (SUBMIT_KEY, RUNNER_KEY, ADMIN_KEY):
         assert key not in caplog.text
+
+
+def runner_routes(app: web.Application) -> list[tuple[str, str]]:
+    """Method and path of every route that acts for a registered runner."""
+    found = []
+    for route in app.router.routes():
+        declared = policy_of(route.handler)
+        if declared is not None and declared.runner_header and route.method != "HEAD":
+            path = route.resource.canonical if route.resource is not None else ""
+            found.append((route.method, path.replace("{job_id}", str(uuid.uuid4()))))
+    return found
+
+
+async def test_the_policy_middleware_notes_a_runners_contact_once(client: TestClient) -> None:
+    """Every per-runner route answers an unregistered runner 404 (register first) before
+    its handler runs, and notes a registered runner's contact in the middleware."""
+    routes = runner_routes(app_of(client))
+    assert len(routes) >= 8, routes
+    unknown = str(uuid.uuid4())
+    for method, path in routes:
+        resp = await client.request(method, path, headers=as_runner(unknown), json={})
+        await expect(
+            resp,
+            404,
+            {"error": "Runner not found", "details": "Register first: POST /api/runner/register"},
+        )
+    runner_id = await register(client)
+    service = app_of(client)[SERVICE]
+    before = await service.get_runner(runner_id)
+    clock = service.clock
+    service.clock = lambda: clock() + 60_000
+    try:
+        resp = await client.get("/api/runner/jobs/available", headers=as_runner(runner_id))
+        assert resp.status == 200
+    finally:
+        service.clock = clock
+    after = await service.get_runner(runner_id)
+    assert after.last_seen >= before.last_seen + 60_000

@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from runpack.api.common import KEYS, SERVICE
+from runpack.appkeys import KEYS, SERVICE
 from runpack.auth import KEY_ROLES, KeyRing
 from runpack.errors import BadRequest, NotFound, StoreError
 from runpack.keys import create_key, key_spec, now_ms, parse_origin, revoke_key

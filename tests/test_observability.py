@@ -22,11 +22,11 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from runpack import __version__, logs
-from runpack.api.common import SERVICE
+from runpack.appkeys import SERVICE
 from runpack.cli import main as cli_main
 from runpack.errors import StoreError
 from runpack.metrics import MAX_JOB_TYPES, OTHER_TYPES, JobCounts, Metrics
-from runpack.service import Outcome, SubmitResult
+from runpack.service.core import Answer, Outcome
 from runpack.store import JobRow
 from tests.conftest import (
     ADMIN,
@@ -240,8 +240,8 @@ def test_submit_outcomes_and_the_cache_counters() -> None:
         (Outcome.ACTIVE, False),
         (Outcome.FAILED, False),
     ]:
-        metrics.answered("submit", SubmitResult(outcome, None, requeued=requeued))
-    metrics.answered("check", SubmitResult(Outcome.EXPIRED, None))
+        metrics.answered("submit", Answer(outcome, None, requeued=requeued))
+    metrics.answered("check", Answer(Outcome.EXPIRED, None))
     sample = metrics.registry.get_sample_value
     for label in ("new", "requeued", "cached", "deduplicated", "failed"):
         assert sample("runpack_submits_total", {"outcome": label}) == 1, label

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from runpack.api.runner_ws import HUB
+from runpack.appkeys import HUB
 from runpack.hub import Hub
 from runpack.store import JobRow
 from tests.conftest import RUNNER, service_of, submit

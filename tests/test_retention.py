@@ -28,14 +28,13 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from runpack.api.common import SERVICE
-from runpack.api.files import FIGURES
+from runpack.appkeys import FIGURES, SERVICE
 from runpack.artifacts import FigureStore
 from runpack.cache import ResultCache
-from runpack.notify import Event
+from runpack.notify import EventKind, ServerEvent
 from runpack.protocol import JobStatus
-from runpack.retention import CONSOLE_CLEARED, Policy, Retention
-from runpack.service import now_ms
+from runpack.retention import Retention, RetentionPolicy
+from runpack.service.core import now_ms
 from runpack.settings import Settings
 from runpack.store import JobRow, RunnerRow, Store, open_store
 from runpack.store.sqlite import SqliteStore
@@ -93,16 +92,16 @@ class Recorder:
     """The events a pass publishes."""
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
+        self.events: list[ServerEvent] = []
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: ServerEvent) -> None:
         self.events.append(event)
 
     def ids(self, kind: str) -> set[str]:
         return {e.job_id for e in self.events if e.type == kind and e.job_id}
 
 
-def retention(store: Store, policy: Policy, **kwargs: Any) -> tuple[Retention, Recorder]:
+def retention(store: Store, policy: RetentionPolicy, **kwargs: Any) -> tuple[Retention, Recorder]:
     r = Retention(store, policy, clock=lambda: NOW, **kwargs)
     recorder = Recorder()
     r.notifier.subscribe(recorder)
@@ -120,7 +119,7 @@ def ages() -> list[JobRow]:
     ]
 
 
-POLICY = Policy(result_ttl=2 * 3600, failure_ttl=3600, console_ttl=3600)
+POLICY = RetentionPolicy(result_ttl=2 * 3600, failure_ttl=3600, console_ttl=3600)
 
 
 # --- the pass on both engines ---------------------------------------------------------------
@@ -145,7 +144,7 @@ async def test_pass_deletes_and_clears_by_state_and_age(store: Store) -> None:
     # completed and expired ones. Their jobs keep every other field, updated_at too.
     cleared = ids(("completed", "expired"), HOUR) - gone
     assert report.consoles == len(cleared) == 2
-    assert recorder.ids(CONSOLE_CLEARED) == cleared
+    assert recorder.ids(EventKind.JOB_CONSOLE_CLEARED) == cleared
     for job in rows:
         if job.id in cleared:
             assert left[job.id] == replace(job, console_output=None)
@@ -226,7 +225,7 @@ async def test_rows_go_in_bounded_batches_until_none_is_left(store: Store) -> No
     running = [row("in_progress", NOW - 3 * HOUR) for _ in range(2)]
     await store.import_jobs([*old, *same, *running])
     spy = Spy(store)
-    policy = Policy(result_ttl=3600, console_ttl=3600)
+    policy = RetentionPolicy(result_ttl=3600, console_ttl=3600)
     r, _ = retention(spy, policy, batch=3)  # type: ignore[arg-type]
 
     report = await r.run()
@@ -245,7 +244,7 @@ async def test_idle_runners_are_forgotten_unless_they_hold_a_job(store: Store) -
     for name, seen in (("idle", NOW - 3 * HOUR), ("busy", NOW - 3 * HOUR), ("recent", NOW)):
         await store.insert_runner(RunnerRow(name, name, "[]", seen, seen))
     await store.import_jobs([row("claimed", NOW - 3 * HOUR, claimed_by="busy")])
-    r, _ = retention(store, Policy(runner_ttl=3600))
+    r, _ = retention(store, RetentionPolicy(runner_ttl=3600))
 
     assert (await r.run(dry_run=True)).runners == 1
     assert (await r.run()).runners == 1
@@ -268,7 +267,7 @@ async def completed_job(client: TestClient, name: str = "Ada") -> str:
     return job_id
 
 
-def app_retention(client: TestClient, policy: Policy, later_ms: int) -> Retention:
+def app_retention(client: TestClient, policy: RetentionPolicy, later_ms: int) -> Retention:
     """A pass on the app's own store, figures and events, ``later_ms`` from now."""
     app = client.app
     assert app is not None
@@ -291,7 +290,7 @@ async def test_a_deleted_result_leaves_the_cache_and_is_computed_again(
     service = service_of(client)
     assert len(service.results) == 1  # the next submit would be answered from memory
 
-    report = await app_retention(client, Policy(result_ttl=60), HOUR).run()
+    report = await app_retention(client, RetentionPolicy(result_ttl=60), HOUR).run()
 
     assert report.deleted["completed"] == 1
     assert len(service.results) == 0
@@ -360,7 +359,7 @@ async def test_removed_figures_make_the_next_submit_compute_again(
     assert cached["status"] == "completed"
 
     # Two minutes on with a one-minute TTL: the finished job's figure is due.
-    report = await app_retention(client, Policy(figure_ttl=60), 2 * MINUTE).run()
+    report = await app_retention(client, RetentionPolicy(figure_ttl=60), 2 * MINUTE).run()
 
     assert report.figures == 2
     assert report.bytes_freed == expected_bytes > sum(map(len, FIGURE_FILES.values()))
@@ -384,7 +383,7 @@ async def test_the_server_runs_the_pass_every_gc_interval(make_client: MakeClien
     service = service_of(client)
     deleted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def on_event(event: Event) -> None:
+    def on_event(event: ServerEvent) -> None:
         if event.type == "job_deleted" and event.job_id == job_id and not deleted.done():
             deleted.set_result(None)
 
@@ -479,7 +478,7 @@ async def test_gc_run_elsewhere_reaches_the_servers_cache(
     assert len(service.results) == 1
     heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def on_event(event: Event) -> None:
+    def on_event(event: ServerEvent) -> None:
         if event.type == "job_deleted" and event.job_id == job_id and not heard.done():
             heard.set_result(None)
 

@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from runpack.api.common import Handler
-from runpack.api.runner_ws import HUB
 from runpack.app import create_app
+from runpack.appkeys import HUB
 from runpack.settings import Settings
 from runpack_runner.jobs.hello_world import HelloWorld
 from runpack_runner.registry import Registry

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from runpack.api.common import SERVICE, json_response, policy, read_json
-from runpack.api.runner_ws import HUB
+from runpack.api.common import json_response, policy, read_json
 from runpack.api.views import job_detail, job_summary, runner_summary
+from runpack.appkeys import HUB, SERVICE
 from runpack.errors import BadRequest, JobNotFound
 from runpack.protocol import JobStatus, Role
 

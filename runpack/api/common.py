@@ -10,11 +10,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from runpack.auth import Caller, KeyRing
+from runpack.appkeys import SETTINGS
 from runpack.errors import BadRequest
 from runpack.protocol import Role
-from runpack.service import JobService
-from runpack.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -24,17 +22,9 @@ CORS_HEADERS = {
     "Access-Control-Allow-Headers": "Content-Type, Authorization, X-Runner-ID",
 }
 
-SERVICE = web.AppKey("service", JobService)
-#: The caller's role, set on each request by the policy middleware.
-ROLE = web.RequestKey("role", Role)
-SETTINGS = web.AppKey("settings", Settings)
-KEYS = web.AppKey("keys", KeyRing)
-#: The caller (role, and the stored key if it was one), set by the policy middleware.
-CALLER = web.RequestKey("caller", Caller)
-
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class RoutePolicy:
     """Declared once per route; the policy middleware enforces it."""
 
     role: Role
@@ -60,13 +50,13 @@ def policy(
     failure: str = "Internal server error",
 ) -> Callable[[Handler], Handler]:
     def mark(handler: Handler) -> Handler:
-        setattr(handler, POLICY_ATTR, Policy(role, bucket, per_runner, runner_header, failure))
+        setattr(handler, POLICY_ATTR, RoutePolicy(role, bucket, per_runner, runner_header, failure))
         return handler
 
     return mark
 
 
-def policy_of(handler: Any) -> Policy | None:
+def policy_of(handler: Any) -> RoutePolicy | None:
     return getattr(handler, POLICY_ATTR, None)
 
 

@@ -21,15 +21,15 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
-from runpack.api.common import CALLER, CORS_HEADERS, KEYS, SERVICE, policy
+from runpack.api.common import CORS_HEADERS, policy
 from runpack.api.views import job_detail
+from runpack.appkeys import CALLER, KEYS, SERVICE, WATCH
 from runpack.envvars import split_list
 from runpack.errors import BadRequest, JobNotFound, RunpackError
 from runpack.protocol import JobStatus, Role
 from runpack.watch import REFRESH, Channel, Item, Watcher, WatchHub, is_final
 
 routes = web.RouteTableDef()
-WATCH = web.AppKey("watch", WatchHub)
 KEEPALIVE = 15.0
 #: A client that takes longer than this to accept one event is disconnected.
 SEND_TIMEOUT = 30.0

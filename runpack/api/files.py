@@ -33,13 +33,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from runpack.api.common import SERVICE, json_response, policy, runner_id
-from runpack.artifacts import CONTENT_TYPES, FigureStore, content_type
+from runpack.api.common import json_response, policy
+from runpack.appkeys import FIGURES, RUNNER_ID, SERVICE
+from runpack.artifacts import CONTENT_TYPES, content_type
 from runpack.errors import TooLarge
 from runpack.protocol import Role
 
 routes = web.RouteTableDef()
-FIGURES = web.AppKey("figures", FigureStore)
 UPLOAD_CHUNK = 256 * 1024
 
 FIGURE_CORS_HEADERS = {
@@ -76,9 +76,8 @@ async def upload(request: web.Request) -> web.Response:
     """Store a job's figure folder (a tar archive body) before the job completes."""
     service = request.app[SERVICE]
     figures = request.app[FIGURES]
-    rid = runner_id(request)
+    rid = request[RUNNER_ID]
     job_id = request.match_info["job_id"]
-    await service.touch_runner(rid)
     await service.check_holder(rid, job_id)
     length = request.content_length
     if length is not None and length > figures.max_bytes:

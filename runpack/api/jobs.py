@@ -10,36 +10,17 @@ from typing import Any
 
 from aiohttp import web
 
-from runpack.api.common import (
-    CALLER,
-    ROLE,
-    SERVICE,
-    json_response,
-    parse_json_object,
-    policy,
-    read_body,
-)
+from runpack.api.common import json_response, policy
+from runpack.api.job_requests import job_request_of
 from runpack.api.views import job_status, result_of
+from runpack.appkeys import CALLER, ROLE, SERVICE
 from runpack.protocol import Role
-from runpack.service import JobRequest, Outcome, SubmitResult
+from runpack.service.core import Answer, Outcome
 
 routes = web.RouteTableDef()
 
 
-async def job_request_of(request: web.Request) -> JobRequest:
-    """What a submit or check body asks. Viewers send the same body again and
-    again, so a body seen lately is not parsed and hashed again."""
-    raw = await read_body(request)
-    service = request.app[SERVICE]
-    known = service.known_request(raw)
-    if known is not None:
-        return known
-    job_request = service.job_request(parse_json_object(raw))
-    service.remember_request(raw, job_request)
-    return job_request
-
-
-def _error_text(result: SubmitResult) -> str:
+def _error_text(result: Answer) -> str:
     assert result.job is not None
     return result.job.error_message or "Unknown error"
 

@@ -6,7 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from runpack.api.common import KEYS, SERVICE, json_response, policy, read_json
+from runpack.api.common import json_response, policy, read_json
+from runpack.appkeys import KEYS, SERVICE
 from runpack.errors import BadRequest
 from runpack.keys import KeySpec, create_key, key_spec, key_view, now_ms, revoke_key
 from runpack.protocol import Role

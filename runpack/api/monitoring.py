@@ -24,12 +24,11 @@ from aiohttp.typedefs import Middleware
 
 from runpack import logs
 from runpack.api.common import Handler, json_response, policy
+from runpack.appkeys import METRICS, READINESS, REQUEST_ID
 from runpack.errors import StoreError
 from runpack.metrics import Metrics
 from runpack.protocol import Role
 
-METRICS = web.AppKey("metrics", Metrics)
-REQUEST_ID = web.RequestKey("request_id", str)
 REQUEST_ID_HEADER = "X-Request-ID"
 #: The route label of requests no route matched (so random paths add no series).
 UNMATCHED = "unmatched"
@@ -185,9 +184,6 @@ class Readiness:
             log.warning("not ready: the database cannot write: %s", failure)
         self._failure, self._until = failure, self._clock() + self._ttl
         return failure
-
-
-READINESS = web.AppKey("readiness", Readiness)
 
 
 async def health(request: web.Request) -> web.Response:

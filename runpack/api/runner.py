@@ -5,11 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from runpack import reports
-from runpack.api.common import CALLER, SERVICE, json_response, policy, read_json, runner_id
+from runpack.api.common import json_response, policy, read_json, runner_id
+from runpack.appkeys import CALLER, RUNNER_ID, SERVICE
+from runpack.encoding import parse_json_text
 from runpack.errors import NotOwned
 from runpack.identity import new_runner_secret
 from runpack.protocol import Role
-from runpack.service import parse_json_text
 
 routes = web.RouteTableDef()
 
@@ -51,7 +52,6 @@ async def verify(request: web.Request) -> web.Response:
 )
 async def available(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    await service.touch_runner(runner_id(request))
     jobs = await service.available_jobs(request.query.getall("types[]", []))
     return json_response(
         {
@@ -73,8 +73,7 @@ async def available(request: web.Request) -> web.Response:
 async def claim(request: web.Request) -> web.Response:
     # No body is read: the original's client sends a JSON content type and nothing else.
     service = request.app[SERVICE]
-    await service.touch_runner(runner_id(request))
-    job = await service.claim(runner_id(request), request.match_info["job_id"])
+    job = await service.claim(request[RUNNER_ID], request.match_info["job_id"])
     return json_response(
         {
             "success": True,
@@ -100,9 +99,8 @@ async def claim(request: web.Request) -> web.Response:
 async def heartbeat(request: web.Request) -> web.Response:
     beat = reports.heartbeat(await read_json(request))
     service = request.app[SERVICE]
-    await service.touch_runner(runner_id(request))
     await service.heartbeat(
-        runner_id(request),
+        request[RUNNER_ID],
         request.match_info["job_id"],
         beat.progress_current,
         beat.progress_total,
@@ -117,9 +115,8 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def complete(request: web.Request) -> web.Response:
     result = reports.completion(await read_json(request))
     service = request.app[SERVICE]
-    await service.touch_runner(runner_id(request))
     await service.complete(
-        runner_id(request), request.match_info["job_id"], result.output_data, result.console_output
+        request[RUNNER_ID], request.match_info["job_id"], result.output_data, result.console_output
     )
     return json_response({"success": True, "message": "Job completed successfully"})
 
@@ -129,10 +126,9 @@ async def complete(request: web.Request) -> web.Response:
 async def error(request: web.Request) -> web.Response:
     report = reports.failure(await read_json(request))
     service = request.app[SERVICE]
-    await service.touch_runner(runner_id(request))
     end = service.retry_later if report.retryable else service.fail
     await end(
-        runner_id(request),
+        request[RUNNER_ID],
         request.match_info["job_id"],
         report.error_message,
         report.console_output,
@@ -148,8 +144,6 @@ async def release(request: web.Request) -> web.Response:
     """Give a claimed job back to the queue at once (the runner cannot run it now)."""
     reason = reports.release_reason(await read_json(request) if request.can_read_body else {})
     service = request.app[SERVICE]
-    rid = runner_id(request)
-    await service.touch_runner(rid)
-    if not await service.release_jobs(rid, [request.match_info["job_id"]], reason):
+    if not await service.release_jobs(request[RUNNER_ID], [request.match_info["job_id"]], reason):
         raise NotOwned()
     return json_response({"success": True, "message": "Job released"})

@@ -16,9 +16,11 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from runpack import __version__, logs, protocol, reports
-from runpack.api.common import CALLER, KEYS, SERVICE, SETTINGS, json_response, policy, runner_id
+from runpack.api.common import json_response, policy
 from runpack.api.events import wants_websocket
+from runpack.appkeys import CALLER, HUB, KEYS, RUNNER_ID, SERVICE, SETTINGS
 from runpack.auth import Caller
+from runpack.encoding import params_fragment
 from runpack.errors import (
     BadRequest,
     Forbidden,
@@ -31,11 +33,11 @@ from runpack.errors import (
 from runpack.hub import SEND_QUEUE, Hub, RunnerConn
 from runpack.identity import Ownership, new_runner_secret
 from runpack.protocol import FINAL, Role
-from runpack.service import JobService, check_registration, params_fragment
+from runpack.service import JobService
+from runpack.service.runners import check_registration
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
-HUB = web.AppKey("hub", Hub)
 HELLO_TIMEOUT = 10.0
 MAX_LONG_POLL = 60.0
 MAX_INFLIGHT = 256
@@ -589,7 +591,7 @@ async def next_job(request: web.Request) -> web.Response:
     """Long-poll: a job already claimed for the caller, or 204 after ``wait`` seconds."""
     service = request.app[SERVICE]
     hub = request.app[HUB]
-    rid = runner_id(request)
+    rid = request[RUNNER_ID]
     types = request.query.getall("types[]", [])
     try:
         wait = float(request.query.get("wait", "20"))
@@ -597,7 +599,6 @@ async def next_job(request: web.Request) -> web.Response:
         raise BadRequest("wait must be a number of seconds") from None
     if not 0 <= wait <= MAX_LONG_POLL:
         raise BadRequest(f"wait must be from 0 to {MAX_LONG_POLL:g} seconds")
-    await service.touch_runner(rid)
     # A stored key revoked while the poll waits takes no job (see KeyRing.check_open).
     revoked = asyncio.Event()
     key = request[CALLER].key

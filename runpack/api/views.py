@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runpack.service import parse_json_text
+from runpack.encoding import parse_json_text
 from runpack.store import JobRow, RunnerRow
 
 

@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     if server_missing("gc"):
         return 2
-    from runpack.retention import Policy, collect
+    from runpack.retention import RetentionPolicy, collect
 
-    policy = Policy.from_settings(settings)
+    policy = RetentionPolicy.from_settings(settings)
     if not policy.active:
         print(
             "runpack gc: no TTL is set, nothing to do (set RUNPACK_RESULT_TTL, … "

@@ -102,7 +102,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {env_name(field)}={getattr(settings, field)}")
         print(f"(saved in {keyfile}; in another shell: source {keyfile})")
     print(f"Dashboard: {base}/ui/   API: {base}/api/   Health: {base}/health", flush=True)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)  # a setting it cannot use, such as a bad public_url
+    except ValueError as exc:
+        print(f"runpack: {exc}", file=sys.stderr)
+        return 2
     tune_gc()
     try:
         server.run(

@@ -1,0 +1,58 @@
+"""What the operator declares per job type: the parameters left out of its job hash.
+
+Some parameters describe where a request came from rather than what to compute. They
+are stored with the job and reach the handler (a figure's description shows them) but
+are left out of the job hash: Neurosift sends the page URL it was on, which would
+otherwise give every page its own copy of the same figure. The ``hash_ignored_params``
+setting declares them, by default for the figure job types only (``figpack_nwb_*``:
+``dandiset_id`` and ``neurosift_url``); every other job type hashes all of its
+parameters, as the original did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: The figure job types' metadata (docs/figures.md): the setting's default.
+FIGURE_METADATA = "figpack_nwb_*=dandiset_id,neurosift_url"
+
+
+@dataclass(frozen=True, slots=True)
+class HashIgnored:
+    """Parameters left out of the hash, by job type (``type``) or prefix (``prefix*``).
+    The first rule whose pattern matches a job type applies."""
+
+    rules: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> HashIgnored:
+        """``PATTERN=NAME,NAME;PATTERN=NAME…``; ValueError names a rule that is not one."""
+        rules = []
+        for rule in filter(None, (part.strip() for part in text.split(";"))):
+            pattern, equals, names = rule.partition("=")
+            ignored = frozenset(filter(None, (name.strip() for name in names.split(","))))
+            pattern = pattern.strip()
+            if not equals or not pattern or not ignored or "*" in pattern[:-1]:
+                raise ValueError(
+                    f"hash_ignored_params: {rule!r} is not JOB_TYPE=NAME,NAME "
+                    "(a job type, or a prefix ending in *)"
+                )
+            rules.append((pattern, ignored))
+        return cls(tuple(rules))
+
+    def ignored(self, job_type: str) -> frozenset[str]:
+        for pattern, names in self.rules:
+            if pattern.endswith("*"):
+                if job_type.startswith(pattern[:-1]):
+                    return names
+            elif job_type == pattern:
+                return names
+        return frozenset()
+
+    def hash_params(self, job_type: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters that identify a job: ``params`` less its type's ignored keys."""
+        ignored = self.ignored(job_type)
+        if not ignored:
+            return params
+        return {k: v for k, v in params.items() if k not in ignored}

@@ -1,0 +1,91 @@
+"""Runners: registration (its checks shared with the WebSocket hello), who they are,
+and when they were last heard from."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+
+from runpack.auth import hash_secret
+from runpack.errors import BadRequest, RunnerNotFound
+from runpack.protocol import MAX_CAPABILITIES, MAX_NAME_CHARS
+from runpack.service.checks import NUL, is_uuid
+from runpack.service.core import ServiceCore
+from runpack.store import JobRow, RunnerRow
+from runpack.store.base import ENV_OWNER
+
+
+class Runners(ServiceCore):
+    """Runners as they register and act."""
+
+    async def register_runner(
+        self,
+        name: object,
+        capabilities: object,
+        *,
+        owner: str = ENV_OWNER,
+        secret: str | None = None,
+    ) -> RunnerRow:
+        """A new runner, owned by ``owner`` (see runpack.identity), with ``secret`` as its
+        own if given (only its hash is kept)."""
+        name, capabilities = check_registration(name, capabilities)
+        now = self.clock()
+        runner = RunnerRow(
+            id=str(uuid.uuid4()),
+            name=name,
+            capabilities=orjson.dumps(capabilities).decode(),
+            registered_at=now,
+            last_seen=now,
+            owner=owner,
+            secret_sha256=hash_secret(secret) if secret is not None else None,
+        )
+        await self.store.insert_runner(runner)
+        self.owners.remember(runner)
+        return runner
+
+    async def get_runner(self, runner_id: str) -> RunnerRow:
+        runner = await self.store.get_runner(runner_id) if is_uuid(runner_id) else None
+        if runner is None:
+            raise RunnerNotFound()
+        return runner
+
+    async def touch_runner(self, runner_id: str) -> None:
+        """Note contact from a runner; an unknown runner must register first."""
+        if not is_uuid(runner_id) or not await self.store.touch_runner(runner_id, self.clock()):
+            raise RunnerNotFound(details="Register first: POST /api/runner/register")
+
+    async def list_runners(self, limit: int, offset: int) -> list[RunnerRow]:
+        """Most recently seen first."""
+        return await self.store.list_runners(limit, offset)
+
+    async def runner_jobs(self, runner_id: str) -> list[JobRow]:
+        return await self.store.jobs_of_runner(runner_id, 100)
+
+    def runner_is_active(self, runner: RunnerRow) -> bool:
+        return self.clock() - runner.last_seen < self.settings.runner_active_window * 1000
+
+
+def check_registration(name: object, capabilities: object) -> tuple[str, list[str]]:
+    """A runner's name and job types as registered over HTTP or said in a hello;
+    BadRequest (the original's message, the rule in the details) if they are not."""
+    if not isinstance(name, str) or not name.strip():
+        raise _bad_registration("name: a non-empty string")
+    if len(name) > MAX_NAME_CHARS:
+        raise _bad_registration(f"name: at most {MAX_NAME_CHARS} characters")
+    if not isinstance(capabilities, list):
+        raise _bad_registration("capabilities: an array of job types")
+    if len(capabilities) > MAX_CAPABILITIES:
+        raise _bad_registration(f"capabilities: at most {MAX_CAPABILITIES} job types")
+    types: list[str] = []
+    for job_type in capabilities:
+        if not isinstance(job_type, str) or not job_type or len(job_type) > MAX_NAME_CHARS:
+            raise _bad_registration(f"capabilities: job types of 1 to {MAX_NAME_CHARS} characters")
+        types.append(job_type)
+    if NUL in name + "".join(types):
+        raise _bad_registration("name and capabilities: no NUL characters")
+    return name, types
+
+
+def _bad_registration(why: str) -> BadRequest:
+    return BadRequest("Invalid registration data", details=why)
