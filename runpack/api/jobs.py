@@ -20,6 +20,7 @@ from runpack.api.common import (
     read_body,
 )
 from runpack.api.views import job_status, result_of
+from runpack.errors import JobNotFound, NotCancellable
 from runpack.protocol import Role
 from runpack.service import JobRequest, Outcome, SubmitResult
 
@@ -99,7 +100,7 @@ async def check(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/jobs/{job_id}/cancel")
-@policy(Role.SUBMIT, failure="Failed to cancel job")
+@policy(Role.SUBMIT, failure="Failed to cancel job", errors=(JobNotFound, NotCancellable))
 async def cancel(request: web.Request) -> web.Response:
     """Pending jobs with the submit key; running ones too with the admin key."""
     is_admin = request.get(ROLE) == Role.ADMIN
@@ -115,7 +116,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/jobs/{job_id}")
-@policy(Role.SUBMIT, bucket="poll", failure="Failed to get job status")
+@policy(Role.SUBMIT, bucket="poll", failure="Failed to get job status", errors=(JobNotFound,))
 async def status(request: web.Request) -> web.Response:
     job = await request.app[SERVICE].get_job(request.match_info["job_id"])
     # 403 rather than 404: the job's id already opens its public detail and stream.

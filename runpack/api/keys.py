@@ -8,7 +8,7 @@ from aiohttp import web
 
 from runpack.api.common import KEYS, SERVICE, json_response, policy, read_json
 from runpack.errors import BadRequest
-from runpack.keys import KeySpec, create_key, key_spec, key_view, now_ms, revoke_key
+from runpack.keys import KeyNotFound, KeySpec, create_key, key_spec, key_view, now_ms, revoke_key
 from runpack.protocol import Role
 
 routes = web.RouteTableDef()
@@ -62,7 +62,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/admin/keys/{key_id}")
-@policy(Role.ADMIN, failure="Failed to revoke the API key")
+@policy(Role.ADMIN, failure="Failed to revoke the API key", errors=(KeyNotFound,))
 async def revoke(request: web.Request) -> web.Response:
     row, changed = await revoke_key(
         request.app[SERVICE].store, request.match_info["key_id"], now_ms()
