@@ -6,7 +6,7 @@ from aiohttp import web
 
 from runpack.api.common import SERVICE, json_response, policy, read_json
 from runpack.api.runner_ws import HUB
-from runpack.api.views import job_detail, job_summary, runner_summary
+from runpack.api.views import job_detail, job_summary, runner_detail, runner_summary
 from runpack.errors import BadRequest, JobNotFound, NotCancellable, RunnerNotFound
 from runpack.protocol import JobStatus, Role
 
@@ -123,7 +123,4 @@ async def get_runner(request: web.Request) -> web.Response:
     runner = await service.get_runner(request.match_info["runner_id"])
     jobs = await service.runner_jobs(runner.id)
     live = request.app[HUB].snapshot().get(runner.id)
-    body = runner_summary(runner, service.runner_is_active(runner), live)
-    body["registered_at"] = runner.registered_at
-    body["jobs"] = [{k: v for k, v in job_summary(j).items() if k != "claimed_by"} for j in jobs]
-    return json_response(body)
+    return json_response(runner_detail(runner, service.runner_is_active(runner), live, jobs))

@@ -6,8 +6,6 @@ route names the job; a stored key's priority ceiling bounds what it submits.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from runpack.api.common import (
@@ -19,9 +17,9 @@ from runpack.api.common import (
     policy,
     read_body,
 )
-from runpack.api.views import job_status, result_of
+from runpack.api.views import CheckAnswer, SubmitAnswer, job_status, result_of
 from runpack.errors import JobNotFound, NotCancellable
-from runpack.protocol import Role
+from runpack.protocol import JobStatus, Role
 from runpack.service import JobRequest, Outcome, SubmitResult
 
 routes = web.RouteTableDef()
@@ -56,13 +54,14 @@ async def submit(request: web.Request) -> web.Response:
     result = await service.submit(job_request)
     job = result.job
     assert job is not None
-    body: dict[str, Any] = {"job_id": job.id, "status": job.status}
     if result.outcome == Outcome.CREATED:
         # As the original answers; a new job may be claimed already, for a runner
         # that had a free slot (the status route tells).
-        body["status"] = "pending"
-        body["message"] = "Job queued successfully"
-        return json_response(body, status=201)
+        created = SubmitAnswer(
+            job_id=job.id, status=JobStatus.PENDING, message="Job queued successfully"
+        )
+        return json_response(created, status=201)
+    body = SubmitAnswer(job_id=job.id, status=JobStatus(job.status), message="")
     if result.outcome == Outcome.CACHED:
         body["message"] = "Job already completed (cached result)"
         body["result"] = result_of(job)
@@ -83,13 +82,13 @@ async def check(request: web.Request) -> web.Response:
     result = await service.check(job_request)
     job = result.job
     if result.outcome == Outcome.MISSING or job is None:
-        return json_response({"exists": False, "message": "Job does not exist"})
-    body: dict[str, Any] = {"exists": True, "job_id": job.id, "status": job.status}
+        return json_response(CheckAnswer(exists=False, message="Job does not exist"))
+    body = CheckAnswer(exists=True, job_id=job.id, status=JobStatus(job.status), message="")
     if result.outcome == Outcome.CACHED:
         body["message"] = "Job exists with cached result"
         body["result"] = result_of(job)
     elif result.outcome == Outcome.EXPIRED:
-        body["status"] = "expired"
+        body["status"] = JobStatus.EXPIRED
         body["message"] = "Job exists but result has expired"
     elif result.outcome == Outcome.FAILED:
         body["message"] = "Job exists but previously failed"
