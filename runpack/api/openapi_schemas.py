@@ -6,8 +6,21 @@ runpack.protocol.JobStatus, so the description cannot drift from the database.
 
 from __future__ import annotations
 
-from typing import Any
+import types
+from enum import Enum
+from typing import (
+    Annotated,
+    Any,
+    NotRequired,
+    Required,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 
+from runpack.api import views
 from runpack.protocol import MAX_PARAMS_BYTES, JobStatus, Role
 
 Json = dict[str, Any]
@@ -23,6 +36,55 @@ NULLABLE_MS: Json = {"type": ["integer", "null"], "description": "Milliseconds s
 
 def ref(name: str) -> Json:
     return {"$ref": f"#/components/schemas/{name}"}
+
+
+SCALARS = {str: "string", bool: "boolean", int: "integer", float: "number"}
+
+
+def schema_of(hint: Any) -> Json:
+    """The JSON Schema of a field of a typed model: a scalar, ``X | None``, a list, a
+    JSON object (``dict``), a model or an enum (a reference), with ``Annotated`` text
+    as its description."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Annotated:
+        return {**schema_of(args[0]), "description": " ".join(args[1:])}
+    if origin in (Required, NotRequired):
+        return schema_of(args[0])
+    if origin in (Union, types.UnionType) and type(None) in args:
+        (inner,) = (a for a in args if a is not type(None))
+        out = schema_of(inner)
+        return {**out, "type": [out["type"], "null"]}
+    if origin is list:
+        return {"type": "array", "items": schema_of(args[0])}
+    if hint is dict or origin is dict:
+        return {"type": "object"}
+    if is_typeddict(hint) or (isinstance(hint, type) and issubclass(hint, Enum)):
+        return ref(hint.__name__)
+    return {"type": SCALARS[hint]}
+
+
+def model(cls: Any) -> Json:
+    """The schema of a TypedDict: its fields, the ``NotRequired`` ones optional, and
+    its docstring as the description."""
+    hints = get_type_hints(cls, include_extras=True)
+    required = {n: schema_of(h) for n, h in hints.items() if get_origin(h) is not NotRequired}
+    optional = {n: schema_of(h) for n, h in hints.items() if n not in required}
+    extra = {"description": cls.__doc__} if cls.__doc__ else {}
+    return obj(required, optional, **extra)
+
+
+#: The answers that handlers build as typed models (runpack/api/views.py).
+MODELS = (
+    views.Progress,
+    views.Result,
+    views.SubmitAnswer,
+    views.CheckAnswer,
+    views.JobState,
+    views.Job,
+    views.JobSummary,
+    views.Runner,
+    views.RunnerDetail,
+)
 
 
 def obj(required: dict[str, Json], optional: dict[str, Json] | None = None, **extra: Any) -> Json:
@@ -135,8 +197,6 @@ SCHEMAS: Json = {
         description="The original's 429 body; `Retry-After` says the same in seconds.",
     ),
     "Health": obj({"status": {"const": "ok"}, "service": {"const": "runpack-worker"}}),
-    "Progress": obj({"current": {"type": "integer"}, "total": {"type": "integer"}}),
-    "Result": obj({"output_data": {"type": "object"}, "console_output": {"type": "string"}}),
     "JobRequest": obj(
         {
             "job_type": {"type": "string", "minLength": 1, "maxLength": 200},
@@ -153,66 +213,8 @@ SCHEMAS: Json = {
             "priority": {"type": "integer", "minimum": -1000, "maximum": 1000},
         },
     ),
-    "SubmitReply": obj(
-        {"job_id": {"type": "string"}, "status": ref("JobStatus"), "message": {"type": "string"}},
-        {"result": ref("Result"), "error": {"type": "string"}},
-    ),
-    "CheckReply": obj(
-        {"exists": {"type": "boolean"}, "message": {"type": "string"}},
-        {
-            "job_id": {"type": "string"},
-            "status": ref("JobStatus"),
-            "result": ref("Result"),
-            "error": {"type": "string"},
-        },
-    ),
-    "JobState": obj(
-        {
-            "job_id": {"type": "string"},
-            "status": ref("JobStatus"),
-            "job_type": {"type": "string"},
-            "created_at": MS,
-            "updated_at": MS,
-        },
-        {"progress": ref("Progress"), "result": ref("Result"), "error": {"type": "string"}},
-        description="`GET /api/jobs/{job_id}`: no `message`, as in the original.",
-    ),
     "StatusChange": obj(
         {"job_id": {"type": "string"}, "status": ref("JobStatus"), "message": {"type": "string"}}
-    ),
-    "Job": obj(
-        {
-            "job_id": {"type": "string"},
-            "job_type": {"type": "string"},
-            "status": ref("JobStatus"),
-            "input_params": {"type": "object"},
-            "created_at": MS,
-            "updated_at": MS,
-            "claimed_by": NULLABLE_STR,
-            "claimed_at": NULLABLE_MS,
-            "console_output": {"type": "string"},
-            "last_heartbeat": NULLABLE_MS,
-            "job_hash": {"type": "string"},
-            "priority": {"type": "integer"},
-            "attempts": {"type": "integer"},
-            "max_attempts": {"type": "integer"},
-        },
-        {
-            "progress": ref("Progress"),
-            "output_data": {"type": "object"},
-            "error_message": {"type": "string"},
-        },
-        description="A job's details (also the `snapshot` event of its stream).",
-    ),
-    "JobSummary": obj(
-        {
-            "job_id": {"type": "string"},
-            "job_type": {"type": "string"},
-            "status": ref("JobStatus"),
-            "created_at": MS,
-            "updated_at": MS,
-        },
-        {"claimed_by": NULLABLE_STR},
     ),
     "JobList": obj(
         {"jobs": {"type": "array", "items": ref("JobSummary")}, "total": {"type": "integer"}}
@@ -225,47 +227,9 @@ SCHEMAS: Json = {
             "runners": obj({"total": {"type": "integer"}, "active": {"type": "integer"}}),
         }
     ),
-    "Runner": obj(
-        {
-            "runner_id": {"type": "string"},
-            "name": {"type": "string"},
-            "capabilities": {"type": "array", "items": {"type": "string"}},
-            "last_seen": MS,
-            "is_active": {"type": "boolean"},
-            "connected": {"type": "boolean", "description": "Has a WebSocket to this server."},
-        },
-        {
-            "transport": {"type": "string"},
-            "concurrency": {"type": "integer"},
-            "free_slots": {"type": "integer"},
-            "current_jobs": {"type": "array", "items": {"type": "string"}},
-        },
-    ),
     "RunnerList": obj(
         {"runners": {"type": "array", "items": ref("Runner")}, "total": {"type": "integer"}}
     ),
-    "RunnerDetail": {
-        "allOf": [
-            ref("Runner"),
-            obj(
-                {
-                    "registered_at": MS,
-                    "jobs": {
-                        "type": "array",
-                        "items": obj(
-                            {
-                                "job_id": {"type": "string"},
-                                "job_type": {"type": "string"},
-                                "status": ref("JobStatus"),
-                                "created_at": MS,
-                                "updated_at": MS,
-                            }
-                        ),
-                    },
-                }
-            ),
-        ]
-    },
     "BatchDelete": obj(
         {
             "job_ids": {
@@ -433,6 +397,7 @@ SCHEMAS: Json = {
         description="figpack's status file, as figpack's cloud answers it.",
     ),
     **API_KEY_SCHEMAS,
+    **{cls.__name__: model(cls) for cls in MODELS},
 }
 
 KEY_HELP = (
