@@ -1,7 +1,9 @@
 """The shapes of the OpenAPI description: component schemas and security schemes.
 
-Shared by every operation in runpack/api/openapi.py; the job states come from
-runpack.protocol.JobStatus, so the description cannot drift from the database.
+Shared by every operation in runpack/api/openapi.py. The answers that handlers build
+as typed models (runpack/api/views.py) are described from those classes; the job
+states come from runpack.protocol.JobStatus, so the description cannot drift from the
+database. What is written here by hand has no typed model on the server yet.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def schema_of(hint: Any) -> Json:
     if origin in (Union, types.UnionType) and type(None) in args:
         (inner,) = (a for a in args if a is not type(None))
         out = schema_of(inner)
+        if "type" not in out:  # a reference
+            return {"anyOf": [out, {"type": "null"}]}
         return {**out, "type": [out["type"], "null"]}
     if origin is list:
         return {"type": "array", "items": schema_of(args[0])}
