@@ -37,8 +37,9 @@ from schemathesis.specs.openapi.checks import (
 from runpack.api import views
 from runpack.api.common import policy, policy_of
 from runpack.api.openapi import document
+from runpack.api.openapi_models import MODELS
 from runpack.api.openapi_operations import OPERATIONS
-from runpack.api.openapi_schemas import MODELS, SCHEMAS, SECURITY
+from runpack.api.openapi_schemas import SCHEMAS, SECURITY
 from runpack.app import create_app
 from runpack.errors import Conflict, JobNotFound
 from runpack.protocol import Role

@@ -6,9 +6,10 @@ gives its security and its error replies: the role (401, 403), the rate-limit bu
 (their statuses), a body (400, 413) and, for every route, 500 with the route's failure
 message and 503 when the database is out of reach. Path parameters come from the path.
 What only prose can say (a summary, the answers, query parameters, the body's shape)
-is in ``OPERATIONS``; a route missing there is still described, by its handler's name.
-Shapes live in runpack/api/openapi_schemas.py. tests/test_openapi.py holds this
-document against the router and fuzzes the server with it.
+is in ``OPERATIONS`` (openapi_operations.py); a route missing there is still described,
+by its handler's docstring. Shapes live in openapi_schemas.py, and openapi_models.py
+describes the handlers' typed models. tests/test_openapi.py holds this document
+against the router and fuzzes the server with it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aiohttp import web
 
 from runpack import __version__
 from runpack.api.common import Policy, policy, policy_of
+from runpack.api.openapi_models import JSON, Json, ref
 from runpack.api.openapi_operations import (
     OPERATIONS,
     PATH_PARAMS,
@@ -32,15 +34,7 @@ from runpack.api.openapi_operations import (
     TAGS,
     Doc,
 )
-from runpack.api.openapi_schemas import (
-    JSON,
-    SCHEMAS,
-    SECURITY,
-    SECURITY_SCHEMES,
-    Json,
-    json_reply,
-    ref,
-)
+from runpack.api.openapi_schemas import SCHEMAS, SECURITY, SECURITY_SCHEMES, json_reply
 from runpack.errors import RunpackError
 from runpack.protocol import Role
 

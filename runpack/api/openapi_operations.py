@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runpack.api import admin, ui
-from runpack.api.openapi_schemas import JSON, Json, error_reply, json_reply, ref
+from runpack.api.openapi_models import JSON, Json, ref
+from runpack.api.openapi_schemas import error_reply, json_reply
 
 #: Path parameters by name: what they are, and their format.
 PATH_PARAMS: dict[str, tuple[str, str | None]] = {

@@ -1,7 +1,7 @@
 """Job and runner records rendered as the original's JSON shapes.
 
 Each shape is a TypedDict: the handlers build it, and the OpenAPI description
-(runpack/api/openapi_schemas.py) describes it from the same class.
+(runpack/api/openapi_models.py) describes it from the same class.
 """
 
 from __future__ import annotations
