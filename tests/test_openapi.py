@@ -1,5 +1,7 @@
 """The OpenAPI description at /api/openapi.json: it names exactly the router's routes
-with their policies, it is valid OpenAPI 3.1, and the server keeps to it when
+with the security and error statuses their policies declare (a route added with a
+policy is described without a second declaration), it is valid OpenAPI 3.1, its
+answers are the handlers' typed models, and the server keeps to it when
 schemathesis fuzzes every operation (bounded, deterministic examples): no 500, no
 undocumented status, content type or body.
 
@@ -32,10 +34,15 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from runpack.api.common import policy_of
+from runpack.api import views
+from runpack.api.common import policy, policy_of
 from runpack.api.openapi import document
-from runpack.api.openapi_schemas import SECURITY
+from runpack.api.openapi_models import MODELS
+from runpack.api.openapi_operations import OPERATIONS
+from runpack.api.openapi_schemas import SCHEMAS, SECURITY
 from runpack.app import create_app
+from runpack.errors import Conflict, JobNotFound
+from runpack.protocol import Role
 from runpack.settings import Settings
 from tests.conftest import ADMIN_KEY, RUNNER_KEY, SUBMIT_KEY, _empty_tables, _run
 
@@ -54,10 +61,6 @@ HELD = ("heartbeat", "complete", "error", "release", "files")
 KEY_OF_SCHEME = {"submitKey": SUBMIT_KEY, "runnerKey": RUNNER_KEY, "adminKey": ADMIN_KEY}
 #: A figure upload is a tar archive: sent as the raw bytes generated.
 schemathesis.serializer.alias("application/x-tar", "application/octet-stream")
-SCHEMA = schemathesis.openapi.from_dict(document())
-#: Streams end after their first event (a snapshot, or a reset for the admin stream).
-SCHEMA.config.max_stream_events = 1
-SCHEMA.config.request_timeout = 10
 
 
 def _settings(tmp: Path) -> Settings:
@@ -75,10 +78,19 @@ def _settings(tmp: Path) -> Settings:
     )
 
 
-def _spec_operations() -> set[tuple[str, str]]:
+#: The document of an app with the settings the fuzzed server runs with (the app is
+#: only built: nothing is opened or written).
+DOCUMENT = document(create_app(_settings(Path("openapi-unused"))))
+SCHEMA = schemathesis.openapi.from_dict(DOCUMENT)
+#: Streams end after their first event (a snapshot, or a reset for the admin stream).
+SCHEMA.config.max_stream_events = 1
+SCHEMA.config.request_timeout = 10
+
+
+def _spec_operations(doc: dict[str, Any] = DOCUMENT) -> set[tuple[str, str]]:
     return {
         (method.upper(), path)
-        for path, item in document()["paths"].items()
+        for path, item in doc["paths"].items()
         for method in item
         if method in HTTP_METHODS
     }
@@ -97,18 +109,22 @@ def _router_operations(app: web.Application) -> dict[tuple[str, str], Any]:
 
 
 def test_every_route_is_documented_and_every_operation_routed(tmp_path: Path) -> None:
-    routed = set(_router_operations(create_app(_settings(tmp_path))))
-    documented = _spec_operations()
+    app = create_app(_settings(tmp_path))
+    routed = set(_router_operations(app))
+    documented = _spec_operations(document(app))
     assert not routed - documented, (
         f"routes missing from the OpenAPI description: {routed - documented}"
     )
     assert not documented - routed, f"documented but not routed: {documented - routed}"
+    # No prose for a route that does not exist ("*": a route for any method).
+    any_method = {(m, p) for (m, p) in OPERATIONS if m == "*"}
+    assert any_method <= {("*", p) for (_, p) in routed}
+    assert not set(OPERATIONS) - any_method - routed
 
 
-def test_each_operation_states_its_routes_policy(tmp_path: Path) -> None:
-    """Security, 429 and X-Runner-ID in the description follow each route's policy."""
-    paths = document()["paths"]
-    for (method, path), handler in _router_operations(create_app(_settings(tmp_path))).items():
+def _assert_states_its_policy(doc: dict[str, Any], app: web.Application) -> None:
+    paths = doc["paths"]
+    for (method, path), handler in _router_operations(app).items():
         route_policy = policy_of(handler)
         op = paths[path][method.lower()]
         label = f"{method} {path}"
@@ -116,16 +132,77 @@ def test_each_operation_states_its_routes_policy(tmp_path: Path) -> None:
             assert op["security"] == [], label
             continue
         assert op["security"] == SECURITY[route_policy.role], label
-        assert ("429" in op["responses"]) == (route_policy.bucket is not None), label
+        statuses = set(op["responses"])
+        assert ("429" in statuses) == (route_policy.bucket is not None), label
+        keyed = route_policy.role != Role.PUBLIC
+        assert ("401" in statuses) == keyed and ("403" in statuses) == keyed, label
+        assert {"500", "503"} <= statuses, label
+        assert {str(error.status) for error in route_policy.errors} <= statuses, label
         params = [p.get("$ref", p.get("name")) for p in op.get("parameters", [])]
         if route_policy.runner_header:
             assert "#/components/parameters/RunnerId" in params, label
+            assert {"400", "404"} <= statuses, label
+        if "requestBody" in op:
+            assert {"400", "413"} <= statuses, label
         for status in op["responses"]:
             assert status == "default" or 100 <= int(status) < 600, label
+        for status, reply in op["responses"].items():
+            if int(status) >= 400 and reply.get("content"):
+                schema = reply["content"]["application/json"]["schema"]
+                refs = [s["$ref"] for s in schema.get("anyOf", [schema]) if "$ref" in s]
+                assert refs, label  # the shared error shape, or the original's fixed one
+
+
+def test_each_operation_states_its_routes_policy(tmp_path: Path) -> None:
+    """Security, 401/403, 429, X-Runner-ID and the declared errors in the description
+    follow each route's policy, whatever the settings choose as the route's handler."""
+    for public in (False, True):
+        app = create_app(_settings(tmp_path).replace(metrics_public=public))
+        doc = document(app)
+        _assert_states_its_policy(doc, app)
+        assert bool(doc["paths"]["/metrics"]["get"]["security"]) is not public
+
+
+def test_a_route_added_with_a_policy_is_described_without_a_second_declaration(
+    tmp_path: Path,
+) -> None:
+    @policy(Role.ADMIN, bucket="submit", errors=(JobNotFound, Conflict))
+    async def undo(request: web.Request) -> web.Response:
+        """Undo a job's last change"""
+        raise NotImplementedError
+
+    app = create_app(_settings(tmp_path))
+    app.router.add_post("/api/admin/jobs/{job_id}/undo", undo)
+    doc = document(app)
+    op = doc["paths"]["/api/admin/jobs/{job_id}/undo"]["post"]
+    assert op["summary"] == "Undo a job's last change"
+    assert op["security"] == SECURITY[Role.ADMIN]
+    assert sorted(op["responses"]) == ["401", "403", "404", "409", "429", "500", "503"]
+    assert op["responses"]["404"]["description"] == "Job not found."
+    assert [p["name"] for p in op["parameters"]] == ["job_id"]
+    _assert_states_its_policy(doc, app)
+    validate(doc)
+
+
+def test_answers_are_described_by_the_handlers_typed_models() -> None:
+    """The models the handlers build are the document's schemas, field for field."""
+    for model in MODELS:
+        schema = SCHEMAS[model.__name__]
+        assert set(schema["properties"]) == set(model.__annotations__) | {
+            name for base in model.__mro__[1:] for name in getattr(base, "__annotations__", {})
+        }
+    job = SCHEMAS["Job"]
+    assert job["properties"]["status"] == {"$ref": "#/components/schemas/JobStatus"}
+    assert {"progress", "output_data", "error_message"}.isdisjoint(job["required"])
+    assert job["properties"]["claimed_at"]["type"] == ["integer", "null"]
+    answers = DOCUMENT["paths"]["/api/jobs/submit"]["post"]["responses"]
+    assert answers["201"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        views.SubmitAnswer.__name__
+    )
 
 
 def test_the_document_is_valid_openapi_3_1() -> None:
-    doc = document()
+    doc = DOCUMENT
     assert doc["openapi"].startswith("3.1")
     validate(doc)
     labels = [result.ok().label for result in SCHEMA.get_all_operations()]
@@ -207,7 +284,7 @@ def test_the_document_is_served(live: LiveServer) -> None:
     assert resp.status_code == 200
     assert resp.headers["Content-Type"].startswith("application/json")
     assert resp.headers["Access-Control-Allow-Origin"] == "*"
-    assert resp.json() == document()
+    assert resp.json() == DOCUMENT
 
 
 def _headers(operation: Any, runner_id: str) -> dict[str, str]:
@@ -264,7 +341,7 @@ def test_fuzz(case: schemathesis.Case, live: LiveServer) -> None:
 
 BODY_LABELS = [
     f"{method.upper()} {path}"
-    for path, item in document()["paths"].items()
+    for path, item in DOCUMENT["paths"].items()
     for method, op in item.items()
     if "requestBody" in op
 ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from runpack.api.common import json_response, policy, read_json
-from runpack.api.views import job_detail, job_summary, runner_summary
+from runpack.api.views import job_detail, job_summary, runner_detail, runner_summary
 from runpack.appkeys import HUB, SERVICE
-from runpack.errors import BadRequest, JobNotFound
+from runpack.errors import BadRequest, JobNotFound, NotCancellable, RunnerNotFound
 from runpack.protocol import JobStatus, Role
 
 routes = web.RouteTableDef()
@@ -40,7 +40,7 @@ async def stats(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/admin/jobs")
-@policy(Role.ADMIN_READ, failure="Failed to get jobs")
+@policy(Role.ADMIN_READ, failure="Failed to get jobs", errors=(BadRequest,))
 async def list_jobs(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
     if status is not None and status not in STATUSES:
@@ -53,21 +53,21 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/admin/jobs/{job_id}")
-@policy(Role.PUBLIC, failure="Failed to get job details")
+@policy(Role.PUBLIC, failure="Failed to get job details", errors=(JobNotFound,))
 async def get_job(request: web.Request) -> web.Response:
     job = await request.app[SERVICE].get_job(request.match_info["job_id"])
     return json_response(job_detail(job))
 
 
 @routes.post("/api/admin/jobs/{job_id}/retry")
-@policy(Role.ADMIN, failure="Failed to retry job")
+@policy(Role.ADMIN, failure="Failed to retry job", errors=(JobNotFound, NotCancellable))
 async def retry_job(request: web.Request) -> web.Response:
     job = await request.app[SERVICE].retry(request.match_info["job_id"])
     return json_response({"job_id": job.id, "status": job.status, "message": "Job queued again"})
 
 
 @routes.delete("/api/admin/jobs/{job_id}")
-@policy(Role.ADMIN, failure="Failed to delete job")
+@policy(Role.ADMIN, failure="Failed to delete job", errors=(JobNotFound,))
 async def delete_job(request: web.Request) -> web.Response:
     deleted = await request.app[SERVICE].delete_jobs([request.match_info["job_id"]])
     if not deleted:
@@ -99,7 +99,7 @@ async def batch_delete(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/admin/runners")
-@policy(Role.ADMIN_READ, failure="Failed to get runners")
+@policy(Role.ADMIN_READ, failure="Failed to get runners", errors=(BadRequest,))
 async def list_runners(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     limit = _int_query(request, "limit", RUNNERS_PAGE, 1, MAX_RUNNERS_PAGE)
@@ -117,13 +117,10 @@ async def list_runners(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/admin/runners/{runner_id}")
-@policy(Role.ADMIN_READ, failure="Failed to get runner details")
+@policy(Role.ADMIN_READ, failure="Failed to get runner details", errors=(RunnerNotFound,))
 async def get_runner(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     runner = await service.get_runner(request.match_info["runner_id"])
     jobs = await service.runner_jobs(runner.id)
     live = request.app[HUB].snapshot().get(runner.id)
-    body = runner_summary(runner, service.runner_is_active(runner), live)
-    body["registered_at"] = runner.registered_at
-    body["jobs"] = [{k: v for k, v in job_summary(j).items() if k != "claimed_by"} for j in jobs]
-    return json_response(body)
+    return json_response(runner_detail(runner, service.runner_is_active(runner), live, jobs))

@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 
 from runpack.appkeys import SETTINGS
-from runpack.errors import BadRequest
+from runpack.errors import BadRequest, RunpackError
 from runpack.protocol import Role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -36,6 +36,9 @@ class RoutePolicy:
     runner_header: bool = False
     #: The error text when the handler fails unexpectedly, as the original's.
     failure: str = "Internal server error"
+    #: Errors the handler raises besides those the policy implies (auth, rate limit,
+    #: X-Runner-ID, a body): the OpenAPI description lists their statuses.
+    errors: tuple[type[RunpackError], ...] = ()
 
 
 POLICY_ATTR = "__runpack_policy__"
@@ -48,9 +51,11 @@ def policy(
     per_runner: bool = False,
     runner_header: bool = False,
     failure: str = "Internal server error",
+    errors: tuple[type[RunpackError], ...] = (),
 ) -> Callable[[Handler], Handler]:
     def mark(handler: Handler) -> Handler:
-        setattr(handler, POLICY_ATTR, RoutePolicy(role, bucket, per_runner, runner_header, failure))
+        rule = RoutePolicy(role, bucket, per_runner, runner_header, failure, errors)
+        setattr(handler, POLICY_ATTR, rule)
         return handler
 
     return mark

@@ -270,13 +270,13 @@ async def _stream_job(request: web.Request, job_id: str) -> web.StreamResponse:
 
 
 @routes.get("/api/jobs/{job_id}/events")
-@policy(Role.PUBLIC, failure="Failed to stream job events")
+@policy(Role.PUBLIC, failure="Failed to stream job events", errors=(JobNotFound,))
 async def job_events(request: web.Request) -> web.StreamResponse:
     return await _stream_job(request, request.match_info["job_id"])
 
 
 @routes.get("/api/jobs/by-hash/{job_hash}/events")
-@policy(Role.PUBLIC, failure="Failed to stream job events")
+@policy(Role.PUBLIC, failure="Failed to stream job events", errors=(JobNotFound,))
 async def job_events_by_hash(request: web.Request) -> web.StreamResponse:
     job_hash = request.match_info["job_hash"]
     # A NUL cannot name a row (and PostgreSQL refuses it in a text parameter).
@@ -305,7 +305,7 @@ def status_filter(request: web.Request) -> frozenset[str] | None:
 
 
 @routes.get("/api/admin/events")
-@policy(Role.ADMIN_READ, failure="Failed to stream events")
+@policy(Role.ADMIN_READ, failure="Failed to stream events", errors=(BadRequest,))
 async def admin_events(request: web.Request) -> web.StreamResponse:
     hub = request.app[WATCH]
     channel = hub.admin

@@ -36,7 +36,13 @@ from aiohttp import web
 from runpack.api.common import json_response, policy
 from runpack.appkeys import FIGURES, RUNNER_ID, SERVICE
 from runpack.artifacts import CONTENT_TYPES, content_type
-from runpack.errors import TooLarge
+from runpack.errors import (
+    InsufficientStorage,
+    NotFound,
+    NotOwned,
+    StorageNotWritable,
+    TooLarge,
+)
 from runpack.protocol import Role
 
 routes = web.RouteTableDef()
@@ -71,7 +77,12 @@ ATTACHMENT = "attachment"
 
 
 @routes.post("/api/runner/jobs/{job_id}/files")
-@policy(Role.RUNNER, runner_header=True, failure="Failed to store files")
+@policy(
+    Role.RUNNER,
+    runner_header=True,
+    failure="Failed to store files",
+    errors=(NotOwned, StorageNotWritable, InsufficientStorage),
+)
 async def upload(request: web.Request) -> web.Response:
     """Store a job's figure folder (a tar archive body) before the job completes."""
     service = request.app[SERVICE]
@@ -130,7 +141,7 @@ async def figure_root(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/figures/{job_id}/{path:.*}")
-@policy(Role.PUBLIC, failure="Failed to serve the figure")
+@policy(Role.PUBLIC, failure="Failed to serve the figure", errors=(NotFound,))
 async def figure_file(request: web.Request) -> web.StreamResponse:
     _to_figure_origin(request)
     figures = request.app[FIGURES]

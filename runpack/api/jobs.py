@@ -6,15 +6,14 @@ route names the job; a stored key's priority ceiling bounds what it submits.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from runpack.api.common import json_response, policy
 from runpack.api.job_requests import job_request_of
-from runpack.api.views import job_status, result_of
+from runpack.api.views import CheckAnswer, SubmitAnswer, job_status, result_of
 from runpack.appkeys import CALLER, ROLE, SERVICE
-from runpack.protocol import Role
+from runpack.errors import JobNotFound, NotCancellable
+from runpack.protocol import JobStatus, Role
 from runpack.service.core import Answer, Outcome
 
 routes = web.RouteTableDef()
@@ -36,13 +35,14 @@ async def submit(request: web.Request) -> web.Response:
     result = await service.submit(job_request)
     job = result.job
     assert job is not None
-    body: dict[str, Any] = {"job_id": job.id, "status": job.status}
     if result.outcome == Outcome.CREATED:
         # As the original answers; a new job may be claimed already, for a runner
         # that had a free slot (the status route tells).
-        body["status"] = "pending"
-        body["message"] = "Job queued successfully"
-        return json_response(body, status=201)
+        created = SubmitAnswer(
+            job_id=job.id, status=JobStatus.PENDING, message="Job queued successfully"
+        )
+        return json_response(created, status=201)
+    body = SubmitAnswer(job_id=job.id, status=JobStatus(job.status), message="")
     if result.outcome == Outcome.CACHED:
         body["message"] = "Job already completed (cached result)"
         body["result"] = result_of(job)
@@ -63,13 +63,13 @@ async def check(request: web.Request) -> web.Response:
     result = await service.check(job_request)
     job = result.job
     if result.outcome == Outcome.MISSING or job is None:
-        return json_response({"exists": False, "message": "Job does not exist"})
-    body: dict[str, Any] = {"exists": True, "job_id": job.id, "status": job.status}
+        return json_response(CheckAnswer(exists=False, message="Job does not exist"))
+    body = CheckAnswer(exists=True, job_id=job.id, status=JobStatus(job.status), message="")
     if result.outcome == Outcome.CACHED:
         body["message"] = "Job exists with cached result"
         body["result"] = result_of(job)
     elif result.outcome == Outcome.EXPIRED:
-        body["status"] = "expired"
+        body["status"] = JobStatus.EXPIRED
         body["message"] = "Job exists but result has expired"
     elif result.outcome == Outcome.FAILED:
         body["message"] = "Job exists but previously failed"
@@ -80,7 +80,7 @@ async def check(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/jobs/{job_id}/cancel")
-@policy(Role.SUBMIT, failure="Failed to cancel job")
+@policy(Role.SUBMIT, failure="Failed to cancel job", errors=(JobNotFound, NotCancellable))
 async def cancel(request: web.Request) -> web.Response:
     """Pending jobs with the submit key; running ones too with the admin key."""
     is_admin = request.get(ROLE) == Role.ADMIN
@@ -96,7 +96,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/jobs/{job_id}")
-@policy(Role.SUBMIT, bucket="poll", failure="Failed to get job status")
+@policy(Role.SUBMIT, bucket="poll", failure="Failed to get job status", errors=(JobNotFound,))
 async def status(request: web.Request) -> web.Response:
     job = await request.app[SERVICE].get_job(request.match_info["job_id"])
     # 403 rather than 404: the job's id already opens its public detail and stream.

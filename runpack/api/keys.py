@@ -9,7 +9,7 @@ from aiohttp import web
 from runpack.api.common import json_response, policy, read_json
 from runpack.appkeys import KEYS, SERVICE
 from runpack.errors import BadRequest
-from runpack.keys import KeySpec, create_key, key_spec, key_view, now_ms, revoke_key
+from runpack.keys import KeyNotFound, KeySpec, create_key, key_spec, key_view, now_ms, revoke_key
 from runpack.protocol import Role
 
 routes = web.RouteTableDef()
@@ -63,7 +63,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/admin/keys/{key_id}")
-@policy(Role.ADMIN, failure="Failed to revoke the API key")
+@policy(Role.ADMIN, failure="Failed to revoke the API key", errors=(KeyNotFound,))
 async def revoke(request: web.Request) -> web.Response:
     row, changed = await revoke_key(
         request.app[SERVICE].store, request.match_info["key_id"], now_ms()

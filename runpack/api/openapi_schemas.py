@@ -1,17 +1,16 @@
 """The shapes of the OpenAPI description: component schemas and security schemes.
 
-Shared by every operation in runpack/api/openapi.py; the job states come from
-runpack.protocol.JobStatus, so the description cannot drift from the database.
+Shared by every operation in runpack/api/openapi.py. The answers that handlers build
+as typed models (runpack/api/views.py) are described from those classes; the job
+states come from runpack.protocol.JobStatus, so the description cannot drift from the
+database. What is written here by hand has no typed model on the server yet.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+from runpack.api.openapi_models import JSON, MODELS, Json, model, obj, ref
 from runpack.protocol import MAX_PARAMS_BYTES, JobStatus, Role
 
-Json = dict[str, Any]
-JSON = "application/json"
 #: What a live stream sends (runpack.watch): a job's stream starts with a snapshot, the
 #: admin stream with a reset; ``closing`` when the server stops.
 EVENT_KINDS = ("snapshot", "status", "progress", "console", "reset", "runner", "closing")
@@ -19,18 +18,6 @@ NULLABLE_INT: Json = {"type": ["integer", "null"]}
 NULLABLE_STR: Json = {"type": ["string", "null"]}
 MS: Json = {"type": "integer", "description": "Milliseconds since the epoch."}
 NULLABLE_MS: Json = {"type": ["integer", "null"], "description": "Milliseconds since the epoch."}
-
-
-def ref(name: str) -> Json:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def obj(required: dict[str, Json], optional: dict[str, Json] | None = None, **extra: Any) -> Json:
-    """An object schema: ``required`` properties, then ``optional`` ones."""
-    out: Json = {"type": "object", "properties": {**required, **(optional or {})}, **extra}
-    if required:
-        out["required"] = list(required)
-    return out
 
 
 def event(kind: str, data: Json) -> Json:
@@ -135,8 +122,6 @@ SCHEMAS: Json = {
         description="The original's 429 body; `Retry-After` says the same in seconds.",
     ),
     "Health": obj({"status": {"const": "ok"}, "service": {"const": "runpack-worker"}}),
-    "Progress": obj({"current": {"type": "integer"}, "total": {"type": "integer"}}),
-    "Result": obj({"output_data": {"type": "object"}, "console_output": {"type": "string"}}),
     "JobRequest": obj(
         {
             "job_type": {"type": "string", "minLength": 1, "maxLength": 200},
@@ -153,66 +138,8 @@ SCHEMAS: Json = {
             "priority": {"type": "integer", "minimum": -1000, "maximum": 1000},
         },
     ),
-    "SubmitReply": obj(
-        {"job_id": {"type": "string"}, "status": ref("JobStatus"), "message": {"type": "string"}},
-        {"result": ref("Result"), "error": {"type": "string"}},
-    ),
-    "CheckReply": obj(
-        {"exists": {"type": "boolean"}, "message": {"type": "string"}},
-        {
-            "job_id": {"type": "string"},
-            "status": ref("JobStatus"),
-            "result": ref("Result"),
-            "error": {"type": "string"},
-        },
-    ),
-    "JobState": obj(
-        {
-            "job_id": {"type": "string"},
-            "status": ref("JobStatus"),
-            "job_type": {"type": "string"},
-            "created_at": MS,
-            "updated_at": MS,
-        },
-        {"progress": ref("Progress"), "result": ref("Result"), "error": {"type": "string"}},
-        description="`GET /api/jobs/{job_id}`: no `message`, as in the original.",
-    ),
     "StatusChange": obj(
         {"job_id": {"type": "string"}, "status": ref("JobStatus"), "message": {"type": "string"}}
-    ),
-    "Job": obj(
-        {
-            "job_id": {"type": "string"},
-            "job_type": {"type": "string"},
-            "status": ref("JobStatus"),
-            "input_params": {"type": "object"},
-            "created_at": MS,
-            "updated_at": MS,
-            "claimed_by": NULLABLE_STR,
-            "claimed_at": NULLABLE_MS,
-            "console_output": {"type": "string"},
-            "last_heartbeat": NULLABLE_MS,
-            "job_hash": {"type": "string"},
-            "priority": {"type": "integer"},
-            "attempts": {"type": "integer"},
-            "max_attempts": {"type": "integer"},
-        },
-        {
-            "progress": ref("Progress"),
-            "output_data": {"type": "object"},
-            "error_message": {"type": "string"},
-        },
-        description="A job's details (also the `snapshot` event of its stream).",
-    ),
-    "JobSummary": obj(
-        {
-            "job_id": {"type": "string"},
-            "job_type": {"type": "string"},
-            "status": ref("JobStatus"),
-            "created_at": MS,
-            "updated_at": MS,
-        },
-        {"claimed_by": NULLABLE_STR},
     ),
     "JobList": obj(
         {"jobs": {"type": "array", "items": ref("JobSummary")}, "total": {"type": "integer"}}
@@ -225,47 +152,9 @@ SCHEMAS: Json = {
             "runners": obj({"total": {"type": "integer"}, "active": {"type": "integer"}}),
         }
     ),
-    "Runner": obj(
-        {
-            "runner_id": {"type": "string"},
-            "name": {"type": "string"},
-            "capabilities": {"type": "array", "items": {"type": "string"}},
-            "last_seen": MS,
-            "is_active": {"type": "boolean"},
-            "connected": {"type": "boolean", "description": "Has a WebSocket to this server."},
-        },
-        {
-            "transport": {"type": "string"},
-            "concurrency": {"type": "integer"},
-            "free_slots": {"type": "integer"},
-            "current_jobs": {"type": "array", "items": {"type": "string"}},
-        },
-    ),
     "RunnerList": obj(
         {"runners": {"type": "array", "items": ref("Runner")}, "total": {"type": "integer"}}
     ),
-    "RunnerDetail": {
-        "allOf": [
-            ref("Runner"),
-            obj(
-                {
-                    "registered_at": MS,
-                    "jobs": {
-                        "type": "array",
-                        "items": obj(
-                            {
-                                "job_id": {"type": "string"},
-                                "job_type": {"type": "string"},
-                                "status": ref("JobStatus"),
-                                "created_at": MS,
-                                "updated_at": MS,
-                            }
-                        ),
-                    },
-                }
-            ),
-        ]
-    },
     "BatchDelete": obj(
         {
             "job_ids": {
@@ -433,6 +322,7 @@ SCHEMAS: Json = {
         description="figpack's status file, as figpack's cloud answers it.",
     ),
     **API_KEY_SCHEMAS,
+    **{cls.__name__: model(cls) for cls in MODELS},
 }
 
 KEY_HELP = (

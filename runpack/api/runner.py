@@ -8,7 +8,7 @@ from runpack import reports
 from runpack.api.common import json_response, policy, read_json, runner_id
 from runpack.appkeys import CALLER, RUNNER_ID, SERVICE
 from runpack.encoding import parse_json_text
-from runpack.errors import NotOwned
+from runpack.errors import BadRequest, ClaimLost, NotOwned
 from runpack.identity import new_runner_secret
 from runpack.protocol import Role
 
@@ -31,7 +31,7 @@ async def register(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/runner/verify")
-@policy(Role.RUNNER, failure="Failed to verify runner")
+@policy(Role.RUNNER, failure="Failed to verify runner", errors=(BadRequest,))
 async def verify(request: web.Request) -> web.Response:
     rid = runner_id(request)
     runner = await request.app[SERVICE].store.get_runner(rid)
@@ -69,7 +69,7 @@ async def available(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/runner/jobs/{job_id}/claim")
-@policy(Role.RUNNER, runner_header=True, failure="Failed to claim job")
+@policy(Role.RUNNER, runner_header=True, failure="Failed to claim job", errors=(ClaimLost,))
 async def claim(request: web.Request) -> web.Response:
     # No body is read: the original's client sends a JSON content type and nothing else.
     service = request.app[SERVICE]
@@ -95,6 +95,7 @@ async def claim(request: web.Request) -> web.Response:
     per_runner=True,
     runner_header=True,
     failure="Failed to update heartbeat",
+    errors=(NotOwned,),
 )
 async def heartbeat(request: web.Request) -> web.Response:
     beat = reports.heartbeat(await read_json(request))
@@ -111,7 +112,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/runner/jobs/{job_id}/complete")
-@policy(Role.RUNNER, runner_header=True, failure="Failed to complete job")
+@policy(Role.RUNNER, runner_header=True, failure="Failed to complete job", errors=(NotOwned,))
 async def complete(request: web.Request) -> web.Response:
     result = reports.completion(await read_json(request))
     service = request.app[SERVICE]
@@ -122,7 +123,7 @@ async def complete(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/runner/jobs/{job_id}/error")
-@policy(Role.RUNNER, runner_header=True, failure="Failed to mark job as failed")
+@policy(Role.RUNNER, runner_header=True, failure="Failed to mark job as failed", errors=(NotOwned,))
 async def error(request: web.Request) -> web.Response:
     report = reports.failure(await read_json(request))
     service = request.app[SERVICE]
@@ -139,7 +140,7 @@ async def error(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/runner/jobs/{job_id}/release")
-@policy(Role.RUNNER, runner_header=True, failure="Failed to release job")
+@policy(Role.RUNNER, runner_header=True, failure="Failed to release job", errors=(NotOwned,))
 async def release(request: web.Request) -> web.Response:
     """Give a claimed job back to the queue at once (the runner cannot run it now)."""
     reason = reports.release_reason(await read_json(request) if request.can_read_body else {})

@@ -560,7 +560,7 @@ class RunnerSession:
 
 
 @routes.get("/api/runner/ws")
-@policy(Role.RUNNER, failure="Failed to open the runner channel")
+@policy(Role.RUNNER, failure="Failed to open the runner channel", errors=(BadRequest,))
 async def runner_socket(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     ws = None

@@ -59,13 +59,13 @@ async def ui_root(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/ui/static/{path:.+}")
-@policy(Role.PUBLIC, failure="Failed to serve the dashboard")
+@policy(Role.PUBLIC, failure="Failed to serve the dashboard", errors=(NotFound,))
 async def ui_static(request: web.Request) -> web.StreamResponse:
     return _respond(_file(request.match_info["path"]))
 
 
 @routes.get("/ui/{path:.*}")
-@policy(Role.PUBLIC, failure="Failed to serve the dashboard")
+@policy(Role.PUBLIC, failure="Failed to serve the dashboard", errors=(NotFound,))
 async def ui_page(request: web.Request) -> web.StreamResponse:
     """Any page path (no file extension in its last segment) is the single-page shell."""
     last = request.match_info["path"].rstrip("/").rpartition("/")[2]

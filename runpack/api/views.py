@@ -1,31 +1,132 @@
-"""Job and runner records rendered as the original's JSON shapes."""
+"""Job and runner records rendered as the original's JSON shapes.
+
+Each shape is a TypedDict: the handlers build it, and the OpenAPI description
+(runpack/api/openapi_models.py) describes it from the same class.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, NotRequired, TypedDict, cast
 
 from runpack.encoding import parse_json_text
+from runpack.protocol import JobStatus
 from runpack.store import JobRow, RunnerRow
 
+Ms = Annotated[int, "Milliseconds since the epoch."]
 
-def result_of(job: JobRow) -> dict[str, Any]:
+
+class Progress(TypedDict):
+    current: int
+    total: int
+
+
+class Result(TypedDict):
+    output_data: dict[str, Any]
+    console_output: str
+
+
+class SubmitAnswer(TypedDict):
+    """`POST /api/jobs/submit`: the job, and its cached result or error."""
+
+    job_id: str
+    status: JobStatus
+    message: str
+    result: NotRequired[Result]
+    error: NotRequired[str]
+
+
+class CheckAnswer(TypedDict):
+    """`POST /api/jobs/check`: whether the job exists, and its state."""
+
+    exists: bool
+    message: str
+    job_id: NotRequired[str]
+    status: NotRequired[JobStatus]
+    result: NotRequired[Result]
+    error: NotRequired[str]
+
+
+class JobState(TypedDict):
+    """`GET /api/jobs/{job_id}`: no `message`, as in the original."""
+
+    job_id: str
+    status: JobStatus
+    job_type: str
+    created_at: Ms
+    updated_at: Ms
+    progress: NotRequired[Progress]
+    result: NotRequired[Result]
+    error: NotRequired[str]
+
+
+class Job(TypedDict):
+    """A job's details (also the `snapshot` event of its stream)."""
+
+    job_id: str
+    job_type: str
+    status: JobStatus
+    input_params: dict[str, Any]
+    created_at: Ms
+    updated_at: Ms
+    claimed_by: str | None
+    claimed_at: Ms | None
+    console_output: str
+    last_heartbeat: Ms | None
+    job_hash: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    progress: NotRequired[Progress]
+    output_data: NotRequired[dict[str, Any]]
+    error_message: NotRequired[str]
+
+
+class JobSummary(TypedDict):
+    job_id: str
+    job_type: str
+    status: JobStatus
+    created_at: Ms
+    updated_at: Ms
+    claimed_by: NotRequired[str | None]
+
+
+class Runner(TypedDict):
+    runner_id: str
+    name: str
+    capabilities: list[str]
+    last_seen: Ms
+    is_active: bool
+    connected: Annotated[bool, "Has a WebSocket to this server."]
+    transport: NotRequired[str]
+    concurrency: NotRequired[int]
+    free_slots: NotRequired[int]
+    current_jobs: NotRequired[list[str]]
+
+
+class RunnerDetail(Runner):
+    registered_at: Ms
+    #: The jobs it claimed (rows without ``claimed_by``).
+    jobs: list[JobSummary]
+
+
+def result_of(job: JobRow) -> Result:
     return {
         "output_data": parse_json_text(job.output_data, {}),
         "console_output": job.console_output or "",
     }
 
 
-def progress_of(job: JobRow) -> dict[str, Any] | None:
+def progress_of(job: JobRow) -> Progress | None:
     if job.progress_current is None or job.progress_total is None:
         return None
     return {"current": job.progress_current, "total": job.progress_total}
 
 
-def job_status(job: JobRow) -> dict[str, Any]:
+def job_status(job: JobRow) -> JobState:
     """``GET /api/jobs/{id}``."""
-    out: dict[str, Any] = {
+    out: JobState = {
         "job_id": job.id,
-        "status": job.status,
+        "status": JobStatus(job.status),
         "job_type": job.job_type,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
@@ -41,11 +142,11 @@ def job_status(job: JobRow) -> dict[str, Any]:
 
 
 def job_detail(job: JobRow) -> dict[str, Any]:
-    """``GET /api/admin/jobs/{id}``."""
-    out: dict[str, Any] = {
+    """``GET /api/admin/jobs/{id}``, and the ``snapshot`` event of a job's stream."""
+    out: Job = {
         "job_id": job.id,
         "job_type": job.job_type,
-        "status": job.status,
+        "status": JobStatus(job.status),
         "input_params": parse_json_text(job.input_params, {}),
         "created_at": job.created_at,
         "updated_at": job.updated_at,
@@ -65,15 +166,15 @@ def job_detail(job: JobRow) -> dict[str, Any]:
         out["output_data"] = parse_json_text(job.output_data, {})
     if job.error_message:
         out["error_message"] = job.error_message
-    return out
+    return cast(dict[str, Any], out)  # as the event streams carry it
 
 
-def job_summary(job: JobRow) -> dict[str, Any]:
+def job_summary(job: JobRow) -> JobSummary:
     """A row of ``GET /api/admin/jobs``."""
     return {
         "job_id": job.id,
         "job_type": job.job_type,
-        "status": job.status,
+        "status": JobStatus(job.status),
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "claimed_by": job.claimed_by,
@@ -82,13 +183,30 @@ def job_summary(job: JobRow) -> dict[str, Any]:
 
 def runner_summary(
     runner: RunnerRow, is_active: bool, live: dict[str, Any] | None = None
-) -> dict[str, Any]:
+) -> Runner:
     """A runner, plus its live connection to this server when it has one."""
-    return {
+    out: Runner = {
         "runner_id": runner.id,
         "name": runner.name,
         "capabilities": parse_json_text(runner.capabilities, []),
         "last_seen": runner.last_seen,
         "is_active": is_active,
-        **(live or {"connected": False}),
+        "connected": False,
+    }
+    if live is not None:
+        out.update(cast(Runner, live))
+    return out
+
+
+def runner_detail(
+    runner: RunnerRow, is_active: bool, live: dict[str, Any] | None, jobs: list[JobRow]
+) -> RunnerDetail:
+    """``GET /api/admin/runners/{id}``: the runner and the jobs it claimed."""
+    rows = [job_summary(job) for job in jobs]
+    for row in rows:
+        del row["claimed_by"]
+    return {
+        **runner_summary(runner, is_active, live),
+        "registered_at": runner.registered_at,
+        "jobs": rows,
     }

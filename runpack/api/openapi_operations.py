@@ -1,0 +1,406 @@
+"""What only prose can say about each operation of the OpenAPI description: summaries,
+descriptions, the answers that are not errors, query parameters and the shape of the body.
+
+Security, error replies and path parameters are not here: runpack/api/openapi.py derives
+them from each route's policy and path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from runpack.api import admin, ui
+from runpack.api.openapi_models import JSON, Json, ref
+from runpack.api.openapi_schemas import error_reply, json_reply
+
+#: Path parameters by name: what they are, and their format.
+PATH_PARAMS: dict[str, tuple[str, str | None]] = {
+    "job_id": ("A job id (lower-case UUID v4).", "uuid"),
+    "job_hash": ("SHA-256 hex of the job.", None),
+    "runner_id": ("A runner id.", "uuid"),
+    "key_id": ("A key id (`runpack keys list`).", None),
+    "path": ("The file's path.", None),
+}
+RUNNER_ID: Json = {
+    "name": "X-Runner-ID",
+    "in": "header",
+    "required": True,
+    "description": "The id `POST /api/runner/register` gave; missing: 400 before auth. "
+    "A runner registered with another key: 403.",
+    "schema": {"type": "string", "format": "uuid"},
+}
+RUNNER_SECRET: Json = {
+    "name": "X-Runner-Secret",
+    "in": "header",
+    "description": "The runner's own secret, for a runner registered with one "
+    "(`with_secret`, or over the WebSocket); without it, or wrong: 403.",
+    "schema": {"type": "string"},
+}
+#: Tags by path prefix (the first that matches; every stream is "events").
+TAG_OF_PREFIX = (
+    ("/api/jobs", "jobs"),
+    ("/api/runner", "runner"),
+    ("/api/admin", "admin"),
+    ("/ui", "ui"),
+    ("/figures", "figures"),
+    ("/metrics", "operations"),
+    ("/api/openapi.json", "meta"),
+    ("/", "health"),
+)
+TAGS = {
+    "jobs": "Clients (submit key).",
+    "runner": "Runner daemons (runner key).",
+    "admin": "Administration (admin key; runner key reads).",
+    "events": "Live streams.",
+    "ui": "The dashboard's pages and files.",
+    "figures": "Figures stored by this server.",
+    "health": "Readiness, no key.",
+    "meta": "This description.",
+    "operations": "Monitoring.",
+}
+
+
+@dataclass(frozen=True)
+class Doc:
+    """What only prose can say about one operation."""
+
+    summary: str
+    #: Replies that are not errors of the policy: successes, redirects, a fixed 404.
+    answers: dict[str, Json] = field(default_factory=dict)
+    body: Json | None = None
+    body_type: str = JSON
+    body_required: bool = True
+    query: tuple[Json, ...] = ()
+    description: str | None = None
+    #: Reads ``X-Runner-ID`` itself (the policy does not require it).
+    runner_id: bool = False
+    #: A better description of a derived error status than its error's docstring.
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def query(name: str, schema: Json, description: str | None = None, **extra: Any) -> Json:
+    out: Json = {"name": name, "in": "query", "schema": schema, **extra}
+    if description:
+        out["description"] = description
+    return out
+
+
+def redirect(description: str) -> Json:
+    return {
+        "description": description,
+        "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+    }
+
+
+def files(description: str, types: tuple[str, ...]) -> Json:
+    return {
+        "description": description,
+        "content": {t: {"schema": {"type": "string"}} for t in types},
+    }
+
+
+EVENTS_HELP = """Server-Sent Events (`curl -N`), or a WebSocket when the request asks for
+an upgrade (each text frame is `{"id", "event", "data"}`). Events: `snapshot` (the job as
+`GET /api/admin/jobs/{job_id}` shows it), `status` (`{status, result?, error?,
+runner_id?}`), `progress` (`{current, total}`), `console` (`{replace}` or `{append}`).
+A job's stream ends after a final status. Each event has an id `<epoch>-<seq>`: reconnect
+with `Last-Event-ID` (or `last_event_id`) to get what was missed, or a new snapshot."""
+STREAM: dict[str, Json] = {
+    "101": {"description": "WebSocket upgrade: the same events as JSON text frames."},
+    "200": {
+        "description": "The event stream.",
+        "content": {"text/event-stream": {"schema": ref("Event")}},
+    },
+}
+RESUME = (
+    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+    query("last_event_id", {"type": "string"}),
+)
+
+RUNNER_WS_HELP = """The runner channel: JSON text frames after a WebSocket upgrade
+(runner key on the upgrade request). The runner sends `hello` first (`runner_id?`,
+`runner_secret?`, `name`, `capabilities`, `concurrency`, `version`, `jobs` it still holds)
+and gets `welcome` (`runner_id`, `heartbeat_interval`, `limits`, `resumed`, `dropped`, and
+`runner_secret` when the hello registered it). A hello for a runner of another key, or
+without its secret, gets an `error` frame and close code 1008, as does a socket whose key
+is revoked. Then runner → server:
+`ready` (`slots`), `heartbeat`, `complete`, `error`, `release`; server → runner: `job`,
+`cancel`, `ack`, `error`. The server never pushes more jobs than the slots granted.
+See runpack/protocol.py for every field."""
+
+METRICS_HELP = """Jobs by status and type, queue depth, submit→start and run times,
+submits by outcome, cache hits and misses, connected runners and watchers, database call
+times and HTTP requests (docs/operations.md, Monitoring). The admin key or the runner key, as other
+admin reads; with `RUNPACK_METRICS_PUBLIC=true`, no key."""
+
+HEALTH = Doc(
+    "Health (any method)",
+    {
+        "200": json_reply("Up, and the database writes.", ref("Health")),
+        "503": error_reply("The database cannot write (checked at most once a second)."),
+    },
+)
+UI_TYPES = tuple(sorted({t.split(";")[0] for t in ui.CONTENT_TYPES.values()}))
+#: What a static file answers besides itself (aiohttp's FileResponse).
+FILE_ANSWERS: dict[str, Json] = {
+    "206": {"description": "A byte range of the file (`Range`)."},
+    "304": {"description": "Not modified (`If-None-Match`, `If-Modified-Since`)."},
+    "412": {"description": "A precondition (`If-Match`, `If-Unmodified-Since`) failed."},
+    "416": {"description": "The `Range` cannot be satisfied."},
+}
+TO_FIGURE_ORIGIN = redirect(
+    "With `RUNPACK_FIGURE_BASE_URL`, a request on the public URL's host goes to the same "
+    "path on the figure origin."
+)
+OK = json_reply("Done.", ref("SuccessMessage"))
+TYPES = query(
+    "types[]",
+    {"type": "array", "items": {"type": "string"}},
+    "Job types the runner can run (repeat the parameter).",
+    style="form",
+    explode=True,
+)
+OFFSET = query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0})
+NOT_HELD = {"400": "Invalid input, or the job is not held by this runner (`success: false`)."}
+JOB_OF_TYPE = "A job of a type that the key may not act on, or a browser Origin it does not list."
+SUBMIT = json_reply("The existing job: its state, cached result or error.", ref("SubmitAnswer"))
+
+OPERATIONS: dict[tuple[str, str], Doc] = {
+    ("*", "/"): HEALTH,
+    ("*", "/health"): HEALTH,
+    ("GET", "/api/openapi.json"): Doc(
+        "This description", {"200": json_reply("The OpenAPI 3.1 document.", {"type": "object"})}
+    ),
+    ("GET", "/metrics"): Doc(
+        "Prometheus metrics",
+        {
+            "200": files(
+                "The metrics in the Prometheus text format, or OpenMetrics when the Accept "
+                "header asks for it.",
+                ("text/plain", "application/openmetrics-text"),
+            )
+        },
+        description=METRICS_HELP,
+    ),
+    ("POST", "/api/jobs/submit"): Doc(
+        "Submit a job (or get the existing one, or its cached result)",
+        {"200": SUBMIT, "201": json_reply("A new job, queued.", ref("SubmitAnswer"))},
+        body=ref("JobRequest"),
+    ),
+    ("POST", "/api/jobs/check"): Doc(
+        "Does this job exist? Never creates one",
+        {"200": json_reply("Whether it exists, and its state.", ref("CheckAnswer"))},
+        body=ref("JobRequest"),
+    ),
+    ("GET", "/api/jobs/{job_id}"): Doc(
+        "A job's status, progress, result or error",
+        {"200": json_reply("The job.", ref("JobState"))},
+        notes={"403": JOB_OF_TYPE},
+    ),
+    ("POST", "/api/jobs/{job_id}/cancel"): Doc(
+        "Cancel a job (pending; running ones too with the admin key)",
+        {"200": json_reply("Cancelled.", ref("StatusChange"))},
+        notes={"403": JOB_OF_TYPE, "409": "The job is past cancelling."},
+    ),
+    ("GET", "/api/jobs/{job_id}/events"): Doc(
+        "Watch a job live", STREAM, query=RESUME, description=EVENTS_HELP
+    ),
+    ("GET", "/api/jobs/by-hash/{job_hash}/events"): Doc(
+        "Watch a job live, named by its hash", STREAM, query=RESUME, description=EVENTS_HELP
+    ),
+    ("GET", "/api/admin/events"): Doc(
+        "Watch every job and runner (the dashboard)",
+        STREAM,
+        query=(
+            query(
+                "status",
+                {"type": "string", "pattern": "^[a-z_]+(,[a-z_]+)*$"},
+                "Only `status` events with one of these comma-separated statuses "
+                "(`deleted` too), and `reset`.",
+            ),
+            *RESUME,
+        ),
+        description="The same events as a job's stream, each with its `job_id`, "
+        "plus `runner` changes; a `reset` event when missed events cannot be replayed.",
+        notes={"400": "Unknown status in the filter."},
+    ),
+    ("POST", "/api/runner/register"): Doc(
+        "Register a runner: a new id every time",
+        {"201": json_reply("Registered.", ref("Registered"))},
+        body=ref("Registration"),
+    ),
+    ("GET", "/api/runner/verify"): Doc(
+        "Is this runner id known?",
+        {
+            "200": json_reply("Known.", ref("Verified")),
+            "404": json_reply("Unknown (`exists: false`).", ref("ExistsMessage")),
+        },
+        runner_id=True,
+        notes={"400": "A missing X-Runner-ID header."},
+    ),
+    ("GET", "/api/runner/jobs/available"): Doc(
+        "Pending jobs of these types, oldest first, at most 50",
+        {"200": json_reply("The jobs (none without types).", ref("AvailableJobs"))},
+        query=(TYPES,),
+    ),
+    ("GET", "/api/runner/jobs/next"): Doc(
+        "Long-poll: the next job, already claimed for this runner",
+        {
+            "200": json_reply("A job claimed for this runner.", ref("NextJob")),
+            "204": {"description": "No job within `wait` seconds."},
+        },
+        query=(
+            TYPES,
+            query(
+                "wait",
+                {"type": "number", "minimum": 0, "maximum": 60, "default": 20},
+                "Seconds to wait for a job.",
+            ),
+        ),
+    ),
+    ("POST", "/api/runner/jobs/{job_id}/claim"): Doc(
+        "Claim a pending job (no body is read)",
+        {"200": json_reply("Claimed.", ref("Claimed"))},
+        notes={"409": "Already claimed, or no such job."},
+    ),
+    ("POST", "/api/runner/jobs/{job_id}/heartbeat"): Doc(
+        "Progress and console of a held job", {"200": OK}, body=ref("Heartbeat"), notes=NOT_HELD
+    ),
+    ("POST", "/api/runner/jobs/{job_id}/complete"): Doc(
+        "Store a held job's result", {"200": OK}, body=ref("Completion"), notes=NOT_HELD
+    ),
+    ("POST", "/api/runner/jobs/{job_id}/error"): Doc(
+        "Fail a held job", {"200": OK}, body=ref("Failure"), notes=NOT_HELD
+    ),
+    ("POST", "/api/runner/jobs/{job_id}/release"): Doc(
+        "Give a held job back to the queue",
+        {"200": OK},
+        body=ref("Release"),
+        body_required=False,
+        notes=NOT_HELD,
+    ),
+    ("POST", "/api/runner/jobs/{job_id}/files"): Doc(
+        "Upload a held job's figure folder (one tar archive)",
+        {"201": json_reply("Stored; the folder's URLs.", ref("FilesStored"))},
+        body={"type": "string", "format": "binary"},
+        body_type="application/x-tar",
+        notes={
+            **NOT_HELD,
+            "503": "The figure storage cannot be written now (read-only, no permission), "
+            "or the database is out of reach for now.",
+            "507": "The server's disk is full: nothing was kept.",
+        },
+    ),
+    ("GET", "/api/runner/ws"): Doc(
+        "The runner channel (WebSocket)",
+        {"101": {"description": "Upgraded: the runner channel is open."}},
+        description=RUNNER_WS_HELP,
+        notes={"400": "Not a WebSocket upgrade request."},
+    ),
+    ("GET", "/api/admin/stats"): Doc(
+        "Jobs per status, runners", {"200": json_reply("Counts.", ref("Stats"))}
+    ),
+    ("GET", "/api/admin/jobs"): Doc(
+        "Jobs, newest first",
+        {"200": json_reply("A page of jobs.", ref("JobList"))},
+        query=(
+            query("status", ref("JobStatus")),
+            query("job_type", {"type": "string"}, "Types containing this text."),
+            query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+            OFFSET,
+        ),
+        notes={"400": "A bad status, limit or offset."},
+    ),
+    ("POST", "/api/admin/jobs/batch-delete"): Doc(
+        "Delete jobs",
+        {"200": json_reply("What was deleted, and which ids were not found.", ref("BatchDeleted"))},
+        body=ref("BatchDelete"),
+    ),
+    ("GET", "/api/admin/jobs/{job_id}"): Doc(
+        "A job's details (no key: job ids are unguessable)",
+        {"200": json_reply("The job.", ref("Job"))},
+    ),
+    ("DELETE", "/api/admin/jobs/{job_id}"): Doc(
+        "Delete a job", {"200": json_reply("Deleted.", ref("SuccessMessage"))}
+    ),
+    ("POST", "/api/admin/jobs/{job_id}/retry"): Doc(
+        "Queue a failed, expired or cancelled job again",
+        {"200": json_reply("Queued again.", ref("StatusChange"))},
+        notes={"409": "The job is not failed, expired or cancelled."},
+    ),
+    ("GET", "/api/admin/runners"): Doc(
+        "Runners, most recently seen first",
+        {"200": json_reply("A page of runners.", ref("RunnerList"))},
+        query=(
+            query(
+                "limit",
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": admin.MAX_RUNNERS_PAGE,
+                    "default": admin.RUNNERS_PAGE,
+                },
+            ),
+            OFFSET,
+        ),
+        notes={"400": "A bad limit or offset."},
+    ),
+    ("GET", "/api/admin/runners/{runner_id}"): Doc(
+        "A runner and the jobs it claimed", {"200": json_reply("The runner.", ref("RunnerDetail"))}
+    ),
+    ("GET", "/api/admin/keys"): Doc(
+        "Stored API keys, oldest first (never a secret)",
+        {"200": json_reply("The keys, revoked ones too.", ref("ApiKeyList"))},
+    ),
+    ("POST", "/api/admin/keys"): Doc(
+        "Create a stored API key (as `runpack keys create`)",
+        {
+            "201": json_reply(
+                "Created: the only reply that ever holds its secret.", ref("CreatedApiKey")
+            )
+        },
+        body=ref("NewApiKey"),
+    ),
+    ("DELETE", "/api/admin/keys/{key_id}"): Doc(
+        "Revoke a stored API key",
+        {
+            "200": json_reply(
+                "Revoked (or already revoked): refused by this instance at once, by others "
+                "within RUNPACK_KEY_CACHE_TTL.",
+                ref("RevokedApiKey"),
+            )
+        },
+    ),
+    ("GET", "/figures/{job_id}"): Doc(
+        "A job's figure",
+        {"301": redirect("To the figure's `index.html`."), "307": TO_FIGURE_ORIGIN},
+    ),
+    ("GET", "/figures/{job_id}/{path}"): Doc(
+        "A file of a job's figure (CORS for any origin, ranges)",
+        {
+            "200": {
+                "description": "The file, with its content type (`figpack.json`: made from "
+                "the job's state when the folder has none).",
+                "content": {
+                    JSON: {"schema": {"anyOf": [ref("FigpackStatus"), {}]}},
+                    "*/*": {"schema": {"type": "string"}},
+                },
+            },
+            **FILE_ANSWERS,
+            "307": TO_FIGURE_ORIGIN,
+        },
+        notes={"404": "No such file (folders are never listed)."},
+    ),
+    ("GET", "/ui"): Doc("The dashboard", {"301": redirect("To `/ui/`.")}),
+    ("GET", "/ui/static/{path}"): Doc(
+        "A file of the dashboard (script, stylesheet, image)",
+        {"200": files("The file.", UI_TYPES), **FILE_ANSWERS},
+        notes={"404": "No such file."},
+    ),
+    ("GET", "/ui/{path}"): Doc(
+        "A page of the dashboard (`/ui/` and every path under it)",
+        {"200": files("The single-page shell.", ("text/html",)), **FILE_ANSWERS},
+        notes={"404": "No such page (a last segment with a dot)."},
+    ),
+}
