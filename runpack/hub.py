@@ -26,7 +26,7 @@ from typing import Any, cast
 
 from runpack.errors import RunpackError
 from runpack.notify import Event
-from runpack.protocol import JobStatus
+from runpack.protocol import Assignment, Cancel, JobStatus, ServerMessage
 from runpack.service import JobService, RunnerSlot, params_fragment
 from runpack.store import JobRow
 
@@ -65,7 +65,7 @@ class RunnerConn:
     name: str
     capabilities: frozenset[str]
     concurrency: int
-    send: Callable[[dict[str, Any]], None]
+    send: Callable[[ServerMessage], None]
     close: Callable[[], None]
     transport: str = "websocket"
     #: Slots granted by the runner and not used yet.
@@ -132,6 +132,17 @@ def _without(jobs: set[str] | frozenset[str], job_id: str) -> set[str] | frozens
         if not jobs:
             return NO_JOBS
     return jobs
+
+
+def assignment(job: JobRow) -> Assignment:
+    """The job as it is pushed to its runner, or answered to its long-poll."""
+    return Assignment(
+        job.id,
+        job.job_type,
+        params_fragment(job.input_params),
+        job.attempts,
+        job.timeout / 1000 if job.timeout else None,
+    )
 
 
 def _load(conn: RunnerConn) -> float:
@@ -350,7 +361,7 @@ class Hub:
     def cancel(self, job_id: str, reason: str) -> None:
         for conn in self.conns.values():
             if job_id in conn.held:
-                conn.send({"type": "cancel", "job_id": job_id, "reason": reason})
+                conn.send(Cancel(job_id, reason))
 
     def holder_of(self, job_id: str) -> RunnerConn | None:
         for conn in self.conns.values():
@@ -499,16 +510,7 @@ class Hub:
                 self.wake()
             return
         conn.hold((job.id,))
-        conn.send(
-            {
-                "type": "job",
-                "job_id": job.id,
-                "job_type": job.job_type,
-                "input_params": params_fragment(job.input_params),
-                "attempt": job.attempts,
-                "timeout": job.timeout / 1000 if job.timeout else None,
-            }
-        )
+        conn.send(assignment(job))
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Live state per connected runner (for the admin API)."""

@@ -458,7 +458,7 @@ async def test_looking_for_work_costs_a_claim_per_group_not_per_idle_runner(size
             name=f"runner-{i}",
             capabilities=groups[i % 2],
             concurrency=4,
-            send=lambda frame: pushed.append(frame["job_id"]),
+            send=lambda message: pushed.append(message.job_id),
             close=lambda: None,
         )
         hub.conns[conn.runner_id] = conn

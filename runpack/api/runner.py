@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from aiohttp import web
 
-from runpack import reports
+from runpack import protocol
 from runpack.api.common import CALLER, SERVICE, json_response, policy, read_json, runner_id
-from runpack.errors import NotOwned
+from runpack.errors import BadRequest, NotOwned
 from runpack.identity import new_runner_secret
-from runpack.protocol import Role
+from runpack.protocol import Complete, Failure, Heartbeat, Release, Role
 from runpack.service import parse_json_text
 
 routes = web.RouteTableDef()
+
+R = TypeVar("R", Heartbeat, Complete, Failure, Release)
+
+
+async def read_report(request: web.Request, kind: type[R], body_optional: bool = False) -> R:
+    """The body of ``POST /api/runner/jobs/{job_id}/<kind>``, read as the WebSocket
+    frame of that kind is (runpack.protocol): the same checks, the same answers."""
+    body = await read_json(request) if request.can_read_body or not body_optional else {}
+    try:
+        return kind.read(request.match_info["job_id"], body)
+    except protocol.ProtocolError as exc:
+        raise BadRequest(exc.error, details=exc.details) from None
 
 
 @routes.post("/api/runner/register")
@@ -98,12 +112,12 @@ async def claim(request: web.Request) -> web.Response:
     failure="Failed to update heartbeat",
 )
 async def heartbeat(request: web.Request) -> web.Response:
-    beat = reports.heartbeat(await read_json(request))
+    beat = await read_report(request, Heartbeat)
     service = request.app[SERVICE]
     await service.touch_runner(runner_id(request))
     await service.heartbeat(
         runner_id(request),
-        request.match_info["job_id"],
+        beat.job_id,
         beat.progress_current,
         beat.progress_total,
         beat.console_output,
@@ -115,11 +129,11 @@ async def heartbeat(request: web.Request) -> web.Response:
 @routes.post("/api/runner/jobs/{job_id}/complete")
 @policy(Role.RUNNER, runner_header=True, failure="Failed to complete job")
 async def complete(request: web.Request) -> web.Response:
-    result = reports.completion(await read_json(request))
+    result = await read_report(request, Complete)
     service = request.app[SERVICE]
     await service.touch_runner(runner_id(request))
     await service.complete(
-        runner_id(request), request.match_info["job_id"], result.output_data, result.console_output
+        runner_id(request), result.job_id, result.output_data, result.console_output
     )
     return json_response({"success": True, "message": "Job completed successfully"})
 
@@ -127,13 +141,13 @@ async def complete(request: web.Request) -> web.Response:
 @routes.post("/api/runner/jobs/{job_id}/error")
 @policy(Role.RUNNER, runner_header=True, failure="Failed to mark job as failed")
 async def error(request: web.Request) -> web.Response:
-    report = reports.failure(await read_json(request))
+    report = await read_report(request, Failure)
     service = request.app[SERVICE]
     await service.touch_runner(runner_id(request))
     end = service.retry_later if report.retryable else service.fail
     await end(
         runner_id(request),
-        request.match_info["job_id"],
+        report.job_id,
         report.error_message,
         report.console_output,
     )
@@ -146,10 +160,10 @@ async def error(request: web.Request) -> web.Response:
 @policy(Role.RUNNER, runner_header=True, failure="Failed to release job")
 async def release(request: web.Request) -> web.Response:
     """Give a claimed job back to the queue at once (the runner cannot run it now)."""
-    reason = reports.release_reason(await read_json(request) if request.can_read_body else {})
+    released = await read_report(request, Release, body_optional=True)
     service = request.app[SERVICE]
     rid = runner_id(request)
     await service.touch_runner(rid)
-    if not await service.release_jobs(rid, [request.match_info["job_id"]], reason):
+    if not await service.release_jobs(rid, [released.job_id], released.reason):
         raise NotOwned()
     return json_response({"success": True, "message": "Job released"})
