@@ -44,6 +44,7 @@ from runpack.hub import Hub
 from runpack.local_runners import local_runners
 from runpack.metrics import Metrics
 from runpack.notify import Notifier, NotifyRelay, PgBridge
+from runpack.placement import Placement
 from runpack.protocol import RUNNER_SECRET_HEADER, Role
 from runpack.ratelimit import RateLimiter
 from runpack.retention import Policy, Retention
@@ -262,8 +263,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         notifier.subscribe(relay)
     metrics = app[METRICS]
     metrics.running_on(__version__, loop_name(asyncio.get_running_loop()))
+    # New jobs go to free runner slots as they are inserted: the hub keeps it informed.
+    placement = Placement(enabled=settings.place_new_jobs)
     service = JobService(
-        metrics.timed(store), settings, validator, notifier, figures=figures, observer=metrics
+        metrics.timed(store),
+        settings,
+        validator,
+        notifier,
+        figures=figures,
+        observer=metrics,
+        slots=placement,
     )
     app[SERVICE] = service
     bridge = None
@@ -273,7 +282,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await bridge.start()
     watch = WatchHub(notifier)
     app[WATCH] = watch
-    hub = Hub(service, settings.reconnect_grace)
+    hub = Hub(service, settings.reconnect_grace, placement)
     app[HUB] = hub
     await hub.start()
     metrics.read_live(

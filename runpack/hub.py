@@ -5,9 +5,10 @@ jobs in SQL for the least busy runners that can run them (in waves that share a
 commit each, stopping at the first claim that finds nothing, so an idle server
 holding many runners makes few claims) and pushes them over the runner's
 socket. A job submitted while a runner has a free slot and no queued job waits
-for one is inserted already claimed for that runner (see :meth:`Hub.take`) and
-pushed as its insert commits, with no claim. Each connection has a bounded send queue; a runner that
-cannot keep up is disconnected, never waited for. A runner whose socket drops
+for one is inserted already claimed for that runner and pushed as its insert
+commits, with no claim (runpack.placement, which the hub keeps informed). Each
+connection has a bounded send queue; a runner that cannot keep up is
+disconnected, never waited for. A runner whose socket drops
 keeps its jobs for ``reconnect_grace`` seconds; after that they go back to the
 queue with the sweeper's backoff.
 """
@@ -22,12 +23,13 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from runpack.errors import RunpackError
 from runpack.notify import Event
+from runpack.placement import Placement
 from runpack.protocol import Assignment, Cancel, JobStatus, ServerMessage
-from runpack.service import JobService, RunnerSlot, params_fragment
+from runpack.service import JobService, params_fragment
 from runpack.store import JobRow
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,6 @@ SEND_QUEUE = 1000
 POLL_INTERVAL = 1.0
 #: Refresh connected runners' last_seen this often (they count as active).
 TOUCH_INTERVAL = 60.0
-#: A new job looks at most this many runners with free slots for the least busy.
-TAKE_SCAN = 32
 #: What a runner holding no job holds (``frozenset()`` makes a new object each time).
 NO_JOBS: frozenset[str] = frozenset()
 
@@ -150,8 +150,13 @@ def _load(conn: RunnerConn) -> float:
 
 
 class Hub:
-    def __init__(self, service: JobService, reconnect_grace: float) -> None:
+    def __init__(
+        self, service: JobService, reconnect_grace: float, placement: Placement | None = None
+    ) -> None:
         self.service = service
+        #: New jobs placed on free slots as they are inserted; the service that inserts
+        #: them was given the same object (see runpack.app). None: not placed.
+        self.placement = placement if placement is not None else Placement(enabled=False)
         self.reconnect_grace = reconnect_grace
         self.conns: dict[str, RunnerConn] = {}
         #: One frozenset per distinct set of capabilities, shared by the runners that
@@ -167,14 +172,8 @@ class Hub:
         #: Groups (by capabilities) whose last round used every slot and still found
         #: jobs: their next round claims with all its slots at once.
         self._backlog: set[frozenset[str]] = set()
-        #: Connected runners with free slots (credits), for :meth:`take`.
-        self._free: dict[str, RunnerConn] = {}
-        #: Slots taken by new jobs whose insert is on its way, per runner.
-        self._placing: Counter[str] = Counter()
         #: A round or a reconcile is running (they see the queue as it is).
         self._dispatching = False
-        #: A round ran while slots were taken: a slot given back may be wanted.
-        self._raced = False
         #: Set while the dispatcher sleeps, waiting to be woken.
         self._asleep = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -186,12 +185,11 @@ class Hub:
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
         self._unsubscribe = self.service.notifier.subscribe(self._on_event)
-        self.service.slots = self
+        self.placement.serve(self)
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="runpack-hub")
 
     async def stop(self) -> None:
-        if self.service.slots is self:
-            self.service.slots = None
+        self.placement.serve(None)
         if self._unsubscribe is not None:
             self._unsubscribe()
         for handle in self._grace.values():
@@ -286,64 +284,28 @@ class Hub:
             self.wake()
 
     def _note(self, conn: RunnerConn) -> None:
-        """Keep ``_free`` up to date after ``conn``'s slots or connection changed."""
-        if conn.free > 0 and self.conns.get(conn.runner_id) is conn:
-            self._free[conn.runner_id] = conn
-        elif self._free.get(conn.runner_id) is conn:
-            del self._free[conn.runner_id]
+        """``conn``'s slots or connection changed."""
+        self.placement.note(conn)
 
-    # --- new jobs placed as they are inserted (runpack.service.Slots) ---------------
-    def take(self, job_type: str) -> RunnerSlot | None:
-        """A free slot of the least busy runner that can run ``job_type``, reserved,
-        or None: while the dispatcher is woken or at work there may be queued jobs
-        that come first (priority, then age), and they are left to it. A round finds
-        nothing before the dispatcher sleeps, so a free slot then means no queued job
-        that its runner can run (retries in backoff aside, and jobs queued on
-        another instance whose event is still on its way)."""
-        if self.stopping or self._dispatching or self._wake.is_set():
-            return None
-        best: RunnerConn | None = None
-        for i, conn in enumerate(self._free.values()):
-            if i == TAKE_SCAN:
-                break
-            if job_type not in conn.capabilities or conn.capabilities in self._backlog:
-                continue
-            if conn.runner_id in self._unsure:  # its check waits for no insert in flight
-                continue
-            if best is None or conn.load < best.load:
-                best = conn
-                if not conn.held:
-                    break
-        if best is None:
-            return None
-        best.reserve(1)
-        self._note(best)
-        self._placing[best.runner_id] += 1
-        return best
+    # --- what runpack.placement asks of the hub ----------------------------------------
+    def idle(self) -> bool:
+        """Neither woken nor at work: no queued job waits for a free slot."""
+        return not (self.stopping or self._dispatching or self._wake.is_set())
 
-    def placed(self, slot: RunnerSlot, job: JobRow) -> None:
-        conn = cast(RunnerConn, slot)
-        self._push(conn, job)
-        conn.unreserve(1, 0)
-        self._placed(conn)
+    def may_place_on(self, conn: RunnerConn) -> bool:
+        """Whether a new job may go to ``conn``: not while its group has a backlog (the
+        dispatcher claims for it), nor while its claims are checked (that check waits
+        for no insert in flight)."""
+        return conn.capabilities not in self._backlog and conn.runner_id not in self._unsure
 
-    def unplaced(self, slot: RunnerSlot, *, unsure: bool) -> None:
-        conn = cast(RunnerConn, slot)
-        self._placed(conn)
-        conn.unreserve(1, 1)
-        if self.conns.get(conn.runner_id) is conn:
-            self._note(conn)
-        if unsure:  # the job may be claimed for it: the next round checks
-            self._unsure.add(conn.runner_id)
-        if unsure or self._raced:
-            self.wake()
+    def check_claims_of(self, runner_id: str) -> None:
+        """A job may be claimed for this runner without its knowing: the next round checks."""
+        self._unsure.add(runner_id)
 
-    def _placed(self, conn: RunnerConn) -> None:
-        self._placing[conn.runner_id] -= 1
-        if self._placing[conn.runner_id] <= 0:
-            del self._placing[conn.runner_id]
-            if conn.runner_id in self._unsure:
-                self.wake()  # its reconcile waited for this
+    def placements_done(self, runner_id: str) -> None:
+        """No insert claimed for this runner is on its way any more."""
+        if runner_id in self._unsure:
+            self.wake()  # its reconcile waited for this
 
     def reported(self, conn: RunnerConn, job_id: str) -> None:
         conn.report(job_id)
@@ -385,7 +347,7 @@ class Hub:
                 last_touch = time.monotonic()
                 self._spawn(self._touch_connected(), "touch-runners")
             self._dispatching = True
-            self._raced = bool(self._placing)
+            self.placement.round_starts()
             try:
                 await self._reconcile()
                 while await self._dispatch_round():
@@ -422,7 +384,7 @@ class Hub:
         that reconnects says what it holds, and the rest is taken back then.)
         """
         for runner_id in list(self._unsure):
-            if self._placing[runner_id]:
+            if self.placement.placing(runner_id):
                 continue
             conn = self.conns.get(runner_id)
             if conn is not None:
@@ -485,7 +447,7 @@ class Hub:
                     continue
                 for job in result:
                     assigned = True
-                    self._push(conn, job)
+                    self.push(conn, job)
                 conn.unreserve(n, n - len(result))
                 self._note(conn)
                 if len(result) < n:
@@ -501,7 +463,7 @@ class Hub:
                     wave[caps] *= 2
         return assigned
 
-    def _push(self, conn: RunnerConn, job: JobRow) -> None:
+    def push(self, conn: RunnerConn, job: JobRow) -> None:
         if self.conns.get(conn.runner_id) is not conn:
             # Gone while claiming: the grace period or a reconnect sorts it out; if
             # it is back already, the next round takes the job back.

@@ -59,6 +59,11 @@ class Settings:
     heartbeat_timeout: float = _s(
         90.0, "A running job whose runner sends nothing for this long is taken back."
     )
+    place_new_jobs: bool = _s(
+        True,
+        "Insert a job submitted while a connected runner has a free slot already claimed "
+        "for that runner, and push it at once (off: the dispatcher claims it after the insert).",
+    )
     reconnect_grace: float = _s(
         30.0, "How long a runner whose socket dropped may take to come back for its jobs."
     )
