@@ -64,6 +64,11 @@ class Settings:
         "Insert a job submitted while a connected runner has a free slot already claimed "
         "for that runner, and push it at once (off: the dispatcher claims it after the insert).",
     )
+    write_frames_together: bool = _s(
+        True,
+        "Frames queued together for a runner (jobs claimed in one statement, results "
+        "stored in one commit) leave in one write to its socket (off: one write each).",
+    )
     reconnect_grace: float = _s(
         30.0, "How long a runner whose socket dropped may take to come back for its jobs."
     )

@@ -53,7 +53,7 @@ HUB = web.AppKey("hub", Hub)
 HELLO_TIMEOUT = 10.0
 MAX_LONG_POLL = 60.0
 MAX_INFLIGHT = 256
-#: Most queued frames written to a runner's socket at once.
+#: Most queued frames written to a runner's socket at once (see RunnerSession._flush).
 BATCH_FRAMES = 64
 
 
@@ -105,6 +105,7 @@ class RunnerSession:
         "hub",
         "service",
         "transport",
+        "write_together",
         "ws",
     )
 
@@ -115,8 +116,11 @@ class RunnerSession:
         service: JobService,
         transport: asyncio.Transport | None,
         caller: Caller | None = None,
+        write_together: bool = True,
     ) -> None:
         self.ws = ws
+        #: Frames queued together leave in one write (RUNPACK_WRITE_FRAMES_TOGETHER).
+        self.write_together = write_together
         #: The key that opened the socket: only its runners may say hello on it.
         self.caller = caller if caller is not None else Caller(Role.RUNNER)
         #: Aborted to drop a runner that does not read what it is sent.
@@ -178,9 +182,15 @@ class RunnerSession:
         try:
             while outbox:
                 transport = self.transport
-                if len(outbox) > 1 and transport is not None and _idle(transport):
+                if (
+                    self.write_together
+                    and len(outbox) > 1
+                    and transport is not None
+                    and _idle(transport)
+                ):
                     # Frames queued together (jobs pushed, results acknowledged in one
-                    # commit) leave in one write: one system call instead of one each.
+                    # commit) leave in one write: one system call instead of one each,
+                    # each waking the runner's process (see docs/performance.md).
                     frames = [outbox.popleft() for _ in range(min(len(outbox), BATCH_FRAMES))]
                     transport.write(b"".join(map(text_frame, frames)))
                     continue
@@ -540,7 +550,14 @@ async def runner_socket(request: web.Request) -> web.StreamResponse:
         raise BadRequest("Expected a WebSocket upgrade", details="GET with Upgrade: websocket")
     await ws.prepare(request)
     caller = request[CALLER]
-    session = RunnerSession(ws, request.app[HUB], request.app[SERVICE], request.transport, caller)
+    session = RunnerSession(
+        ws,
+        request.app[HUB],
+        request.app[SERVICE],
+        request.transport,
+        caller,
+        write_together=settings.write_frames_together,
+    )
     # A stored key's socket closes once the key is revoked (see KeyRing.check_open).
     release = request.app[KEYS].hold(caller.key, session.key_revoked) if caller.key else None
     try:
