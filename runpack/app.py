@@ -282,7 +282,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await bridge.start()
     watch = WatchHub(notifier)
     app[WATCH] = watch
-    hub = Hub(service, settings.reconnect_grace, placement)
+    hub = Hub(service, settings.reconnect_grace, placement, full_waves=settings.full_waves)
     app[HUB] = hub
     await hub.start()
     metrics.read_live(

@@ -151,9 +151,15 @@ def _load(conn: RunnerConn) -> float:
 
 class Hub:
     def __init__(
-        self, service: JobService, reconnect_grace: float, placement: Placement | None = None
+        self,
+        service: JobService,
+        reconnect_grace: float,
+        placement: Placement | None = None,
+        full_waves: bool = True,
     ) -> None:
         self.service = service
+        #: A group with a backlog claims with all its slots at once (RUNPACK_FULL_WAVES).
+        self.full_waves = full_waves
         #: New jobs placed on free slots as they are inserted; the service that inserts
         #: them was given the same object (see runpack.app). None: not placed.
         self.placement = placement if placement is not None else Placement(enabled=False)
@@ -170,7 +176,8 @@ class Hub:
         #: Runners a claim failed for: it may have committed with its answer lost.
         self._unsure: set[str] = set()
         #: Groups (by capabilities) whose last round used every slot and still found
-        #: jobs: their next round claims with all its slots at once.
+        #: jobs: no new job is placed on them (queued jobs come first), and with
+        #: ``full_waves`` their next round claims with all its slots at once.
         self._backlog: set[frozenset[str]] = set()
         #: A round or a reconcile is running (they see the queue as it is).
         self._dispatching = False
@@ -420,7 +427,7 @@ class Hub:
                 conns.sort(key=_load)  # least busy first
             # Half the free slots of each runner, rounded up: (free + 1) // 2.
             groups[caps] = [c for c in conns for _ in range((c.free + 1) // 2)]
-        wave = {caps: len(slots) if caps in self._backlog else 1 for caps, slots in groups.items()}
+        wave = {caps: self._first_wave(caps, len(slots)) for caps, slots in groups.items()}
         assigned = False
         while groups:
             # This wave's slots, as (group, runner, slots): one claim statement each.
@@ -462,6 +469,11 @@ class Hub:
                 else:
                     wave[caps] *= 2
         return assigned
+
+    def _first_wave(self, caps: frozenset[str], slots: int) -> int:
+        """The slots a group claims for first in a round: all of them if its last round
+        found a job for every slot (and full waves are on), else one."""
+        return slots if self.full_waves and caps in self._backlog else 1
 
     def push(self, conn: RunnerConn, job: JobRow) -> None:
         if self.conns.get(conn.runner_id) is not conn:

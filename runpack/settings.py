@@ -64,6 +64,11 @@ class Settings:
         "Insert a job submitted while a connected runner has a free slot already claimed "
         "for that runner, and push it at once (off: the dispatcher claims it after the insert).",
     )
+    full_waves: bool = _s(
+        True,
+        "Runners whose last claims found a job for every free slot claim for all their "
+        "free slots in one statement next time (off: in waves of 1, 2, 4… slots).",
+    )
     write_frames_together: bool = _s(
         True,
         "Frames queued together for a runner (jobs claimed in one statement, results "

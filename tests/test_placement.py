@@ -187,14 +187,25 @@ class Runner:
         await self.task
 
 
-@pytest.mark.parametrize("place", [True, False], ids=["placed", "claimed"])
-async def test_placement_on_or_off_runs_the_same_jobs_to_the_same_results(
-    make_client: Any, monkeypatch: pytest.MonkeyPatch, place: bool
+#: Each speed device of the hub switched off in turn (all on: the defaults).
+DEVICES_OFF = {
+    "all-on": {},
+    "no-placement": {"place_new_jobs": False},
+    "no-full-waves": {"full_waves": False},
+    "a-write-each": {"write_frames_together": False},
+}
+
+
+@pytest.mark.parametrize("changes", DEVICES_OFF.values(), ids=DEVICES_OFF.keys())
+async def test_speed_devices_on_or_off_run_the_same_jobs_to_the_same_results(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch, changes: dict[str, bool]
 ) -> None:
-    """The switch (RUNPACK_PLACE_NEW_JOBS) changes how a new job reaches a runner,
-    not what runs: the same jobs complete with the same outputs, each once, and no
-    runner ever holds more jobs than its slots. Off, every job is claimed."""
-    client = await make_client(place_new_jobs=place)
+    """A switch (RUNPACK_PLACE_NEW_JOBS, RUNPACK_FULL_WAVES,
+    RUNPACK_WRITE_FRAMES_TOGETHER) changes how jobs reach runners, not what runs: the
+    same jobs complete with the same outputs, each once, and no runner ever holds more
+    jobs than its slots. Without placement, every job is claimed."""
+    client = await make_client(**changes)
+    place = changes.get("place_new_jobs", True)
     claimed = count_claimed_jobs(client, monkeypatch)
     runners = []
     for slots in (2, 3):
