@@ -397,7 +397,14 @@ class Assignment:
         }
 
     def encode(self) -> dict[str, Any]:
-        return {"type": "job", **self.body()}
+        return {
+            "type": "job",
+            "job_id": self.job_id,
+            "job_type": self.job_type,
+            "input_params": self.input_params,
+            "attempt": self.attempt,
+            "timeout": self.timeout,
+        }
 
     @classmethod
     def read(cls, body: dict[str, Any]) -> Assignment:

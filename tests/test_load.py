@@ -35,7 +35,8 @@ import orjson
 import pytest
 
 from runpack.bench import percentiles
-from runpack.hub import Hub, RunnerConn
+from runpack.connections import RunnerConn
+from runpack.hub import Hub
 from runpack.service import JobService
 from tests.procs import KEYS, Proc, clean_env, running_server
 

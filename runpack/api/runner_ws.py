@@ -19,6 +19,7 @@ from runpack import __version__, logs, protocol
 from runpack.api.common import CALLER, KEYS, SERVICE, SETTINGS, json_response, policy, runner_id
 from runpack.api.events import wants_websocket
 from runpack.auth import Caller
+from runpack.connections import RunnerConn
 from runpack.errors import (
     BadRequest,
     Forbidden,
@@ -28,7 +29,7 @@ from runpack.errors import (
     StoreUnavailable,
     Unauthorized,
 )
-from runpack.hub import SEND_QUEUE, Hub, RunnerConn, assignment
+from runpack.hub import SEND_QUEUE, Hub, assignment
 from runpack.identity import Ownership, new_runner_secret
 from runpack.protocol import (
     FINAL,
@@ -190,7 +191,9 @@ class RunnerSession:
                 ):
                     # Frames queued together (jobs pushed, results acknowledged in one
                     # commit) leave in one write: one system call instead of one each,
-                    # each waking the runner's process (see docs/performance.md).
+                    # each waking the runner's process. Measured (docs/performance.md):
+                    # SQLite 1,315 jobs/s against 1,020 off, submit → start p50 0.78 ms
+                    # against 1.03; PostgreSQL p50 5.4 ms against 7.9, jobs/s even.
                     frames = [outbox.popleft() for _ in range(min(len(outbox), BATCH_FRAMES))]
                     transport.write(b"".join(map(text_frame, frames)))
                     continue
