@@ -102,6 +102,10 @@ RELEASED_BY_RUNNER = "released by the runner"
 MAX_CONCURRENCY = 1000
 
 
+# The messages are plain (not frozen) dataclasses: a frozen one takes four times
+# as long to make, and the server makes two per job it runs.
+
+
 class ProtocolError(ValueError):
     """A message without its kind's shape; ``error`` and ``details`` are what the
     sender is told (an error frame, or a 400 over HTTP)."""
@@ -113,7 +117,7 @@ class ProtocolError(ValueError):
 
 
 # --- runner -> server ---------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hello:
     """The first frame: who the runner is. ``jobs``: the ones it still holds (running,
     or with a result not yet acknowledged); ``runner_secret``: the one the welcome that
@@ -165,7 +169,7 @@ class Hello:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ready:
     """Grants this many MORE job slots."""
 
@@ -185,7 +189,7 @@ class Ready:
 
 # The four reports about a job. Each is a frame, or the body of an HTTP call
 # ``POST /api/runner/jobs/{job_id}/<kind>``: ``read(job_id, body)`` reads either.
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Heartbeat:
     TYPE: ClassVar[str] = "heartbeat"
     job_id: str
@@ -225,7 +229,7 @@ class Heartbeat:
         return cls.read(_job_id(frame), frame)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Complete:
     TYPE: ClassVar[str] = "complete"
     job_id: str
@@ -253,7 +257,7 @@ class Complete:
         return cls.read(_job_id(frame), frame)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Failure:
     """The job failed (frame type ``error``). ``retryable``: a reason outside the job
     (the server's disk was full); it is queued again with backoff while it has
@@ -289,7 +293,7 @@ class Failure:
         return cls.read(_job_id(frame), frame)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Release:
     """Give a job back to the queue. The reason is a note kept on the job: one longer
     than MAX_REASON_CHARS is cut, not refused."""
@@ -321,7 +325,7 @@ RunnerMessage = Hello | Ready | Report
 # --- server -> runner ---------------------------------------------------------------
 # The runner reads these leniently (a field of the wrong type takes its default), so
 # that it keeps working with servers older or newer than itself.
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Welcome:
     """The answer to a hello. ``resumed``: held jobs the runner may finish;
     ``dropped``: stop these; ``free_on_result``: a job's slot is free once its result
@@ -372,7 +376,7 @@ class Welcome:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Assignment:
     """A job claimed for the runner: run it (frame type ``job``; over HTTP, the
     ``job`` of ``GET /api/runner/jobs/next`` and of a claim, without the type).
@@ -424,7 +428,7 @@ class Assignment:
     decode = read
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cancel:
     """Stop running this job (it was cancelled): send nothing more about it."""
 
@@ -441,7 +445,7 @@ class Cancel:
         return cls(_job_id(frame), reason if isinstance(reason, str) else "cancelled")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Acked:
     """The server has a complete, error or release for good (frame type ``ack``);
     ``applied`` False: it was not needed (the job was final already, or not the
@@ -475,7 +479,7 @@ class Acked:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ErrorReply:
     """Something the runner sent could not be used (frame type ``error``). ``ref``:
     the type of the frame it answers; ``code``: one of NOT_YOUR_RUNNER and
