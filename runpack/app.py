@@ -24,6 +24,7 @@ from runpack.appkeys import (
     LIMITER,
     METRICS,
     NOTIFIER,
+    PLACEMENT,
     READINESS,
     ROLE,
     RUNNER_ID,
@@ -42,6 +43,7 @@ from runpack.hub import Hub
 from runpack.local_runners import local_runners
 from runpack.metrics import Metrics
 from runpack.notify import Notifier, NotifyRelay, PgBridge
+from runpack.placement import Placement
 from runpack.protocol import RUNNER_SECRET_HEADER, Role
 from runpack.ratelimit import RateLimiter
 from runpack.retention import Retention, RetentionPolicy
@@ -292,6 +294,8 @@ async def _relay(app: web.Application) -> AsyncIterator[None]:
 async def _service(app: web.Application) -> AsyncIterator[None]:
     settings, metrics, figures = app[SETTINGS], app[METRICS], app[FIGURES]
     metrics.running_on(__version__, loop_name(asyncio.get_running_loop()))
+    # New jobs go to free runner slots as they are inserted: the hub keeps it informed.
+    placement = app[PLACEMENT] = Placement(enabled=settings.place_new_jobs)
     app[SERVICE] = JobService(
         metrics.timed(app[STORE]),
         settings,
@@ -299,6 +303,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
         app[NOTIFIER],
         figures=figures,
         observer=metrics,
+        slots=placement,
     )
     yield
 
@@ -327,7 +332,10 @@ async def _watch(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _hub(app: web.Application) -> AsyncIterator[None]:
-    hub = app[HUB] = Hub(app[SERVICE], app[SETTINGS].reconnect_grace)
+    settings = app[SETTINGS]
+    hub = app[HUB] = Hub(
+        app[SERVICE], settings.reconnect_grace, app[PLACEMENT], full_waves=settings.full_waves
+    )
     await hub.start()
     try:
         app[METRICS].read_live(

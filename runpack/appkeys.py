@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from runpack.hub import Hub
     from runpack.metrics import Metrics
     from runpack.notify import Notifier
+    from runpack.placement import Placement
     from runpack.protocol import Role
     from runpack.ratelimit import RateLimiter
     from runpack.service import JobService
@@ -38,6 +39,8 @@ FIGURES: web.AppKey[FigureStore] = web.AppKey("figures")
 #: Events of this process: the service publishes, the hub, watchers and relays listen.
 NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 VALIDATOR: web.AppKey[ResultValidator] = web.AppKey("validator")
+#: Free runner slots for new jobs: the service takes them, the hub keeps them current.
+PLACEMENT: web.AppKey[Placement] = web.AppKey("placement")
 SERVICE: web.AppKey[JobService] = web.AppKey("service")
 WATCH: web.AppKey[WatchHub] = web.AppKey("watch")
 HUB: web.AppKey[Hub] = web.AppKey("hub")

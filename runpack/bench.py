@@ -54,6 +54,8 @@ class BenchOptions:
     #: A running server to target instead of starting one (keys from the environment).
     url: str | None = None
     timeout: float = 300
+    #: Settings of the server it starts, as NAME=VALUE (``--set place_new_jobs=false``).
+    set: tuple[str, ...] = ()
 
 
 @dataclass
@@ -162,6 +164,9 @@ def _processes(
             "RUNPACK_RATE_POLL": "0",
             "RUNPACK_LOG_LEVEL": "warning",
         }
+        for setting in args.set:
+            name, _, value = setting.partition("=")
+            server_env[f"RUNPACK_{name.strip().upper().replace('-', '_')}"] = value
         start("the server", server_cmd, server_env, workdir / "server", cwd=False)
         runner_env = {**env, "RUNPACK_WORKER_URL": url, "RUNPACK_LOG_LEVEL": "warning"}
         for i in range(args.runners):

@@ -60,6 +60,21 @@ class Settings:
     heartbeat_timeout: float = _s(
         90.0, "A running job whose runner sends nothing for this long is taken back."
     )
+    place_new_jobs: bool = _s(
+        True,
+        "Insert a job submitted while a connected runner has a free slot already claimed "
+        "for that runner, and push it at once (off: the dispatcher claims it after the insert).",
+    )
+    full_waves: bool = _s(
+        True,
+        "Runners whose last claims found a job for every free slot claim for all their "
+        "free slots in one statement next time (off: in waves of 1, 2, 4… slots).",
+    )
+    write_frames_together: bool = _s(
+        True,
+        "Frames queued together for a runner (jobs claimed in one statement, results "
+        "stored in one commit) leave in one write to its socket (off: one write each).",
+    )
     reconnect_grace: float = _s(
         30.0, "How long a runner whose socket dropped may take to come back for its jobs."
     )

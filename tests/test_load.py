@@ -35,7 +35,8 @@ import orjson
 import pytest
 
 from runpack.bench import percentiles
-from runpack.hub import Hub, RunnerConn
+from runpack.connections import RunnerConn
+from runpack.hub import Hub
 from runpack.service import JobService
 from tests.procs import KEYS, Proc, clean_env, running_server
 
@@ -458,7 +459,7 @@ async def test_looking_for_work_costs_a_claim_per_group_not_per_idle_runner(size
             name=f"runner-{i}",
             capabilities=groups[i % 2],
             concurrency=4,
-            send=lambda frame: pushed.append(frame["job_id"]),
+            send=lambda message: pushed.append(message.job_id),
             close=lambda: None,
         )
         hub.conns[conn.runner_id] = conn

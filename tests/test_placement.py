@@ -1,4 +1,4 @@
-"""New jobs placed on free runner slots as they are inserted (runpack.hub.Hub.take):
+"""New jobs placed on free runner slots as they are inserted (runpack.placement):
 a job submitted while a connected runner has a free slot, and no queued job waits
 for it, is inserted already claimed for that runner and pushed, with no claim."""
 
@@ -151,3 +151,100 @@ async def test_a_runner_back_on_a_new_socket_gets_the_job_there(client: TestClie
     assert frame["job_id"] == answer["job_id"] and frame["attempt"] == 1
     await new.close()
     await old.close()
+
+
+class Runner:
+    """A runner on the socket that runs every job it is pushed (its output names its
+    input) and checks, at each push, that it never holds more than its slots."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, runner_id: str, slots: int) -> None:
+        self.ws, self.runner_id, self.slots = ws, runner_id, slots
+        self.running: set[str] = set()
+        self.most = 0
+        self.ran: list[str] = []
+        self.acked = 0
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for msg in self.ws:
+            frame = msg.json()
+            self.acked += frame["type"] == "ack" and frame["applied"]
+            if frame["type"] != "job":
+                continue
+            job_id = frame["job_id"]
+            self.running.add(job_id)
+            self.most = max(self.most, len(self.running))
+            assert len(self.running) <= self.slots, (self.runner_id, self.running)
+            self.ran.append(job_id)
+            await asyncio.sleep(0.001)
+            output = {"echo": frame["input_params"]["i"]}
+            self.running.discard(job_id)
+            await self.ws.send_json({"type": "complete", "job_id": job_id, "output_data": output})
+            await self.ws.send_json({"type": "ready", "slots": 1})  # free_on_result
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.task
+
+
+#: Each speed device of the hub switched off in turn (all on: the defaults).
+DEVICES_OFF = {
+    "all-on": {},
+    "no-placement": {"place_new_jobs": False},
+    "no-full-waves": {"full_waves": False},
+    "a-write-each": {"write_frames_together": False},
+}
+
+
+@pytest.mark.parametrize("changes", DEVICES_OFF.values(), ids=DEVICES_OFF.keys())
+async def test_speed_devices_on_or_off_run_the_same_jobs_to_the_same_results(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch, changes: dict[str, bool]
+) -> None:
+    """A switch (RUNPACK_PLACE_NEW_JOBS, RUNPACK_FULL_WAVES,
+    RUNPACK_WRITE_FRAMES_TOGETHER) changes how jobs reach runners, not what runs: the
+    same jobs complete with the same outputs, each once, and no runner ever holds more
+    jobs than its slots. Without placement, every job is claimed."""
+    client = await make_client(**changes)
+    place = changes.get("place_new_jobs", True)
+    claimed = count_claimed_jobs(client, monkeypatch)
+    runners = []
+    for slots in (2, 3):
+        ws, runner_id = await runner(client, concurrency=slots, slots=slots)
+        runners.append(Runner(ws, runner_id, slots))
+    ids: dict[int, str] = {}
+    for i in range(10):  # one at a time: each finds an idle runner
+        job_id = ids[i] = (await submit(client, i=i))["job_id"]
+        await until(lambda: any(job_id in r.ran for r in runners), "the job's run")  # noqa: B023
+    answers = await asyncio.gather(*(submit(client, i=i) for i in range(10, 60)))
+    ids.update((10 + n, answer["job_id"]) for n, answer in enumerate(answers))
+    again = await asyncio.gather(*(submit(client, i=i) for i in range(0, 60, 7)))
+    assert {a["job_id"] for a in again} <= set(ids.values())  # known jobs: none new
+
+    await until(lambda: sum(r.acked for r in runners) == len(ids), "every result stored")
+    service = service_of(client)
+    outputs = {i: (await service.get_job(job_id)).output_data for i, job_id in ids.items()}
+    assert outputs == {i: f'{{"echo":{i}}}' for i in range(60)}
+    ran = [job_id for r in runners for job_id in r.ran]
+    assert sorted(ran) == sorted(ids.values())  # each job ran once
+    assert all(r.most <= r.slots for r in runners)
+    if place:
+        assert len(claimed) < len(ids)  # the one-at-a-time submits were placed
+    else:
+        assert sorted(claimed) == sorted(ids.values())
+    for r in runners:
+        await r.close()
+
+
+def count_claimed_jobs(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Ids of the jobs the hub claims from now on."""
+    service = service_of(client)
+    claim_batch = service.claim_batch
+    jobs: list[str] = []
+
+    async def counted(runner_id: str, job_types: Sequence[str], limit: int) -> list[JobRow]:
+        claimed = await claim_batch(runner_id, job_types, limit)
+        jobs.extend(job.id for job in claimed)
+        return claimed
+
+    monkeypatch.setattr(service, "claim_batch", counted)
+    return jobs

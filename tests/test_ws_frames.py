@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 import pytest
@@ -73,3 +74,47 @@ async def test_jobs_pushed_together_arrive_as_separate_frames(
                     pushed.append(frame["job_id"])
     assert sorted(pushed) == sorted(ids)
     assert sum(b'"type":"job"' in frame for frame in batched) >= 2
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["one-write", "a-write-each"])
+async def test_frames_written_together_or_not_reach_the_runner_the_same(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch, together: bool
+) -> None:
+    """The switch (RUNPACK_WRITE_FRAMES_TOGETHER) changes how many writes the frames
+    take, not which frames arrive or in what order: the same jobs, each once."""
+    client = await make_client(write_frames_together=together)
+    batched: list[bytes] = []
+
+    def counting(payload: bytes) -> bytes:
+        batched.append(payload)
+        return text_frame(payload)
+
+    monkeypatch.setattr(runner_ws, "text_frame", counting)
+    ids = [(await submit(client, name=f"either-{i}"))["job_id"] for i in range(12)]
+    async with client.ws_connect(
+        "/api/runner/ws", headers={"Authorization": f"Bearer {RUNNER_KEY}"}
+    ) as ws:
+        hello = {"type": "hello", "name": "either", "capabilities": ["hello_world"]}
+        await ws.send_json({**hello, "concurrency": 12})
+        assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+        await ws.send_json({"type": "ready", "slots": 12})
+        frames = []
+        async with asyncio.timeout(10):
+            while len(frames) < 12:
+                frames.append(await ws.receive_json())
+        # Their results, stored together, are acknowledged together.
+        for frame in frames:
+            output = {"type": "complete", "job_id": frame["job_id"], "output_data": {}}
+            await ws.send_json(output)
+        acks = []
+        async with asyncio.timeout(10):
+            while len(acks) < 12:
+                acks.append(await ws.receive_json())
+    assert [f["type"] for f in frames] == ["job"] * 12
+    assert sorted(f["job_id"] for f in frames) == sorted(ids)
+    assert [(a["type"], a["applied"]) for a in acks] == [("ack", True)] * 12
+    assert sorted(a["job_id"] for a in acks) == sorted(ids)
+    if together:
+        assert len(batched) >= 2
+    else:
+        assert batched == []

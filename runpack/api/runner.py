@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from aiohttp import web
 
-from runpack import reports
+from runpack import protocol
 from runpack.api.common import json_response, policy, read_json, runner_id
 from runpack.appkeys import CALLER, RUNNER_ID, SERVICE
 from runpack.encoding import parse_json_text
 from runpack.errors import BadRequest, ClaimLost, NotOwned
 from runpack.identity import new_runner_secret
-from runpack.protocol import Role
+from runpack.protocol import Complete, Failure, Heartbeat, Release, Role
 
 routes = web.RouteTableDef()
+
+R = TypeVar("R", Heartbeat, Complete, Failure, Release)
+
+
+async def read_report(request: web.Request, kind: type[R], body_optional: bool = False) -> R:
+    """The body of ``POST /api/runner/jobs/{job_id}/<kind>``, read as the WebSocket
+    frame of that kind is (runpack.protocol): the same checks, the same answers."""
+    body = await read_json(request) if request.can_read_body or not body_optional else {}
+    try:
+        return kind.read(request.match_info["job_id"], body)
+    except protocol.ProtocolError as exc:
+        raise BadRequest(exc.error, details=exc.details) from None
 
 
 @routes.post("/api/runner/register")
@@ -98,11 +112,11 @@ async def claim(request: web.Request) -> web.Response:
     errors=(NotOwned,),
 )
 async def heartbeat(request: web.Request) -> web.Response:
-    beat = reports.heartbeat(await read_json(request))
+    beat = await read_report(request, Heartbeat)
     service = request.app[SERVICE]
     await service.heartbeat(
         request[RUNNER_ID],
-        request.match_info["job_id"],
+        beat.job_id,
         beat.progress_current,
         beat.progress_total,
         beat.console_output,
@@ -114,10 +128,10 @@ async def heartbeat(request: web.Request) -> web.Response:
 @routes.post("/api/runner/jobs/{job_id}/complete")
 @policy(Role.RUNNER, runner_header=True, failure="Failed to complete job", errors=(NotOwned,))
 async def complete(request: web.Request) -> web.Response:
-    result = reports.completion(await read_json(request))
+    result = await read_report(request, Complete)
     service = request.app[SERVICE]
     await service.complete(
-        request[RUNNER_ID], request.match_info["job_id"], result.output_data, result.console_output
+        request[RUNNER_ID], result.job_id, result.output_data, result.console_output
     )
     return json_response({"success": True, "message": "Job completed successfully"})
 
@@ -125,12 +139,12 @@ async def complete(request: web.Request) -> web.Response:
 @routes.post("/api/runner/jobs/{job_id}/error")
 @policy(Role.RUNNER, runner_header=True, failure="Failed to mark job as failed", errors=(NotOwned,))
 async def error(request: web.Request) -> web.Response:
-    report = reports.failure(await read_json(request))
+    report = await read_report(request, Failure)
     service = request.app[SERVICE]
     end = service.retry_later if report.retryable else service.fail
     await end(
         request[RUNNER_ID],
-        request.match_info["job_id"],
+        report.job_id,
         report.error_message,
         report.console_output,
     )
@@ -143,8 +157,8 @@ async def error(request: web.Request) -> web.Response:
 @policy(Role.RUNNER, runner_header=True, failure="Failed to release job", errors=(NotOwned,))
 async def release(request: web.Request) -> web.Response:
     """Give a claimed job back to the queue at once (the runner cannot run it now)."""
-    reason = reports.release_reason(await read_json(request) if request.can_read_body else {})
+    released = await read_report(request, Release, body_optional=True)
     service = request.app[SERVICE]
-    if not await service.release_jobs(request[RUNNER_ID], [request.match_info["job_id"]], reason):
+    if not await service.release_jobs(request[RUNNER_ID], [released.job_id], released.reason):
         raise NotOwned()
     return json_response({"success": True, "message": "Job released"})

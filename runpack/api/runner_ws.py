@@ -15,12 +15,12 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from runpack import __version__, logs, protocol, reports
+from runpack import __version__, logs, protocol
 from runpack.api.common import json_response, policy
 from runpack.api.events import wants_websocket
 from runpack.appkeys import CALLER, HUB, KEYS, RUNNER_ID, SERVICE, SETTINGS
 from runpack.auth import Caller
-from runpack.encoding import params_fragment
+from runpack.connections import RunnerConn
 from runpack.errors import (
     BadRequest,
     Forbidden,
@@ -30,18 +30,31 @@ from runpack.errors import (
     StoreUnavailable,
     Unauthorized,
 )
-from runpack.hub import SEND_QUEUE, Hub, RunnerConn
+from runpack.hub import SEND_QUEUE, Hub, assignment
 from runpack.identity import Ownership, new_runner_secret
-from runpack.protocol import FINAL, Role
+from runpack.protocol import (
+    FINAL,
+    Acked,
+    Complete,
+    ErrorReply,
+    Failure,
+    Heartbeat,
+    Hello,
+    ProtocolError,
+    Ready,
+    Release,
+    Report,
+    Role,
+    Welcome,
+)
 from runpack.service import JobService
-from runpack.service.runners import check_registration
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 HELLO_TIMEOUT = 10.0
 MAX_LONG_POLL = 60.0
 MAX_INFLIGHT = 256
-#: Most queued frames written to a runner's socket at once.
+#: Most queued frames written to a runner's socket at once (see RunnerSession._flush).
 BATCH_FRAMES = 64
 
 
@@ -70,31 +83,6 @@ REPORTS = ("complete", "error")
 RESULT_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
-class FrameError(Exception):
-    """A runner frame that cannot be used; answered with an ``error`` frame."""
-
-    def __init__(self, error: str, details: str | None = None) -> None:
-        super().__init__(error)
-        self.error = error
-        self.details = details
-
-
-def _field(
-    frame: dict[str, Any], name: str, kind: type | tuple[type, ...], optional: bool = False
-) -> Any:
-    value = frame.get(name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise FrameError(f"Invalid or missing field: {name}", f"expected {_kind_name(kind)}")
-    return value
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(k.__name__ for k in kinds)
-
-
 class RunnerSession:
     """One runner's socket: hello/welcome, then frames until it closes.
 
@@ -118,6 +106,7 @@ class RunnerSession:
         "hub",
         "service",
         "transport",
+        "write_together",
         "ws",
     )
 
@@ -128,8 +117,11 @@ class RunnerSession:
         service: JobService,
         transport: asyncio.Transport | None,
         caller: Caller | None = None,
+        write_together: bool = True,
     ) -> None:
         self.ws = ws
+        #: Frames queued together leave in one write (RUNPACK_WRITE_FRAMES_TOGETHER).
+        self.write_together = write_together
         #: The key that opened the socket: only its runners may say hello on it.
         self.caller = caller if caller is not None else Caller(Role.RUNNER)
         #: Aborted to drop a runner that does not read what it is sent.
@@ -153,7 +145,7 @@ class RunnerSession:
         self._log_context: contextvars.Token[Mapping[str, str]] | None = None
 
     # --- sending -------------------------------------------------------------------------
-    def send(self, frame: dict[str, Any]) -> None:
+    def send(self, message: protocol.ServerMessage) -> None:
         if self._closing:
             return  # the socket closes after what is already queued
         outbox = self._outbox
@@ -163,7 +155,7 @@ class RunnerSession:
             log.warning("runner %s is not reading its socket: disconnecting", self.runner_label)
             self._disconnect()
             return
-        outbox.append(orjson.dumps(frame))
+        outbox.append(orjson.dumps(message.encode()))
         if self._sender is None:
             self._sender = asyncio.create_task(self._flush(), name="runner-ws-sender")
 
@@ -191,9 +183,17 @@ class RunnerSession:
         try:
             while outbox:
                 transport = self.transport
-                if len(outbox) > 1 and transport is not None and _idle(transport):
+                if (
+                    self.write_together
+                    and len(outbox) > 1
+                    and transport is not None
+                    and _idle(transport)
+                ):
                     # Frames queued together (jobs pushed, results acknowledged in one
-                    # commit) leave in one write: one system call instead of one each.
+                    # commit) leave in one write: one system call instead of one each,
+                    # each waking the runner's process. Measured (docs/performance.md):
+                    # SQLite 1,315 jobs/s against 1,020 off, submit → start p50 0.78 ms
+                    # against 1.03; PostgreSQL p50 5.4 ms against 7.9, jobs/s even.
                     frames = [outbox.popleft() for _ in range(min(len(outbox), BATCH_FRAMES))]
                     transport.write(b"".join(map(text_frame, frames)))
                     continue
@@ -212,9 +212,11 @@ class RunnerSession:
     def runner_label(self) -> str:
         return self.conn.runner_id if self.conn else "(before hello)"
 
-    def refuse(self, code: str, error: str, details: str | None = None, **extra: Any) -> None:
+    def refuse(
+        self, code: str, error: str, details: str | None = None, ref: str | None = None
+    ) -> None:
         """Tell the runner why, then close its socket with 1008 (policy violation)."""
-        self.reply_error(error, details, code=code, **extra)
+        self.send(ErrorReply(error, details, ref=ref, code=code))
         self.close(protocol.CLOSE_POLICY_VIOLATION, error)
 
     def key_revoked(self) -> None:
@@ -222,11 +224,14 @@ class RunnerSession:
         log.info("runner %s: its key was revoked: closing its socket", self.runner_label)
         self.refuse(protocol.KEY_REVOKED, "API key revoked", "this runner key no longer works")
 
-    def reply_error(self, error: str, details: str | None = None, **extra: Any) -> None:
-        frame: dict[str, Any] = {"type": "error", "error": error, **extra}
-        if details is not None:
-            frame["details"] = details
-        self.send(frame)
+    def reply_error(
+        self,
+        error: str,
+        details: str | None = None,
+        ref: str | None = None,
+        job_id: str | None = None,
+    ) -> None:
+        self.send(ErrorReply(error, details, ref=ref, job_id=job_id))
 
     # --- the conversation -------------------------------------------------------------
     async def run(self) -> None:
@@ -278,20 +283,13 @@ class RunnerSession:
             return False
         if msg.type != WSMsgType.TEXT:
             return False
+        wanted_id = None
         try:
             frame = self._parse(msg.data)
             if frame.get("type") != "hello":
-                raise FrameError("Expected hello", "the first frame must be a hello")
-            # The same rules as POST /api/runner/register, for a runner resuming too.
-            name, capabilities = check_registration(frame.get("name"), frame.get("capabilities"))
-            concurrency = _field(frame, "concurrency", int)
-            if not 1 <= concurrency <= 1000:
-                raise FrameError("Invalid field: concurrency", "from 1 to 1000")
-            held = _field(frame, "jobs", list, optional=True) or []
-            if not all(isinstance(j, str) for j in held):
-                raise FrameError("Invalid field: jobs", "expected job ids")
-            wanted_id = _field(frame, "runner_id", str, optional=True)
-            given_secret = _field(frame, "runner_secret", str, optional=True)
+                raise ProtocolError("Expected hello", "the first frame must be a hello")
+            hello = Hello.decode(frame)
+            wanted_id = hello.runner_id
             runner = None
             secret = None
             if wanted_id:
@@ -300,16 +298,16 @@ class RunnerSession:
             if runner is None:
                 secret = new_runner_secret()  # Runpack's runner keeps and sends it
                 runner = await self.service.register_runner(
-                    name, capabilities, owner=self.caller.owner, secret=secret
+                    hello.name, hello.capabilities, owner=self.caller.owner, secret=secret
                 )
             else:
-                Ownership.of(runner).check(self.caller.owner, given_secret)
+                Ownership.of(runner).check(self.caller.owner, hello.runner_secret)
                 await self.service.touch_runner(runner.id)
         except Forbidden as exc:
             log.warning("runner hello refused for runner %s: %s", wanted_id, exc.message)
             self.refuse(protocol.NOT_YOUR_RUNNER, exc.message, exc.details, ref="hello")
             return False
-        except FrameError as exc:
+        except ProtocolError as exc:
             self.reply_error(exc.error, exc.details, ref="hello")
             return False
         except BadRequest as exc:
@@ -321,44 +319,39 @@ class RunnerSession:
             return False
         self.conn = RunnerConn(
             runner_id=runner.id,
-            name=name,
-            capabilities=frozenset(capabilities),
-            concurrency=concurrency,
+            name=hello.name,
+            capabilities=frozenset(hello.capabilities),
+            concurrency=hello.concurrency,
             send=self.send,
             close=self.close,
             connected_at=time.time(),
         )
         # Every record of this session (and of the frame tasks it starts) names the runner.
         self._log_context = logs.bind(runner_id=runner.id)
-        resumed, dropped = await self.hub.attach(self.conn, held)
+        resumed, dropped = await self.hub.attach(self.conn, hello.jobs)
         settings = self.service.settings
-        welcome: dict[str, Any] = {"type": "welcome"}
-        if secret is not None:
-            welcome["runner_secret"] = secret  # shown once: only its hash is kept
         self.send(
-            {
-                **welcome,
-                "runner_id": runner.id,
-                "heartbeat_interval": min(
-                    protocol.HEARTBEAT_INTERVAL, settings.heartbeat_timeout / 3
-                ),
-                "limits": {
+            Welcome(
+                runner_id=runner.id,
+                heartbeat_interval=min(protocol.HEARTBEAT_INTERVAL, settings.heartbeat_timeout / 3),
+                limits={
                     "max_output_bytes": settings.max_output_bytes,
                     "max_console_bytes": settings.max_console_bytes,
                     "max_error_bytes": settings.max_error_bytes,
                 },
-                "resumed": resumed,
-                "dropped": dropped,
-                "server_version": __version__,
+                resumed=resumed,
+                dropped=dropped,
                 # A job's slot is free once its result is sent (see RunnerConn.report).
-                "free_on_result": True,
-            }
+                free_on_result=True,
+                runner_secret=secret,  # shown once: only its hash is kept
+                server_version=__version__,
+            )
         )
         log.info(
             "runner %s (%s) connected: %d slots, resumed %d jobs",
             runner.id,
-            name,
-            concurrency,
+            hello.name,
+            hello.concurrency,
             len(resumed),
         )
         return True
@@ -367,16 +360,16 @@ class RunnerSession:
         try:
             frame = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise FrameError("Invalid JSON", str(exc)) from None
+            raise ProtocolError("Invalid JSON", str(exc)) from None
         if not isinstance(frame, dict):
-            raise FrameError("A frame must be a JSON object")
+            raise ProtocolError("A frame must be a JSON object")
         return frame
 
     def _frame(self, data: str) -> dict[str, Any] | None:
         """The frame in ``data``; None if it cannot be used (it is answered)."""
         try:
             return self._parse(data)
-        except FrameError as exc:
+        except ProtocolError as exc:
             self.reply_error(exc.error, exc.details)
             return None
 
@@ -419,22 +412,12 @@ class RunnerSession:
         kind = frame.get("type")
         job_id = frame.get("job_id") if isinstance(frame.get("job_id"), str) else None
         try:
-            handler = {
-                "heartbeat": self._on_heartbeat,
-                "complete": self._on_complete,
-                "error": self._on_error,
-                "release": self._on_release,
-            }.get(kind)  # type: ignore[arg-type]
-            if handler is None:
-                raise FrameError(
-                    "Unknown message type",
-                    f"{kind!r}; one of {', '.join(protocol.RUNNER_TO_SERVER[1:])}",
-                )
-            if kind in RESULTS:
-                await self._durably(lambda: handler(frame))
+            report = protocol.decode_report(frame)
+            if report.TYPE in RESULTS:
+                await self._durably(lambda: self._on_report(report))
             else:
-                await handler(frame)
-        except FrameError as exc:
+                await self._on_report(report)
+        except ProtocolError as exc:
             self.reply_error(exc.error, exc.details, ref=kind, job_id=job_id)
         except NotOwned:
             self.reply_error("Job not held by this runner", ref=kind, job_id=job_id)
@@ -473,33 +456,37 @@ class RunnerSession:
 
     def _on_ready(self, frame: dict[str, Any]) -> None:
         try:
-            slots = _field(frame, "slots", int)
-            if slots < 0:
-                raise FrameError("Invalid field: slots", "must be 0 or more")
-        except FrameError as exc:
-            self.reply_error(exc.error, exc.details, ref="ready", job_id=None)
+            ready = Ready.decode(frame)
+        except ProtocolError as exc:
+            self.reply_error(exc.error, exc.details, ref="ready")
             return
         assert self.conn is not None
-        self.hub.grant(self.conn, slots)
+        self.hub.grant(self.conn, ready.slots)
 
-    async def _on_heartbeat(self, frame: dict[str, Any]) -> None:
+    async def _on_report(self, report: Report) -> None:
         assert self.conn is not None
-        job_id = _field(frame, "job_id", str)
-        beat = reports.heartbeat(frame)
-        await self.service.heartbeat(
-            self.conn.runner_id,
-            job_id,
-            beat.progress_current,
-            beat.progress_total,
-            beat.console_output,
-            console_append=beat.console_append,
-        )
+        runner_id = self.conn.runner_id
+        match report:
+            case Heartbeat():
+                await self.service.heartbeat(
+                    runner_id,
+                    report.job_id,
+                    report.progress_current,
+                    report.progress_total,
+                    report.console_output,
+                    console_append=report.console_append,
+                )
+            case Complete():
+                await self._on_complete(report)
+            case Failure():
+                await self._on_error(report)
+            case Release():
+                await self.service.release_jobs(runner_id, [report.job_id], report.reason)
+                self._ack(report.job_id, "release", True)
 
-    async def _on_complete(self, frame: dict[str, Any]) -> None:
+    async def _on_complete(self, result: Complete) -> None:
         assert self.conn is not None
-        job_id = _field(frame, "job_id", str)
-        result = reports.completion(frame)
-        console = result.console_output
+        job_id, console = result.job_id, result.console_output
         try:
             await self.service.complete(self.conn.runner_id, job_id, result.output_data, console)
         except BadRequest as exc:
@@ -511,10 +498,9 @@ class RunnerSession:
             return
         self._ack(job_id, "complete", True)
 
-    async def _on_error(self, frame: dict[str, Any]) -> None:
+    async def _on_error(self, report: Failure) -> None:
         assert self.conn is not None
-        job_id = _field(frame, "job_id", str)
-        report = reports.failure(frame)
+        job_id = report.job_id
         end = self.service.retry_later if report.retryable else self.service.fail
         try:
             await end(self.conn.runner_id, job_id, report.error_message, report.console_output)
@@ -527,13 +513,6 @@ class RunnerSession:
             self._ack(job_id, "error", False, reason=exc.message)
             return
         self._ack(job_id, "error", True)
-
-    async def _on_release(self, frame: dict[str, Any]) -> None:
-        assert self.conn is not None
-        job_id = _field(frame, "job_id", str)
-        reason = reports.release_reason(frame)
-        await self.service.release_jobs(self.conn.runner_id, [job_id], reason)
-        self._ack(job_id, "release", True)
 
     async def _fail_instead(self, job_id: str, message: str, console: str | None) -> None:
         assert self.conn is not None
@@ -553,10 +532,10 @@ class RunnerSession:
             reason = "no such job"
         self._ack(job_id, of, False, reason=reason)
 
-    def _ack(self, job_id: str, of: str, applied: bool, **extra: Any) -> None:
+    def _ack(self, job_id: str, of: str, applied: bool, reason: str | None = None) -> None:
         assert self.conn is not None
         self.hub.finished(self.conn, job_id)
-        self.send({"type": "ack", "job_id": job_id, "of": of, "applied": applied, **extra})
+        self.send(Acked(job_id, of, applied, reason))
 
 
 @routes.get("/api/runner/ws")
@@ -574,7 +553,14 @@ async def runner_socket(request: web.Request) -> web.StreamResponse:
         raise BadRequest("Expected a WebSocket upgrade", details="GET with Upgrade: websocket")
     await ws.prepare(request)
     caller = request[CALLER]
-    session = RunnerSession(ws, request.app[HUB], request.app[SERVICE], request.transport, caller)
+    session = RunnerSession(
+        ws,
+        request.app[HUB],
+        request.app[SERVICE],
+        request.transport,
+        caller,
+        write_together=settings.write_frames_together,
+    )
     # A stored key's socket closes once the key is revoked (see KeyRing.check_open).
     release = request.app[KEYS].hold(caller.key, session.key_revoked) if caller.key else None
     try:
@@ -613,17 +599,7 @@ async def next_job(request: web.Request) -> web.Response:
             signal = hub.queued_signal()
             job = await service.claim_next(rid, types)
             if job is not None:
-                return json_response(
-                    {
-                        "job": {
-                            "job_id": job.id,
-                            "job_type": job.job_type,
-                            "input_params": params_fragment(job.input_params),
-                            "attempt": job.attempts,
-                            "timeout": job.timeout / 1000 if job.timeout else None,
-                        }
-                    }
-                )
+                return json_response({"job": assignment(job).body()})
             left = deadline - time.monotonic()
             if left <= 0:
                 return web.Response(status=204)

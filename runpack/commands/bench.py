@@ -50,6 +50,13 @@ def add_to(sub: Any) -> None:
     parser.add_argument(
         "--timeout", type=float, default=default.timeout, help="Give up after this long."
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="A setting of the server it starts (repeatable), e.g. place_new_jobs=false.",
+    )
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
     parser.set_defaults(func=run)
 
@@ -60,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from runpack.bench import BenchOptions, bench, report
 
     names = [f.name for f in dataclasses.fields(BenchOptions)]
-    result = bench(BenchOptions(**{name: getattr(args, name) for name in names}), os.environ)
+    options = {name: getattr(args, name) for name in names}
+    options["set"] = tuple(options["set"])
+    result = bench(BenchOptions(**options), os.environ)
     print(orjson.dumps(result).decode() if args.json else report(result))
     return 0 if result["completed"] == result["jobs"] else 1

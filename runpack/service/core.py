@@ -59,7 +59,7 @@ class RunnerSlot(Protocol):
 
 
 class Slots(Protocol):
-    """Where a new job can start at once (the hub). A job submitted while a runner
+    """Where a new job can start at once (runpack.placement). A job submitted while a runner
     has a free slot and no queued job waits for it is inserted already claimed for
     that runner, then pushed: it starts one commit sooner."""
 
@@ -129,6 +129,7 @@ class ServiceCore:
         rng: Callable[[], float] = random.random,
         figures: Figures | None = None,
         observer: Observer | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self.store = store
         self.observer: Observer = observer or NoObserver()
@@ -141,8 +142,8 @@ class ServiceCore:
         self.results = ResultCache()
         #: Who may act for which runner.
         self.owners = RunnerOwners(store)
-        #: Set by the hub while it runs: free runner slots for new jobs.
-        self.slots: Slots | None = None
+        #: Free runner slots for new jobs (the hub's placement), if any.
+        self.slots = slots
         self.notifier.subscribe(self.results.on_event)
 
     async def get_job(self, job_id: str) -> JobRow:

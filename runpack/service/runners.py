@@ -7,10 +7,10 @@ import uuid
 
 import orjson
 
+from runpack import protocol
 from runpack.auth import hash_secret
 from runpack.errors import BadRequest, RunnerNotFound
-from runpack.protocol import MAX_CAPABILITIES, MAX_NAME_CHARS
-from runpack.service.checks import NUL, is_uuid
+from runpack.service.checks import is_uuid
 from runpack.service.core import ServiceCore
 from runpack.store import JobRow, RunnerRow
 from runpack.store.base import ENV_OWNER
@@ -69,23 +69,7 @@ class Runners(ServiceCore):
 def check_registration(name: object, capabilities: object) -> tuple[str, list[str]]:
     """A runner's name and job types as registered over HTTP or said in a hello;
     BadRequest (the original's message, the rule in the details) if they are not."""
-    if not isinstance(name, str) or not name.strip():
-        raise _bad_registration("name: a non-empty string")
-    if len(name) > MAX_NAME_CHARS:
-        raise _bad_registration(f"name: at most {MAX_NAME_CHARS} characters")
-    if not isinstance(capabilities, list):
-        raise _bad_registration("capabilities: an array of job types")
-    if len(capabilities) > MAX_CAPABILITIES:
-        raise _bad_registration(f"capabilities: at most {MAX_CAPABILITIES} job types")
-    types: list[str] = []
-    for job_type in capabilities:
-        if not isinstance(job_type, str) or not job_type or len(job_type) > MAX_NAME_CHARS:
-            raise _bad_registration(f"capabilities: job types of 1 to {MAX_NAME_CHARS} characters")
-        types.append(job_type)
-    if NUL in name + "".join(types):
-        raise _bad_registration("name and capabilities: no NUL characters")
-    return name, types
-
-
-def _bad_registration(why: str) -> BadRequest:
-    return BadRequest("Invalid registration data", details=why)
+    try:
+        return protocol.check_registration(name, capabilities)
+    except protocol.ProtocolError as exc:
+        raise BadRequest(exc.error, details=exc.details) from None

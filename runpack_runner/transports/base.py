@@ -10,41 +10,42 @@ heartbeats, results and releases.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
+
+from runpack.protocol import (
+    Acked,
+    Assignment,
+    Complete,
+    Failure,
+    Hello,
+    Welcome,
+    positive,
+)
+
+__all__ = [
+    "Acked",
+    "Assignment",
+    "AuthFailed",
+    "Beat",
+    "CancelJob",
+    "Event",
+    "Hello",
+    "NotOurRunner",
+    "Reconnect",
+    "Result",
+    "ServerUnreachable",
+    "SocketUnavailable",
+    "Transport",
+    "TransportClosed",
+    "Welcome",
+    "positive",
+]
 
 ResultKind = Literal["complete", "error"]
 
 
-# --- what the runner sends ---------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Hello:
-    runner_id: str | None
-    name: str
-    capabilities: list[str]
-    concurrency: int
-    version: str
-    #: Jobs this runner still holds: running, or with a result not yet acknowledged.
-    jobs: list[str]
-    #: The runner's own secret, proving ``runner_id`` is ours (None: it has none).
-    runner_secret: str | None = None
-
-    def frame(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "type": "hello",
-            "name": self.name,
-            "capabilities": self.capabilities,
-            "concurrency": self.concurrency,
-            "version": self.version,
-            "jobs": self.jobs,
-        }
-        if self.runner_id:
-            out["runner_id"] = self.runner_id
-            if self.runner_secret:
-                out["runner_secret"] = self.runner_secret
-        return out
-
-
+# --- what the runner sends (the frames themselves: runpack.protocol) ------------------
 @dataclass(frozen=True, slots=True)
 class Beat:
     """One heartbeat. ``append`` is the console's new text since the last beat on this
@@ -69,45 +70,18 @@ class Result:
     #: An error outside the job (see RetryLater): the server queues the job again.
     retryable: bool = False
 
-    def body(self) -> dict[str, Any]:
-        """The HTTP body of ``POST /api/runner/jobs/{id}/{kind}`` (and the frame's fields)."""
+    def message(self) -> Complete | Failure:
+        """The report: its ``body()`` is the HTTP body of ``POST
+        /api/runner/jobs/{id}/{kind}``, its ``encode()`` the frame."""
         if self.kind == "complete":
-            return {"output_data": self.output_data or {}, "console_output": self.console_output}
-        body: dict[str, Any] = {
-            "error_message": self.error_message or "",
-            "console_output": self.console_output,
-        }
-        if self.retryable:
-            body["retryable"] = True
-        return body
+            return Complete(self.job_id, self.output_data or {}, self.console_output)
+        return Failure(self.job_id, self.error_message or "", self.console_output, self.retryable)
+
+    def body(self) -> dict[str, Any]:
+        return self.message().body()
 
 
-# --- what the server sends -----------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Welcome:
-    runner_id: str
-    heartbeat_interval: float | None = None
-    #: Held jobs the server still assigns to this runner; ``dropped`` ones it does not.
-    resumed: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    limits: dict[str, Any] = field(default_factory=dict)
-    #: A job's slot is free once its result is sent (the server counts it so).
-    free_on_result: bool = False
-    #: The new runner's own secret, when this start registered it (keep it).
-    runner_secret: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    """A job claimed for this runner: run it."""
-
-    job_id: str
-    job_type: str
-    input_params: dict[str, Any]
-    attempt: int = 1
-    timeout: float | None = None
-
-
+# --- what the server sends (Welcome, Assignment, Acked: runpack.protocol) --------------
 @dataclass(frozen=True, slots=True)
 class CancelJob:
     """Stop a job. ``lost``: the server no longer assigns it to us (send nothing back)."""
@@ -118,16 +92,6 @@ class CancelJob:
 
 
 @dataclass(frozen=True, slots=True)
-class Acked:
-    """The server has a result or release for good (``applied`` False: it was not needed)."""
-
-    job_id: str
-    of: str
-    applied: bool
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Reconnect:
     """End this session and connect again at once (HTTP: time to try the socket)."""
 
@@ -135,13 +99,6 @@ class Reconnect:
 
 
 Event = Assignment | CancelJob | Acked | Reconnect
-
-
-def positive(value: object) -> float | None:
-    """A JSON number above zero as a float, else None (durations from the server)."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return None
 
 
 # --- failures -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from runpack import protocol
+from runpack.protocol import Heartbeat, ProtocolError, Release
 from runpack_runner.settings import RunnerSettings
 from runpack_runner.transports.base import (
     Acked,
@@ -33,7 +34,6 @@ from runpack_runner.transports.base import (
     Result,
     TransportClosed,
     Welcome,
-    positive,
 )
 
 log = logging.getLogger(__name__)
@@ -136,11 +136,9 @@ class HttpTransport:
         self._wake.set()
 
     async def heartbeat(self, beat: Beat) -> None:
-        body = {
-            "progress_current": beat.progress_current,
-            "progress_total": beat.progress_total,
-            "console_output": beat.console,
-        }
+        body = Heartbeat(
+            beat.job_id, beat.progress_current, beat.progress_total, console_output=beat.console
+        ).body()
         try:
             status, reply = await self._call(
                 "POST", f"/api/runner/jobs/{beat.job_id}/heartbeat", json=body
@@ -189,7 +187,7 @@ class HttpTransport:
     async def release(self, job_id: str, reason: str) -> None:
         try:
             status, reply = await self._call(
-                "POST", f"/api/runner/jobs/{job_id}/release", json={"reason": reason}
+                "POST", f"/api/runner/jobs/{job_id}/release", json=Release(job_id, reason).body()
             )
         except TransportClosed as exc:
             status, reply = 0, {"error": str(exc)}
@@ -270,20 +268,12 @@ class HttpTransport:
         return got
 
     def _assigned(self, job: dict[str, Any]) -> bool:
-        job_id, params = job.get("job_id"), job.get("input_params")
-        if not isinstance(job_id, str):
+        try:
+            assignment = Assignment.read(job)
+        except ProtocolError:
             return False
-        attempt = job.get("attempt")
         self._credits -= 1
-        self._events.put_nowait(
-            Assignment(
-                job_id=job_id,
-                job_type=str(job.get("job_type") or ""),
-                input_params=params if isinstance(params, dict) else {},
-                attempt=attempt if isinstance(attempt, int) else 1,
-                timeout=positive(job.get("timeout")),
-            )
-        )
+        self._events.put_nowait(assignment)
         return True
 
     def _trouble(self, what: str, status: int, reply: Any) -> None:

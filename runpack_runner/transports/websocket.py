@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 
 from runpack import protocol
+from runpack.protocol import ErrorReply, Heartbeat, ProtocolError, Ready, Release
 from runpack_runner.transports.base import (
     Acked,
     Assignment,
@@ -33,7 +34,6 @@ from runpack_runner.transports.base import (
     SocketUnavailable,
     TransportClosed,
     Welcome,
-    positive,
 )
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class WebSocketTransport:
 
     # --- session --------------------------------------------------------------------
     async def start(self, hello: Hello) -> Welcome:
-        await self._send(hello.frame())
+        await self._send(hello.encode())
         try:
             async with asyncio.timeout(WELCOME_TIMEOUT):
                 while True:
@@ -91,28 +91,18 @@ class WebSocketTransport:
                     if kind == "welcome":
                         break
                     if kind == "error":
-                        _raise_if_final(frame)
-                        if frame.get("code") == protocol.NOT_YOUR_RUNNER:
-                            raise NotOurRunner(_describe_error(frame))
-                        raise TransportClosed(f"hello refused: {_describe_error(frame)}")
+                        error = ErrorReply.decode(frame)
+                        _raise_if_final(error)
+                        if error.code == protocol.NOT_YOUR_RUNNER:
+                            raise NotOurRunner(error.describe())
+                        raise TransportClosed(f"hello refused: {error.describe()}")
                     log.warning("ignoring a %r frame before welcome", kind)
         except TimeoutError:
             raise TransportClosed(f"no welcome within {WELCOME_TIMEOUT:g} s") from None
-        runner_id = frame.get("runner_id")
-        if not isinstance(runner_id, str) or not runner_id:
-            raise TransportClosed("welcome without a runner_id")
-        interval = frame.get("heartbeat_interval")
-        limits = frame.get("limits")
-        welcome = Welcome(
-            runner_id=runner_id,
-            heartbeat_interval=positive(interval),
-            resumed=_ids(frame.get("resumed")),
-            dropped=_ids(frame.get("dropped")),
-            limits=limits if isinstance(limits, dict) else {},
-            free_on_result=frame.get("free_on_result") is True,
-            runner_secret=_text(frame.get("runner_secret")),
-        )
-        return welcome
+        try:
+            return Welcome.decode(frame)
+        except ProtocolError as exc:
+            raise TransportClosed(exc.error) from None
 
     async def receive(self) -> Event:
         """The next event; TransportClosed once the socket closed (on every later call too)."""
@@ -123,29 +113,27 @@ class WebSocketTransport:
 
     async def grant(self, slots: int) -> None:
         if slots > 0:
-            await self._send({"type": "ready", "slots": slots})
+            await self._send(Ready(slots).encode())
 
     def stop_taking(self) -> None:
         """Nothing to do: the runner simply grants no more slots."""
 
     async def heartbeat(self, beat: Beat) -> None:
-        frame: dict[str, Any] = {
-            "type": "heartbeat",
-            "job_id": beat.job_id,
-            "progress_current": beat.progress_current,
-            "progress_total": beat.progress_total,
-        }
-        if beat.append is None:
-            frame["console_output"] = beat.console
-        elif beat.append:
-            frame["console_append"] = beat.append
-        await self._send(frame)
+        replace = beat.append is None
+        message = Heartbeat(
+            beat.job_id,
+            beat.progress_current,
+            beat.progress_total,
+            console_output=beat.console if replace else None,
+            console_append=beat.append or None,
+        )
+        await self._send(message.encode())
 
     async def send_result(self, result: Result) -> None:
-        await self._send({"type": result.kind, "job_id": result.job_id, **result.body()})
+        await self._send(result.message().encode())
 
     async def release(self, job_id: str, reason: str) -> None:
-        await self._send({"type": "release", "job_id": job_id, "reason": reason})
+        await self._send(Release(job_id, reason).encode())
 
     async def close(self) -> None:
         with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
@@ -182,61 +170,26 @@ class WebSocketTransport:
             log.warning("ignoring a frame that is not an object: %.200s", msg.data)
 
     def _parse(self, frame: dict[str, Any]) -> Event | None:
-        kind = frame.get("type")
-        job_id = frame.get("job_id")
-        if kind == "error":
-            _raise_if_final(frame)
-            log.warning("server error frame: %s", _describe_error(frame))
+        try:
+            message = protocol.decode_server_frame(frame)
+        except ProtocolError as exc:
+            log.warning("ignoring a %r frame: %s", frame.get("type"), exc)
             return None
-        if not isinstance(job_id, str) or not job_id:
-            log.warning("ignoring a %r frame without a job_id", kind)
-            return None
-        if kind == "job":
-            params = frame.get("input_params")
-            job_type = frame.get("job_type")
-            attempt = frame.get("attempt")
-            timeout = frame.get("timeout")
-            return Assignment(
-                job_id=job_id,
-                job_type=job_type if isinstance(job_type, str) else "",
-                input_params=params if isinstance(params, dict) else {},
-                attempt=attempt if isinstance(attempt, int) else 1,
-                timeout=positive(timeout),
-            )
-        if kind == "cancel":
-            reason = frame.get("reason")
-            return CancelJob(job_id, reason if isinstance(reason, str) else "cancelled")
-        if kind == "ack":
-            of = frame.get("of")
-            reason = frame.get("reason")
-            return Acked(
-                job_id,
-                of if isinstance(of, str) else "",
-                frame.get("applied") is not False,
-                reason if isinstance(reason, str) else None,
-            )
-        log.warning("ignoring an unknown %r frame", kind)
+        match message:
+            case ErrorReply():
+                _raise_if_final(message)
+                log.warning("server error frame: %s", message.describe())
+                return None
+            case protocol.Cancel():
+                return CancelJob(message.job_id, message.reason)
+            case Assignment() | Acked():
+                return message
+        log.warning("ignoring a %r frame after the welcome", frame.get("type"))
         return None
 
 
-def _raise_if_final(frame: dict[str, Any]) -> None:
+def _raise_if_final(error: ErrorReply) -> None:
     """AuthFailed for an error frame that says the runner key was revoked: the socket
     closes (1008) and connecting again with the same key cannot help."""
-    if frame.get("code") == protocol.KEY_REVOKED:
-        raise AuthFailed(f"the server revoked the runner key ({_describe_error(frame)})")
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _ids(value: object) -> list[str]:
-    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
-
-
-def _describe_error(frame: dict[str, Any]) -> str:
-    parts = [str(frame.get("error", "error"))]
-    for key in ("details", "ref", "job_id"):
-        if frame.get(key):
-            parts.append(f"{key}={frame[key]}")
-    return "; ".join(parts)
+    if error.code == protocol.KEY_REVOKED:
+        raise AuthFailed(f"the server revoked the runner key ({error.describe()})")
