@@ -13,6 +13,13 @@ Point reads (a job by id or hash, a runner) use a second connection on the loop:
 they see the last commit and never wait for the writer. Scans (lists, counts,
 the sweeper) go to an aiosqlite connection so a large table cannot stall the loop.
 
+Another process on the same file (``runpack keys``, ``runpack gc``) may hold the
+write lock. The writing connection never waits for it on the loop (its
+``busy_timeout`` is 0): while the lock is taken, writes queue in order and the loop
+tries again on a timer, with backoff, for up to :attr:`SqliteStore.lock_wait`
+seconds; then they fail with :class:`StoreUnavailable` (503). In WAL mode the
+COMMIT of a transaction begun IMMEDIATE holds the lock already and never waits.
+
 The methods are :class:`~runpack.store.sql.SqlStore`'s; this module provides the
 primitives they run on, and the insert of a job.
 """
@@ -31,7 +38,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from runpack.errors import StoreError
+from runpack.errors import StoreError, StoreUnavailable
 from runpack.store import queries as q
 from runpack.store.base import JobRow, NewJob
 from runpack.store.dialect import Statement
@@ -49,6 +56,10 @@ PRAGMAS = (
 )
 #: Seconds between checkpoints of the write-ahead log (off the event loop).
 CHECKPOINT_INTERVAL = 1.0
+#: Seconds writes wait for another process's write lock before they fail.
+LOCK_WAIT = 5.0
+#: The first and the longest pause between tries for the write lock (seconds).
+LOCK_RETRY = (0.001, 0.02)
 
 
 def _bind(stmt: Statement, params: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -90,6 +101,9 @@ class _Checkpointer(threading.Thread):
 
 
 class SqliteStore(SqlStore):
+    #: Seconds writes wait for another process's write lock (then StoreUnavailable).
+    lock_wait = LOCK_WAIT
+
     def __init__(self, path: str) -> None:
         if path in (":memory:", ""):
             # A private in-memory database shared by the writer and the reader.
@@ -109,6 +123,9 @@ class SqliteStore(SqlStore):
         self._open = False
         #: Why the open transaction must be rolled back rather than committed.
         self._doomed: StoreError | None = None
+        #: Writes waiting for another process to release the write lock, in order.
+        self._queued: list[tuple[Op, bool, asyncio.Future[Any]]] = []
+        self._lock_waiter: asyncio.Task[None] | None = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -131,6 +148,7 @@ class SqliteStore(SqlStore):
         try:
             self._conn = self._connect()
             self._conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
+            self._conn.execute("PRAGMA busy_timeout = 0")  # never wait on the loop
             await self._run(apply_sqlite)
             self._rconn = self._connect()
             self._reader = await aiosqlite.connect(
@@ -141,10 +159,16 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             await self.close()
             raise StoreError(details=f"cannot open {self.path}: {exc}") from exc
+        except StoreError:
+            await self.close()
+            raise
         self._checkpointer = _Checkpointer(self._connect)
         self._checkpointer.start()
 
     async def close(self) -> None:
+        if self._lock_waiter is not None:  # its queued writes fail: the store is closed
+            self._lock_waiter.cancel()
+            await asyncio.wait([self._lock_waiter])
         if self._open:
             self._commit()
         if self._reader is not None:
@@ -166,6 +190,9 @@ class SqliteStore(SqlStore):
     async def _run(self, op: Callable[[sqlite3.Connection], T], savepoint: bool = True) -> T:
         """Run ``op`` in the open transaction; return its value once it is committed.
 
+        ``op`` runs at once, in this turn of the loop, unless another process holds
+        the write lock: it then waits in line (see :meth:`_wait_for_lock`).
+
         ``op`` runs in a savepoint, so that if it fails, what it wrote is undone and
         the other writes of the transaction stand. An ``op`` that makes one change
         (a single INSERT, UPDATE or DELETE, reads aside) passes ``savepoint=False``:
@@ -177,22 +204,69 @@ class SqliteStore(SqlStore):
         conn = self._conn
         if conn is None:
             raise StoreError(details="store is closed")
-        if not self._open:
-            self._begin(conn)
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._apply(conn, op, savepoint, done)
+        if self._open or (self._lock_waiter is None and self._begin(conn)):
+            self._apply(conn, op, savepoint, done)
+        else:
+            self._queued.append((op, savepoint, done))
+            if self._lock_waiter is None:
+                self._lock_waiter = asyncio.get_running_loop().create_task(
+                    self._wait_for_lock(), name="runpack-sqlite-lock-wait"
+                )
         return await done
 
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        """Open the transaction that this turn's writes join."""
+    def _begin(self, conn: sqlite3.Connection) -> bool:
+        """Open the transaction that this turn's writes join; False if another
+        process holds the write lock."""
         try:
             if conn.in_transaction:  # left by a failed rollback: nothing of it stands
                 conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+                return False
             raise _store_error(exc) from exc
         self._open = True
         asyncio.get_running_loop().call_soon(self._commit)
+        return True
+
+    async def _wait_for_lock(self) -> None:
+        """Try for the write lock on a timer, then run the queued writes in order.
+
+        The pauses double from ``LOCK_RETRY[0]`` up to ``LOCK_RETRY[1]`` (as SQLite's
+        own busy handler would sleep, but the loop goes on meanwhile). Past
+        ``lock_wait`` seconds, or when the store closes, every queued write fails.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.lock_wait
+        pause = LOCK_RETRY[0]
+        failure: StoreError | None = StoreError(details="store is closed")
+        try:
+            while self._conn is not None:
+                await asyncio.sleep(pause)
+                if self._conn is None:
+                    break
+                try:
+                    if self._begin(self._conn):
+                        failure = None
+                        break
+                except StoreError as exc:
+                    failure = exc
+                    break
+                if loop.time() >= deadline:
+                    details = f"the database is locked by another process ({self.lock_wait:g} s)"
+                    log.error("SQLite writes failed: %s", details)
+                    failure = StoreUnavailable(details=details)
+                    break
+                pause = min(pause * 2, LOCK_RETRY[1])
+        finally:
+            self._lock_waiter = None
+            queued, self._queued = self._queued, []
+            for op, savepoint, done in queued:
+                if failure is None and self._conn is not None:
+                    self._apply(self._conn, op, savepoint, done)
+                elif not done.done():
+                    done.set_exception(failure or StoreError(details="store is closed"))
 
     def _apply(
         self, conn: sqlite3.Connection, op: Op, savepoint: bool, done: asyncio.Future[Any]
