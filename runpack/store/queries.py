@@ -1,8 +1,12 @@
 """Named SQL statements shared by both engines.
 
 Each is a :class:`~runpack.store.dialect.Statement`: parameters are written
-``:name``, and a ``{{slot}}`` (doubled braces in an f-string) stands for a word the
-engines spell differently; both texts are final once this module is imported.
+``:name``, and a slot stands for a word the engines spell differently
+(``{pending_index}``, ``{lock}``, ``{held_by_runner}``, ``{one_of[list]}``,
+``{filter_one_of[list]}``: see :mod:`runpack.store.dialect`; braces are doubled
+in an f-string). Both texts are final once this module is imported; a statement
+only one engine runs, or of a different shape on each, is given as
+``Statement(sqlite=…, postgres=…)``.
 Each transition names the states it may start from, so a late or duplicate
 message changes nothing.
 
