@@ -10,9 +10,9 @@ engine alone.
 
 ``{one_of[name]}`` is the test "is one of the values of the list parameter
 ``name``", one statement text for any number of values; ``{filter_one_of[name]}`` is
-the same test on rows found by another condition (a primary key), which no index
-must serve. SQLite gets the list as JSON text (the store encodes the parameters
-named in :attr:`Statement.arrays`).
+the same test on rows found by their primary key, spelled so that no index on the
+tested column is taken instead. SQLite gets the list as JSON text (the store
+encodes the parameters named in :attr:`Statement.arrays`).
 """
 
 from __future__ import annotations
