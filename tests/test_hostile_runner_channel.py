@@ -255,7 +255,7 @@ async def test_a_failing_write_leaves_no_transaction_open(tmp_path: Path) -> Non
             raise ValueError("failed after its change")
 
         with pytest.raises(ValueError):
-            await store._write(wrote_then_failed, savepoint=False)
+            await store._run(wrote_then_failed, savepoint=False)
         with pytest.raises(StoreError):  # a write of the same transaction goes with it
             await store.probe_write()
         await store.probe_write()  # the next transaction commits

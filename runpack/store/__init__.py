@@ -1,4 +1,5 @@
-"""Storage: one interface (:class:`Store`), SQLite and PostgreSQL implementations."""
+"""Storage: one interface (:class:`Store`), one body of named statements
+(:class:`runpack.store.sql.SqlStore`), and the SQLite and PostgreSQL engines under it."""
 
 from __future__ import annotations
 

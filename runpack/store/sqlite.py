@@ -12,34 +12,38 @@ event loop never does.
 Point reads (a job by id or hash, a runner) use a second connection on the loop:
 they see the last commit and never wait for the writer. Scans (lists, counts,
 the sweeper) go to an aiosqlite connection so a large table cannot stall the loop.
+
+Another process on the same file (``runpack keys``, ``runpack gc``) may hold the
+write lock. The writing connection never waits for it on the loop (its
+``busy_timeout`` is 0): while the lock is taken, writes queue in order and the loop
+tries again on a timer, with backoff, for up to :attr:`SqliteStore.lock_wait`
+seconds; then they fail with :class:`StoreUnavailable` (503). In WAL mode the
+COMMIT of a transaction begun IMMEDIATE holds the lock already and never waits.
+
+The methods are :class:`~runpack.store.sql.SqlStore`'s; this module provides the
+primitives they run on, and the insert of a job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from runpack.errors import StoreError
+from runpack.errors import StoreError, StoreUnavailable
 from runpack.store import queries as q
-from runpack.store.base import (
-    API_KEY_COLUMNS,
-    JOB_COLUMNS,
-    RUNNER_COLUMNS,
-    ApiKeyRow,
-    JobRow,
-    NewJob,
-    RunnerRow,
-    claim_order,
-)
+from runpack.store.base import JobRow, NewJob
+from runpack.store.dialect import Statement
 from runpack.store.migrations import apply_sqlite
+from runpack.store.sql import Row, SqlStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,10 +56,17 @@ PRAGMAS = (
 )
 #: Seconds between checkpoints of the write-ahead log (off the event loop).
 CHECKPOINT_INTERVAL = 1.0
+#: Seconds writes wait for another process's write lock before they fail.
+LOCK_WAIT = 5.0
+#: The first and the longest pause between tries for the write lock (seconds).
+LOCK_RETRY = (0.001, 0.02)
 
 
-def _job(row: Sequence[Any] | None) -> JobRow | None:
-    return JobRow(*row) if row is not None else None
+def _bind(stmt: Statement, params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The parameters as SQLite binds them: list parameters as JSON text."""
+    if not stmt.arrays:
+        return params
+    return {**params, **{name: json.dumps(list(params[name])) for name in stmt.arrays}}
 
 
 def _store_error(exc: Exception) -> StoreError:
@@ -89,7 +100,10 @@ class _Checkpointer(threading.Thread):
         self._halt.set()
 
 
-class SqliteStore:
+class SqliteStore(SqlStore):
+    #: Seconds writes wait for another process's write lock (then StoreUnavailable).
+    lock_wait = LOCK_WAIT
+
     def __init__(self, path: str) -> None:
         if path in (":memory:", ""):
             # A private in-memory database shared by the writer and the reader.
@@ -109,6 +123,9 @@ class SqliteStore:
         self._open = False
         #: Why the open transaction must be rolled back rather than committed.
         self._doomed: StoreError | None = None
+        #: Writes waiting for another process to release the write lock, in order.
+        self._queued: list[tuple[Op, bool, asyncio.Future[Any]]] = []
+        self._lock_waiter: asyncio.Task[None] | None = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -131,7 +148,8 @@ class SqliteStore:
         try:
             self._conn = self._connect()
             self._conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
-            await self._write(apply_sqlite)
+            self._conn.execute("PRAGMA busy_timeout = 0")  # never wait on the loop
+            await self._run(apply_sqlite)
             self._rconn = self._connect()
             self._reader = await aiosqlite.connect(
                 self._target, uri=self._uri, isolation_level=None
@@ -141,10 +159,16 @@ class SqliteStore:
         except sqlite3.Error as exc:
             await self.close()
             raise StoreError(details=f"cannot open {self.path}: {exc}") from exc
+        except StoreError:
+            await self.close()
+            raise
         self._checkpointer = _Checkpointer(self._connect)
         self._checkpointer.start()
 
     async def close(self) -> None:
+        if self._lock_waiter is not None:  # its queued writes fail: the store is closed
+            self._lock_waiter.cancel()
+            await asyncio.wait([self._lock_waiter])
         if self._open:
             self._commit()
         if self._reader is not None:
@@ -162,9 +186,12 @@ class SqliteStore:
             self._keeper.close()
             self._keeper = None
 
-    # --- plumbing -------------------------------------------------------------
-    async def _write(self, op: Callable[[sqlite3.Connection], T], savepoint: bool = True) -> T:
-        """Run ``op`` now in the open transaction; return once it is committed.
+    # --- group commit -----------------------------------------------------------
+    async def _run(self, op: Callable[[sqlite3.Connection], T], savepoint: bool = True) -> T:
+        """Run ``op`` in the open transaction; return its value once it is committed.
+
+        ``op`` runs at once, in this turn of the loop, unless another process holds
+        the write lock: it then waits in line (see :meth:`_wait_for_lock`).
 
         ``op`` runs in a savepoint, so that if it fails, what it wrote is undone and
         the other writes of the transaction stand. An ``op`` that makes one change
@@ -177,15 +204,75 @@ class SqliteStore:
         conn = self._conn
         if conn is None:
             raise StoreError(details="store is closed")
-        if not self._open:
-            try:
-                if conn.in_transaction:  # left by a failed rollback: nothing of it stands
-                    conn.execute("ROLLBACK")
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise _store_error(exc) from exc
-            self._open = True
-            asyncio.get_running_loop().call_soon(self._commit)
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if self._open or (self._lock_waiter is None and self._begin(conn)):
+            self._apply(conn, op, savepoint, done)
+        else:
+            self._queued.append((op, savepoint, done))
+            if self._lock_waiter is None:
+                self._lock_waiter = asyncio.get_running_loop().create_task(
+                    self._wait_for_lock(), name="runpack-sqlite-lock-wait"
+                )
+        return await done
+
+    def _begin(self, conn: sqlite3.Connection) -> bool:
+        """Open the transaction that this turn's writes join; False if another
+        process holds the write lock."""
+        try:
+            if conn.in_transaction:  # left by a failed rollback: nothing of it stands
+                conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+                return False
+            raise _store_error(exc) from exc
+        self._open = True
+        asyncio.get_running_loop().call_soon(self._commit)
+        return True
+
+    async def _wait_for_lock(self) -> None:
+        """Try for the write lock on a timer, then run the queued writes in order.
+
+        The pauses double from ``LOCK_RETRY[0]`` up to ``LOCK_RETRY[1]`` (as SQLite's
+        own busy handler would sleep, but the loop goes on meanwhile). Past
+        ``lock_wait`` seconds, or when the store closes, every queued write fails.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.lock_wait
+        pause = LOCK_RETRY[0]
+        failure: StoreError | None = StoreError(details="store is closed")
+        try:
+            while self._conn is not None:
+                await asyncio.sleep(pause)
+                if self._conn is None:
+                    break
+                try:
+                    if self._begin(self._conn):
+                        failure = None
+                        break
+                except StoreError as exc:
+                    failure = exc
+                    break
+                if loop.time() >= deadline:
+                    details = f"the database is locked by another process ({self.lock_wait:g} s)"
+                    log.error("SQLite writes failed: %s", details)
+                    failure = StoreUnavailable(details=details)
+                    break
+                pause = min(pause * 2, LOCK_RETRY[1])
+        finally:
+            self._lock_waiter = None
+            queued, self._queued = self._queued, []
+            for op, savepoint, done in queued:
+                if failure is None and self._conn is not None:
+                    self._apply(self._conn, op, savepoint, done)
+                elif not done.done():
+                    done.set_exception(failure or StoreError(details="store is closed"))
+
+    def _apply(
+        self, conn: sqlite3.Connection, op: Op, savepoint: bool, done: asyncio.Future[Any]
+    ) -> None:
+        """Run ``op`` in the open transaction; ``done`` gets its value at the commit,
+        or its error now."""
         if savepoint:
             conn.execute("SAVEPOINT op")
         changes = conn.total_changes
@@ -198,14 +285,16 @@ class SqliteStore:
             elif not isinstance(exc, sqlite3.Error) and conn.total_changes != changes:
                 # It wrote, then failed in Python: only the whole transaction can go.
                 self._doomed = _store_error(exc)
+            error: BaseException = exc
             if isinstance(exc, sqlite3.Error):
-                raise _store_error(exc) from exc
-            raise
+                error = _store_error(exc)
+                error.__cause__ = exc
+            if not done.done():
+                done.set_exception(error)
+            return
         if savepoint:
             conn.execute("RELEASE op")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._batch.append((fut, value))
-        return await fut  # type: ignore[no-any-return]
+        self._batch.append((done, value))
 
     def _commit(self) -> None:
         """End the open transaction (even if no write of it succeeded) and answer its writes."""
@@ -233,7 +322,8 @@ class SqliteStore:
             else:
                 fut.set_result(value)
 
-    def _get(self, sql: str, params: dict[str, Any]) -> Any:
+    # --- the primitives of SqlStore ---------------------------------------------------
+    def _get(self, sql: str, params: Mapping[str, Any]) -> Row | None:
         """One row from the last commit, read on the loop (indexed lookups only)."""
         if self._rconn is None:
             raise StoreError(details="store is closed")
@@ -242,58 +332,35 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise _store_error(exc) from exc
 
-    async def _read(self, sql: str, params: dict[str, Any]) -> list[Any]:
+    async def _read_one(self, stmt: Statement, params: Mapping[str, Any]) -> Row | None:
+        return self._get(stmt.sqlite, _bind(stmt, params))
+
+    async def _read(self, stmt: Statement, params: Mapping[str, Any]) -> list[Row]:
         if self._reader is None:
             raise StoreError(details="store is closed")
         try:
-            return list(await self._reader.execute_fetchall(sql, params))
+            return list(await self._reader.execute_fetchall(stmt.sqlite, _bind(stmt, params)))
         except sqlite3.Error as exc:
             raise StoreError(details=str(exc)) from exc
 
-    async def _read_jobs(self, sql: str, params: dict[str, Any]) -> list[JobRow]:
-        return [JobRow(*row) for row in await self._read(sql, params)]
+    async def _write(self, stmt: Statement, params: Mapping[str, Any]) -> list[Row]:
+        sql, bound = stmt.sqlite, _bind(stmt, params)
+        return await self._run(lambda c: c.execute(sql, bound).fetchall(), savepoint=False)
 
-    async def _write_count(self, sql: str, params: dict[str, Any]) -> int:
-        return await self._write(lambda c: c.execute(sql, params).rowcount, savepoint=False)
+    async def _write_count(self, stmt: Statement, params: Mapping[str, Any]) -> int:
+        sql, bound = stmt.sqlite, _bind(stmt, params)
+        return await self._run(lambda c: c.execute(sql, bound).rowcount, savepoint=False)
 
-    async def _write_job(self, sql: str, params: dict[str, Any]) -> JobRow | None:
-        return await self._write(lambda c: _job(c.execute(sql, params).fetchone()), savepoint=False)
+    async def _write_many(self, stmt: Statement, rows: Sequence[Mapping[str, Any]]) -> int:
+        """All of the rows or none of them."""
+        sql = stmt.sqlite
+        return await self._run(lambda c: c.executemany(sql, rows).rowcount)
 
-    # --- jobs: reads ------------------------------------------------------------
-    async def get_job(self, job_id: str) -> JobRow | None:
-        return _job(self._get(q.GET_JOB, {"id": job_id}))
-
-    async def get_job_by_hash(self, job_hash: str) -> JobRow | None:
-        return _job(self._get(q.GET_JOB_BY_HASH, {"job_hash": job_hash}))
-
-    async def available_jobs(self, job_types: Sequence[str], now: int, limit: int) -> list[JobRow]:
-        if not job_types:
-            return []
-        in_sql, params = q.in_list(list(job_types), "t")
-        sql = q.AVAILABLE.format(of_types=f"IN {in_sql}", pending_index=q.SQLITE_PENDING_INDEX)
-        return await self._read_jobs(sql, {**params, "now": now, "limit": limit})
-
-    async def list_jobs(
-        self, status: str | None, job_type: str | None, limit: int, offset: int
-    ) -> list[JobRow]:
-        params = {"status": status, "job_type": job_type, "limit": limit, "offset": offset}
-        return await self._read_jobs(q.LIST_JOBS, params)
-
-    async def count_jobs(self) -> dict[str, int]:
-        return {status: n for status, n in await self._read(q.COUNT_JOBS, {})}
-
-    async def jobs_of_runner(self, runner_id: str, limit: int) -> list[JobRow]:
-        return await self._read_jobs(q.JOBS_OF_RUNNER, {"runner_id": runner_id, "limit": limit})
-
-    async def stale_jobs(self, cutoff: int, limit: int) -> list[JobRow]:
-        return await self._read_jobs(q.STALE, {"cutoff": cutoff, "limit": limit})
-
-    # --- jobs: transitions --------------------------------------------------------
     async def insert_job(self, job: NewJob) -> tuple[JobRow, bool]:
         # A committed job with this hash is found on the loop, with no write.
-        existing = _job(self._get(q.GET_JOB_BY_HASH, {"job_hash": job.job_hash}))
+        existing = self._get(q.GET_JOB_BY_HASH.sqlite, {"job_hash": job.job_hash})
         if existing is not None:
-            return existing, False
+            return JobRow(*existing), False
         params = {
             "id": job.id,
             "job_hash": job.job_hash,
@@ -307,243 +374,10 @@ class SqliteStore:
         }
 
         def op(conn: sqlite3.Connection) -> tuple[JobRow, bool]:
-            row = conn.execute(q.INSERT_JOB, params).fetchone()
+            row = conn.execute(q.INSERT_JOB.sqlite, params).fetchone()
             if row is not None:
                 return JobRow(*row), True
-            existing = conn.execute(q.GET_JOB_BY_HASH, {"job_hash": job.job_hash}).fetchone()
-            return JobRow(*existing), False
+            by_hash = {"job_hash": job.job_hash}  # taken in this transaction, or since
+            return JobRow(*conn.execute(q.GET_JOB_BY_HASH.sqlite, by_hash).fetchone()), False
 
-        return await self._write(op, savepoint=False)  # the one change is the INSERT
-
-    async def requeue(
-        self, job_id: str, from_status: Sequence[str], now: int, not_before: int
-    ) -> JobRow | None:
-        in_sql, params = q.in_list(list(from_status), "s")
-        sql = q.REQUEUE.format(from_status=in_sql)
-        return await self._write_job(
-            sql, {**params, "id": job_id, "now": now, "not_before": not_before}
-        )
-
-    async def cancel(
-        self, job_id: str, from_status: Sequence[str], now: int, reason: str
-    ) -> JobRow | None:
-        in_sql, params = q.in_list(list(from_status), "s")
-        sql = q.CANCEL.format(from_status=in_sql)
-        return await self._write_job(sql, {**params, "id": job_id, "now": now, "reason": reason})
-
-    async def expire(self, job_id: str, now: int) -> bool:
-        return await self._write_count(q.EXPIRE, {"id": job_id, "now": now}) > 0
-
-    async def claim(self, job_id: str, runner_id: str, now: int) -> JobRow | None:
-        return await self._write_job(q.CLAIM, {"id": job_id, "runner_id": runner_id, "now": now})
-
-    async def claim_next(self, runner_id: str, job_types: Sequence[str], now: int) -> JobRow | None:
-        jobs = await self.claim_batch(runner_id, job_types, now, 1)
-        return jobs[0] if jobs else None
-
-    async def claim_batch(
-        self, runner_id: str, job_types: Sequence[str], now: int, limit: int
-    ) -> list[JobRow]:
-        if not job_types or limit < 1:
-            return []
-        in_sql, params = q.in_list(list(job_types), "t")
-        sql = q.CLAIM_BATCH.format(picked=q.SQLITE_PICKED).format(
-            of_types=f"IN {in_sql}", lock="", pending_index=q.SQLITE_PENDING_INDEX
-        )
-        args = {**params, "runner_id": runner_id, "now": now, "limit": limit}
-        rows = await self._write(lambda c: c.execute(sql, args).fetchall(), savepoint=False)
-        return claim_order([JobRow(*row) for row in rows])
-
-    async def heartbeat(
-        self,
-        job_id: str,
-        runner_id: str,
-        now: int,
-        progress_current: int | None,
-        progress_total: int | None,
-        console_output: str | None,
-        console_append: str | None = None,
-        max_console: int = 1_048_576,
-    ) -> bool:
-        params: dict[str, Any] = {
-            "id": job_id,
-            "runner_id": runner_id,
-            "now": now,
-            "progress_current": progress_current,
-            "progress_total": progress_total,
-        }
-        if console_append is not None:
-            params.update(console_append=console_append, max_console=max_console)
-            return await self._write_count(q.HEARTBEAT_APPEND, params) > 0
-        params["console_output"] = console_output
-        return await self._write_count(q.HEARTBEAT, params) > 0
-
-    async def complete(
-        self, job_id: str, runner_id: str, now: int, output_data: str, console_output: str | None
-    ) -> bool:
-        params = {
-            "id": job_id,
-            "runner_id": runner_id,
-            "now": now,
-            "output_data": output_data,
-            "console_output": console_output,
-        }
-        return await self._write_count(q.COMPLETE, params) > 0
-
-    async def fail(
-        self, job_id: str, runner_id: str, now: int, error_message: str, console_output: str | None
-    ) -> bool:
-        params = {
-            "id": job_id,
-            "runner_id": runner_id,
-            "now": now,
-            "error_message": error_message,
-            "console_output": console_output,
-        }
-        return await self._write_count(q.FAIL, params) > 0
-
-    async def retry_stale(self, job: JobRow, now: int, not_before: int, note: str) -> bool:
-        params = {
-            "id": job.id,
-            "runner_id": job.claimed_by,
-            "last_heartbeat": job.last_heartbeat,
-            "now": now,
-            "not_before": not_before,
-            "note": note,
-        }
-        return await self._write_count(q.RETRY_STALE, params) > 0
-
-    async def fail_stale(self, job: JobRow, now: int, error_message: str) -> bool:
-        params = {
-            "id": job.id,
-            "runner_id": job.claimed_by,
-            "last_heartbeat": job.last_heartbeat,
-            "now": now,
-            "error_message": error_message,
-        }
-        return await self._write_count(q.FAIL_STALE, params) > 0
-
-    async def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:
-        ids = list(job_ids)
-
-        def op(conn: sqlite3.Connection) -> list[str]:
-            gone = []
-            for job_id in ids:
-                row = conn.execute(q.DELETE_JOB, {"id": job_id}).fetchone()
-                if row is not None:
-                    gone.append(row[0])
-            return gone
-
-        return await self._write(op)
-
-    # --- runners ------------------------------------------------------------------
-    async def insert_runner(self, runner: RunnerRow) -> None:
-        params = {
-            "id": runner.id,
-            "name": runner.name,
-            "capabilities": runner.capabilities,
-            "registered_at": runner.registered_at,
-            "last_seen": runner.last_seen,
-            "owner": runner.owner,
-            "secret_sha256": runner.secret_sha256,
-        }
-        await self._write_count(q.INSERT_RUNNER, params)
-
-    async def get_runner(self, runner_id: str) -> RunnerRow | None:
-        row = self._get(q.GET_RUNNER, {"id": runner_id})
-        return RunnerRow(*row) if row is not None else None
-
-    async def touch_runner(self, runner_id: str, now: int) -> bool:
-        return await self._write_count(q.TOUCH_RUNNER, {"id": runner_id, "now": now}) > 0
-
-    async def probe_write(self) -> None:
-        await self._write_count(q.PROBE_WRITE, {})
-
-    async def list_runners(self, limit: int = 1000, offset: int = 0) -> list[RunnerRow]:
-        params = {"limit": limit, "offset": offset}
-        return [RunnerRow(*row) for row in await self._read(q.LIST_RUNNERS, params)]
-
-    async def count_runners(self, active_since: int) -> tuple[int, int]:
-        total, active = (await self._read(q.COUNT_RUNNERS, {"active_since": active_since}))[0]
-        return int(total), int(active)
-
-    # --- imports --------------------------------------------------------------------
-    async def import_jobs(self, rows: Sequence[JobRow]) -> int:
-        params = [{name: getattr(row, name) for name in JOB_COLUMNS} for row in rows]
-        return await self._write_many(q.IMPORT_JOB, params)
-
-    async def import_runners(self, rows: Sequence[RunnerRow]) -> int:
-        params = [{name: getattr(row, name) for name in RUNNER_COLUMNS} for row in rows]
-        return await self._write_many(q.IMPORT_RUNNER, params)
-
-    async def _write_many(self, sql: str, params: list[dict[str, Any]]) -> int:
-        """The whole batch as one write: all of it or none of it; rows inserted."""
-        if not params:
-            return 0
-        return await self._write(lambda c: c.executemany(sql, params).rowcount)
-
-    # --- stored API keys ----------------------------------------------------------------
-    async def insert_api_key(self, key: ApiKeyRow) -> None:
-        params = {name: getattr(key, name) for name in API_KEY_COLUMNS}
-        await self._write_count(q.INSERT_API_KEY, params)
-
-    async def get_api_key(self, key_id: str) -> ApiKeyRow | None:
-        return _api_key(self._get(q.GET_API_KEY, {"id": key_id}))
-
-    async def api_key_by_hash(self, secret_sha256: str) -> ApiKeyRow | None:
-        return _api_key(self._get(q.API_KEY_BY_HASH, {"secret_sha256": secret_sha256}))
-
-    async def list_api_keys(self) -> list[ApiKeyRow]:
-        return [ApiKeyRow(*row) for row in await self._read(q.LIST_API_KEYS, {})]
-
-    async def revoke_api_key(self, key_id: str, now: int) -> ApiKeyRow | None:
-        params = {"id": key_id, "now": now}
-        return await self._write(lambda c: _api_key(c.execute(q.REVOKE_API_KEY, params).fetchone()))
-
-    async def touch_api_key(self, key_id: str, now: int) -> bool:
-        return await self._write_count(q.TOUCH_API_KEY, {"id": key_id, "now": now}) > 0
-
-    # --- retention ------------------------------------------------------------------
-    async def delete_finished(self, status: str, before: int, limit: int) -> list[str]:
-        params = {"status": status, "before": before, "limit": limit}
-        sql = q.DELETE_FINISHED.format(lock="")
-        return await self._write(lambda c: [row[0] for row in c.execute(sql, params)])
-
-    async def count_finished(self, status: str, before: int) -> int:
-        rows = await self._read(q.COUNT_FINISHED, {"status": status, "before": before})
-        return int(rows[0][0])
-
-    async def clear_consoles(
-        self, status: str, since: int, before: int, limit: int
-    ) -> list[tuple[str, int]]:
-        params = {"status": status, "since": since, "before": before, "limit": limit}
-        sql = q.CLEAR_CONSOLES.format(lock="")
-        return await self._write(lambda c: [(r[0], r[1]) for r in c.execute(sql, params)])
-
-    async def count_consoles(self, status: str, since: int, before: int) -> int:
-        params = {"status": status, "since": since, "before": before}
-        return int((await self._read(q.COUNT_CONSOLES, params))[0][0])
-
-    async def job_states(self, job_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
-        if not job_ids:
-            return {}
-        in_sql, params = q.in_list(list(job_ids), "i")
-        rows = await self._read(q.JOB_STATES.format(ids=in_sql), params)
-        return {job_id: (status, int(updated_at)) for job_id, status, updated_at in rows}
-
-    async def delete_idle_runners(self, before: int, limit: int) -> list[str]:
-        params = {"before": before, "limit": limit}
-        sql = q.DELETE_IDLE_RUNNERS.format(lock="")
-        return await self._write(lambda c: [row[0] for row in c.execute(sql, params)])
-
-    async def count_idle_runners(self, before: int) -> int:
-        return int((await self._read(q.COUNT_IDLE_RUNNERS, {"before": before}))[0][0])
-
-    # --- metrics ----------------------------------------------------------------------
-    async def count_jobs_by_status_and_type(self) -> dict[tuple[str, str], int]:
-        rows = await self._read(q.COUNT_JOBS_BY_STATUS_AND_TYPE, {})
-        return {(status, job_type): int(n) for status, job_type, n in rows}
-
-
-def _api_key(row: Sequence[Any] | None) -> ApiKeyRow | None:
-    return ApiKeyRow(*row) if row is not None else None
+        return await self._run(op, savepoint=False)  # the one change is the INSERT
