@@ -587,7 +587,7 @@ class JobService:
 
     # --- admin ----------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
-        counts = await self.store.count_jobs()
+        counts = await self.store.job_counts()
         jobs = {status.value: counts.get(status.value, 0) for status in JobStatus}
         jobs["total"] = sum(counts.values())
         since = self.clock() - int(self.settings.runner_active_window * 1000)
@@ -595,15 +595,23 @@ class JobService:
         return {"jobs": jobs, "runners": {"total": total, "active": active}}
 
     async def list_jobs(
-        self, status: str | None, job_type: str | None, limit: int, offset: int
+        self,
+        status: str | None,
+        job_type: str | None,
+        limit: int,
+        offset: int,
+        after: tuple[int, str] | None = None,
     ) -> list[JobRow]:
-        """Newest first; ``job_type`` matches any type containing that text."""
+        """Newest first; ``job_type`` matches any type containing that text; ``after``
+        (created_at, id) starts past that job, ``offset`` rows further."""
         pattern = None
         if job_type and NUL in job_type:
             return []  # no job type has one
         if job_type:
             escaped = job_type.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             pattern = f"%{escaped}%"
+        if after is not None:
+            return await self.store.list_jobs_after(status, pattern, limit, offset, after)
         return await self.store.list_jobs(status, pattern, limit, offset)
 
     async def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:
@@ -615,8 +623,12 @@ class JobService:
             self.notifier.publish(Event("job_deleted", job_id))
         return deleted
 
-    async def list_runners(self, limit: int, offset: int) -> list[RunnerRow]:
-        """Most recently seen first."""
+    async def list_runners(
+        self, limit: int, offset: int, after: tuple[int, str] | None = None
+    ) -> list[RunnerRow]:
+        """Most recently seen first; ``after`` (last_seen, id) starts past that runner."""
+        if after is not None:
+            return await self.store.list_runners_after(limit, offset, after)
         return await self.store.list_runners(limit, offset)
 
     async def runner_jobs(self, runner_id: str) -> list[JobRow]:
@@ -633,7 +645,12 @@ class JobService:
         return int(self.rng() * cap * 1000)
 
     async def sweep(self, limit: int = 500) -> tuple[int, int]:
-        """Take back running jobs whose heartbeat went stale: (re-queued, failed)."""
+        """Take back running jobs whose heartbeat went stale: (re-queued, failed).
+
+        The job counts' recorded changes are folded first, so a stats read adds
+        at most one interval's worth.
+        """
+        await self.store.fold_job_counts()
         timeout_s = self.settings.heartbeat_timeout
         stale = await self.store.stale_jobs(self.clock() - int(timeout_s * 1000), limit)
         requeued = failed = 0
