@@ -478,7 +478,7 @@ def paths() -> Json:
                 Role.ADMIN_READ,
                 {
                     "200": json_reply("A page of jobs.", ref("JobList")),
-                    "400": error_reply("A bad status, limit or offset."),
+                    "400": error_reply("A bad status, limit, offset or after."),
                 },
                 tag="admin",
                 parameters=[
@@ -503,6 +503,13 @@ def paths() -> Json:
                         "name": "offset",
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "The `next` of the previous page: the page after it,"
+                        " as fast at any depth (offset then counts from there).",
+                        "schema": {"type": "string"},
                     },
                 ],
             )
@@ -555,7 +562,7 @@ def paths() -> Json:
                 Role.ADMIN_READ,
                 {
                     "200": json_reply("A page of runners.", ref("RunnerList")),
-                    "400": error_reply("A bad limit or offset."),
+                    "400": error_reply("A bad limit, offset or after."),
                 },
                 tag="admin",
                 parameters=[
@@ -573,6 +580,13 @@ def paths() -> Json:
                         "name": "offset",
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "The `next` of the previous page: the page after it,"
+                        " as fast at any depth (offset then counts from there).",
+                        "schema": {"type": "string"},
                     },
                 ],
             )

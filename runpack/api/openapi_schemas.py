@@ -215,7 +215,16 @@ SCHEMAS: Json = {
         {"claimed_by": NULLABLE_STR},
     ),
     "JobList": obj(
-        {"jobs": {"type": "array", "items": ref("JobSummary")}, "total": {"type": "integer"}}
+        {
+            "jobs": {"type": "array", "items": ref("JobSummary")},
+            "total": {"type": "integer"},
+        },
+        {
+            "next": {
+                "type": "string",
+                "description": "Where more follow: pass as `after` for the following page.",
+            },
+        },
     ),
     "Stats": obj(
         {
@@ -242,7 +251,16 @@ SCHEMAS: Json = {
         },
     ),
     "RunnerList": obj(
-        {"runners": {"type": "array", "items": ref("Runner")}, "total": {"type": "integer"}}
+        {
+            "runners": {"type": "array", "items": ref("Runner")},
+            "total": {"type": "integer"},
+        },
+        {
+            "next": {
+                "type": "string",
+                "description": "Where more follow: pass as `after` for the following page.",
+            },
+        },
     ),
     "RunnerDetail": {
         "allOf": [
