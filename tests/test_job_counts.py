@@ -169,3 +169,23 @@ def test_sqlite_schema_split_keeps_a_trigger_whole() -> None:
         "CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs",
     ]
     assert all(s.endswith("END") for s in statements)
+
+
+async def test_running_0008_again_counts_afresh(store: Store) -> None:
+    await insert(store)
+    await running(store)
+    full = await store.count_jobs()
+    await store.close()
+    again = "DELETE FROM schema_version WHERE version >= 8"
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as conn:
+            conn.execute(again)
+    else:
+        assert isinstance(store, PostgresStore)
+        conn = await asyncpg.connect(store.dsn)
+        try:
+            await conn.execute(again)
+        finally:
+            await conn.close()
+    await store.open()  # the fixture closes it again
+    assert await assert_counts_match(store) == full == {"pending": 1, "claimed": 1}

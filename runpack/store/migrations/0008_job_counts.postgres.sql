@@ -18,10 +18,15 @@ BEGIN
     RETURN NULL;
 END
 $$;
--- Creating the triggers locks out writes to jobs until this migration commits, so
--- the count below misses no job and counts none twice.
+-- (Re)creating the triggers locks out other use of jobs until this migration
+-- commits, so the count below misses no job and counts none twice; run again, it
+-- counts afresh.
+DROP TRIGGER IF EXISTS jobs_count_insert_delete ON jobs;
 CREATE TRIGGER jobs_count_insert_delete AFTER INSERT OR DELETE ON jobs
     FOR EACH ROW EXECUTE FUNCTION jobs_count();
+DROP TRIGGER IF EXISTS jobs_count_update ON jobs;
 CREATE TRIGGER jobs_count_update AFTER UPDATE OF status ON jobs
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION jobs_count();
+DELETE FROM job_count_deltas;
+DELETE FROM job_counts;
 INSERT INTO job_counts (status, n) SELECT status, COUNT(*) FROM jobs GROUP BY status;

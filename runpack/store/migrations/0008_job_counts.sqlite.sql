@@ -15,4 +15,5 @@ CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs
 BEGIN
     UPDATE job_counts SET n = n - 1 WHERE status = OLD.status;
 END;
+DELETE FROM job_counts;
 INSERT INTO job_counts (status, n) SELECT status, COUNT(*) FROM jobs GROUP BY status;
