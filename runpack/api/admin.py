@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 from aiohttp import web
 
 from runpack.api.common import json_response, policy, read_json
@@ -33,6 +36,24 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
+def cursor(sort_key: int, row_id: str) -> str:
+    """The opaque ``next`` of a page: where the following page starts."""
+    return base64.urlsafe_b64encode(f"{sort_key}:{row_id}".encode()).decode().rstrip("=")
+
+
+def _after(request: web.Request) -> tuple[int, str] | None:
+    """The ``after`` query parameter: a ``next`` that an earlier page returned."""
+    raw = request.query.get("after")
+    if not raw:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        sort_key, _, row_id = text.partition(":")
+        return int(sort_key), row_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadRequest("after must be the next of an earlier page", details=raw) from None
+
+
 @routes.get("/api/admin/stats")
 @policy(Role.ADMIN_READ, failure="Failed to get statistics")
 async def stats(request: web.Request) -> web.Response:
@@ -48,8 +69,15 @@ async def list_jobs(request: web.Request) -> web.Response:
     job_type = request.query.get("job_type") or None
     limit = _int_query(request, "limit", 100, 1, MAX_LIST)
     offset = _int_query(request, "offset", 0, 0, 10**9)
-    jobs = await request.app[SERVICE].list_jobs(status, job_type, limit, offset)
-    return json_response({"jobs": [job_summary(j) for j in jobs], "total": len(jobs)})
+    # One row more than asked says whether a following page exists.
+    jobs = await request.app[SERVICE].list_jobs(
+        status, job_type, limit + 1, offset, _after(request)
+    )
+    page = jobs[:limit]
+    body: dict[str, object] = {"jobs": [job_summary(j) for j in page], "total": len(page)}
+    if len(jobs) > limit:  # the original's fields, and where the following page starts
+        body["next"] = cursor(page[-1].created_at, page[-1].id)
+    return json_response(body)
 
 
 @routes.get("/api/admin/jobs/{job_id}")
@@ -104,16 +132,16 @@ async def list_runners(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     limit = _int_query(request, "limit", RUNNERS_PAGE, 1, MAX_RUNNERS_PAGE)
     offset = _int_query(request, "offset", 0, 0, 10**9)
-    runners = await service.list_runners(limit, offset)
+    runners = await service.list_runners(limit + 1, offset, _after(request))
+    page = runners[:limit]
     live = request.app[HUB].snapshot()
-    return json_response(
-        {
-            "runners": [
-                runner_summary(r, service.runner_is_active(r), live.get(r.id)) for r in runners
-            ],
-            "total": len(runners),
-        }
-    )
+    body: dict[str, object] = {
+        "runners": [runner_summary(r, service.runner_is_active(r), live.get(r.id)) for r in page],
+        "total": len(page),
+    }
+    if len(runners) > limit:
+        body["next"] = cursor(page[-1].last_seen, page[-1].id)
+    return json_response(body)
 
 
 @routes.get("/api/admin/runners/{runner_id}")

@@ -162,6 +162,12 @@ TYPES = query(
     explode=True,
 )
 OFFSET = query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0})
+AFTER = query(
+    "after",
+    {"type": "string"},
+    "The `next` of the previous page: the page after it, as fast at any depth"
+    " (offset then counts from there).",
+)
 NOT_HELD = {"400": "Invalid input, or the job is not held by this runner (`success: false`)."}
 JOB_OF_TYPE = "A job of a type that the key may not act on, or a browser Origin it does not list."
 SUBMIT = json_reply("The existing job: its state, cached result or error.", ref("SubmitAnswer"))
@@ -309,8 +315,9 @@ OPERATIONS: dict[tuple[str, str], Doc] = {
             query("job_type", {"type": "string"}, "Types containing this text."),
             query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
             OFFSET,
+            AFTER,
         ),
-        notes={"400": "A bad status, limit or offset."},
+        notes={"400": "A bad status, limit, offset or after."},
     ),
     ("POST", "/api/admin/jobs/batch-delete"): Doc(
         "Delete jobs",
@@ -343,8 +350,9 @@ OPERATIONS: dict[tuple[str, str], Doc] = {
                 },
             ),
             OFFSET,
+            AFTER,
         ),
-        notes={"400": "A bad limit or offset."},
+        notes={"400": "A bad limit, offset or after."},
     ),
     ("GET", "/api/admin/runners/{runner_id}"): Doc(
         "A runner and the jobs it claimed", {"200": json_reply("The runner.", ref("RunnerDetail"))}

@@ -142,7 +142,16 @@ SCHEMAS: Json = {
         {"job_id": {"type": "string"}, "status": ref("JobStatus"), "message": {"type": "string"}}
     ),
     "JobList": obj(
-        {"jobs": {"type": "array", "items": ref("JobSummary")}, "total": {"type": "integer"}}
+        {
+            "jobs": {"type": "array", "items": ref("JobSummary")},
+            "total": {"type": "integer"},
+        },
+        {
+            "next": {
+                "type": "string",
+                "description": "Where more follow: pass as `after` for the following page.",
+            },
+        },
     ),
     "Stats": obj(
         {
@@ -153,7 +162,16 @@ SCHEMAS: Json = {
         }
     ),
     "RunnerList": obj(
-        {"runners": {"type": "array", "items": ref("Runner")}, "total": {"type": "integer"}}
+        {
+            "runners": {"type": "array", "items": ref("Runner")},
+            "total": {"type": "integer"},
+        },
+        {
+            "next": {
+                "type": "string",
+                "description": "Where more follow: pass as `after` for the following page.",
+            },
+        },
     ),
     "BatchDelete": obj(
         {

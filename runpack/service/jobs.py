@@ -163,7 +163,7 @@ class Jobs(ServiceCore):
 
     # --- admin ----------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
-        counts = await self.store.count_jobs()
+        counts = await self.store.job_counts()
         jobs = {status.value: counts.get(status.value, 0) for status in JobStatus}
         jobs["total"] = sum(counts.values())
         since = self.clock() - int(self.settings.runner_active_window * 1000)
@@ -171,15 +171,23 @@ class Jobs(ServiceCore):
         return {"jobs": jobs, "runners": {"total": total, "active": active}}
 
     async def list_jobs(
-        self, status: str | None, job_type: str | None, limit: int, offset: int
+        self,
+        status: str | None,
+        job_type: str | None,
+        limit: int,
+        offset: int,
+        after: tuple[int, str] | None = None,
     ) -> list[JobRow]:
-        """Newest first; ``job_type`` matches any type containing that text."""
+        """Newest first; ``job_type`` matches any type containing that text; ``after``
+        (created_at, id) starts past that job, ``offset`` rows further."""
         pattern = None
         if job_type and NUL in job_type:
             return []  # no job type has one
         if job_type:
             escaped = job_type.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             pattern = f"%{escaped}%"
+        if after is not None:
+            return await self.store.list_jobs_after(status, pattern, limit, offset, after)
         return await self.store.list_jobs(status, pattern, limit, offset)
 
     async def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:

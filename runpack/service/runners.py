@@ -55,8 +55,12 @@ class Runners(ServiceCore):
         if not is_uuid(runner_id) or not await self.store.touch_runner(runner_id, self.clock()):
             raise RunnerNotFound(details="Register first: POST /api/runner/register")
 
-    async def list_runners(self, limit: int, offset: int) -> list[RunnerRow]:
-        """Most recently seen first."""
+    async def list_runners(
+        self, limit: int, offset: int, after: tuple[int, str] | None = None
+    ) -> list[RunnerRow]:
+        """Most recently seen first; ``after`` (last_seen, id) starts past that runner."""
+        if after is not None:
+            return await self.store.list_runners_after(limit, offset, after)
         return await self.store.list_runners(limit, offset)
 
     async def runner_jobs(self, runner_id: str) -> list[JobRow]:

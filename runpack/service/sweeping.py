@@ -26,7 +26,12 @@ class Sweeping(ServiceCore):
         return int(self.rng() * cap * 1000)
 
     async def sweep(self, limit: int = 500) -> tuple[int, int]:
-        """Take back running jobs whose heartbeat went stale: (re-queued, failed)."""
+        """Take back running jobs whose heartbeat went stale: (re-queued, failed).
+
+        The job counts' recorded changes are folded first, so a stats read adds
+        at most one interval's worth.
+        """
+        await self.store.fold_job_counts()
         timeout_s = self.settings.heartbeat_timeout
         stale = await self.store.stale_jobs(self.clock() - int(timeout_s * 1000), limit)
         requeued = failed = 0

@@ -124,6 +124,26 @@ class Store(Protocol):
 
     async def count_jobs(self) -> dict[str, int]: ...
 
+    async def list_jobs_after(
+        self,
+        status: str | None,
+        job_type: str | None,
+        limit: int,
+        offset: int,
+        after: tuple[int, str],
+    ) -> list[JobRow]:
+        """``list_jobs`` from past the job whose (created_at, id) is ``after``."""
+        ...
+
+    async def job_counts(self) -> dict[str, int]:
+        """``count_jobs`` from the counts that triggers keep: a few rows, however many jobs."""
+        ...
+
+    async def fold_job_counts(self) -> None:
+        """Fold the count changes recorded since the last fold (PostgreSQL; a no-op on
+        SQLite, whose triggers update the counts themselves)."""
+        ...
+
     async def jobs_of_runner(self, runner_id: str, limit: int) -> list[JobRow]: ...
 
     async def stale_jobs(self, cutoff: int, limit: int) -> list[JobRow]: ...
@@ -201,6 +221,12 @@ class Store(Protocol):
 
     async def list_runners(self, limit: int = 1000, offset: int = 0) -> list[RunnerRow]:
         """A page of runners, most recently seen first."""
+        ...
+
+    async def list_runners_after(
+        self, limit: int, offset: int, after: tuple[int, str]
+    ) -> list[RunnerRow]:
+        """``list_runners`` from past the runner whose (last_seen, id) is ``after``."""
         ...
 
     async def count_runners(self, active_since: int) -> tuple[int, int]: ...

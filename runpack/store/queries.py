@@ -167,7 +167,40 @@ ORDER BY created_at DESC, id
 LIMIT :limit OFFSET :offset
 """)
 
+# The page after a job of an earlier page (keyset paging): jobs_created_idx is entered
+# at that job's created_at, so a deep page costs what the first does. Its terms are
+# plain ranges (no `IS NULL OR`), which SQLite's planner can use.
+LIST_JOBS_AFTER = Statement(f"""
+SELECT {JOB_COLS} FROM jobs
+WHERE created_at <= :created_at AND (created_at < :created_at OR id > :id)
+  AND (CAST(:status AS TEXT) IS NULL OR status = :status)
+  AND (CAST(:job_type AS TEXT) IS NULL OR LOWER(job_type) LIKE LOWER(:job_type) ESCAPE '\\')
+ORDER BY created_at DESC, id
+LIMIT :limit OFFSET :offset
+""")
+
 COUNT_JOBS = Statement("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+# The same answer from the counts that triggers keep (schema.sqlite.sql,
+# schema.postgres.sql): a few rows whatever the number of jobs. On PostgreSQL the
+# changes not yet folded are added; one statement sees a fold whole or not at all.
+JOB_COUNTS = Statement(
+    sqlite="SELECT status, n FROM job_counts WHERE n <> 0",
+    postgres="""
+SELECT status, SUM(n) FROM (
+    SELECT status, n FROM job_counts UNION ALL SELECT status, delta FROM job_count_deltas
+) AS counts GROUP BY status HAVING SUM(n) <> 0
+""",
+)
+# Moves the changes into job_counts (PostgreSQL: SQLite's triggers update the counts
+# themselves). Concurrent folds each move the rows they deleted, and DO UPDATE adds
+# them to the row as last committed.
+FOLD_JOB_COUNTS = Statement(
+    postgres="""
+WITH moved AS (DELETE FROM job_count_deltas RETURNING status, delta)
+INSERT INTO job_counts (status, n) SELECT status, SUM(delta) FROM moved GROUP BY status
+ON CONFLICT (status) DO UPDATE SET n = job_counts.n + EXCLUDED.n
+"""
+)
 # For /metrics.
 COUNT_JOBS_BY_STATUS_AND_TYPE = Statement(
     "SELECT status, job_type, COUNT(*) FROM jobs GROUP BY status, job_type"
@@ -194,6 +227,11 @@ WHERE version = (SELECT MAX(version) FROM schema_version)
 """)
 LIST_RUNNERS = Statement(f"""
 SELECT {RUNNER_COLS} FROM runners ORDER BY last_seen DESC, id LIMIT :limit OFFSET :offset
+""")
+LIST_RUNNERS_AFTER = Statement(f"""
+SELECT {RUNNER_COLS} FROM runners
+WHERE last_seen <= :last_seen AND (last_seen < :last_seen OR id > :id)
+ORDER BY last_seen DESC, id LIMIT :limit OFFSET :offset
 """)
 COUNT_RUNNERS = Statement("""
 SELECT COUNT(*), COALESCE(SUM(CASE WHEN last_seen > :active_since THEN 1 ELSE 0 END), 0)

@@ -1,5 +1,7 @@
 -- Runpack schema: one file, valid on SQLite and PostgreSQL.
 -- Timestamps are BIGINT milliseconds since the epoch; JSON is kept as TEXT.
+-- What the engines write differently (triggers) is in schema.sqlite.sql and
+-- schema.postgres.sql, run right after this file.
 -- New databases run this file; existing ones are upgraded by the ordered
 -- forward migrations in runpack/store/migrations/ (see schema_version).
 
@@ -50,6 +52,13 @@ CREATE INDEX IF NOT EXISTS jobs_running_idx ON jobs (last_heartbeat)
 CREATE INDEX IF NOT EXISTS jobs_finished_idx ON jobs (status, updated_at)
     WHERE status IN ('completed', 'failed', 'expired', 'cancelled');
 
+-- Jobs per state, kept by triggers on jobs (schema.sqlite.sql, schema.postgres.sql),
+-- so /api/admin/stats reads a few rows instead of counting every stored job.
+CREATE TABLE IF NOT EXISTS job_counts (
+    status TEXT   NOT NULL PRIMARY KEY,
+    n      BIGINT NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS runners (
     id            TEXT   NOT NULL PRIMARY KEY,
     name          TEXT   NOT NULL,
@@ -94,3 +103,4 @@ INSERT INTO schema_version (version, applied_at) VALUES (4, 0) ON CONFLICT (vers
 INSERT INTO schema_version (version, applied_at) VALUES (5, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (6, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (7, 0) ON CONFLICT (version) DO NOTHING;
+INSERT INTO schema_version (version, applied_at) VALUES (8, 0) ON CONFLICT (version) DO NOTHING;

@@ -109,6 +109,25 @@ class SqlStore(ABC):
     async def count_jobs(self) -> dict[str, int]:
         return {status: int(n) for status, n in await self._read(q.COUNT_JOBS, {})}
 
+    async def list_jobs_after(
+        self,
+        status: str | None,
+        job_type: str | None,
+        limit: int,
+        offset: int,
+        after: tuple[int, str],
+    ) -> list[JobRow]:
+        created_at, job_id = after
+        params = {"status": status, "job_type": job_type, "limit": limit, "offset": offset}
+        params |= {"created_at": created_at, "id": job_id}
+        return [JobRow(*row) for row in await self._read(q.LIST_JOBS_AFTER, params)]
+
+    async def job_counts(self) -> dict[str, int]:
+        return {status: int(n) for status, n in await self._read(q.JOB_COUNTS, {})}
+
+    async def fold_job_counts(self) -> None:
+        await self._write_count(q.FOLD_JOB_COUNTS, {})
+
     async def jobs_of_runner(self, runner_id: str, limit: int) -> list[JobRow]:
         params = {"runner_id": runner_id, "limit": limit}
         return [JobRow(*row) for row in await self._read(q.JOBS_OF_RUNNER, params)]
@@ -241,6 +260,13 @@ class SqlStore(ABC):
     async def list_runners(self, limit: int = 1000, offset: int = 0) -> list[RunnerRow]:
         params = {"limit": limit, "offset": offset}
         return [RunnerRow(*row) for row in await self._read(q.LIST_RUNNERS, params)]
+
+    async def list_runners_after(
+        self, limit: int, offset: int, after: tuple[int, str]
+    ) -> list[RunnerRow]:
+        last_seen, runner_id = after
+        params = {"limit": limit, "offset": offset, "last_seen": last_seen, "id": runner_id}
+        return [RunnerRow(*row) for row in await self._read(q.LIST_RUNNERS_AFTER, params)]
 
     async def count_runners(self, active_since: int) -> tuple[int, int]:
         total, active = (await self._read(q.COUNT_RUNNERS, {"active_since": active_since}))[0]

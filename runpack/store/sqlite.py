@@ -356,6 +356,9 @@ class SqliteStore(SqlStore):
         sql = stmt.sqlite
         return await self._run(lambda c: c.executemany(sql, rows).rowcount)
 
+    async def fold_job_counts(self) -> None:
+        """Nothing to fold: SQLite's triggers update the counts themselves."""
+
     async def insert_job(self, job: NewJob) -> tuple[JobRow, bool]:
         # A committed job with this hash is found on the loop, with no write.
         existing = self._get(q.GET_JOB_BY_HASH.sqlite, {"job_hash": job.job_hash})

@@ -4,6 +4,11 @@ A new database gets ``schema.sql``, the whole current schema, which records its
 own version (keep it equal to the newest migration). An
 existing one gets every ``NNNN_*.sql`` file in this folder whose number is above
 its ``schema_version``, in order, each in the same transaction as its version row.
+
+What the engines write differently (triggers) is in a twin file named for the
+engine, ``schema.sqlite.sql`` or ``NNNN_name.postgres.sql``, run right after the
+file it completes. PostgreSQL runs each file as one script; SQLite one statement
+at a time.
 """
 
 from __future__ import annotations
@@ -34,14 +39,36 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+def twin(name: str, dialect: str) -> str:
+    """The ``dialect`` twin of the schema or of a migration file named ``name``, or ''."""
+    path = (_STORE / "migrations" if _NAME.match(name) else _STORE).joinpath(
+        name.removesuffix(".sql") + f".{dialect}.sql"
+    )
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
 def latest_version() -> int:
     return max([1, *(v for v, _, _ in migrations())])
 
 
 def split_statements(sql: str) -> list[str]:
-    """Statements of a schema file (no semicolons inside literals in our files)."""
-    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    """Statements of a schema file for SQLite, comment lines left out.
+
+    A statement ends with a semicolon at the end of a line, once SQLite finds it
+    complete: a trigger's body (``BEGIN … END;``) is one statement.
+    """
+    statements: list[str] = []
+    lines: list[str] = []
+    for line in sql.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        lines.append(line)
+        text = "\n".join(lines)
+        if line.rstrip().endswith(";") and sqlite3.complete_statement(text):
+            statements.append(text.strip().removesuffix(";").strip())
+            lines = []
+    rest = "\n".join(lines).strip()
+    return [*statements, rest] if rest else statements
 
 
 def apply_sqlite(conn: sqlite3.Connection) -> int:
@@ -50,13 +77,13 @@ def apply_sqlite(conn: sqlite3.Connection) -> int:
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
     ).fetchone()
     if not exists:
-        for statement in split_statements(SCHEMA_SQL):
+        for statement in split_statements(f"{SCHEMA_SQL}\n{twin('schema.sql', 'sqlite')}"):
             conn.execute(statement)
     current: int = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 1
-    for version, _name, sql in migrations():
+    for version, name, sql in migrations():
         if version <= current:
             continue
-        for statement in split_statements(sql):
+        for statement in split_statements(f"{sql}\n{twin(name, 'sqlite')}"):
             conn.execute(statement)
         conn.execute(
             "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
@@ -76,14 +103,12 @@ async def apply_postgres(conn: asyncpg.Connection) -> int:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PG_MIGRATION_LOCK)
         exists = await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
         if not exists:
-            for statement in split_statements(SCHEMA_SQL):
-                await conn.execute(statement)
+            await conn.execute(f"{SCHEMA_SQL}\n{twin('schema.sql', 'postgres')}")
         current: int = await conn.fetchval("SELECT MAX(version) FROM schema_version") or 1
-        for version, _name, sql in migrations():
+        for version, name, sql in migrations():
             if version <= current:
                 continue
-            for statement in split_statements(sql):
-                await conn.execute(statement)
+            await conn.execute(f"{sql}\n{twin(name, 'postgres')}")
             await conn.execute(
                 "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
                 version,

@@ -21,6 +21,9 @@ export function render(ctx) {
     page: Math.max(1, Number.parseInt(ctx.query.get('page') || '1', 10) || 1),
   };
   const selected = new Set();
+  // The `after` that starts a page, from the page before it: a deep page costs what
+  // the first does. A page reached any other way (a link to ?page=N) uses offset.
+  const afters = new Map();
   let shown = [];
   const live = liveIndicator();
 
@@ -107,14 +110,16 @@ export function render(ctx) {
   let loading = 0;
   async function load() {
     const mine = ++loading;
-    const q = new URLSearchParams({
-      limit: String(PAGE_SIZE + 1), offset: String((state.page - 1) * PAGE_SIZE),
-    });
+    const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    const after = afters.get(state.page);
+    if (after) q.set('after', after);
+    else if (state.page > 1) q.set('offset', String((state.page - 1) * PAGE_SIZE));
     if (state.status) q.set('status', state.status);
     if (state.type) q.set('job_type', state.type);
     const data = await api(`/api/admin/jobs?${q}`, { key: 'admin', signal: ctx.signal });
     if (mine !== loading) return;
-    shown = data.jobs.slice(0, PAGE_SIZE);
+    shown = data.jobs;
+    if (data.next) afters.set(state.page + 1, data.next);
     const selectAll = h('input', {
       type: 'checkbox', id: 'jobs-select-all', 'aria-label': 'Select all jobs on this page',
     });
@@ -135,7 +140,7 @@ export function render(ctx) {
       { caption: 'Jobs', empty: filtered ? 'No jobs match these filters.' : 'No jobs yet.' },
     ));
     prev.disabled = state.page <= 1;
-    next.disabled = data.jobs.length <= PAGE_SIZE;
+    next.disabled = !data.next;
     pageText.textContent = `Page ${state.page}`;
     updateSelection();
   }
@@ -147,6 +152,7 @@ export function render(ctx) {
     state.status = statusSelect.value;
     state.type = typeInput.value.trim();
     state.page = 1;
+    afters.clear();
     selected.clear();
     syncUrl();
     reload();
