@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,14 @@ from runpack.app import create_app
 from runpack.appkeys import SERVICE
 from runpack.service import JobService
 from runpack.settings import Settings
-from tests.pg import ADMIN_DSN, dsn_for, unavailable, unreachable_reason
+from tests.pg import (
+    ADMIN_DSN,
+    dsn_for,
+    fresh_database,
+    require_postgres,
+    unavailable,
+    unreachable_reason,
+)
 
 SUBMIT_KEY = "test-submit-key"
 RUNNER_KEY = "test-runner-key"
@@ -182,3 +189,14 @@ def controlled_clock(client: TestClient) -> Clock:
     clock = Clock()
     service_of(client).clock = clock
     return clock
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The --db of a real server process: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "runpack.db")
+        return
+    require_postgres()
+    async with fresh_database() as dsn:
+        yield dsn

@@ -382,17 +382,6 @@ def assert_completed_once(
 # --- a server killed and started again -----------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """The --db of a server: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield str(tmp_path / "runpack.db")
-        return
-    require_postgres()
-    async with fresh_database() as dsn:
-        yield dsn
-
-
 async def test_a_killed_server_restarted_on_its_database_loses_no_job(
     tmp_path: Path, database: str, procs: Procs
 ) -> None:

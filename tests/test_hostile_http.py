@@ -14,7 +14,6 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import orjson
 import pytest
 
 from runpack.logs import JsonFormatter, TextFormatter
-from tests.pg import fresh_database, require_postgres
 from tests.procs import KEYS, Proc, running_server, until
 
 SUBMIT = f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}".encode()
@@ -86,17 +84,6 @@ def assert_clean_log(server: Proc) -> None:
 
 
 # --- headers that are not UTF-8 text -----------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """The --db of a server: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield str(tmp_path / "runpack.db")
-        return
-    require_postgres()
-    async with fresh_database() as dsn:
-        yield dsn
 
 
 async def origin_bound_key(server: Proc) -> bytes:

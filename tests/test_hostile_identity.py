@@ -18,7 +18,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,6 @@ import orjson
 import pytest
 
 from runpack.store import RunnerRow, open_store
-from tests.pg import fresh_database, require_postgres
 from tests.procs import KEYS, Proc, clean_env, running_runner, running_server, until
 
 ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
@@ -42,17 +41,6 @@ TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """The --db of a server: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield str(tmp_path / "runpack.db")
-        return
-    require_postgres()
-    async with fresh_database() as dsn:
-        yield dsn
 
 
 @pytest.fixture

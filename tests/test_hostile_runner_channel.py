@@ -21,7 +21,6 @@ import pytest
 from runpack.errors import StoreError
 from runpack.protocol import RUNNER_SECRET_HEADER
 from runpack.store.sqlite import SqliteStore
-from tests.pg import fresh_database, require_postgres
 from tests.procs import KEYS, Proc, running_runner, running_server, until
 
 RUNNER = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
@@ -39,17 +38,6 @@ SERVER_ENV = {
     "RUNPACK_MAX_CONSOLE_BYTES": str(MAX_CONSOLE),
     "RUNPACK_MAX_ERROR_BYTES": str(MAX_ERROR),
 }
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """The --db of a server: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield str(tmp_path / "runpack.db")
-        return
-    require_postgres()
-    async with fresh_database() as dsn:
-        yield dsn
 
 
 @pytest.fixture

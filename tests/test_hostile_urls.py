@@ -32,7 +32,6 @@ from runpack.netrules import URLNotAllowed, address_allowed, check_url, guarded,
 from runpack.validation import INVALID, UNKNOWN, VALID, ResultValidator
 from runpack_runner.cli import build_parser
 from runpack_runner.settings import RunnerSettings
-from tests.pg import fresh_database, require_postgres
 from tests.procs import KEYS, Proc, free_port, running_runner, running_server, until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,16 +89,6 @@ def closed_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
     finally:
         sock.close()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "runpack.db")
-        return
-    require_postgres()
-    async with fresh_database() as dsn:
-        yield dsn
 
 
 # --- speaking to a real server, as a client and as the original's runner -------------------
