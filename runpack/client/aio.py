@@ -1,286 +1,38 @@
-"""Python client for a Runpack server: submit jobs, follow them live, get their results.
-
-Asynchronous::
-
-    async with AsyncClient("http://127.0.0.1:8080", submit_key=KEY) as runpack:
-        job = await runpack.submit("hello_world", {"name": "Ada", "processing_time": 3})
-        async for event in runpack.watch(job.job_id):
-            print(event.type, event.data)
-        result = await runpack.wait(job.job_id)  # the job's output_data
-
-Synchronous, the same methods (``watch`` returns a plain iterator)::
-
-    with Client("http://127.0.0.1:8080", submit_key=KEY) as runpack:
-        result = runpack.wait(runpack.submit("hello_world", {"name": "Ada"}).job_id)
-
-Everything is passed in explicitly: this module reads no environment variable.
-A reply with an error status raises :class:`RunpackClientError` (with the server's
-``error`` and ``details``); a job that ends badly makes :meth:`AsyncClient.wait`
-raise :class:`JobFailed`.
-"""
+"""The asynchronous client: one aiohttp session, each method one request, and
+:meth:`AsyncClient.watch` following a job's stream across reconnects."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 
-from runpack.protocol import FINAL
+from runpack.client.errors import (
+    JobFailed,
+    RunpackClientError,
+    RunpackConnectionError,
+    server_error,
+)
+from runpack.client.models import (
+    CancelResult,
+    CheckResult,
+    Event,
+    JobInfo,
+    JobSummary,
+    Progress,
+    RunnerInfo,
+    SubmitResult,
+)
+from runpack.client.sse import SSEParser
 
-__all__ = [
-    "AsyncClient",
-    "CancelResult",
-    "CheckResult",
-    "Client",
-    "Event",
-    "JobFailed",
-    "JobInfo",
-    "JobSummary",
-    "Progress",
-    "RunnerInfo",
-    "RunpackClientError",
-    "RunpackConnectionError",
-    "SubmitResult",
-]
-
-T = TypeVar("T")
-
-#: Statuses after which a job's stream ends.
-FINAL_STATUSES = frozenset({*(s.value for s in FINAL), "deleted"})
 #: The server sends a keepalive every 15 s: a stream silent for this long is dead.
 STREAM_READ_TIMEOUT = 60.0
-
-
-# --- errors ---------------------------------------------------------------------------------
-
-
-class RunpackClientError(Exception):
-    """The server answered with an error status (``status``), or could not be reached."""
-
-    def __init__(self, status: int | None, error: str, details: str | None = None) -> None:
-        self.status = status
-        self.error = error
-        self.details = details
-        text = f"{status} {error}" if status is not None else error
-        super().__init__(f"{text} ({details})" if details else text)
-
-
-class RunpackConnectionError(RunpackClientError):
-    """The server could not be reached, or the connection broke."""
-
-    def __init__(self, error: str, details: str | None = None) -> None:
-        super().__init__(None, error, details)
-
-
-class JobFailed(Exception):
-    """The job ended without a result: failed, cancelled, expired or deleted."""
-
-    def __init__(self, job_id: str, status: str, error: str) -> None:
-        self.job_id = job_id
-        self.status = status
-        self.error = error
-        super().__init__(f"job {job_id} {status}: {error}")
-
-
-# --- what the server answers ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    current: int | None
-    total: int | None
-
-    @classmethod
-    def from_json(cls, data: Any) -> Progress | None:
-        if not isinstance(data, dict):
-            return None
-        return cls(data.get("current"), data.get("total"))
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitResult:
-    """``POST /api/jobs/submit``: the job, new or the existing one with the same inputs."""
-
-    job_id: str
-    status: str
-    message: str
-    #: True when this submit queued the job (HTTP 201), False for an existing one.
-    created: bool
-    #: ``{"output_data", "console_output"}`` of a cached result.
-    result: dict[str, Any] | None = None
-    error: str | None = None
-
-    @property
-    def output_data(self) -> dict[str, Any] | None:
-        return None if self.result is None else self.result.get("output_data")
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """``POST /api/jobs/check``: whether a job with these inputs exists, and its state."""
-
-    exists: bool
-    message: str
-    job_id: str | None = None
-    status: str | None = None
-    result: dict[str, Any] | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class JobInfo:
-    """``GET /api/jobs/{id}``."""
-
-    job_id: str
-    status: str
-    job_type: str
-    created_at: int
-    updated_at: int
-    progress: Progress | None = None
-    result: dict[str, Any] | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CancelResult:
-    job_id: str
-    status: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class JobSummary:
-    """A row of ``GET /api/admin/jobs``."""
-
-    job_id: str
-    job_type: str
-    status: str
-    created_at: int
-    updated_at: int
-    claimed_by: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RunnerInfo:
-    """A row of ``GET /api/admin/runners``; ``live`` holds the connection's details."""
-
-    runner_id: str
-    name: str
-    capabilities: list[str]
-    last_seen: int
-    is_active: bool
-    connected: bool
-    live: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One event of a job's stream.
-
-    ``type`` is ``snapshot`` (the whole job, first), ``status`` (``{status, result?,
-    error?, runner_id?}``), ``progress`` (``{current, total}``) or ``console``
-    (``{append}`` or ``{replace}``). ``id`` is what a reconnect resumes from.
-    """
-
-    id: str | None
-    type: str
-    data: dict[str, Any]
-
-    @property
-    def status(self) -> str | None:
-        if self.type in ("snapshot", "status"):
-            status = self.data.get("status")
-            return status if isinstance(status, str) else None
-        return None
-
-    @property
-    def is_final(self) -> bool:
-        """A final status: the stream ends after this event."""
-        return self.status in FINAL_STATUSES
-
-    @property
-    def output_data(self) -> dict[str, Any] | None:
-        """The result carried by a final ``completed`` event or snapshot."""
-        if self.type == "snapshot":
-            return self.data.get("output_data") or {}
-        result = self.data.get("result")
-        return result.get("output_data") or {} if isinstance(result, dict) else None
-
-    @property
-    def error(self) -> str | None:
-        """The error of a failed or cancelled job."""
-        value = self.data.get("error_message" if self.type == "snapshot" else "error")
-        return value if isinstance(value, str) else None
-
-
-class _SSEParser:
-    """A ``text/event-stream`` body, fed in chunks, as the SSE specification reads it."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._skip_lf = False
-        self._data: list[str] = []
-        self._type = ""
-        self.last_id: str | None = None
-
-    def feed(self, chunk: bytes) -> list[Event]:
-        if self._skip_lf and chunk.startswith(b"\n"):
-            chunk = chunk[1:]
-        self._skip_lf = False
-        self._buffer += chunk
-        events: list[Event] = []
-        while True:
-            cr, lf = self._buffer.find(b"\r"), self._buffer.find(b"\n")
-            ends = [i for i in (cr, lf) if i >= 0]
-            if not ends:
-                return events
-            end = min(ends)
-            line = self._buffer[:end]
-            step = 2 if self._buffer[end : end + 2] == b"\r\n" else 1
-            if step == 1 and end == cr and end == len(self._buffer) - 1:
-                self._skip_lf = True  # a CR at the end of a chunk: its LF may come next
-            self._buffer = self._buffer[end + step :]
-            event = self._line(line.decode("utf-8", errors="replace"))
-            if event is not None:
-                events.append(event)
-
-    def _line(self, line: str) -> Event | None:
-        if line == "":
-            if not self._data:
-                self._type = ""
-                return None
-            text = "\n".join(self._data)
-            kind = self._type or "message"
-            self._data, self._type = [], ""
-            try:
-                data = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                data = {"text": text}
-            if not isinstance(data, dict):
-                data = {"value": data}
-            return Event(self.last_id, kind, data)
-        if line.startswith(":"):
-            return None  # a comment: the server's keepalive
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._type = value
-        elif name == "id" and "\0" not in value:
-            self.last_id = value
-        return None
-
-
-# --- the asynchronous client -----------------------------------------------------------------
 
 
 class AsyncClient:
@@ -364,7 +116,7 @@ class AsyncClient:
         except orjson.JSONDecodeError:
             reply = None
         if status >= 400:
-            raise _server_error(status, reply, raw)
+            raise server_error(status, reply, raw)
         return status, reply
 
     # --- jobs -----------------------------------------------------------------------------
@@ -533,7 +285,7 @@ class AsyncClient:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.timeout, sock_read=STREAM_READ_TIMEOUT
         )
-        parser = _SSEParser()
+        parser = SSEParser()
         try:
             async with self._http().get(self.url + path, headers=headers, timeout=timeout) as resp:
                 if resp.status >= 400:
@@ -542,7 +294,7 @@ class AsyncClient:
                         reply = orjson.loads(raw) if raw else None
                     except orjson.JSONDecodeError:
                         reply = None
-                    raise _server_error(resp.status, reply, raw)
+                    raise server_error(resp.status, reply, raw)
                 async for chunk in resp.content.iter_any():
                     for event in parser.feed(chunk):
                         yield event
@@ -582,130 +334,3 @@ class AsyncClient:
 
 def _segment(value: str) -> str:
     return quote(value, safe="")
-
-
-def _server_error(status: int, reply: Any, raw: bytes) -> RunpackClientError:
-    if isinstance(reply, dict) and isinstance(reply.get("error"), str):
-        details = reply.get("details")
-        return RunpackClientError(status, reply["error"], None if details is None else str(details))
-    text = raw.decode("utf-8", errors="replace").strip()[:200]
-    return RunpackClientError(status, text or f"HTTP {status}")
-
-
-# --- the synchronous client ------------------------------------------------------------------
-
-
-class Client:
-    """The same API as :class:`AsyncClient`, synchronous.
-
-    It runs an event loop in a private thread; each call waits for its result.
-    ``watch`` returns a plain iterator. Use it as a context manager, or call
-    :meth:`close` when done.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        submit_key: str | None = None,
-        admin_key: str | None = None,
-        *,
-        timeout: float = 30.0,
-        reconnect_timeout: float = 30.0,
-    ) -> None:
-        self._async = AsyncClient(
-            url, submit_key, admin_key, timeout=timeout, reconnect_timeout=reconnect_timeout
-        )
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="runpack-client", daemon=True
-        )
-        self._thread.start()
-        self._closed = False
-
-    @property
-    def url(self) -> str:
-        return self._async.url
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._run(self._async.close())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._closed and not self._loop.is_running():
-            coro.close()
-            raise RuntimeError("the client is closed")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()  # e.g. KeyboardInterrupt: stop the call in the loop too
-            raise
-
-    def submit(
-        self, job_type: str, params: dict[str, Any], *, force: bool = False, priority: int = 0
-    ) -> SubmitResult:
-        return self._run(self._async.submit(job_type, params, force=force, priority=priority))
-
-    def check(self, job_type: str, params: dict[str, Any]) -> CheckResult:
-        return self._run(self._async.check(job_type, params))
-
-    def status(self, job_id: str) -> JobInfo:
-        return self._run(self._async.status(job_id))
-
-    def details(self, job_id: str) -> dict[str, Any]:
-        return self._run(self._async.details(job_id))
-
-    def cancel(self, job_id: str) -> CancelResult:
-        return self._run(self._async.cancel(job_id))
-
-    def jobs(
-        self,
-        *,
-        status: str | None = None,
-        job_type: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[JobSummary]:
-        return self._run(
-            self._async.jobs(status=status, job_type=job_type, limit=limit, offset=offset)
-        )
-
-    def runners(self) -> list[RunnerInfo]:
-        return self._run(self._async.runners())
-
-    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
-        return self._run(self._async.wait(job_id, timeout))
-
-    def watch(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[Event]:
-        """The job's events as a plain iterator (see :meth:`AsyncClient.watch`)."""
-        events = self._async.watch(job_id, last_event_id=last_event_id)
-
-        async def step() -> Event | None:
-            try:
-                return await anext(events)
-            except StopAsyncIteration:
-                return None
-
-        try:
-            while (event := self._run(step())) is not None:
-                yield event
-        finally:
-            self._run(events.aclose())
