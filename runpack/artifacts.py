@@ -1,14 +1,10 @@
 """Stored figures: the folders runners upload, kept under ``<data_dir>/figures/<job_id>/``.
 
-An upload is one tar archive (plain, or compressed with gzip, bzip2 or xz). It is
-spooled to disk, unpacked into a fresh folder under ``figures/.incoming/``, checked,
-given a manifest (every file's path and size) and renamed into place in one step, so
-a reader sees the old figure or the new one, never half of one. Only regular files
-and folders with plain relative names are accepted. Limits are enforced while
-reading, before anything is kept: the bytes of the files, the entries (every member
-of the archive, folders included, and every folder a path creates), and how much
-the archive may grow when decompressed (a ratio of the bytes sent: a small gzip
-of zeros is refused long before it fills the disk). A refused upload leaves nothing.
+An upload is one tar archive, spooled to disk, unpacked into a fresh folder under
+``figures/.incoming/`` (by :mod:`runpack.uploads`, which checks it and enforces the
+limits before anything is kept), given a manifest (every file's path and size) and
+renamed into place in one step, so a reader sees the old figure or the new one,
+never half of one. A refused upload leaves nothing.
 A figure is *complete* while every file in its manifest exists with its size: a
 cached result whose figure is not complete is expired and computed again.
 
@@ -26,61 +22,41 @@ Imports neither aiohttp nor a database driver; blocking file work runs in thread
 from __future__ import annotations
 
 import asyncio
-import bz2
 import contextlib
 import errno
-import gzip
-import io
 import logging
-import lzma
 import os
 import secrets
 import shutil
 import stat
-import tarfile
 import time
 import uuid
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
 
+from runpack import uploads
 from runpack.errors import (
     BadRequest,
     InsufficientStorage,
     NotOwned,
     RunpackError,
     StorageNotWritable,
-    TooLarge,
 )
+from runpack.uploads import DEFAULT_MAX_RATIO, MANIFEST, check_path
 
 if TYPE_CHECKING:
     from runpack.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Written beside the files of every stored figure; never uploaded, never served.
-MANIFEST = ".runpack-manifest.json"
 INCOMING = ".incoming"
-MAX_PATH_CHARS = 1024
-MAX_NAME_BYTES = 255
 #: Leftovers of uploads interrupted by a crash are removed at start once this old.
 STALE_INCOMING_S = 3600.0
-WRITE_BUFFER = 1024 * 1024
-#: An archive may always unpack to this much, whatever its ratio: tar pads even a
-#: tiny archive to 10 KiB of mostly zeros, which compress to almost nothing.
-MIN_UNPACKED_LIMIT = 1024 * 1024
-DEFAULT_MAX_RATIO = 100
-#: Compressed archives, by their first bytes, and how to read them.
-COMPRESSED: tuple[tuple[bytes, Callable[[IO[bytes]], io.BufferedIOBase]], ...] = (
-    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
-    (b"BZh", bz2.BZ2File),
-    (b"\xfd7zXZ\x00", lzma.LZMAFile),
-)
 
 #: Content types by suffix; anything else is served as application/octet-stream.
 CONTENT_TYPES = {
@@ -149,34 +125,6 @@ def content_type(name: str) -> str:
     return CONTENT_TYPES.get(suffix, BINARY)
 
 
-def check_path(path: str) -> str:
-    """``path`` if it is a plain relative path inside a figure folder; BadRequest if not."""
-
-    def bad(why: str) -> BadRequest:
-        return BadRequest("Invalid file path", details=f"{path[:200]!r}: {why}")
-
-    if not path:
-        raise bad("empty")
-    if len(path) > MAX_PATH_CHARS:
-        raise bad(f"longer than {MAX_PATH_CHARS} characters")
-    if "\x00" in path:
-        raise bad("contains NUL")
-    if "\\" in path:
-        raise bad("contains a backslash")
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
-        raise bad("contains control characters")
-    if path.startswith("/"):
-        raise bad("absolute")
-    for part in path.split("/"):
-        if part in ("", ".", ".."):
-            raise bad("empty, '.' or '..' segment")
-        if len(part.encode()) > MAX_NAME_BYTES:
-            raise bad(f"a name longer than {MAX_NAME_BYTES} bytes")
-    if path == MANIFEST:
-        raise bad("reserved name")
-    return path
-
-
 def _authority(url: str) -> tuple[str, int] | None:
     """(host, port) of an http(s) URL, the port made explicit; None if it has none."""
     try:
@@ -243,6 +191,10 @@ class FigureStore:
         self.max_files = max_files
         self.max_ratio = max_ratio
         self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def limits(self) -> uploads.Limits:
+        return uploads.Limits(self.max_bytes, self.max_files, self.max_ratio)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FigureStore:
@@ -385,7 +337,7 @@ class FigureStore:
         doing = "receiving the upload"
         try:
             await asyncio.to_thread(self._incoming)
-            await self._spool(body, archive)
+            await uploads.spool(body, archive, self.max_bytes)
             doing = "unpacking the upload"
             files, total = await asyncio.to_thread(self._unpack, archive, staging, job_id)
             if still_allowed is not None:
@@ -420,56 +372,11 @@ class FigureStore:
             lock = self._locks[job_id] = asyncio.Lock()
         return lock
 
-    async def _spool(self, body: AsyncIterator[bytes], archive: Path) -> None:
-        """Write the request body to ``archive``, refusing more than max_bytes."""
-        size = 0
-        buffer: list[bytes] = []
-        buffered = 0
-        out = await asyncio.to_thread(archive.open, "wb")
-        try:
-            async for chunk in body:
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise TooLarge(f"Upload exceeds size limit of {self.max_bytes} bytes")
-                buffer.append(chunk)
-                buffered += len(chunk)
-                if buffered >= WRITE_BUFFER:
-                    await asyncio.to_thread(out.write, b"".join(buffer))
-                    buffer, buffered = [], 0
-            if buffer:
-                await asyncio.to_thread(out.write, b"".join(buffer))
-        finally:
-            await asyncio.to_thread(out.close)
-        if size == 0:
-            raise BadRequest("The upload is empty", details="send a tar archive of the folder")
-
     def _unpack(
         self, archive: Path, staging: Path, job_id: str
     ) -> tuple[list[dict[str, Any]], int]:
-        """Unpack regular files and folders into ``staging``, once the whole archive has
-        passed every check: a refused upload writes nothing."""
-        sent = archive.stat().st_size
-        limit = max(sent * self.max_ratio, MIN_UNPACKED_LIMIT)
-        plan = self._plan(archive, limit, sent)
-        files: list[dict[str, Any]] = []
-        total = 0
-        staging.mkdir()
-        with self._tar(archive, limit, sent) as tar:
-            for member, step in zip(tar, plan, strict=False):
-                if step is None:
-                    continue
-                rel, folder = step
-                if member.isdir():
-                    _mkdirs(staging, rel)
-                    continue
-                if folder:
-                    _mkdirs(staging, folder)
-                source = tar.extractfile(member)
-                if source is None:
-                    raise BadRequest("Unreadable file in the upload", details=rel)
-                _write_new(staging / rel, source, member.size)
-                files.append({"path": rel, "size": member.size})
-                total += member.size
+        """Unpack the archive into ``staging`` and write its manifest there."""
+        files, total = uploads.unpack(archive, staging, self.limits)
         manifest = {
             "version": 1,
             "job_id": job_id,
@@ -479,79 +386,6 @@ class FigureStore:
         }
         (staging / MANIFEST).write_bytes(orjson.dumps(manifest))
         return files, total
-
-    def _plan(self, archive: Path, limit: int, sent: int) -> list[tuple[str, str] | None]:
-        """Read every header of the archive, checking names, kinds, sizes and counts;
-        for each member, its path and parent folder, or None to skip it."""
-        plan: list[tuple[str, str] | None] = []
-        seen: set[str] = set()
-        folders: set[str] = set()
-        entries = 0
-        total = 0
-
-        def count(more: int) -> None:
-            nonlocal entries
-            entries += more
-            if entries > self.max_files:
-                raise TooLarge(
-                    f"Upload exceeds the limit of {self.max_files} files and folders",
-                    details="every member of the archive counts, and every folder a path creates",
-                )
-
-        with self._tar(archive, limit, sent) as tar:
-            for member in tar:
-                count(1)
-                name = member.name
-                while name.startswith("./"):
-                    name = name[2:]
-                name = name.rstrip("/") if member.isdir() else name
-                if name in ("", "."):
-                    plan.append(None)
-                    continue
-                rel = check_path(name)
-                folder = rel if member.isdir() else rel.rpartition("/")[0]
-                new = _new_folders(folders, folder)
-                count(len(new) - (1 if member.isdir() and rel in new else 0))
-                plan.append((rel, folder))
-                if member.isdir():
-                    if rel in seen:
-                        raise BadRequest(
-                            "A file and a folder share a name in the upload", details=rel
-                        )
-                    continue
-                if not member.isreg() or member.issparse():
-                    raise BadRequest(
-                        "Only regular files and folders can be uploaded",
-                        details=f"{rel} is a link or a special file",
-                    )
-                if rel in seen:
-                    raise BadRequest("A file appears twice in the upload", details=rel)
-                if rel in folders or any(f in seen for f in new):
-                    raise BadRequest("A file and a folder share a name in the upload", details=rel)
-                seen.add(rel)
-                total += member.size
-                if total > self.max_bytes:
-                    raise TooLarge(f"Upload exceeds size limit of {self.max_bytes} bytes")
-                if total > limit:
-                    raise _too_large(self.max_ratio, sent, limit)
-        if not seen:
-            raise BadRequest("The upload has no files")
-        return plan
-
-    @contextlib.contextmanager
-    def _tar(self, archive: Path, limit: int, sent: int) -> Iterator[tarfile.TarFile]:
-        """The archive, read through its decompressor and the expansion limit."""
-        try:
-            with (
-                archive.open("rb") as raw,
-                _Unpacked(raw, limit, sent, self.max_ratio) as stream,
-                tarfile.open(fileobj=stream, mode="r:") as tar,  # type: ignore[call-overload]
-            ):
-                yield tar
-        except tarfile.TarError as exc:
-            raise BadRequest("The upload must be a tar archive", details=str(exc)) from None
-        except EOFError:
-            raise BadRequest("The upload must be a tar archive", details="truncated") from None
 
     def _commit(self, staging: Path, job_id: str) -> None:
         """Put ``staging`` in place as the job's folder (an older one is replaced)."""
@@ -570,110 +404,6 @@ class FigureStore:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         log.info("stored the figure of job %s", job_id)
-
-
-class _Unpacked:
-    """An archive's tar stream, decompressed if it is compressed, refused past ``limit``
-    bytes: a decompression bomb stops at the ratio, not at the disk's end. Read errors
-    of the decompressor are the sender's (400); those of the disk stay OSErrors."""
-
-    def __init__(self, raw: IO[bytes], limit: int, sent: int, ratio: int) -> None:
-        self.limit = limit
-        self.sent = sent
-        self.ratio = ratio
-        head = raw.read(6)
-        raw.seek(0)
-        opener = next((o for magic, o in COMPRESSED if head.startswith(magic)), None)
-        self.inner: IO[bytes] | io.BufferedIOBase = raw if opener is None else opener(raw)
-        self.position = 0
-
-    def __enter__(self) -> _Unpacked:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(Exception):
-            self.inner.close()
-
-    def too_large(self) -> TooLarge:
-        return _too_large(self.ratio, self.sent, self.limit)
-
-    def read(self, size: int | None = -1) -> bytes:
-        left = self.limit + 1 - self.position
-        size = left if size is None or size < 0 else min(size, left)
-        data = self._call(self.inner.read, size)
-        self.position += len(data)
-        if self.position > self.limit:
-            raise self.too_large()
-        return data
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        target = offset if whence == os.SEEK_SET else self.position + offset
-        if whence not in (os.SEEK_SET, os.SEEK_CUR):
-            raise OSError(errno.ESPIPE, "only forward and absolute seeks")
-        if target > self.limit:
-            raise self.too_large()
-        self.position = self._call(self.inner.seek, target)
-        return self.position
-
-    def tell(self) -> int:
-        return self.position
-
-    def seekable(self) -> bool:
-        return True
-
-    def _call(self, method: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return method(*args)
-        except OSError as exc:
-            if exc.errno is not None:  # the disk's, not the data's
-                raise
-            raise BadRequest("The upload's compressed data is corrupt", details=str(exc)) from None
-        except (EOFError, zlib.error, lzma.LZMAError) as exc:
-            raise BadRequest(
-                "The upload's compressed data is corrupt", details=str(exc) or "truncated"
-            ) from None
-
-
-def _too_large(ratio: int, sent: int, limit: int) -> TooLarge:
-    return TooLarge(
-        f"Upload expands more than {ratio} times its size when unpacked",
-        details=f"{sent} bytes sent, more than {limit} bytes unpacked",
-    )
-
-
-def _new_folders(folders: set[str], path: str) -> list[str]:
-    """The folders ``path`` and its parents that are not in ``folders`` yet (now added)."""
-    new = []
-    while path and path not in folders:
-        new.append(path)
-        path = path.rpartition("/")[0]
-    folders.update(new)
-    return new[::-1]
-
-
-def _mkdirs(staging: Path, rel: str) -> None:
-    try:
-        (staging / rel).mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise BadRequest("A file and a folder share a name in the upload", details=rel) from None
-
-
-def _write_new(target: Path, source: IO[bytes], size: int) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(target, flags, 0o644)
-    except (FileExistsError, IsADirectoryError, NotADirectoryError):
-        raise BadRequest(
-            "A file and a folder share a name in the upload", details=str(target.name)
-        ) from None
-    with os.fdopen(fd, "wb") as out:
-        left = size
-        while left > 0:
-            chunk = source.read(min(left, WRITE_BUFFER))
-            if not chunk:
-                raise BadRequest("The upload must be a tar archive", details="truncated")
-            out.write(chunk)
-            left -= len(chunk)
 
 
 def _remove_quietly(*paths: Path) -> None:

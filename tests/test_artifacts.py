@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from runpack.artifacts import MANIFEST, check_path, content_type
+from runpack.artifacts import content_type
 from runpack.errors import BadRequest
 from runpack.jobtypes import FIGURE_METADATA, HashIgnored
 from runpack.settings import Settings
+from runpack.uploads import MANIFEST, check_path
 from tests.conftest import (
     ADMIN,
     RUNNER,

@@ -22,8 +22,8 @@ from runpack.client import (
     JobFailed,
     RunpackClientError,
     RunpackConnectionError,
-    _SSEParser,
 )
+from runpack.client.sse import SSEParser
 from tests.conftest import as_runner, claim, register, submit
 from tests.live import ADMIN_KEY, SUBMIT_KEY, Live, live_fixture, unique  # noqa: F401
 from tests.procs import clean_env, free_port
@@ -283,7 +283,7 @@ def test_the_sse_parser_handles_any_chunking_and_line_ending(split: int, newline
         b'id: e-4\nevent: status\ndata: {"status": "completed"}\n\n'
         b"event: partial\ndata: {}"  # no blank line yet: not an event
     ).replace(b"\n", newline)
-    parser = _SSEParser()
+    parser = SSEParser()
     events = []
     for i in range(0, len(body), split):
         events += parser.feed(body[i : i + split])

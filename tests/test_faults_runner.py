@@ -43,7 +43,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from runpack import artifacts
+from runpack import artifacts, uploads
 from runpack.app import create_app
 from runpack.settings import Settings
 from runpack_runner.context import RetryLater
@@ -570,7 +570,7 @@ async def test_a_write_error_while_unpacking_is_named_and_leaves_nothing(
     error: str,
 ) -> None:
     client, job_id, runner_id, figures = storage
-    real_write = artifacts._write_new
+    real_write = uploads._write_new
     written: list[Path] = []
 
     def write_half_then_fail(target: Path, source: Any, size: int) -> None:
@@ -580,7 +580,7 @@ async def test_a_write_error_while_unpacking_is_named_and_leaves_nothing(
         written.append(target)
         real_write(target, source, size)
 
-    monkeypatch.setattr(artifacts, "_write_new", write_half_then_fail)
+    monkeypatch.setattr(uploads, "_write_new", write_half_then_fail)
     resp = await upload(client, job_id, runner_id, tar_of(FILES))
     assert resp.status == status
     body = await resp.json()
@@ -591,7 +591,7 @@ async def test_a_write_error_while_unpacking_is_named_and_leaves_nothing(
     assert leftovers(figures) == []
     assert (await client.get(f"/figures/{job_id}/index.html")).status == 404
 
-    monkeypatch.setattr(artifacts, "_write_new", real_write)  # room again
+    monkeypatch.setattr(uploads, "_write_new", real_write)  # room again
     assert (await upload(client, job_id, runner_id, tar_of(FILES))).status == 201
 
 
@@ -625,7 +625,7 @@ async def test_other_os_errors_are_not_called_a_full_disk(
     def broken(target: Path, source: Any, size: int) -> None:
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
 
-    monkeypatch.setattr(artifacts, "_write_new", broken)
+    monkeypatch.setattr(uploads, "_write_new", broken)
     resp = await upload(client, job_id, runner_id, tar_of(FILES))
     assert resp.status == 500
     assert "storage" not in (await resp.json())["error"].lower()
