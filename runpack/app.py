@@ -10,7 +10,19 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from runpack import __version__
-from runpack.api import admin, events, files, jobs, keys, monitoring, openapi, runner, runner_ws, ui
+from runpack.api import (
+    admin,
+    events,
+    files,
+    jobs,
+    keys,
+    monitoring,
+    openapi,
+    runner,
+    runner_poll,
+    runner_ws,
+    ui,
+)
 from runpack.api.common import CORS_HEADERS, Handler, check_headers, json_response, policy_of
 from runpack.api.files import FIGURE_CORS_HEADERS
 from runpack.api.job_requests import JobRequests
@@ -219,6 +231,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app.add_routes(jobs.routes)
     app.add_routes(runner.routes)
     app.add_routes(runner_ws.routes)
+    app.add_routes(runner_poll.routes)
     app.add_routes(admin.routes)
     app.add_routes(keys.routes)
     app.add_routes(ui.routes)

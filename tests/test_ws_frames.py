@@ -1,4 +1,4 @@
-"""Frames the server writes to a runner's socket several at a time (runpack.api.runner_ws)."""
+"""Frames the server writes to a runner's socket several at a time (runpack.api.runner_socket)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
-from runpack.api import runner_ws
-from runpack.api.runner_ws import text_frame
+from runpack.api import runner_socket
+from runpack.api.runner_socket import text_frame
 from tests.conftest import RUNNER_KEY, submit
 
 SIZES = [0, 5, 125, 126, 1000, 65535, 65536, 200_000]
@@ -48,7 +48,7 @@ async def test_jobs_pushed_together_arrive_as_separate_frames(
         batched.append(payload)
         return text_frame(payload)
 
-    monkeypatch.setattr(runner_ws, "text_frame", counting)
+    monkeypatch.setattr(runner_socket, "text_frame", counting)
     ids = [(await submit(client, name=f"batch-{i}"))["job_id"] for i in range(8)]
     async with client.ws_connect(
         "/api/runner/ws", headers={"Authorization": f"Bearer {RUNNER_KEY}"}
@@ -89,7 +89,7 @@ async def test_frames_written_together_or_not_reach_the_runner_the_same(
         batched.append(payload)
         return text_frame(payload)
 
-    monkeypatch.setattr(runner_ws, "text_frame", counting)
+    monkeypatch.setattr(runner_socket, "text_frame", counting)
     ids = [(await submit(client, name=f"either-{i}"))["job_id"] for i in range(12)]
     async with client.ws_connect(
         "/api/runner/ws", headers={"Authorization": f"Bearer {RUNNER_KEY}"}

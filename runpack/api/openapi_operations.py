@@ -127,7 +127,7 @@ without its secret, gets an `error` frame and close code 1008, as does a socket 
 is revoked. Then runner → server:
 `ready` (`slots`), `heartbeat`, `complete`, `error`, `release`; server → runner: `job`,
 `cancel`, `ack`, `error`. The server never pushes more jobs than the slots granted.
-See runpack/protocol.py for every field."""
+See runpack/protocol/ for every field."""
 
 METRICS_HELP = """Jobs by status and type, queue depth, submit→start and run times,
 submits by outcome, cache hits and misses, connected runners and watchers, database call

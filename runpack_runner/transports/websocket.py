@@ -1,6 +1,6 @@
 """The runner channel over a WebSocket (``GET /api/runner/ws``): jobs are pushed.
 
-Frames are JSON text (runpack/protocol.py documents each). Flow control is by
+Frames are JSON text (runpack/protocol/ documents each). Flow control is by
 credits: ``ready {slots}`` grants the server that many more jobs.
 
 :meth:`WebSocketTransport.receive` reads the socket itself (no reader task and
