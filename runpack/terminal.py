@@ -3,9 +3,9 @@
 cli.py parses the command line and reads the environment; this module talks to
 the server through :mod:`runpack.client` and prints. Following a job shows a live
 progress bar and the last console lines on a terminal, and one line per change
-otherwise (pipes, logs, CI): :mod:`runpack.following` draws those. Progress and messages go to stderr; the result
-(JSON) and the tables go to stdout, so ``runpack submit … --wait > result.json``
-keeps only the result.
+otherwise (pipes, logs, CI): :mod:`runpack.following` draws those. Progress and
+messages go to stderr; the result (JSON) and the tables go to stdout, so
+``runpack submit … --wait > result.json`` keeps only the result.
 
 Exit status: 0 success; 1 the job failed or was cancelled, or the server refused
 (say, a job that can no longer be cancelled); 2 bad usage, a missing or wrong
