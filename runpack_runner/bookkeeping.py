@@ -20,7 +20,8 @@ from runpack_runner.execution import JobRun
 from runpack_runner.tasks import TaskSet
 from runpack_runner.transports import Result, Transport, TransportClosed
 
-log = logging.getLogger(__name__)
+#: The runner's logger: its lines name one source whichever module writes them.
+log = logging.getLogger("runpack_runner.runner")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,8 @@ from runpack_runner.settings import RunnerSettings
 from runpack_runner.transports import Acked, Assignment, CancelJob, Event, Result, Transport
 from runpack_runner.uploads import FolderUploader
 
-log = logging.getLogger(__name__)
+#: The runner's logger: its lines name one source whichever module writes them.
+log = logging.getLogger("runpack_runner.runner")
 
 SHUTTING_DOWN = "the runner is shutting down"
 

@@ -7,7 +7,8 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-log = logging.getLogger(__name__)
+#: The runner's logger: its lines name one source whichever module writes them.
+log = logging.getLogger("runpack_runner.runner")
 
 
 class TaskSet:
