@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,11 +21,18 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
+from runpack.bench_figures import (
+    cpu_ms_per_job,
+    cpu_seconds,
+    database_kind,
+    peak_rss_mb,
+    percentiles,
+)
+from runpack.bench_http import LeanHttp, Poster
 from runpack.eventloop import run
 
 BENCH_KEYS = {
@@ -83,47 +88,6 @@ class Timeline:
         else:
             self.waiters[job_id] = fut
         return fut
-
-
-def percentiles(values_s: list[float]) -> dict[str, float]:
-    if not values_s:
-        return {"p50": float("nan"), "p90": float("nan"), "p99": float("nan")}
-    ms = sorted(v * 1000 for v in values_s)
-    if len(ms) == 1:
-        return {"p50": ms[0], "p90": ms[0], "p99": ms[0]}
-    cuts = statistics.quantiles(ms, n=100, method="inclusive")
-    return {"p50": round(cuts[49], 3), "p90": round(cuts[89], 3), "p99": round(cuts[98], 3)}
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    """Peak resident memory (VmHWM) of a live process, in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user and system) a live process has used, in seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_ms_per_job(pids: list[int], before: list[float | None], jobs: int) -> float | None:
-    """CPU the processes used since ``before``, in ms per job (None if unknown)."""
-    if not pids or not jobs:
-        return None
-    after = [cpu_seconds(pid) for pid in pids]
-    spent = [a - b for a, b in zip(after, before, strict=True) if a is not None and b is not None]
-    if len(spent) != len(pids):
-        return None
-    return round(sum(spent) * 1000 / jobs, 3)
 
 
 def _free_port() -> int:
@@ -246,95 +210,6 @@ async def _follow(
                 timeline.saw(data["job_id"], data["status"], time.perf_counter())
 
 
-class LeanHttp(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection that sends prepared requests and reads the
-    replies, with as little work on the client as possible: a load generator should
-    measure the server, not itself (redis-benchmark and wrk are written in C for the
-    same reason). Replies must carry a Content-Length, as every JSON reply of the
-    server does."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self.lost: Exception | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if self.waiter is None:
-            return
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(self.buffer[:end]).lower()
-        at = head.find(b"\r\ncontent-length:")
-        if at < 0:
-            self._fail(ConnectionError("runpack bench: a reply without Content-Length"))
-            return
-        stop = head.find(b"\r\n", at + 2)
-        length = int(head[at + 17 : stop if stop >= 0 else len(head)])
-        total = end + 4 + length
-        if len(self.buffer) < total:
-            return
-        status, body = int(head[9:12]), bytes(self.buffer[end + 4 : total])
-        del self.buffer[:total]
-        waiter, self.waiter = self.waiter, None
-        if not waiter.done():
-            waiter.set_result((status, body))
-
-    def _fail(self, exc: Exception) -> None:
-        self.lost = exc
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or ConnectionError("runpack bench: the server closed the connection"))
-
-    async def request(self, raw: bytes) -> tuple[int, bytes]:
-        """Send one prepared request; its (status, body)."""
-        if self.lost is not None or self.transport is None:
-            raise ConnectionError(f"runpack bench: connection lost: {self.lost}")
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(raw)
-        return await self.waiter
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-@dataclass
-class Poster:
-    """Prepared POSTs of JSON bodies to one path, over lean keep-alive connections."""
-
-    url: str
-    path: str
-    headers: dict[str, str]
-
-    def prepare(self, body: bytes) -> bytes:
-        split = urlsplit(self.url)
-        lines = [f"POST {split.path.rstrip('/')}{self.path} HTTP/1.1", f"Host: {split.netloc}"]
-        lines += [f"{k}: {v}" for k, v in self.headers.items()]
-        lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-    async def connect(self) -> LeanHttp:
-        split = urlsplit(self.url)
-        if split.scheme != "http":
-            raise SystemExit(
-                "runpack bench: --url must be http:// (the load clients speak plain HTTP)"
-            )
-        loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_connection(
-            LeanHttp, split.hostname or "127.0.0.1", split.port or 80
-        )
-        return protocol
-
-
 async def _submit_all(
     poster: Poster,
     bodies: list[bytes],
@@ -452,8 +327,8 @@ async def run_bench(
                 )
         finished = [timeline.completed[j] for j in submitted if j in timeline.completed]
         last = max(finished) if finished else time.perf_counter()
-        server_ms = _cpu_ms_per_job(server_pids, server_cpu, len(finished))
-        runner_ms = _cpu_ms_per_job(runner_pids, runner_cpu, len(finished))
+        server_ms = cpu_ms_per_job(server_pids, server_cpu, len(finished))
+        runner_ms = cpu_ms_per_job(runner_pids, runner_cpu, len(finished))
         loaded_done = [
             timeline.completed[j] - t for j, t in submitted.items() if j in timeline.completed
         ]
@@ -488,42 +363,6 @@ async def run_bench(
         "runner_rss_mb": max(runner_rss) if runner_rss else None,
         "runners_rss_total_mb": round(sum(runner_rss), 1) if runner_rss else None,
     }
-
-
-def _pcts(p: dict[str, float]) -> str:
-    return f"p50 {p['p50']:.2f} ms  p90 {p['p90']:.2f} ms  p99 {p['p99']:.2f} ms"
-
-
-def database_kind(db: str | None) -> str:
-    return "postgresql" if (db or "").startswith(("postgres://", "postgresql://")) else "sqlite"
-
-
-def report(result: dict[str, Any]) -> str:
-    s, c = result["submit_to_start_ms"], result["submit_to_completed_ms"]
-    lc = result["under_load_submit_to_completed_ms"]
-    if result["db"] is None:
-        target = "a running server"
-    else:
-        target = f"{result['runners']} runner(s) x {result['runner_concurrency']} slots, "
-        target += result["db"]
-    lines = [
-        f"runpack bench: {result['jobs']} jobs ({result['completed']} completed), "
-        f"{result['clients']} clients, {target}",
-        f"  end to end          {result['jobs_per_s']:>10.1f} jobs/s  ({result['elapsed_s']} s)",
-        f"  submit -> start     {_pcts(s)}   (one job at a time, "
-        f"after {result['warmup_jobs']} warm-up jobs)",
-        f"  submit -> completed {_pcts(c)}",
-        f"  under load: done    {_pcts(lc)}",
-        f"  cache-hit submits   {result['cache_hits_per_s']:>10.1f} /s",
-        f"  peak RSS            server {result['server_rss_mb']} MiB, "
-        f"runner {result['runner_rss_mb']} MiB each",
-    ]
-    if result["server_cpu_ms_per_job"] is not None:
-        lines.append(
-            f"  CPU per job         server {result['server_cpu_ms_per_job']} ms, "
-            f"runners {result['runner_cpu_ms_per_job']} ms (under load)"
-        )
-    return "\n".join(lines)
 
 
 def bench(args: BenchOptions, environ: Mapping[str, str]) -> dict[str, Any]:

@@ -1,11 +1,11 @@
 """``runpack submit/watch/status/cancel/jobs/runners``: the server, seen from a terminal.
 
 cli.py parses the command line and reads the environment; this module talks to
-the server through :mod:`runpack.client` and draws. Following a job shows a live
+the server through :mod:`runpack.client` and prints. Following a job shows a live
 progress bar and the last console lines on a terminal, and one line per change
-otherwise (pipes, logs, CI). Progress and messages go to stderr; the result
-(JSON) and the tables go to stdout, so ``runpack submit … --wait > result.json``
-keeps only the result.
+otherwise (pipes, logs, CI): :mod:`runpack.following` draws those. Progress and
+messages go to stderr; the result (JSON) and the tables go to stdout, so
+``runpack submit … --wait > result.json`` keeps only the result.
 
 Exit status: 0 success; 1 the job failed or was cancelled, or the server refused
 (say, a job that can no longer be cancelled); 2 bad usage, a missing or wrong
@@ -17,39 +17,20 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from runpack.client import AsyncClient, Event, RunpackClientError, RunpackConnectionError
+from runpack.client import AsyncClient, RunpackClientError, RunpackConnectionError
+from runpack.following import STATUS_STYLE, JobView, Renderer
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 KEYFILE_HINT = "make run saved it in runpack-data/dev-keys.env"
-TAIL_LINES = 10
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-STATUS_STYLE = {
-    "completed": "green",
-    "failed": "red",
-    "cancelled": "yellow",
-    "expired": "yellow",
-    "deleted": "yellow",
-    "in_progress": "cyan",
-}
 
 
 class UsageError(Exception):
@@ -127,145 +108,6 @@ def run(command: Coroutine[Any, Any, int], err: Console) -> int:
 
 
 # --- following one job ---------------------------------------------------------------------
-
-
-@dataclass
-class JobView:
-    """What the terminal knows of a job, from its events."""
-
-    job_id: str
-    job_type: str = ""
-    status: str = "connecting"
-    current: int | None = None
-    total: int | None = None
-    console: str = ""
-    final: Event | None = None
-    #: Console text already printed in line mode.
-    printed: str = field(default="", repr=False)
-
-    def apply(self, event: Event) -> list[str]:
-        """Take in one event; the lines that tell the change (for line mode)."""
-        lines: list[str] = []
-        data = event.data
-        if event.type == "snapshot":
-            self.job_type = str(data.get("job_type", ""))
-            progress = data.get("progress") or {}
-            self.current, self.total = progress.get("current"), progress.get("total")
-            self.console = str(data.get("console_output") or "")
-            self.status = str(data.get("status"))
-            lines.append(f"job {self.job_id} ({self.job_type}): {self.status}")
-            if self.total is not None:
-                lines.append(self.progress_line())
-            lines += self._console_lines(skip_to_tail=True)
-        elif event.type == "status" and event.status is not None:
-            if event.status != self.status or event.is_final:
-                self.status = event.status
-                lines.append(f"status: {self.status}")
-        elif event.type == "progress":
-            progress = (data.get("current"), data.get("total"))
-            if progress != (self.current, self.total):
-                self.current, self.total = progress
-                lines.append(self.progress_line())
-        elif event.type == "console":
-            if "replace" in data:
-                self.console = str(data["replace"])
-            else:
-                self.console += str(data.get("append", ""))
-            lines += self._console_lines()
-        if event.is_final:
-            self.final = event
-            lines += self._console_lines(flush=True)
-        return lines
-
-    def progress_line(self) -> str:
-        if self.total:
-            percent = 100 * (self.current or 0) / self.total
-            return f"progress: {self.current}/{self.total} ({percent:.0f}%)"
-        return f"progress: {self.current}/{self.total}"
-
-    def tail(self) -> list[str]:
-        return self.console.rstrip("\n").split("\n")[-TAIL_LINES:] if self.console else []
-
-    def _console_lines(self, skip_to_tail: bool = False, flush: bool = False) -> list[str]:
-        """Console lines not printed yet (complete ones, unless ``flush``)."""
-        if not self.console.startswith(self.printed):
-            self.printed = ""  # the console was replaced by other text: show it again
-            skip_to_tail = True
-        new = self.console[len(self.printed) :]
-        if not flush:
-            new = new[: new.rfind("\n") + 1]
-        if not new:
-            return []
-        self.printed += new
-        lines = new.rstrip("\n").split("\n")
-        out = []
-        if skip_to_tail and len(lines) > TAIL_LINES:
-            out.append(f"  │ … {len(lines) - TAIL_LINES} earlier lines")
-            lines = lines[-TAIL_LINES:]
-        return out + [f"  │ {line}" for line in lines]
-
-
-class _Tail:
-    """The last console lines, redrawn by Live on each refresh."""
-
-    def __init__(self, view: JobView) -> None:
-        self.view = view
-
-    def __rich__(self) -> RenderableType:
-        lines = self.view.tail()
-        return Text("\n".join(lines), style="dim", no_wrap=True, overflow="ellipsis")
-
-
-class Renderer:
-    """Shows a job's events: a live bar and console tail, or lines."""
-
-    def __init__(self, err: Console, view: JobView) -> None:
-        self.err = err
-        self.view = view
-        self.live: Live | None = None
-        if err.is_terminal:
-            self.progress = Progress(
-                SpinnerColumn(),
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TaskProgressColumn(),
-                TimeElapsedColumn(),
-                console=err,
-            )
-            self.task = self.progress.add_task(view.status, total=None)
-            self.live = Live(Group(self.progress, _Tail(view)), console=err, refresh_per_second=10)
-
-    def __enter__(self) -> Renderer:
-        if self.live is not None:
-            self.live.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.live is not None:
-            self.live.stop()
-
-    def show(self, event: Event) -> None:
-        lines = self.view.apply(event)
-        if self.live is None:
-            for line in lines:
-                self.err.print(line, markup=False, highlight=False, soft_wrap=True)
-            return
-        view = self.view
-        style = STATUS_STYLE.get(view.status, "")
-        description = f"[{style}]{view.status}[/]" if style else view.status
-        total, completed = view.total, view.current or 0
-        if view.status == "completed":
-            total = completed = total or 1  # a full bar, even for a job without progress
-        # Until the first progress the total is None: an indeterminate (pulsing) bar.
-        self.progress.update(self.task, description=description, completed=completed, total=total)
-        if event.is_final:
-            self.live.refresh()
 
 
 async def follow(client: AsyncClient, job_id: str, out: Console, err: Console) -> int:

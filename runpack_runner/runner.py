@@ -32,30 +32,25 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections import deque
-from collections.abc import Coroutine
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from runpack import protocol
 from runpack_runner import __version__
 from runpack_runner.backoff import Backoff
+from runpack_runner.bookkeeping import Release
+from runpack_runner.dispatch import SHUTTING_DOWN, Dispatch
 from runpack_runner.execution import JobRun, StopReason
-from runpack_runner.handler import JobHandler
 from runpack_runner.heartbeats import FirstBeats
 from runpack_runner.registry import Registry
 from runpack_runner.settings import RunnerSettings
 from runpack_runner.state import RunnerState, save_state
+from runpack_runner.tasks import TaskSet
 from runpack_runner.transports import (
-    Acked,
     Assignment,
     AuthFailed,
-    CancelJob,
-    Event,
     Hello,
     HttpTransport,
     NotOurRunner,
@@ -73,18 +68,9 @@ log = logging.getLogger(__name__)
 #: After a second signal: how long to wait for releases and results to be acknowledged.
 FORCED_EXIT_WAIT = 5.0
 CONNECT_TIMEOUT = 15.0
-SHUTTING_DOWN = "the runner is shutting down"
 
 
-@dataclass(frozen=True, slots=True)
-class _Release:
-    """A release waiting for the sender."""
-
-    job_id: str
-    reason: str
-
-
-class Runner:
+class Runner(Dispatch):
     def __init__(
         self,
         settings: RunnerSettings,
@@ -119,7 +105,7 @@ class Runner:
         }
         self._granted = False
         #: Over a serial transport: results and releases for the sender, in order.
-        self._sends: deque[Result | _Release] = deque()
+        self._sends: deque[Result | Release] = deque()
         #: Slots freed since the sender last granted (this connection).
         self._credits = 0
         self._send_wake = asyncio.Event()
@@ -128,7 +114,7 @@ class Runner:
         self._first_beats = FirstBeats()
         self._exit = asyncio.Event()
         self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._long_poll = True
         self._link: str | None = None
         self.uploader: FolderUploader | None = None
@@ -160,7 +146,7 @@ class Runner:
                     await self._connect_loop(session)
                 finally:
                     self._abandon_runs()
-                    await self._cancel_tasks()
+                    await self._tasks.cancel_all()
         except AuthFailed as exc:
             log.error("%s: check RUNPACK_RUNNER_API_KEY", exc)
             code = 2
@@ -247,7 +233,7 @@ class Runner:
             else:
                 self._credits = max(0, self.settings.concurrency - len(self.busy))
             self._granted = True
-            sender = self._spawn(self._send_loop(transport), "runner-sender")
+            sender = self._tasks.spawn(self._send_loop(transport), "runner-sender")
             self._send_wake.set()
             self._check_exit()
             return await self._receive_loop(transport)
@@ -345,242 +331,3 @@ class Runner:
             self.busy.update(self.outbox)
         for job_id in welcome.dropped:
             self._lose(job_id, "the server no longer assigns it to this runner")
-
-    # --- events -------------------------------------------------------------------------
-    def _handle(self, event: Event) -> None:
-        if isinstance(event, Assignment):
-            self._accept(event)
-        elif isinstance(event, CancelJob):
-            if event.lost:
-                self._lose(event.job_id, event.reason)
-            else:
-                self._cancel(event.job_id, event.reason)
-        elif isinstance(event, Acked):
-            self._acked(event)
-
-    def _accept(self, job: Assignment) -> None:
-        if job.job_id in self.busy or job.job_id in self.outbox:
-            old = self.runs.get(job.job_id)
-            if old is not None and old.stop_reason == StopReason.LOST:
-                # A new claim of a job whose earlier run we were told to drop: it
-                # takes the slot that run still holds, once the run has stopped.
-                log.info("job %s assigned again: it starts once its lost run stops", job.job_id)
-                self.waiting[job.job_id] = job
-            else:
-                log.warning("job %s was assigned again while held: ignored", job.job_id)
-            self._grant_back()  # the push used a credit; the job has a slot, or is done
-            return
-        self.busy.add(job.job_id)
-        if self.draining:
-            self._release(job.job_id, SHUTTING_DOWN)
-            return
-        if len(self.busy) > self.settings.concurrency:
-            log.warning("job %s arrived with no free slot: released", job.job_id)
-            self._release(job.job_id, "no free slot")
-            return
-        handler = self.registry.get(job.job_type)
-        if handler is None:
-            message = f"Unsupported job type: {job.job_type}"
-            log.error("job %s: %s", job.job_id, message)
-            self._report(Result(job.job_id, "error", message, error_message=message))
-            self._settled(job.job_id)
-            return
-        self._start(job, handler)
-
-    def _cancel(self, job_id: str, reason: str) -> None:
-        log.info("job %s cancelled by the server: %s", job_id, reason)
-        run = self.runs.get(job_id)
-        if run is not None:
-            run.stop(StopReason.CANCELLED, f"cancelled: {reason}")
-        self.waiting.pop(job_id, None)
-        if job_id in self.busy and job_id not in self.outbox:
-            self._release(job_id, "cancelled")  # so the server stops counting it as held
-        self._settled(job_id)
-
-    def _lose(self, job_id: str, reason: str) -> None:
-        run = self.runs.get(job_id)
-        if run is not None:
-            run.stop(StopReason.LOST, reason)
-        waiting = self.waiting.pop(job_id, None)
-        if self.outbox.pop(job_id, None) is not None or run is not None or waiting is not None:
-            log.warning("job %s dropped: %s", job_id, reason)
-        self._settled(job_id)
-
-    def _acked(self, ack: Acked) -> None:
-        if ack.of == "release":
-            self.releasing.discard(ack.job_id)
-            if not ack.applied:
-                log.warning("job %s not released: %s", ack.job_id, ack.reason)
-        else:
-            result = self.outbox.get(ack.job_id)
-            if result is not None and ack.of in (result.kind, ""):
-                del self.outbox[ack.job_id]
-                if not ack.applied:
-                    log.warning(
-                        "the server did not apply the %s of job %s: %s",
-                        result.kind,
-                        ack.job_id,
-                        ack.reason or "not needed",
-                    )
-        self._settled(ack.job_id)
-
-    # --- jobs -----------------------------------------------------------------------------
-    def _start(self, job: Assignment, handler: JobHandler) -> None:
-        run = JobRun(
-            job,
-            handler,
-            transport=self._current_transport,
-            heartbeat_interval=self._current_interval,
-            limits=self.limits,
-            first_beats=self._first_beats,
-            allow_private_urls=self.settings.allow_private_urls,
-        )
-        run.ctx.uploader = self.uploader
-        self.runs[job.job_id] = run
-        log.info("job %s (%s) started, attempt %d", job.job_id, job.job_type, job.attempt)
-        run.start(job.timeout or self.settings.job_timeout or None, on_end=self._ended)
-
-    def _ended(self, run: JobRun) -> None:
-        """A run ended: report it now if nothing is in flight, else from a task."""
-        if not run.concludes_at_once:
-            self._spawn(self._conclude(run), f"job-{run.job_id}")
-            return
-        try:
-            result = run.conclude_now()
-            self._log_outcome(run, result)
-            self._report(result)
-        finally:
-            self._gone(run)
-
-    async def _conclude(self, run: JobRun) -> None:
-        try:
-            result = await run.conclude()
-            self._log_outcome(run, result)
-            if result is not None:
-                self._report(result)
-            if not run.finished and not await run.wait_stopped(self.settings.stop_grace):
-                log.warning(
-                    "the handler of job %s did not stop within %g s: its thread is left behind",
-                    run.job_id,
-                    self.settings.stop_grace,
-                )
-        finally:
-            self._gone(run)
-
-    def _log_outcome(self, run: JobRun, result: Result | None) -> None:
-        elapsed = time.monotonic() - run.started
-        if result is None:
-            log.info("job %s stopped after %.1f s: %s", run.job_id, elapsed, run.stop_reason)
-        elif result.kind == "complete":
-            log.info("job %s completed in %.1f s", run.job_id, elapsed)
-        else:
-            log.warning("job %s failed after %.1f s: %s", run.job_id, elapsed, result.error_message)
-
-    def _gone(self, run: JobRun) -> None:
-        """A run is over: its slot is freed, or taken by the job's next assignment."""
-        run.reporter.cancel()
-        job_id = run.job_id
-        if self.runs.get(job_id) is run:
-            del self.runs[job_id]
-        again = self.waiting.pop(job_id, None)
-        if again is not None:
-            self.busy.discard(job_id)
-            self._accept(again)  # in the slot this run held
-        else:
-            self._settled(job_id)
-
-    def _abandon_runs(self) -> None:
-        """At exit: forget runs still going (their threads are daemons)."""
-        for run in self.runs.values():
-            run.abandon()
-        self.runs.clear()
-
-    def _report(self, result: Result) -> None:
-        """Keep a result until acknowledged, and send it now if connected."""
-        self.outbox[result.job_id] = result
-        if self.transport is not None:
-            self._post(self.transport, result)
-
-    def _release(self, job_id: str, reason: str) -> None:
-        transport = self.transport
-        if transport is None:
-            return  # the next hello leaves it out: the server takes it back
-        self.releasing.add(job_id)
-        self._post(transport, _Release(job_id, reason))
-
-    def _post(self, transport: Transport, item: Result | _Release) -> None:
-        if transport.serial:
-            self._sends.append(item)
-            self._send_wake.set()
-        else:
-            self._spawn(self._send(transport, item), f"send-{item.job_id}")
-
-    async def _send(self, transport: Transport, item: Result | _Release) -> None:
-        if isinstance(item, Result):
-            try:
-                await transport.send_result(item)
-            except TransportClosed as exc:
-                log.info("result of job %s waits for the next connection: %s", item.job_id, exc)
-        else:
-            with contextlib.suppress(TransportClosed):
-                await transport.release(item.job_id, item.reason)
-
-    async def _send_loop(self, transport: Transport) -> None:
-        """The connection's sender: queued results and releases in order, then every
-        slot freed meanwhile in one grant (one ``ready`` frame however many)."""
-        wake = self._send_wake
-        while True:
-            await wake.wait()
-            wake.clear()
-            while self._sends:
-                item = self._sends.popleft()
-                try:
-                    await self._send(transport, item)
-                except Exception:  # as a task of its own would: logged, the rest go on
-                    log.exception("sending for job %s failed", item.job_id)
-            slots, self._credits = self._credits, 0
-            if slots and not self.draining:
-                with contextlib.suppress(TransportClosed):
-                    await transport.grant(slots)
-
-    def _settled(self, job_id: str) -> None:
-        """Free a job's slot once nothing about it that takes one is pending any more."""
-        if job_id in self.busy and not (
-            job_id in self.runs
-            or (job_id in self.outbox and not self.free_on_result)
-            or job_id in self.releasing
-        ):
-            self.busy.discard(job_id)
-            self._grant_back()
-        self._check_exit()
-
-    def _grant_back(self) -> None:
-        """Grant a freed slot back: the sender coalesces those of one loop iteration."""
-        if self.transport is not None and self._granted and not self.draining:
-            self._credits += 1
-            self._send_wake.set()
-
-    def _check_exit(self) -> None:
-        if self.forced:
-            if not self.releasing and not self.outbox:
-                self._exit.set()
-        elif self.draining and not self.busy and not self.outbox:
-            self._exit.set()
-
-    # --- tasks ----------------------------------------------------------------------------
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task %s failed", task.get_name(), exc_info=task.exception())
-
-    async def _cancel_tasks(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -64,7 +64,8 @@ def add_to(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import orjson
 
-    from runpack.bench import BenchOptions, bench, report
+    from runpack.bench import BenchOptions, bench
+    from runpack.bench_figures import report
 
     names = [f.name for f in dataclasses.fields(BenchOptions)]
     options = {name: getattr(args, name) for name in names}
