@@ -63,7 +63,6 @@ class JobRequests:
 
     def parse(self, body: dict[str, Any]) -> JobRequest:
         """Check a submit/check body in the original's order; raise BadRequest."""
-        """Check a submit/check body in the original's order; raise BadRequest."""
         job_type = body.get("job_type")
         params = body.get("input_params")
         params_text: str | None = None
