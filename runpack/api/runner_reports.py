@@ -18,7 +18,6 @@ from runpack.protocol import (
     FINAL,
     Acked,
     Complete,
-    ErrorReply,
     Failure,
     Heartbeat,
     ProtocolError,
@@ -49,15 +48,6 @@ class RunnerReports:
         self.service = service
         self.socket = socket
 
-    def _reply_error(
-        self,
-        error: str,
-        details: str | None = None,
-        ref: str | None = None,
-        job_id: str | None = None,
-    ) -> None:
-        self.socket.send(ErrorReply(error, details, ref=ref, job_id=job_id))
-
     async def handle(self, frame: dict[str, Any]) -> None:
         """Apply a frame that came after the hello (other than ``ready``), and answer it."""
         kind = frame.get("type")
@@ -69,14 +59,14 @@ class RunnerReports:
             else:
                 await self._on_report(report)
         except ProtocolError as exc:
-            self._reply_error(exc.error, exc.details, ref=kind, job_id=job_id)
+            self.socket.reply_error(exc.error, exc.details, ref=kind, job_id=job_id)
         except NotOwned:
-            self._reply_error("Job not held by this runner", ref=kind, job_id=job_id)
+            self.socket.reply_error("Job not held by this runner", ref=kind, job_id=job_id)
         except RunpackError as exc:
-            self._reply_error(exc.message, exc.details, ref=kind, job_id=job_id)
+            self.socket.reply_error(exc.message, exc.details, ref=kind, job_id=job_id)
         except Exception:
             log.exception("runner %s: %s frame failed", self.conn.runner_id, kind)
-            self._reply_error("Internal error", ref=kind, job_id=job_id)
+            self.socket.reply_error("Internal error", ref=kind, job_id=job_id)
 
     async def _durably(self, store: Callable[[], Awaitable[None]]) -> None:
         """Handle a result frame, again while the database is out of reach.
@@ -148,7 +138,7 @@ class RunnerReports:
             return
         except BadRequest as exc:
             # Refused as over HTTP, and nothing changed; the runner need not keep it.
-            self._reply_error(exc.message, exc.details, ref="error", job_id=job_id)
+            self.socket.reply_error(exc.message, exc.details, ref="error", job_id=job_id)
             self._ack(job_id, "error", False, reason=exc.message)
             return
         self._ack(job_id, "error", True)
@@ -156,7 +146,9 @@ class RunnerReports:
     async def _fail_instead(self, job_id: str, message: str, console: str | None) -> None:
         with contextlib.suppress(BadRequest):
             await self.service.fail(self.conn.runner_id, job_id, message, None)
-        self._reply_error(message, "the job was failed instead", ref="complete", job_id=job_id)
+        self.socket.reply_error(
+            message, "the job was failed instead", ref="complete", job_id=job_id
+        )
         self._ack(job_id, "complete", False, reason=message)
 
     async def _ack_unapplied(self, job_id: str, of: str) -> None:

@@ -79,6 +79,16 @@ class RunnerSocket:
         self._close_code: int = WSCloseCode.GOING_AWAY
         self._close_reason = b""
 
+    def reply_error(
+        self,
+        error: str,
+        details: str | None = None,
+        ref: str | None = None,
+        job_id: str | None = None,
+    ) -> None:
+        """An ``error`` frame: what was wrong with the runner's frame ``ref``."""
+        self.send(protocol.ErrorReply(error, details, ref=ref, job_id=job_id))
+
     def send(self, message: protocol.ServerMessage) -> None:
         if self._closing:
             return  # the socket closes after what is already queued

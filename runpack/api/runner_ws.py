@@ -102,15 +102,6 @@ class RunnerSession:
         log.info("runner %s: its key was revoked: closing its socket", self.runner_label)
         self.refuse(protocol.KEY_REVOKED, "API key revoked", "this runner key no longer works")
 
-    def reply_error(
-        self,
-        error: str,
-        details: str | None = None,
-        ref: str | None = None,
-        job_id: str | None = None,
-    ) -> None:
-        self.socket.send(ErrorReply(error, details, ref=ref, job_id=job_id))
-
     # --- the conversation -------------------------------------------------------------
     async def run(self) -> None:
         try:
@@ -122,7 +113,9 @@ class RunnerSession:
                     frame = self._frame(msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     frame = None
-                    self.reply_error("Binary frames are not accepted", "send JSON text frames")
+                    self.socket.reply_error(
+                        "Binary frames are not accepted", "send JSON text frames"
+                    )
                 else:
                     return  # closed, closing or broken
                 del msg  # nothing of a frame stays referenced while the socket idles
@@ -152,7 +145,7 @@ class RunnerSession:
         try:
             msg = await self.ws.receive(timeout=HELLO_TIMEOUT)
         except TimeoutError:
-            self.reply_error("No hello", f"send a hello frame within {HELLO_TIMEOUT:g} s")
+            self.socket.reply_error("No hello", f"send a hello frame within {HELLO_TIMEOUT:g} s")
             return False
         if msg.type != WSMsgType.TEXT:
             return False
@@ -181,14 +174,14 @@ class RunnerSession:
             self.refuse(protocol.NOT_YOUR_RUNNER, exc.message, exc.details, ref="hello")
             return False
         except ProtocolError as exc:
-            self.reply_error(exc.error, exc.details, ref="hello")
+            self.socket.reply_error(exc.error, exc.details, ref="hello")
             return False
         except BadRequest as exc:
-            self.reply_error(exc.message, exc.details, ref="hello")
+            self.socket.reply_error(exc.message, exc.details, ref="hello")
             return False
         except StoreError as exc:
             log.warning("runner hello refused: database error: %s", exc.details)
-            self.reply_error(exc.message, ref="hello")  # the runner connects again later
+            self.socket.reply_error(exc.message, ref="hello")  # the runner connects again later
             return False
         self.conn = RunnerConn(
             runner_id=runner.id,
@@ -245,7 +238,7 @@ class RunnerSession:
         try:
             return self._parse(data)
         except ProtocolError as exc:
-            self.reply_error(exc.error, exc.details)
+            self.socket.reply_error(exc.error, exc.details)
             return None
 
     def _start(self, frame: dict[str, Any]) -> None:
@@ -291,7 +284,7 @@ class RunnerSession:
         try:
             ready = Ready.decode(frame)
         except ProtocolError as exc:
-            self.reply_error(exc.error, exc.details, ref="ready")
+            self.socket.reply_error(exc.error, exc.details, ref="ready")
             return
         assert self.conn is not None
         self.hub.grant(self.conn, ready.slots)
