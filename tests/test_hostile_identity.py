@@ -328,7 +328,14 @@ async def test_runners_on_one_environment_key_cannot_act_for_each_other_without_
         try:
             row = await until(lambda: runner_row(http, url, "victim"), "the victim to connect")
             runner_id = row["runner_id"]
-            state = orjson.loads((victim_dir / ".runpack_runner.json").read_bytes())
+
+            def saved() -> dict[str, Any] | None:
+                # The runner saves its id and secret once the welcome is in.
+                path = victim_dir / ".runpack_runner.json"
+                state: dict[str, Any] = orjson.loads(path.read_bytes()) if path.exists() else {}
+                return state if state.get("runner_id") == runner_id else None
+
+            state = await until(saved, "the victim to save its id")
             assert state["runner_id"] == runner_id and state["runner_secret"]
             mode = stat.S_IMODE(os.stat(victim_dir / ".runpack_runner.json").st_mode)
             assert mode == 0o600, oct(mode)

@@ -180,8 +180,8 @@ LIMIT :limit OFFSET :offset
 """)
 
 COUNT_JOBS = Statement("SELECT status, COUNT(*) FROM jobs GROUP BY status")
-# The same answer from the counts that triggers keep (schema.sqlite.sql,
-# schema.postgres.sql): a few rows whatever the number of jobs. On PostgreSQL the
+# The same answer from the counts that triggers keep (migrations/0008_job_counts
+# twins): a few rows whatever the number of jobs. On PostgreSQL the
 # changes not yet folded are added; one statement sees a fold whole or not at all.
 JOB_COUNTS = Statement(
     sqlite="SELECT status, n FROM job_counts WHERE n <> 0",

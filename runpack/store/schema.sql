@@ -1,7 +1,7 @@
 -- Runpack schema: one file, valid on SQLite and PostgreSQL.
 -- Timestamps are BIGINT milliseconds since the epoch; JSON is kept as TEXT.
--- What the engines write differently (triggers) is in schema.sqlite.sql and
--- schema.postgres.sql, run right after this file.
+-- What the engines write differently (triggers) is in the migrations' engine twins
+-- (migrations/NNNN_name.sqlite.sql, .postgres.sql), run right after this file.
 -- New databases run this file; existing ones are upgraded by the ordered
 -- forward migrations in runpack/store/migrations/ (see schema_version).
 
@@ -52,7 +52,7 @@ CREATE INDEX IF NOT EXISTS jobs_running_idx ON jobs (last_heartbeat)
 CREATE INDEX IF NOT EXISTS jobs_finished_idx ON jobs (status, updated_at)
     WHERE status IN ('completed', 'failed', 'expired', 'cancelled');
 
--- Jobs per state, kept by triggers on jobs (schema.sqlite.sql, schema.postgres.sql),
+-- Jobs per state, kept by triggers on jobs (migrations/0008_job_counts.*.sql),
 -- so /api/admin/stats reads a few rows instead of counting every stored job.
 CREATE TABLE IF NOT EXISTS job_counts (
     status TEXT   NOT NULL PRIMARY KEY,

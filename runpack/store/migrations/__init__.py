@@ -5,10 +5,12 @@ own version (keep it equal to the newest migration). An
 existing one gets every ``NNNN_*.sql`` file in this folder whose number is above
 its ``schema_version``, in order, each in the same transaction as its version row.
 
-What the engines write differently (triggers) is in a twin file named for the
-engine, ``schema.sqlite.sql`` or ``NNNN_name.postgres.sql``, run right after the
-file it completes. PostgreSQL runs each file as one script; SQLite one statement
-at a time.
+What the engines write differently (triggers) is in a migration's twin file named
+for the engine, ``NNNN_name.sqlite.sql`` or ``NNNN_name.postgres.sql``, run right
+after the file it completes. A new database gets the engine twins of every
+migration after ``schema.sql`` (they are written to run on an empty database too),
+so each trigger is defined in one place. PostgreSQL runs each file as one script;
+SQLite one statement at a time.
 """
 
 from __future__ import annotations
@@ -40,11 +42,14 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 def twin(name: str, dialect: str) -> str:
-    """The ``dialect`` twin of the schema or of a migration file named ``name``, or ''."""
-    path = (_STORE / "migrations" if _NAME.match(name) else _STORE).joinpath(
-        name.removesuffix(".sql") + f".{dialect}.sql"
-    )
+    """The ``dialect`` twin of the migration file named ``name``, or ''."""
+    path = (_STORE / "migrations").joinpath(name.removesuffix(".sql") + f".{dialect}.sql")
     return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+def engine_schema(dialect: str) -> str:
+    """What a new ``dialect`` database gets after ``schema.sql``: every migration's twin."""
+    return "\n".join(twin(name, dialect) for _, name, _ in migrations())
 
 
 def latest_version() -> int:
@@ -77,7 +82,7 @@ def apply_sqlite(conn: sqlite3.Connection) -> int:
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
     ).fetchone()
     if not exists:
-        for statement in split_statements(f"{SCHEMA_SQL}\n{twin('schema.sql', 'sqlite')}"):
+        for statement in split_statements(f"{SCHEMA_SQL}\n{engine_schema('sqlite')}"):
             conn.execute(statement)
     current: int = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 1
     for version, name, sql in migrations():
@@ -103,7 +108,7 @@ async def apply_postgres(conn: asyncpg.Connection) -> int:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PG_MIGRATION_LOCK)
         exists = await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
         if not exists:
-            await conn.execute(f"{SCHEMA_SQL}\n{twin('schema.sql', 'postgres')}")
+            await conn.execute(f"{SCHEMA_SQL}\n{engine_schema('postgres')}")
         current: int = await conn.fetchval("SELECT MAX(version) FROM schema_version") or 1
         for version, name, sql in migrations():
             if version <= current:
