@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runpack.envvars import split_list
+from runpack import envvars
+from runpack.envvars import flag_help, split_list
 from runpack.eventloop import run, tune_gc
 from runpack_runner import __version__
 from runpack_runner.settings import RunnerSettings, describe
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs: dict[str, Any] = {
             "dest": spec["name"],
             "default": None,
-            "help": f"{spec['help']} [{spec['env']}]",
+            "help": flag_help(spec),
             "metavar": spec["name"].upper(),
         }
         if spec["type"] == "bool":
@@ -60,20 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_table() -> str:
     """Variable, flag, default and meaning of every runner setting (for docs/settings.md)."""
-    rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
-    for spec in describe():
-        flag = "—" if spec["secret"] else f"`{spec['flag']}`"
-        default = spec["default"]
-        if spec["secret"]:
-            shown = "required"
-        elif default in ("", ()):
-            shown = "unset"
-        elif isinstance(default, bool):
-            shown = f"`{str(default).lower()}`"
-        else:
-            shown = f"`{default}`"
-        rows.append(f"| `{spec['env']}` | {flag} | {shown} | {spec['help']} |")
-    return "\n".join(rows)
+    return envvars.settings_table(describe(), lambda spec: "required")
 
 
 def setup_logging(settings: RunnerSettings) -> None:

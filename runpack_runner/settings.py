@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runpack.envvars import env_name, read_values, type_name
+from runpack.envvars import Spec, describe_fields, read_values
 from runpack.eventloop import loop_factory
 from runpack.protocol import HEARTBEAT_INTERVAL
 
@@ -98,17 +98,6 @@ def flag_name(f: dataclasses.Field[Any]) -> str:
     return str(f.metadata["flag"] or "--" + f.name.replace("_", "-"))
 
 
-def describe() -> list[dict[str, Any]]:
+def describe() -> list[Spec]:
     """Name, variable, flag, default and help of every setting (the CLI reads this)."""
-    return [
-        {
-            "name": f.name,
-            "env": env_name(f.name),
-            "flag": flag_name(f),
-            "type": type_name(f),
-            "default": f.default,
-            "help": f.metadata["help"],
-            "secret": f.metadata["secret"],
-        }
-        for f in dataclasses.fields(RunnerSettings)
-    ]
+    return describe_fields(RunnerSettings, flag_name)

@@ -282,6 +282,47 @@ def test_settings_lists_every_variable(tmp_path: Path) -> None:
             assert spec["flag"] in line
 
 
+def _help_of(text: str, flag: str) -> str:
+    """The help text of ``flag`` in ``--help`` output, on one line."""
+    lines = text.splitlines()
+    start = next(i for i, x in enumerate(lines) if x.strip().startswith((flag + " ", flag + ",")))
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if line.strip().startswith("-"):
+            break
+        block.append(line)
+    return " ".join(" ".join(block).split())
+
+
+@pytest.mark.parametrize(
+    ("command", "specs"),
+    [(["serve", "--help"], "server"), (["runner", "--help"], "runner")],
+)
+def test_help_shows_each_default_and_variable(
+    tmp_path: Path, command: list[str], specs: str
+) -> None:
+    from runpack.envvars import shown_default
+    from runpack_runner.settings import describe as runner_describe
+
+    result = run_cli(command, tmp_path)
+    assert result.returncode == 0, result.stderr
+    for spec in describe() if specs == "server" else runner_describe():
+        if spec["secret"]:
+            continue
+        text = _help_of(result.stdout, spec["flag"])
+        assert spec["env"] in text, text
+        if "(default:" not in spec["help"]:
+            assert f"default: {shown_default(spec)};" in text, text
+
+
+def test_bench_help_describes_it_with_defaults(tmp_path: Path) -> None:
+    result = run_cli(["bench", "--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "jobs/s" in result.stdout.split("options:")[0]  # a description
+    assert "default: 2000" in _help_of(result.stdout, "--jobs")
+    assert "default: 16" in _help_of(result.stdout, "--runner-concurrency")
+
+
 def test_settings_never_prints_keys(tmp_path: Path) -> None:
     env = clean_env(**{var: f"very-secret-{n}" for n, var in enumerate(KEY_VARS)})
     result = run_cli(["settings"], tmp_path, env)

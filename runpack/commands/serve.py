@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from runpack.commands.common import add_settings_flags, server_missing, settings_of, store_failure
+from runpack.envvars import env_name
 from runpack.errors import StoreError
-from runpack.settings import Settings, env_name
+from runpack.settings import Settings
 
 KEY_FIELDS = ("submit_api_key", "runner_api_key", "admin_api_key")
 
