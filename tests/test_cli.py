@@ -177,6 +177,21 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path: Path) -> None:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def test_serve_on_a_taken_port_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(["serve", "--port", str(port)], tmp_path, timeout=20)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"runpack serve: 127.0.0.1:{port} is already in use (another server?); pick another "
+        "port with --port N or RUNPACK_PORT=N (make run: make run PORT=N)"
+    ]
+    assert result.stdout == ""  # no keys, no dashboard link for a server that is not there
+    assert not (tmp_path / "runpack-data").exists()
+
+
 def test_serve_names_a_setting_it_cannot_use_in_one_line(tmp_path: Path) -> None:
     env = {**clean_env(), "RUNPACK_HASH_IGNORED_PARAMS": "figpack_nwb_"}
     result = run_cli(["serve", "--port", str(free_port())], tmp_path, env=env, timeout=20)
@@ -195,6 +210,13 @@ def test_serve_on_loopback_generates_and_keeps_local_keys(
     assert set(keys) == set(KEY_VARS)
     assert len(set(keys.values())) == 3 and all(len(k) >= 16 for k in keys.values())
     assert f"http://127.0.0.1:{server.port}/ui/" in server.stdout
+    # The dashboard link signs a browser in with the keys in its fragment.
+    link = (
+        f"http://127.0.0.1:{server.port}/ui/#submit_key={keys['RUNPACK_SUBMIT_API_KEY']}"
+        f"&admin_key={keys['RUNPACK_ADMIN_API_KEY']}"
+    )
+    assert f"Dashboard: {link}" in server.stdout
+    assert f"OpenAPI: http://127.0.0.1:{server.port}/api/openapi.json" in server.stdout
     keyfile = tmp_path / "runpack-data" / "dev-keys.env"
     assert keyfile.exists()
     assert keyfile.stat().st_mode & 0o077 == 0  # readable by the owner only

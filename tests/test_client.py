@@ -306,3 +306,6 @@ def test_the_example_runs(live: Live) -> None:
     assert "result: {'message': 'Hello, Ada!', 'processing_time': 3}" in done.stdout
     assert "failed: Invalid parameters" in done.stdout
     assert "again: Job already completed (cached result)" in done.stdout
+    # Each console line once, though the final console event repeats the whole text.
+    lines = [line for line in done.stdout.splitlines() if "console:" in line]
+    assert len(lines) == len(set(lines)) and any("Completed!" in line for line in lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -294,7 +295,18 @@ def test_a_runner_without_the_figpack_extra_does_not_offer_figure_jobs(
         importlib.util, "find_spec", lambda name, *a: None if name == "av" else real(name, *a)
     )
     monkeypatch.delitem(sys.modules, "runpack_runner.jobs.figpack_nwb")
+    caplog.set_level(logging.INFO, logger="runpack_runner")
     registry = Registry.discover()
     assert "hello_world" in registry.job_types
     assert not [t for t in registry.job_types if t.startswith("figpack_nwb_")]
-    assert "needs the figpack extra" in caplog.text and "missing: av" in caplog.text
+    # One quiet line lists them all, with the extra that would add them.
+    (line,) = [r for r in caplog.records if "not installed" in r.getMessage()]
+    assert line.levelno == logging.INFO
+    for job_type in (
+        "figpack_nwb_raster_plot",
+        "figpack_nwb_video_preview",
+        "figpack_nwb_pose_estimation",
+    ):
+        assert job_type in line.getMessage()
+    assert "needs the figpack extra" in line.getMessage() and "missing: av" in line.getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -391,6 +391,18 @@ def test_wrong_key_sends_to_settings(stack: Stack, open_page: Open) -> None:
     heading(page, "Jobs")
 
 
+def test_the_printed_dashboard_link_signs_the_browser_in(stack: Stack, open_page: Open) -> None:
+    # What `runpack serve` prints in local development mode (tests/test_cli.py checks it).
+    page = open_page(f"/ui/#submit_key={SUBMIT_KEY}&admin_key={ADMIN_KEY}", keys=False)
+    heading(page, "Dashboard")
+    expect(page).to_have_url(stack.url + "/ui/")  # the keys leave the address bar
+    stored = page.evaluate(
+        "[localStorage.getItem('runpack.submitKey'), localStorage.getItem('runpack.adminKey')]"
+    )
+    assert stored == [SUBMIT_KEY, ADMIN_KEY]
+    assert not [url for url in stack.requests if ADMIN_KEY in url]  # no request carried it
+
+
 def test_playground_rejects_invalid_json(stack: Stack, open_page: Open) -> None:
     page = open_page("/ui/playground")
     submits: list[str] = []
