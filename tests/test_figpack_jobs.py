@@ -55,7 +55,8 @@ def test_parameters_are_checked_with_the_originals_messages(
     assert str(err.value) == message
 
 
-def test_metadata_goes_into_the_description_and_the_result() -> None:
+def test_metadata_outside_the_hash_stays_out_of_the_description_and_the_result() -> None:
+    """A cached figure is served to every page: it cannot name the first one's."""
     p = figpack_nwb.parse_params(
         {
             "nwb_url": "https://x/a.nwb",
@@ -66,8 +67,9 @@ def test_metadata_goes_into_the_description_and_the_result() -> None:
         "path",
     )
     text = p.description("Keypoints.")
-    assert "Dandiset: 409" in text and "https://neurosift.app/?x" in text
-    assert p.result("u")["dandiset_id"] == "409"
+    assert "409" not in text and "neurosift.app" not in text
+    assert "https://x/a.nwb" in text and "`/p`" in text
+    assert p.result("u") == {"figpack_url": "u", "nwb_url": "https://x/a.nwb", "path": "/p"}
 
 
 # --- video ----------------------------------------------------------------------------

@@ -87,7 +87,12 @@ def pose_view(ctx: JobContext, container: Any, path: str) -> tuple[Any, dict[str
 
     series = _series_of(container)
     if not series:
-        raise ValueError(f"'{path}' has no PoseEstimationSeries: is it a PoseEstimation?")
+        from runpack_runner.jobs.nwb_files import describe
+
+        raise ValueError(
+            f"'{path}' is {describe(container)}, not a PoseEstimation: "
+            "it holds no PoseEstimationSeries"
+        )
     names = list(series)
     ctx.log(f"Keypoints: {', '.join(names)}")
     data: dict[str, np.ndarray] = {}
