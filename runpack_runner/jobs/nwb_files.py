@@ -2,8 +2,10 @@
 
 lindi reads the file with HTTP range requests through ``requests``, which waits
 forever by default. Here every request made while a job reads the file gets a
-connect and a read timeout (:data:`CONNECT_TIMEOUT`, :data:`READ_TIMEOUT`; the
-runner's ``RUNPACK_REMOTE_CONNECT_TIMEOUT`` and ``RUNPACK_REMOTE_READ_TIMEOUT``),
+connect and a read timeout (the runner's ``remote_connect_timeout`` and ``remote_read_timeout``
+settings, which its CLI passes to handlers as ``RUNPACK_REMOTE_CONNECT_TIMEOUT`` and
+``RUNPACK_REMOTE_READ_TIMEOUT`` in the environment; :data:`CONNECT_TIMEOUT` and
+:data:`READ_TIMEOUT` without them),
 a stalled range read is tried :data:`READ_RETRIES` more times rather than lindi's
 eight, and lindi's in-memory copy of the file is bounded (:data:`MEMORY_CACHE_BYTES`)
 so that reading a large dataset does not keep all of it.
@@ -26,7 +28,8 @@ import h5py
 
 from runpack_runner.context import JobContext
 
-#: Seconds to wait for a connection, and for each read from it (an answer, a block of data).
+#: Seconds to wait for a connection, and for each read from it (an answer, a block of
+#: data): the defaults of the runner's settings of the same names.
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 #: The runner's environment variables that change them (see docs/settings.md).
@@ -95,8 +98,9 @@ def timed_requests(connect: float, read: float) -> Iterator[None]:
         _local.timeouts = outer
 
 
-def _network_error(exc: BaseException, url: str, connect: float, read: float) -> str | None:
-    """One line for a timeout or connection failure anywhere in ``exc``'s chain, else None."""
+def _network_error(exc: BaseException, connect: float, read: float) -> str | None:
+    """Why, in a few words, for a timeout or connection failure anywhere in ``exc``'s
+    chain (lindi wraps some errors in its own); None for any other error."""
     import requests
 
     seen: set[int] = set()
@@ -104,11 +108,11 @@ def _network_error(exc: BaseException, url: str, connect: float, read: float) ->
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, requests.exceptions.ConnectTimeout):
-            return f"no connection to the NWB file at {url} within {connect:g} s"
+            return f"no connection within {connect:g} s (connect timeout)"
         if isinstance(cause, requests.exceptions.Timeout):
-            return f"the server of the NWB file at {url} sent nothing for {read:g} s"
+            return f"no answer for {read:g} s (read timeout)"
         if isinstance(cause, requests.exceptions.ConnectionError):
-            return f"cannot reach the NWB file at {url}"
+            return "the connection failed"
         cause = cause.__cause__ or cause.__context__
     return None
 
@@ -130,16 +134,16 @@ def open_nwb(ctx: JobContext, url: str) -> Iterator[Any]:
         try:
             f = lindi.LindiH5pyFile.from_hdf5_file(url)
         except Exception as exc:
-            why = _network_error(exc, url, connect, read) or _first_line(exc)
+            why = _network_error(exc, connect, read) or _first_line(exc)
             raise RuntimeError(f"Cannot open the NWB file at {url}: {why}") from exc
         _bound_memory(f)
         try:
             yield f
         except Exception as exc:
-            failure = _network_error(exc, url, connect, read)
+            failure = _network_error(exc, connect, read)
             if failure is None:
                 raise
-            raise RuntimeError(f"Reading the NWB file failed: {failure}") from exc
+            raise RuntimeError(f"Reading the NWB file at {url} failed: {failure}") from exc
         finally:
             f.close()
 
