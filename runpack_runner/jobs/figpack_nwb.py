@@ -100,7 +100,7 @@ def raster_plot(ctx: JobContext, **params: Any) -> dict[str, Any]:
         view, summary = nwb_units.raster_view(ctx, units, p.path)  # progress 2 of 4
     what = f"Spike raster of {summary['units']} units."
     if summary["units_without_spikes"]:
-        what += f" {summary['units_without_spikes']} units without spikes are not drawn."
+        what += f" {nwb_units.units_without_spikes(summary['units_without_spikes'])} not drawn."
     ctx.progress(3, 4)
     url = publish_figure(
         ctx,

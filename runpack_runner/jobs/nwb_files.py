@@ -207,4 +207,5 @@ def get_group(f: Any, path: str, what: str, needs: tuple[str, ...] = ()) -> Any:
 
 
 def _a(what: str) -> str:
-    return ("an " if what[:1].lower() in "aeiou" else "a ") + what
+    """ "an ImageSeries", "a units table", "a PoseEstimation"."""
+    return ("an " if what[:1].lower() in "aeio" else "a ") + what

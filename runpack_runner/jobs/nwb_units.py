@@ -20,6 +20,13 @@ COLUMNS = ("spike_times", "spike_times_index")
 SHOW_EMPTY = 20
 
 
+def units_without_spikes(count: int) -> str:
+    """ "1 unit has no spikes and is", "3 units have no spikes and are" ."""
+    if count == 1:
+        return "1 unit has no spikes and is"
+    return f"{count} units have no spikes and are"
+
+
 def raster_view(ctx: JobContext, units: Any, path: str) -> tuple[Any, dict[str, Any]]:
     """(the RasterPlot view, a summary for the result); ``units`` is a checked group."""
     import figpack_spike_sorting.views as fss
@@ -43,7 +50,7 @@ def raster_view(ctx: JobContext, units: Any, path: str) -> tuple[Any, dict[str, 
             empty.append(str(unit_id))
     if empty:
         shown = ", ".join(empty[:SHOW_EMPTY]) + (", …" if len(empty) > SHOW_EMPTY else "")
-        ctx.log(f"{len(empty)} units have no spikes and are not drawn: {shown}")
+        ctx.log(f"{units_without_spikes(len(empty))} not drawn: {shown}")
     if not plots:
         raise ValueError(f"The units table at '{path}' has no spikes to plot")
     first = float(min(p.spike_times_sec.min() for p in plots))

@@ -24,6 +24,7 @@ import figpack
 import numpy as np
 
 from runpack_runner.context import JobContext
+from runpack_runner.jobs.nwb_files import describe
 
 MAX_FRAMES = 1000
 #: Frames read, scaled and encoded at a time (fewer when they hold over BATCH_BYTES).
@@ -69,7 +70,7 @@ def preview_view(ctx: JobContext, series: Any, path: str) -> tuple[Any, dict[str
             "only frames stored in the NWB file can be previewed"
         )
     if data is None or not hasattr(data, "shape"):
-        raise ValueError(f"'{path}' has no 'data' dataset: is it an ImageSeries?")
+        raise ValueError(f"'{path}' is {describe(series)}, not an ImageSeries: it has no 'data'")
     shape = tuple(data.shape)
     color = _color_of(shape, path)
     total = int(shape[0])
