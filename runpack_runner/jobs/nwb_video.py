@@ -126,15 +126,21 @@ def sample_frames(data: Any, count: int, frame_values: int) -> list[tuple[int, i
 def _sample_percentile(
     ctx: JobContext, data: Any, sample: list[tuple[int, int]], steps: int
 ) -> tuple[float, float]:
-    """(the 99th percentile, the maximum) of the sampled frames' values."""
-    parts = []
-    read = 0
+    """(the 99th percentile, the maximum) of the sampled frames' values, held once."""
+    values: np.ndarray | None = None
+    at = 0
     for start, length in sample:
-        parts.append(_pixels(np.asarray(data[start : start + length])))
-        read += length
-        ctx.progress(read, steps)
-    values = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    return float(np.percentile(values, 99)), float(values.max())
+        frames = _pixels(np.asarray(data[start : start + length]))
+        if values is None:
+            total = sum(n for _, n in sample)
+            values = np.empty((total, *frames.shape[1:]), dtype=frames.dtype)
+        values[at : at + len(frames)] = frames
+        at += len(frames)
+        ctx.progress(at, steps)
+    assert values is not None
+    values = values[:at]
+    peak = float(values.max())
+    return float(np.percentile(values, 99, overwrite_input=True)), peak
 
 
 def _pixels(frames: np.ndarray) -> np.ndarray:
