@@ -209,3 +209,15 @@ def get_group(f: Any, path: str, what: str, needs: tuple[str, ...] = ()) -> Any:
 def _a(what: str) -> str:
     """ "an ImageSeries", "a units table", "a PoseEstimation"."""
     return ("an " if what[:1].lower() in "aeio" else "a ") + what
+
+
+def read_numbers(dataset: Any, path: str, dtype: Any) -> Any:
+    """The whole dataset as a numpy array of ``dtype``; ValueError naming ``path`` when
+    it holds something else than numbers (checked from its type, before reading)."""
+    import numpy as np
+
+    kind = getattr(getattr(dataset, "dtype", None), "kind", "")
+    if not isinstance(dataset, h5py.Dataset) or kind not in "biuf":
+        what = f"{dataset.dtype} values" if kind else describe(dataset)
+        raise ValueError(f"'{path}' holds {what}, not numbers")
+    return np.asarray(dataset[()], dtype=dtype)

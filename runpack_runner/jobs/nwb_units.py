@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from runpack_runner.context import JobContext
+from runpack_runner.jobs.nwb_files import read_numbers
 
 #: The datasets a units table must have (checked before anything is read).
 COLUMNS = ("spike_times", "spike_times_index")
@@ -32,8 +33,8 @@ def raster_view(ctx: JobContext, units: Any, path: str) -> tuple[Any, dict[str, 
     import figpack_spike_sorting.views as fss
 
     ctx.log("Reading the spike times...")
-    index = np.asarray(units["spike_times_index"][()], dtype=np.int64)
-    times = np.asarray(units["spike_times"][()], dtype=np.float64)
+    index = read_numbers(units["spike_times_index"], f"{path}/spike_times_index", np.int64)
+    times = read_numbers(units["spike_times"], f"{path}/spike_times", np.float64)
     has_ids = "id" in set(units.keys())
     ids = np.asarray(units["id"][()]) if has_ids else np.arange(len(index), dtype=np.int64)
     ctx.log(f"{len(index)} units, {len(times)} spikes")

@@ -72,6 +72,8 @@ def preview_view(ctx: JobContext, series: Any, path: str) -> tuple[Any, dict[str
     if data is None or not hasattr(data, "shape"):
         raise ValueError(f"'{path}' is {describe(series)}, not an ImageSeries: it has no 'data'")
     shape = tuple(data.shape)
+    if getattr(data.dtype, "kind", "") not in "biuf":
+        raise ValueError(f"'{path}/data' holds {data.dtype} values, not numbers")
     color = _color_of(shape, path)
     total = int(shape[0])
     if total == 0:
