@@ -126,7 +126,7 @@ def test_a_long_series_is_read_and_encoded_in_batches_with_a_sampled_percentile(
     within 2 % of the exact one; no read and no copy holds more than a batch of frames."""
     import tracemalloc
 
-    monkeypatch.setattr(nwb_video, "SAMPLE_VALUES", 1_000_000)  # about 61 frames of 128x128
+    monkeypatch.setattr(nwb_video, "SAMPLE_BYTES", 2_000_000)  # about 61 frames of 128x128
     rng = np.random.default_rng(3)
     base = rng.integers(0, 3000, (128, 128)).astype(np.uint16)
     frames = np.stack(
@@ -154,12 +154,12 @@ def test_a_long_series_is_read_and_encoded_in_batches_with_a_sampled_percentile(
 
 
 def test_the_sample_is_every_frame_of_a_small_series_and_runs_spread_over_a_large_one() -> None:
-    assert nwb_video.sample_frames(None, 40, 32 * 32) == [(0, 40)]
-    runs = nwb_video.sample_frames(None, 1000, 512 * 512)
+    assert nwb_video.sample_frames(40, 32 * 32 * 2) == [(0, 40)]
+    runs = nwb_video.sample_frames(1000, 512 * 512 * 2)
     assert (
         len(runs) == nwb_video.SAMPLE_RUNS and runs[0][0] == 0 and runs[-1][0] + runs[-1][1] == 1000
     )
-    assert sum(n for _, n in runs) * 512 * 512 <= nwb_video.SAMPLE_VALUES
+    assert sum(n for _, n in runs) * 512 * 512 * 2 <= nwb_video.SAMPLE_BYTES
 
 
 def test_only_the_first_1000_frames_are_previewed_and_all_zero_frames_work() -> None:

@@ -30,9 +30,9 @@ MAX_FRAMES = 1000
 #: Frames read, scaled and encoded at a time (fewer when they hold over BATCH_BYTES).
 READ_BATCH = 50
 BATCH_BYTES = 32 * 1024 * 1024
-#: The 99th percentile is estimated from whole frames holding at most this many values,
+#: The 99th percentile is estimated from whole frames holding at most this many bytes,
 #: in at most SAMPLE_RUNS runs of consecutive frames spread over the preview.
-SAMPLE_VALUES = 16_000_000
+SAMPLE_BYTES = 32 * 1024 * 1024
 SAMPLE_RUNS = 8
 DEFAULT_FPS = 30.0
 #: libx264 quality (lower is better; 23 is its default) and a keyframe every second.
@@ -80,23 +80,28 @@ def preview_view(ctx: JobContext, series: Any, path: str) -> tuple[Any, dict[str
         raise ValueError(f"The ImageSeries at '{path}' has no frames")
     count = min(total, MAX_FRAMES)
     fps = _frame_rate(series, count)
-    frame_values = max(1, int(np.prod(shape[1:])))
-    batch = max(1, min(READ_BATCH, BATCH_BYTES // (frame_values * data.dtype.itemsize)))
+    frame_bytes = max(1, int(np.prod(shape[1:]))) * data.dtype.itemsize
+    batch = max(1, min(READ_BATCH, BATCH_BYTES // frame_bytes))
     ctx.log(f"Data shape {shape}, {data.dtype}; {fps:g} frames per second")
     ctx.log(f"Reading {count} of {total} frames (at most {MAX_FRAMES} for a preview)")
-    sample = sample_frames(data, count, frame_values)
-    steps = sum(n for _, n in sample) + count + 1
-    pct99, peak = _sample_percentile(ctx, data, sample, steps)
+    sample = sample_frames(count, frame_bytes)
+    sampled = sum(n for _, n in sample)
+    steps = sampled + count + 1
+    values = _read_sample(ctx, data, sample, steps)
+    peak = float(values.max())
+    whole = sample == [(0, count)]  # a small series: read once, encoded from memory
     # As the original: [0, 99th percentile] -> 0-255 (the maximum if that is 0).
+    pct99 = float(np.percentile(values, 99, overwrite_input=not whole))
     scale = pct99 if pct99 > 0 else max(peak, 1.0)
-    done = steps - count - 1
-    ctx.log(f"99th percentile: {pct99:g} (from {done} frames); scaling 0-{scale:g} to 0-255")
+    ctx.log(f"99th percentile: {pct99:g} (of {sampled} frames); scaling 0-{scale:g} to 0-255")
+    if not whole:
+        values = np.empty(0, values.dtype)  # the sample is not needed any more
 
     def batches() -> Iterator[np.ndarray]:
         for start in range(0, count, batch):
             stop = min(start + batch, count)
-            yield _pixels(np.asarray(data[start:stop]))
-            ctx.progress(done + stop, steps)
+            yield values[start:stop] if whole else _pixels(np.asarray(data[start:stop]))
+            ctx.progress(sampled + stop, steps)
 
     ctx.log("Encoding H.264...")
     mp4, width, height = encode_mp4(batches(), scale, fps, color)
@@ -112,11 +117,11 @@ def preview_view(ctx: JobContext, series: Any, path: str) -> tuple[Any, dict[str
     return VideoPreview(mp4, **summary, percentile_99=pct99), summary
 
 
-def sample_frames(data: Any, count: int, frame_values: int) -> list[tuple[int, int]]:
+def sample_frames(count: int, frame_bytes: int) -> list[tuple[int, int]]:
     """(start, length) of the runs of frames the percentile is estimated from: every
-    frame when they hold at most SAMPLE_VALUES values, else SAMPLE_RUNS runs of
-    consecutive frames (cheap to read) spread evenly over the first ``count``."""
-    frames = min(count, max(2, SAMPLE_VALUES // frame_values))
+    frame when they hold at most SAMPLE_BYTES, else SAMPLE_RUNS runs of consecutive
+    frames (cheap to read) spread evenly over the first ``count``."""
+    frames = min(count, max(2, SAMPLE_BYTES // frame_bytes))
     if frames >= count:
         return [(0, count)]
     runs = min(SAMPLE_RUNS, frames)
@@ -125,10 +130,10 @@ def sample_frames(data: Any, count: int, frame_values: int) -> list[tuple[int, i
     return [(start, length) for start in starts]
 
 
-def _sample_percentile(
+def _read_sample(
     ctx: JobContext, data: Any, sample: list[tuple[int, int]], steps: int
-) -> tuple[float, float]:
-    """(the 99th percentile, the maximum) of the sampled frames' values, held once."""
+) -> np.ndarray:
+    """The sampled frames, in one array (held once)."""
     values: np.ndarray | None = None
     at = 0
     for start, length in sample:
@@ -140,9 +145,7 @@ def _sample_percentile(
         at += len(frames)
         ctx.progress(at, steps)
     assert values is not None
-    values = values[:at]
-    peak = float(values.max())
-    return float(np.percentile(values, 99, overwrite_input=True)), peak
+    return values[:at]
 
 
 def _pixels(frames: np.ndarray) -> np.ndarray:
