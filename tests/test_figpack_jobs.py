@@ -198,6 +198,36 @@ def test_remote_timeouts_come_from_the_runner_settings() -> None:
         RunnerSettings(remote_read_timeout=0).check()
 
 
+def test_network_failures_are_told_in_a_few_words() -> None:
+    import requests
+
+    from runpack.netrules import AddressNotAllowed
+    from runpack_runner.jobs import nwb_files
+
+    def wrapped(inner: BaseException) -> Exception:
+        try:
+            try:
+                raise inner
+            except BaseException as exc:
+                raise requests.exceptions.ConnectionError("Max retries exceeded…") from exc
+        except Exception as outer:
+            try:
+                raise RuntimeError("lindi: Error getting file length") from outer
+            except RuntimeError as err:
+                return err
+
+    why = nwb_files._network_error
+    assert why(wrapped(requests.exceptions.ReadTimeout()), 10, 30) == (
+        "no answer for 30 s (read timeout)"
+    )
+    assert why(requests.exceptions.ConnectTimeout(), 10, 30) == (
+        "no connection within 10 s (connect timeout)"
+    )
+    refused = AddressNotAllowed("connection to a private address refused: localhost")
+    assert why(wrapped(refused), 10, 30) == str(refused)
+    assert why(ValueError("other"), 10, 30) is None
+
+
 def test_paths_are_checked_from_metadata_only(tmp_path: Path) -> None:
     """A dataset named as a units table is refused without reading it: h5py's
     ``in`` on a dataset would iterate it, so a read here fails the test."""

@@ -100,20 +100,26 @@ def timed_requests(connect: float, read: float) -> Iterator[None]:
 
 def _network_error(exc: BaseException, connect: float, read: float) -> str | None:
     """Why, in a few words, for a timeout or connection failure anywhere in ``exc``'s
-    chain (lindi wraps some errors in its own); None for any other error."""
+    chain (lindi and urllib3 wrap errors in their own); None for any other error."""
     import requests
 
-    seen: set[int] = set()
+    from runpack.netrules import AddressNotAllowed
+
+    chain: list[BaseException] = []
     cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for cause in chain:
+        if isinstance(cause, AddressNotAllowed):  # a redirect to a private address
+            return str(cause)
+    for cause in chain:
         if isinstance(cause, requests.exceptions.ConnectTimeout):
             return f"no connection within {connect:g} s (connect timeout)"
         if isinstance(cause, requests.exceptions.Timeout):
             return f"no answer for {read:g} s (read timeout)"
-        if isinstance(cause, requests.exceptions.ConnectionError):
-            return "the connection failed"
-        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(cause, requests.exceptions.ConnectionError) for cause in chain):
+        return "the connection failed"
     return None
 
 
