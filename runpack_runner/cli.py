@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from runpack import envvars
-from runpack.envvars import flag_help, split_list
+from runpack.envvars import env_name, flag_help, split_list
 from runpack.eventloop import run, tune_gc
 from runpack_runner import __version__
-from runpack_runner.settings import RunnerSettings, describe
+from runpack_runner.settings import HANDLER_ENVIRONMENT, RunnerSettings, describe
 
 log = logging.getLogger("runpack_runner")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.runner_api_key:
         log.error("RUNPACK_RUNNER_API_KEY is not set")
         return 2
+    for name in HANDLER_ENVIRONMENT:
+        os.environ[env_name(name)] = str(getattr(settings, name))
     try:
         registry = Registry.discover(settings.job_types)
     except UnknownJobTypes as exc:

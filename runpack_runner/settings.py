@@ -66,6 +66,13 @@ class RunnerSettings:
         30.0,
         "How long a cancelled or timed-out handler may take to stop before its slot is reused.",
     )
+    remote_connect_timeout: float = _s(
+        10.0, "Figure jobs: seconds to wait for a connection to the server of an nwb_url."
+    )
+    remote_read_timeout: float = _s(
+        30.0,
+        "Figure jobs: seconds a read of an nwb_url may wait for data before the job fails.",
+    )
 
     def replace(self, **changes: Any) -> RunnerSettings:
         return dataclasses.replace(self, **changes)
@@ -79,7 +86,14 @@ class RunnerSettings:
         loop_factory(self.event_loop)  # ValueError for an unknown or missing loop
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
-        for name in ("heartbeat_interval", "poll_wait", "socket_retry_interval", "reconnect_max"):
+        for name in (
+            "heartbeat_interval",
+            "poll_wait",
+            "socket_retry_interval",
+            "reconnect_max",
+            "remote_connect_timeout",
+            "remote_read_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be more than 0")
         if self.job_timeout < 0 or self.reconnect_min < 0 or self.stop_grace < 0:
@@ -92,6 +106,11 @@ class RunnerSettings:
         settings = cls(**values)
         settings.check()
         return settings
+
+
+#: Settings that handlers read from the environment, in whatever process they run: the
+#: CLI sets these variables from the settings (flags included) before starting.
+HANDLER_ENVIRONMENT = ("remote_connect_timeout", "remote_read_timeout")
 
 
 def flag_name(f: dataclasses.Field[Any]) -> str:

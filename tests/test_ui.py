@@ -280,6 +280,11 @@ def test_job_page_without_key_is_live_and_previews_a_figure(stack: Stack, open_p
     frame = page.locator('iframe[title="Figure preview"]')
     expect(frame).to_have_attribute("src", figure)
     assert "allow-same-origin" not in (frame.get_attribute("sandbox") or "allow-same-origin")
+    # Room for a figure's tabs and legends: 70% of the window's height, and resizable.
+    box = frame.bounding_box()
+    assert box is not None and box["height"] >= 0.65 * 900, box
+    frame_box = page.locator(".figure-frame")
+    assert frame_box.evaluate("e => getComputedStyle(e).resize") == "vertical"
     expect(page.get_by_label("Result JSON")).to_contain_text(figure)
     expect(page.get_by_role("log", name="Console output")).to_contain_text("done")
     shot(page, "job-figure")
