@@ -211,16 +211,20 @@ SENT: dict[str, Any] = {
     "Completion": protocol.Complete("j", {"a": 1}, "out").body(),
     "Failure": protocol.Failure("j", "boom", "out", retryable=True).body(),
     "Release": protocol.Release("j", "busy").body(),
+    "Registration": protocol.Registration("r", ["t"], with_secret=True).body(),
+    "Registered": protocol.Registered("r", runner_secret="s").body(),
 }
 
 #: Required as the hand-written schemas had them: the fields without a default, and
-#: an assignment's attempt (always sent).
+#: an assignment's attempt and a registration's message (always sent).
 REQUIRED: dict[str, list[str]] = {
     "AssignedJob": ["job_id", "job_type", "input_params", "attempt"],
     "Heartbeat": [],
     "Completion": ["output_data"],
     "Failure": ["error_message"],
     "Release": [],
+    "Registration": ["name", "capabilities"],
+    "Registered": ["runner_id", "message"],
 }
 
 
@@ -251,6 +255,11 @@ def test_runner_bodies_are_described_by_the_protocol_messages() -> None:
     assert SCHEMAS["Failure"]["properties"]["retryable"]["type"] == "boolean"
     assert SCHEMAS["AssignedJob"]["properties"]["input_params"] == {"type": "object"}
     assert SCHEMAS["AssignedJob"]["properties"]["timeout"]["type"] == ["number", "null"]
+    registration = SCHEMAS["Registration"]["properties"]
+    assert registration["name"]["maxLength"] == protocol.MAX_NAME_CHARS
+    assert registration["capabilities"]["maxItems"] == protocol.MAX_CAPABILITIES
+    assert registration["capabilities"]["items"]["maxLength"] == protocol.MAX_NAME_CHARS
+    assert SCHEMAS["Registered"]["properties"]["runner_secret"]["type"] == "string"
 
 
 def test_the_document_is_valid_openapi_3_1() -> None:

@@ -100,6 +100,8 @@ MESSAGES: dict[str, type] = {
     "Completion": protocol.Complete,
     "Failure": protocol.Failure,
     "Release": protocol.Release,
+    "Registration": protocol.Registration,
+    "Registered": protocol.Registered,
 }
 
 #: The answers that handlers build as typed models (runpack/api/views.py).

@@ -192,32 +192,6 @@ SCHEMAS: Json = {
             "message": {"type": "string"},
         }
     ),
-    "Registration": obj(
-        {
-            "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"},
-            "capabilities": {
-                "type": "array",
-                "items": {"type": "string", "minLength": 1},
-                "maxItems": 1000,
-            },
-        },
-        {
-            "with_secret": {
-                "type": "boolean",
-                "description": "Ask for a secret of the runner's own (Runpack's runner does).",
-            }
-        },
-    ),
-    "Registered": obj(
-        {"runner_id": {"type": "string"}, "message": {"type": "string"}},
-        {
-            "runner_secret": {
-                "type": "string",
-                "description": "The runner's own secret, when asked for (`with_secret`); "
-                "shown once. Send it as `X-Runner-Secret` from then on.",
-            }
-        },
-    ),
     "Verified": obj(
         {
             "exists": {"const": True},
