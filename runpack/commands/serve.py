@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     raise_open_files_limit()
     base = f"http://{settings.host}:{settings.port}"
-    if not settings.has_keys:
+    generated_keys = not settings.has_keys
+    if generated_keys:
         if not is_loopback(settings.host):
             print(
                 "runpack: refusing to bind a non-loopback address without keys: set "
@@ -103,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"(saved in {keyfile}; in another shell: source {keyfile})")
     print(f"Dashboard: {base}/ui/   API: {base}/api/   Health: {base}/health", flush=True)
     try:
-        app = create_app(settings)  # a setting it cannot use, such as a bad public_url
+        # A setting it cannot use, such as a bad public_url, is a ValueError.
+        app = create_app(settings, generated_keys=generated_keys)
     except ValueError as exc:
         print(f"runpack: {exc}", file=sys.stderr)
         return 2
