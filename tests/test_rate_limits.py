@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from runpack.client import AsyncClient, Client, RateLimitedError, RunpackClientError
 from runpack.errors import RateLimited
 from runpack.ratelimit import Limit, LocalBuckets
 from tests.conftest import (
     ADMIN,
     SUBMIT,
+    SUBMIT_KEY,
     MakeClient,
     as_runner,
     bearer,
@@ -262,3 +264,39 @@ def test_buckets_are_forgotten_when_full() -> None:
         buckets.take_now(f"ip:{i}", limit)
     assert buckets.take_now("ip:99", limit) > 0  # the newest is still counted
     assert buckets.take_now("ip:0", limit) == 0.0  # the oldest was forgotten
+
+
+# --- the Python client -------------------------------------------------------------------
+
+
+async def test_the_client_raises_a_clear_error_or_waits_on_request(
+    make_client: MakeClient,
+) -> None:
+    # One new job at once, then one a second.
+    client = await make_client(rate_new_jobs=1, rate_new_jobs_burst=1, rate_window=1.0)
+    url = str(client.make_url("")).rstrip("/")
+    async with AsyncClient(url, SUBMIT_KEY) as runpack:
+        assert (await runpack.submit("hello_world", {"name": "a"})).created
+        with pytest.raises(RateLimitedError) as caught:
+            await runpack.submit("hello_world", {"name": "b"})
+        refused = caught.value
+        assert refused.status == 429 and refused.limit == "new_jobs"
+        assert refused.retry_after == 1
+        assert refused.reset_time is not None and refused.reset_time > time.time() * 1000
+        assert refused.details is not None and "RUNPACK_RATE_NEW_JOBS" in refused.details
+        assert "RUNPACK_RATE_NEW_JOBS" in str(refused)
+        assert isinstance(refused, RunpackClientError)  # what callers caught before
+    async with AsyncClient(url, SUBMIT_KEY, retry_on_limit=True) as runpack:
+        started = time.monotonic()
+        assert (await runpack.submit("hello_world", {"name": "c"})).created
+        assert (await runpack.submit("hello_world", {"name": "d"})).created  # waited
+        assert time.monotonic() - started >= 0.5
+    # It waits only as long as it was told it may (the next token is a second away).
+    async with AsyncClient(url, SUBMIT_KEY, retry_on_limit=True, limit_wait=0.5) as runpack:
+        with pytest.raises(RateLimitedError):
+            await runpack.submit("hello_world", {"name": "e"})
+
+
+def test_the_sync_client_passes_retry_on_limit_on() -> None:
+    with Client("http://127.0.0.1:9", SUBMIT_KEY, retry_on_limit=True, limit_wait=5) as runpack:
+        assert runpack._async.retry_on_limit and runpack._async.limit_wait == 5
