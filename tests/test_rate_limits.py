@@ -4,9 +4,12 @@ per address for everything cheap, the original's per-runner limits; on both engi
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +18,8 @@ from aiohttp.test_utils import TestClient
 from runpack.client import AsyncClient, Client, RateLimitedError, RunpackClientError
 from runpack.errors import RateLimited
 from runpack.ratelimit import Limit, LocalBuckets
+from runpack.ratelimit_shared import SharedBuckets
+from runpack.store import Store
 from tests.conftest import (
     ADMIN,
     SUBMIT,
@@ -25,6 +30,7 @@ from tests.conftest import (
     claim,
     register,
 )
+from tests.test_store import ENGINES, opened
 
 CORS_ORIGIN = {"access-control-allow-origin": "*"}
 
@@ -191,8 +197,10 @@ async def test_runner_polls_and_heartbeats_are_limited_per_runner(
     assert (await client.get(path, headers=as_runner(second))).status == 200
 
 
-async def test_a_stored_key_rate_replaces_the_defaults(make_client: MakeClient) -> None:
-    client = await make_client(rate_new_jobs=1, rate_new_jobs_burst=1, rate_requests=3)
+async def test_a_stored_key_rate_replaces_the_key_default(make_client: MakeClient) -> None:
+    client = await make_client(
+        rate_new_jobs=2, rate_new_jobs_burst=2, rate_key_new_jobs=1, trust_proxy=True
+    )
     made = []
     for rate in (3, 0):
         resp = await client.post(
@@ -201,17 +209,26 @@ async def test_a_stored_key_rate_replaces_the_defaults(make_client: MakeClient) 
         assert resp.status == 201, await resp.text()
         made.append(bearer((await resp.json())["secret"]))
     limited, unlimited = made
-    for i in range(3):  # its own rate, above the address's
-        resp = await client.post("/api/jobs/submit", json=job(f"k{i}"), headers=limited)
-        assert resp.status == 201
-    resp = await client.post("/api/jobs/submit", json=job("k3"), headers=limited)
+
+    async def submit_as(key: dict[str, str], ip: str, name: str) -> Any:
+        headers = {**key, "X-Forwarded-For": ip}
+        return await client.post("/api/jobs/submit", json=job(name), headers=headers)
+
+    # Its own rate (3) in place of the default per key (1)…
+    assert (await submit_as(limited, "10.0.0.1", "k0")).status == 201
+    assert (await submit_as(limited, "10.0.0.1", "k1")).status == 201
+    # …while each address keeps its own limit (2)…
+    await expect_429(await submit_as(limited, "10.0.0.1", "k2"), "new_jobs", "NEW_JOBS_BURST")
+    assert (await submit_as(limited, "10.0.0.2", "k2")).status == 201
+    resp = await submit_as(limited, "10.0.0.3", "k3")
     body = await expect_429(resp, "key_new_jobs", "runpack keys create --rate")
     assert "3 per 60 s" in body["details"]
-    for i in range(6):  # rate 0: no limit at all
-        resp = await client.post("/api/jobs/submit", json=job(f"u{i}"), headers=unlimited)
-        assert resp.status == 201
-    # The keys' new work was not counted for the address: its one new job passes.
-    assert (await client.post("/api/jobs/submit", json=job("e"), headers=SUBMIT)).status == 201
+    # …and rate 0: no limit at all, nothing counted for the address.
+    for i in range(6):
+        assert (await submit_as(unlimited, "10.0.0.3", f"u{i}")).status == 201
+    assert (await submit_as(SUBMIT, "10.0.0.3", "e1")).status == 201
+    resp = await submit_as(SUBMIT, "10.0.0.4", "e2")  # the environment key's 1 is spent
+    await expect_429(resp, "key_new_jobs", "RUNPACK_RATE_KEY_NEW_JOBS")
 
 
 # --- the buckets ---------------------------------------------------------------------------
@@ -300,3 +317,56 @@ async def test_the_client_raises_a_clear_error_or_waits_on_request(
 def test_the_sync_client_passes_retry_on_limit_on() -> None:
     with Client("http://127.0.0.1:9", SUBMIT_KEY, retry_on_limit=True, limit_wait=5) as runpack:
         assert runpack._async.retry_on_limit and runpack._async.limit_wait == 5
+
+
+# --- buckets in the database (instances on one PostgreSQL; the same SQL on SQLite) ---------
+
+
+@pytest.fixture(params=ENGINES)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with opened(request.param, tmp_path) as s:
+        yield s
+
+
+async def test_the_store_takes_tokens_in_one_statement(store: Store) -> None:
+    per_ms = 1 / 1000  # a token a second
+    t0 = 1_700_000_000_000
+    # A new bucket is full: up to n whole tokens are taken.
+    assert await store.take_tokens("a", per_ms, 5, 3, t0) == (3, 2.0)
+    assert await store.take_tokens("a", per_ms, 5, 3, t0) == (2, 0.0)
+    assert await store.take_tokens("a", per_ms, 5, 1, t0) == (0, 0.0)  # none: nothing taken
+    taken, left = await store.take_tokens("a", per_ms, 5, 1, t0 + 1500)  # 1.5 refilled
+    assert taken == 1 and left == pytest.approx(0.5)
+    await store.give_back_token("a", 5)
+    taken, left = await store.take_tokens("a", per_ms, 5, 3, t0 + 1500)
+    assert taken == 1 and left == pytest.approx(0.5)
+    # Never more than the burst, and a clock running behind refills nothing.
+    assert await store.take_tokens("a", per_ms, 5, 9, t0 + 3_600_000) == (5, 0.0)
+    assert await store.take_tokens("a", per_ms, 5, 1, t0) == (0, 0.0)
+    assert await store.take_tokens("b", per_ms, 2, 1, t0) == (1, 1.0)
+    assert await store.delete_idle_buckets(t0 + 1) == 1  # "b": "a" was counted later
+    assert await store.take_tokens("b", per_ms, 2, 1, t0) == (1, 1.0)  # full again
+
+
+async def test_shared_buckets_ask_the_database_once_per_lease(store: Store) -> None:
+    calls: list[int] = []
+    take_tokens = store.take_tokens
+
+    async def counted(name: str, per_ms: float, burst: float, n: int, now: int) -> Any:
+        calls.append(n)
+        await asyncio.sleep(0.01)  # others arrive while it is in flight
+        return await take_tokens(name, per_ms, burst, n, now)
+
+    store.take_tokens = counted  # type: ignore[method-assign]
+    buckets = SharedBuckets(store)
+    limit = Limit("requests", 1 / 60, 30.0, "", lease=10)  # 30 at once, then one a minute
+    waits = await asyncio.gather(*(buckets.take("requests:x", limit) for _ in range(40)))
+    assert waits.count(0.0) == 30  # the whole burst, and not a token more
+    assert all(w > 1 for w in waits if w)
+    assert len(calls) == 4  # three leases of 10, one refusal
+    # Refused: the instance answers without asking again until a token is due.
+    assert await buckets.take("requests:x", limit) > 1
+    assert len(calls) == 4
+    # Other instances count on the same row.
+    other = SharedBuckets(store)
+    assert await other.take("requests:x", limit) > 1

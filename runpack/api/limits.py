@@ -2,8 +2,7 @@
 
 - **New work** (a submit that queues a job, or runs one again) takes a token from its
   client address's bucket (``rate_new_jobs``, ``rate_new_jobs_burst``) and from its
-  key's (``rate_key_new_jobs``; a stored key made with ``--rate`` has its own rate
-  instead of both). The submit takes them just before it creates anything and gives
+  key's (``rate_key_new_jobs``, or the rate a stored key was made with). The submit takes them just before it creates anything and gives
   them back if it found the job after all, so cache hits cost nothing here.
 - **Client requests** (submits, checks, status reads, event streams) take from their
   address's request bucket (``rate_requests``, ``rate_requests_burst``), sized for
@@ -153,27 +152,24 @@ class Limits:
         if self._free(request, caller):
             return None
         spends: list[tuple[str, Limit]] = []
+        if self.new_jobs is not None:
+            address = client_ip(request, self.trust_proxy)
+            spends.append((f"new_jobs:{address}", self.new_jobs))
         key = caller.key
+        per_key = self.key_new_jobs
         if key is not None and key.rate is not None:
-            # A key with a rate of its own: that rate, in place of the address's and
-            # the default per-key limit.
-            own = Limit.per_period(
+            # A stored key with a rate of its own (never 0 here: see _free).
+            per_key = Limit.per_period(
                 "key_new_jobs",
                 key.rate,
                 self.period,
                 key.rate,
-                f"New jobs with this API key: {key.rate} per {self.period:g} s, its own "
-                "rate (runpack keys create --rate).",
+                f"New jobs with this API key, from all addresses together: {key.rate} per "
+                f"{self.period:g} s, its own rate (runpack keys create --rate).",
             )
-            if own is not None:
-                spends.append((f"key:{key.id}", own))
-        else:
-            if self.new_jobs is not None:
-                address = client_ip(request, self.trust_proxy)
-                spends.append((f"new_jobs:{address}", self.new_jobs))
-            if self.key_new_jobs is not None:
-                who = key.id if key is not None else f"env-{caller.role}"
-                spends.append((f"key:{who}", self.key_new_jobs))
+        if per_key is not None:
+            who = key.id if key is not None else f"env-{caller.role}"
+            spends.append((f"key:{who}", per_key))
         return WorkBudget(self.buckets, tuple(spends)) if spends else None
 
 
