@@ -33,7 +33,9 @@ from runpack.ratelimit_shared import SharedBuckets
 from runpack.settings import Settings
 from runpack.store import Store
 
-#: Request tokens an instance takes from a shared bucket at a time (a tenth of a burst).
+#: Tokens an instance takes from a shared bucket at a time, for requests and for a key
+#: (whose bucket every address's new work goes through): a tenth of the burst. An
+#: address's new work is counted one job at a time.
 LEASE_FRACTION = 10
 
 
@@ -90,6 +92,7 @@ class Limits:
             f"{settings.rate_key_new_jobs} per {every}. "
             f"{_setting('rate_key_new_jobs')} raises it, or use a key of your own "
             "(runpack keys create --rate).",
+            lease=settings.rate_key_new_jobs // LEASE_FRACTION,
         )
         burst = settings.rate_requests_burst
         self.requests = Limit.per_period(
@@ -166,11 +169,14 @@ class Limits:
                 key.rate,
                 f"New jobs with this API key, from all addresses together: {key.rate} per "
                 f"{self.period:g} s, its own rate (runpack keys create --rate).",
+                lease=key.rate // LEASE_FRACTION,
             )
         if per_key is not None:
             who = key.id if key is not None else f"env-{caller.role}"
             spends.append((f"key:{who}", per_key))
-        return WorkBudget(self.buckets, tuple(spends)) if spends else None
+        if not spends:
+            return None
+        return WorkBudget(self.buckets, tuple(spends), shared=self.buckets is not self.local)
 
 
 @dataclass(slots=True)
@@ -179,6 +185,7 @@ class WorkBudget:
 
     buckets: Buckets
     spends: tuple[tuple[str, Limit], ...]
+    shared: bool = False
 
     async def take(self) -> None:
         taken: list[tuple[str, Limit]] = []

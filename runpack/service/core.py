@@ -81,6 +81,10 @@ class WorkBudget(Protocol):
     or runs one again, and gives it back if it did not after all
     (runpack.api.limits)."""
 
+    #: Taking a unit costs a database write (budgets shared by instances): worth a read
+    #: first, to find a job that exists without it.
+    shared: bool
+
     async def take(self) -> None:
         """Take one unit; raises :class:`~runpack.errors.RateLimited` when spent."""
         ...

@@ -38,29 +38,42 @@ class Jobs(ServiceCore):
     async def _submit(self, req: JobRequest, budget: WorkBudget | None) -> Answer:
         job = self.results.get(req.job_hash)
         if job is None:
-            if budget is not None:
-                try:
-                    await budget.take()
-                except RateLimited:
-                    # Nothing may be created: a job that exists is answered all the same.
-                    job = await self.store.get_job_by_hash(req.job_hash)
-                    if job is None:
-                        raise
-                    return await self._existing(job, req.force, budget)
-            # The insert finds the job if its hash has one: no read before it.
-            try:
-                job, created = await self._insert(req)
-            except BaseException:
-                if budget is not None:
-                    await budget.give_back()
-                raise
-            if created:
-                return Answer(Outcome.CREATED, job)
-            if budget is not None:
-                await budget.give_back()
+            if budget is not None and budget.shared:
+                # Counting new work costs a database write here: look for the job first,
+                # so that finding it costs a read.
+                job = await self.store.get_job_by_hash(req.job_hash)
+            if job is None:
+                # The insert finds the job if its hash has one: no read before it.
+                job, created = await self._insert_within(req, budget)
+                if created:
+                    return Answer(Outcome.CREATED, job)
             if job.status == JobStatus.COMPLETED:
                 self.results.put(job)
         return await self._existing(job, req.force, budget)
+
+    async def _insert_within(
+        self, req: JobRequest, budget: WorkBudget | None
+    ) -> tuple[JobRow, bool]:
+        """``_insert`` with a unit of ``budget`` taken first, and given back if the job
+        existed. With the budget spent, the job if it exists; else RateLimited, and
+        nothing created."""
+        if budget is None:
+            return await self._insert(req)
+        try:
+            await budget.take()
+        except RateLimited:
+            job = await self.store.get_job_by_hash(req.job_hash)
+            if job is None:
+                raise
+            return job, False
+        try:
+            job, created = await self._insert(req)
+        except BaseException:
+            await budget.give_back()
+            raise
+        if not created:
+            await budget.give_back()
+        return job, created
 
     async def _insert(self, req: JobRequest) -> tuple[JobRow, bool]:
         """The job of this request's hash, inserted if there is none (claimed at
