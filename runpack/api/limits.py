@@ -2,8 +2,9 @@
 
 - **New work** (a submit that queues a job, or runs one again) takes a token from its
   client address's bucket (``rate_new_jobs``, ``rate_new_jobs_burst``) and from its
-  key's (``rate_key_new_jobs``, or the rate a stored key was made with). The submit takes them just before it creates anything and gives
-  them back if it found the job after all, so cache hits cost nothing here.
+  key's (``rate_key_new_jobs``, or the rate a stored key was made with). The submit
+  takes them just before it creates anything and gives them back if it found the
+  job after all, so cache hits cost nothing here.
 - **Client requests** (submits, checks, status reads, event streams) take from their
   address's request bucket (``rate_requests``, ``rate_requests_burst``), sized for
   pages that poll.
@@ -33,9 +34,9 @@ from runpack.ratelimit_shared import SharedBuckets
 from runpack.settings import Settings
 from runpack.store import Store
 
-#: Tokens an instance takes from a shared bucket at a time, for requests and for a key
-#: (whose bucket every address's new work goes through): a tenth of the burst. An
-#: address's new work is counted one job at a time.
+#: Tokens an instance takes from a shared bucket at a time: a tenth of its burst (one
+#: for a burst under 20). Small budgets are counted exactly; large ones cost a database
+#: statement per lease, and an instance holds at most a lease it has not spent yet.
 LEASE_FRACTION = 10
 
 
@@ -82,6 +83,7 @@ class Limits:
             f"at once, then {settings.rate_new_jobs} per {every}. "
             f"{_setting('rate_new_jobs')} and {_setting('rate_new_jobs_burst')} raise it, "
             "or use a key of your own (runpack keys create --rate).",
+            lease=settings.rate_new_jobs_burst // LEASE_FRACTION,
         )
         self.key_new_jobs = Limit.per_period(
             "key_new_jobs",

@@ -43,7 +43,7 @@ class Jobs(ServiceCore):
                 # so that finding it costs a read.
                 job = await self.store.get_job_by_hash(req.job_hash)
             if job is None:
-                # The insert finds the job if its hash has one: no read before it.
+                # The insert finds the job if its hash has one.
                 job, created = await self._insert_within(req, budget)
                 if created:
                     return Answer(Outcome.CREATED, job)
