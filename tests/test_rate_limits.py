@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from runpack.app import create_app
 from runpack.client import AsyncClient, Client, RateLimitedError, RunpackClientError
 from runpack.errors import RateLimited
 from runpack.ratelimit import Limit, LocalBuckets
 from runpack.ratelimit_shared import SharedBuckets
+from runpack.settings import Settings
 from runpack.store import Store
 from tests.conftest import (
     ADMIN,
@@ -370,3 +372,8 @@ async def test_shared_buckets_ask_the_database_once_per_lease(store: Store) -> N
     # Other instances count on the same row.
     other = SharedBuckets(store)
     assert await other.take("requests:x", limit) > 1
+
+
+def test_a_rate_period_must_be_positive(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="rate_window"):
+        create_app(settings.replace(rate_window=0.0))

@@ -71,6 +71,10 @@ class Limits:
         self.trust_proxy = settings.trust_proxy
         #: Local development: the server made its own keys, so loopback is its owner.
         self.loopback_free = generated_keys
+        if not settings.rate_window > 0:
+            raise ValueError(
+                f"rate_window must be a number of seconds above 0: {settings.rate_window}"
+            )
         self.period = period = settings.rate_window
         every = f"{period:g} s"
         self.new_jobs = Limit.per_period(
