@@ -291,8 +291,8 @@ def test_buckets_are_forgotten_when_full() -> None:
 async def test_the_client_raises_a_clear_error_or_waits_on_request(
     make_client: MakeClient,
 ) -> None:
-    # One new job at once, then one a second.
-    client = await make_client(rate_new_jobs=1, rate_new_jobs_burst=1, rate_window=1.0)
+    # One new job at once, then one every 2 s.
+    client = await make_client(rate_new_jobs=1, rate_new_jobs_burst=1, rate_window=2.0)
     url = str(client.make_url("")).rstrip("/")
     async with AsyncClient(url, SUBMIT_KEY) as runpack:
         assert (await runpack.submit("hello_world", {"name": "a"})).created
@@ -300,7 +300,7 @@ async def test_the_client_raises_a_clear_error_or_waits_on_request(
             await runpack.submit("hello_world", {"name": "b"})
         refused = caught.value
         assert refused.status == 429 and refused.limit == "new_jobs"
-        assert refused.retry_after == 1
+        assert refused.retry_after == 2
         assert refused.reset_time is not None and refused.reset_time > time.time() * 1000
         assert refused.details is not None and "RUNPACK_RATE_NEW_JOBS" in refused.details
         assert "RUNPACK_RATE_NEW_JOBS" in str(refused)
@@ -310,7 +310,7 @@ async def test_the_client_raises_a_clear_error_or_waits_on_request(
         assert (await runpack.submit("hello_world", {"name": "c"})).created
         assert (await runpack.submit("hello_world", {"name": "d"})).created  # waited
         assert time.monotonic() - started >= 0.5
-    # It waits only as long as it was told it may (the next token is a second away).
+    # It waits only as long as it was told it may (the next token is 2 s away).
     async with AsyncClient(url, SUBMIT_KEY, retry_on_limit=True, limit_wait=0.5) as runpack:
         with pytest.raises(RateLimitedError):
             await runpack.submit("hello_world", {"name": "e"})
