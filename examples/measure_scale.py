@@ -34,8 +34,9 @@ KEYS = {
     "RUNPACK_SUBMIT_API_KEY": "scale-submit",
     "RUNPACK_RUNNER_API_KEY": "scale-runner",
     "RUNPACK_ADMIN_API_KEY": "scale-admin",
-    "RUNPACK_RATE_SUBMIT": "0",
-    "RUNPACK_RATE_POLL": "0",
+    "RUNPACK_RATE_NEW_JOBS": "0",
+    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+    "RUNPACK_RATE_REQUESTS": "0",
 }
 ADMIN = {"Authorization": "Bearer scale-admin"}
 SUBMIT = {"Authorization": "Bearer scale-submit"}

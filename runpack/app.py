@@ -26,6 +26,7 @@ from runpack.api import (
 from runpack.api.common import CORS_HEADERS, Handler, check_headers, json_response, policy_of
 from runpack.api.files import FIGURE_CORS_HEADERS
 from runpack.api.job_requests import JobRequests
+from runpack.api.limits import Limits, client_ip
 from runpack.api.monitoring import Readiness, echo_request_id, health, incident_id, observe_requests
 from runpack.appkeys import (
     CALLER,
@@ -33,7 +34,7 @@ from runpack.appkeys import (
     HUB,
     JOB_REQUESTS,
     KEYS,
-    LIMITER,
+    LIMITS,
     METRICS,
     NOTIFIER,
     PLACEMENT,
@@ -57,7 +58,6 @@ from runpack.metrics import Metrics
 from runpack.notify import Notifier, NotifyRelay, PgBridge
 from runpack.placement import Placement
 from runpack.protocol import RUNNER_SECRET_HEADER, Role
-from runpack.ratelimit import RateLimiter
 from runpack.retention import Retention, RetentionPolicy
 from runpack.service import JobService
 from runpack.settings import Settings
@@ -173,39 +173,21 @@ async def enforce_policy(request: web.Request, handler: Handler) -> web.StreamRe
         # A runner acts only with the key that registered it (and its own secret).
         secret = request.headers.get(RUNNER_SECRET_HEADER)
         await request.app[SERVICE].owners.check(acting_for, caller.owner, secret)
-    if route_policy.bucket is not None and caller.key is not None and caller.key.rate is not None:
-        # A stored key with a rate: one bucket of its own instead of the per-IP ones.
-        request.app[LIMITER].hit(f"key:{caller.key.id}", caller.key.rate)
-    elif route_policy.bucket is not None:
-        settings = request.app[SETTINGS]
-        limit: int = getattr(settings, f"rate_{route_policy.bucket}")
-        if limit > 0:  # else unlimited: nothing to count
-            who = (
-                request.headers.get("X-Runner-ID", "")
-                if route_policy.per_runner
-                else client_ip(request, settings.trust_proxy)
-            )
-            request.app[LIMITER].hit(f"{route_policy.bucket}:{who}", limit)
+    if route_policy.bucket is not None:
+        await request.app[LIMITS].admit(request, route_policy, caller)
     if route_policy.runner_header and acting_for:
         await request.app[SERVICE].touch_runner(acting_for)
         request[RUNNER_ID] = acting_for
     return await handler(request)
 
 
-def client_ip(request: web.Request, trust_proxy: bool) -> str:
-    if trust_proxy:
-        cf = request.headers.get("CF-Connecting-IP")
-        if cf:
-            return cf.strip()
-        forwarded = request.headers.get("X-Forwarded-For")
-        if forwarded:
-            # The right-most entry is the one our proxy appended; the rest is hearsay.
-            return forwarded.split(",")[-1].strip()
-    return request.remote or "unknown"
+def create_app(
+    settings: Settings, store: Store | None = None, *, generated_keys: bool = False
+) -> web.Application:
+    """The whole server; tests use it with ``aiohttp_client(create_app(...))``.
 
-
-def create_app(settings: Settings, store: Store | None = None) -> web.Application:
-    """The whole server; tests use it with ``aiohttp_client(create_app(...))``."""
+    ``generated_keys``: ``runpack serve`` made the keys itself (local development), so
+    clients on loopback are not rate-limited."""
     metrics = Metrics()
     app = web.Application(
         middlewares=[
@@ -218,7 +200,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[SETTINGS] = settings
     app[STORE] = store if store is not None else open_store(settings.db)
     app[KEYS] = KeyRing(settings, app[STORE])
-    app[LIMITER] = RateLimiter(settings.rate_window)
+    app[LIMITS] = Limits(settings, app[STORE], generated_keys=generated_keys)
     app[METRICS] = metrics
     app[READINESS] = Readiness(app[STORE].probe_write)
     if not settings.base_url.startswith(("http://", "https://")):

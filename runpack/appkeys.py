@@ -13,6 +13,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from runpack.api.job_requests import JobRequests
+    from runpack.api.limits import Limits
     from runpack.api.monitoring import Readiness
     from runpack.artifacts import FigureStore
     from runpack.auth import Caller, KeyRing
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from runpack.notify import Notifier
     from runpack.placement import Placement
     from runpack.protocol import Role
-    from runpack.ratelimit import RateLimiter
     from runpack.service import JobService
     from runpack.settings import Settings
     from runpack.store import Store
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 STORE: web.AppKey[Store] = web.AppKey("store")
 KEYS: web.AppKey[KeyRing] = web.AppKey("keys")
-LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
+#: The rate limits: who may make how many requests, and start how much new work.
+LIMITS: web.AppKey[Limits] = web.AppKey("limits")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 FIGURES: web.AppKey[FigureStore] = web.AppKey("figures")

@@ -82,7 +82,8 @@ class StoredKey:
     job_types: frozenset[str] | None
     #: Browser Origins it may be used from; None for any.
     origins: frozenset[str] | None
-    #: Requests per rate window on rate-limited routes, in place of the per-IP limits.
+    #: New jobs per rate period for this key, in place of RUNPACK_RATE_KEY_NEW_JOBS (0:
+    #: no limit at all).
     rate: int | None
     revoked: bool
     #: The highest priority it may submit; None for no ceiling.

@@ -124,8 +124,9 @@ def _processes(
         server_cmd += ["--port", str(port), "--db", db, "--data-dir", str(workdir / "data")]
         server_env = {
             **env,
-            "RUNPACK_RATE_SUBMIT": "0",
-            "RUNPACK_RATE_POLL": "0",
+            "RUNPACK_RATE_NEW_JOBS": "0",
+            "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+            "RUNPACK_RATE_REQUESTS": "0",
             "RUNPACK_LOG_LEVEL": "warning",
         }
         for setting in args.set:

@@ -118,11 +118,20 @@ class RateLimited(RunpackError):
 
     status = 429
 
-    def __init__(self, reset_ms: int, retry_after_s: int) -> None:
-        super().__init__(
-            body={"error": "Rate limit exceeded", "resetTime": reset_ms},
-            headers={"Retry-After": str(retry_after_s)},
-        )
+    def __init__(
+        self, reset_ms: int, retry_after_s: int, details: str = "", limit: str = ""
+    ) -> None:
+        # The original's body (error, resetTime), with which limit and what raises it.
+        body: dict[str, object] = {"error": "Rate limit exceeded", "resetTime": reset_ms}
+        if details:
+            body["details"] = details
+        if limit:
+            body["limit"] = limit
+        super().__init__(details=details or None, body=body)
+        self.headers = {"Retry-After": str(retry_after_s)}
+        self.reset_ms = reset_ms
+        self.retry_after_s = retry_after_s
+        self.limit = limit
 
 
 class StoreError(RunpackError):

@@ -4,7 +4,7 @@
 ``list`` shows every key and never a secret, ``revoke`` ends a key. A key has a
 role (submit, runner or admin, as the environment keys) and optional limits: the
 job types it may submit, check, read and cancel, the browser Origins it may be used
-from, a rate in place of the per-IP limits, and the highest priority it may submit
+from, a rate of new jobs in place of the default limits, and the highest priority it may submit
 (0 for a submit key unless it names one: a key handed to strangers cannot jump the
 queue). ``runpack keys`` (:mod:`runpack.commands.keys`) works on the database
 directly (``--db`` or RUNPACK_DB, SQLite or PostgreSQL), like ``runpack migrate``;

@@ -118,11 +118,33 @@ class Settings:
         "A connection with no request in progress, or whose request body stops coming, "
         "is closed after this long (event streams and WebSockets excepted).",
     )
-    rate_window: float = _s(60.0, "Rate-limit window.")
-    rate_submit: int = _s(10, "Submits and checks per window per client IP (0 = unlimited).")
-    rate_poll: int = _s(60, "Job status reads per window per client IP (0 = unlimited).")
-    rate_available: int = _s(120, "Available-job polls per window per runner (0 = unlimited).")
-    rate_heartbeat: int = _s(120, "Heartbeats per window per runner (0 = unlimited).")
+    rate_window: float = _s(
+        60.0,
+        "The period every rate below is counted over, in seconds (a rate of 30: 30 per period).",
+    )
+    rate_new_jobs: int = _s(
+        20,
+        "New work (a submit that queues a job, a forced or due re-run) per period per client "
+        "address, refilled evenly; cache hits and checks are not counted (0 = unlimited).",
+    )
+    rate_new_jobs_burst: int = _s(
+        20, "New work one client address may start at once, before RUNPACK_RATE_NEW_JOBS paces it."
+    )
+    rate_key_new_jobs: int = _s(
+        600,
+        "New work per period per API key, from all addresses together (0 = unlimited); "
+        "a stored key made with --rate has its own.",
+    )
+    rate_requests: int = _s(
+        600,
+        "Client requests (submits, checks, status reads, event streams) per period per "
+        "client address, refilled evenly: enough for pages that poll (0 = unlimited).",
+    )
+    rate_requests_burst: int = _s(
+        200, "Client requests one address may make at once, before RUNPACK_RATE_REQUESTS paces it."
+    )
+    rate_available: int = _s(120, "Available-job polls per period per runner (0 = unlimited).")
+    rate_heartbeat: int = _s(120, "Heartbeats per period per runner (0 = unlimited).")
     trust_proxy: bool = _s(False, "Take the client IP from X-Forwarded-For (behind a proxy).")
     max_params_bytes: int = _s(protocol.MAX_PARAMS_BYTES, "Largest input_params, in bytes.")
     max_output_bytes: int = _s(protocol.MAX_OUTPUT_BYTES, "Largest output_data, in bytes.")

@@ -9,7 +9,9 @@ messages go to stderr; the result (JSON) and the tables go to stdout, so
 
 Exit status: 0 success; 1 the job failed or was cancelled, or the server refused
 (say, a job that can no longer be cancelled); 2 bad usage, a missing or wrong
-key, an unknown job, or no server to talk to; 130 interrupted.
+key, an unknown job, a rate limit (429: nothing was created; ``--retry`` waits it
+out), or no server to talk to; 124 ``--timeout`` ran out before the job ended (it
+goes on); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -25,12 +27,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from runpack.client import AsyncClient, RunpackClientError, RunpackConnectionError
+from runpack.client import (
+    AsyncClient,
+    RateLimitedError,
+    RunpackClientError,
+    RunpackConnectionError,
+)
 from runpack.following import STATUS_STYLE, JobView, Renderer
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 KEYFILE_HINT = "make run saved it in runpack-data/dev-keys.env"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: ``--timeout`` ran out while following a job (as coreutils' ``timeout``).
+EXIT_TIMEOUT = 124
 
 
 class UsageError(Exception):
@@ -44,6 +53,8 @@ class Target:
     url: str
     submit_key: str | None = None
     admin_key: str | None = None
+    #: Wait out rate limits and try again (``--retry``) instead of stopping.
+    retry_on_limit: bool = False
 
     def client(self, *, need: str | None = None) -> AsyncClient:
         """A client; ``need`` ("submit" or "admin") names a key that must be set."""
@@ -51,7 +62,9 @@ class Target:
             raise UsageError(f"set RUNPACK_SUBMIT_API_KEY ({KEYFILE_HINT})")
         if need == "admin" and not self.admin_key:
             raise UsageError(f"set RUNPACK_ADMIN_API_KEY ({KEYFILE_HINT})")
-        return AsyncClient(self.url, self.submit_key, self.admin_key)
+        return AsyncClient(
+            self.url, self.submit_key, self.admin_key, retry_on_limit=self.retry_on_limit
+        )
 
 
 def parse_params(pairs: list[str], json_params: str | None = None) -> dict[str, Any]:
@@ -99,6 +112,14 @@ def run(command: Coroutine[Any, Any, int], err: Console) -> int:
     except RunpackConnectionError as exc:
         err.print(f"runpack: {exc} — is the server running? (make run)", markup=False)
         return EXIT_USAGE
+    except RateLimitedError as exc:
+        err.print(
+            f"runpack: the server refused: {exc.error} ({exc.details or 'no details'}). "
+            f"Try again in {exc.retry_after:g} s, or pass --retry to wait for it.",
+            markup=False,
+            highlight=False,
+        )
+        return EXIT_USAGE
     except RunpackClientError as exc:
         err.print(f"runpack: the server answered {exc}", markup=False, highlight=False)
         return EXIT_USAGE if exc.status in (400, 401, 403, 404) else EXIT_FAILED
@@ -110,16 +131,38 @@ def run(command: Coroutine[Any, Any, int], err: Console) -> int:
 # --- following one job ---------------------------------------------------------------------
 
 
-async def follow(client: AsyncClient, job_id: str, out: Console, err: Console) -> int:
-    """Show a job live until it ends; print its result. The exit status."""
+async def follow(
+    client: AsyncClient,
+    job_id: str,
+    out: Console,
+    err: Console,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 (the --timeout flag)
+    quiet: bool = False,
+) -> int:
+    """Show a job live until it ends, or ``timeout`` seconds pass; print its result
+    (with ``quiet``, nothing on stdout). The exit status."""
     view = JobView(job_id)
-    with Renderer(err, view) as renderer:
-        async for event in client.watch(job_id):
-            renderer.show(event)
+    try:
+        async with asyncio.timeout(timeout):
+            with Renderer(err, view) as renderer:
+                async for event in client.watch(job_id):
+                    renderer.show(event)
+    except TimeoutError:
+        if view.final is not None:  # it ended as time ran out
+            raise
+        err.print(
+            f"runpack: gave up waiting after {timeout:g} s; job {job_id} goes on "
+            f"(runpack watch {job_id})",
+            markup=False,
+            highlight=False,
+        )
+        return EXIT_TIMEOUT
     final = view.final
     assert final is not None  # watch() ends only after a final status
     if final.status == "completed":
-        print_json(out, final.output_data or {})
+        if not quiet:
+            print_json(out, final.output_data or {})
         return EXIT_OK
     err.print(
         f"job {job_id} {final.status}: {final.error or 'no result'}",
@@ -150,11 +193,21 @@ async def submit(
     priority: int,
     out: Console,
     err: Console,
+    timeout: float | None = None,  # noqa: ASYNC109 (the --timeout flag)
+    id_only: bool = False,
 ) -> int:
-    """``runpack submit TYPE -p key=value … [--json-params JSON] [--wait]``."""
+    """``runpack submit TYPE -p key=value … [--json-params JSON] [--wait [--timeout S]]
+    [-q]``; ``id_only`` prints the job's id alone (with ``wait``, the exit status
+    tells how it ended)."""
     params = parse_params(pairs, json_params)
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be a number of seconds above 0, got {timeout:g}")
     async with target.client(need="submit") as client:
         result = await client.submit(job_type, params, force=force, priority=priority)
+        if id_only:
+            out.print(result.job_id, markup=False, highlight=False, soft_wrap=True)
+        if not wait and id_only:
+            return EXIT_OK
         if not wait:
             reply: dict[str, Any] = {
                 "job_id": result.job_id,
@@ -168,12 +221,21 @@ async def submit(
             print_json(out, reply)
             return EXIT_OK
         err.print(f"{result.message}: {result.job_id}", markup=False, highlight=False)
-        return await follow(client, result.job_id, out, err)
+        return await follow(client, result.job_id, out, err, timeout=timeout, quiet=id_only)
 
 
-async def watch(target: Target, job_id: str, *, out: Console, err: Console) -> int:
+async def watch(
+    target: Target,
+    job_id: str,
+    *,
+    out: Console,
+    err: Console,
+    timeout: float | None = None,  # noqa: ASYNC109 (the --timeout flag)
+) -> int:
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be a number of seconds above 0, got {timeout:g}")
     async with target.client() as client:
-        return await follow(client, job_id, out, err)
+        return await follow(client, job_id, out, err, timeout=timeout)
 
 
 async def status(target: Target, job_id: str, *, as_json: bool, out: Console) -> int:

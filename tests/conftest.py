@@ -128,8 +128,9 @@ def settings(tmp_path: Path, db: str) -> Settings:
         runner_api_key=RUNNER_KEY,
         admin_api_key=ADMIN_KEY,
         sweep_interval=3600.0,
-        rate_submit=0,
-        rate_poll=0,
+        rate_new_jobs=0,
+        rate_key_new_jobs=0,
+        rate_requests=0,
         rate_available=0,
         rate_heartbeat=0,
     )

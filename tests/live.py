@@ -18,7 +18,12 @@ import pytest
 
 from tests.procs import KEYS, Proc, running_runner, running_server
 
-SERVER_ENV = {**KEYS, "RUNPACK_RATE_SUBMIT": "0", "RUNPACK_RATE_POLL": "0"}
+SERVER_ENV = {
+    **KEYS,
+    "RUNPACK_RATE_NEW_JOBS": "0",
+    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+    "RUNPACK_RATE_REQUESTS": "0",
+}
 SUBMIT_KEY = KEYS["RUNPACK_SUBMIT_API_KEY"]
 ADMIN_KEY = KEYS["RUNPACK_ADMIN_API_KEY"]
 

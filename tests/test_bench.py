@@ -58,7 +58,12 @@ def test_bench_starts_its_own_server_and_runner(tmp_path: Path) -> None:
 
 
 def test_bench_targets_a_running_server(tmp_path: Path) -> None:
-    env = {**KEYS, "RUNPACK_RATE_SUBMIT": "0"}
+    env = {
+        **KEYS,
+        "RUNPACK_RATE_NEW_JOBS": "0",
+        "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+        "RUNPACK_RATE_REQUESTS": "0",
+    }
     with (
         running_server(tmp_path / "server", env) as server,
         running_runner(

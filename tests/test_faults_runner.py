@@ -62,8 +62,9 @@ ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
 RUNNER = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
 SERVER_ENV = {
     **KEYS,
-    "RUNPACK_RATE_SUBMIT": "0",
-    "RUNPACK_RATE_POLL": "0",
+    "RUNPACK_RATE_NEW_JOBS": "0",
+    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+    "RUNPACK_RATE_REQUESTS": "0",
     "RUNPACK_RETRY_BASE_DELAY": "0.2",
     "RUNPACK_SWEEP_INTERVAL": "0.5",
 }
@@ -517,8 +518,9 @@ async def storage(tmp_path: Path, aiohttp_client: Any) -> tuple[TestClient, str,
         runner_api_key=KEYS["RUNPACK_RUNNER_API_KEY"],
         admin_api_key=KEYS["RUNPACK_ADMIN_API_KEY"],
         sweep_interval=3600.0,
-        rate_submit=0,
-        rate_poll=0,
+        rate_new_jobs=0,
+        rate_key_new_jobs=0,
+        rate_requests=0,
         max_attempts=2,
         retry_base_delay=0.0,
     )

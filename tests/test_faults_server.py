@@ -54,8 +54,9 @@ SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
 ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
 SERVER_ENV = {
     **KEYS,
-    "RUNPACK_RATE_SUBMIT": "0",
-    "RUNPACK_RATE_POLL": "0",
+    "RUNPACK_RATE_NEW_JOBS": "0",
+    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+    "RUNPACK_RATE_REQUESTS": "0",
     "RUNPACK_RATE_AVAILABLE": "0",
     "RUNPACK_RATE_HEARTBEAT": "0",
 }

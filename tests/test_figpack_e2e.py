@@ -83,7 +83,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     nwb_url = f"http://127.0.0.1:{port}/demo.nwb"
     try:
         wait_for(nwb_url, nwb_server)
-        env = {**KEYS, "RUNPACK_RATE_SUBMIT": "0", "RUNPACK_RATE_POLL": "0"}
+        env = {
+            **KEYS,
+            "RUNPACK_RATE_NEW_JOBS": "0",
+            "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+            "RUNPACK_RATE_REQUESTS": "0",
+        }
         with running_server(tmp / "server", env=env) as server:
             # Figures go to this server, not the cloud; the NWB file is on loopback.
             runner_env = {"FIGPACK_API_KEY": "", "RUNPACK_ALLOW_PRIVATE_URLS": "true"}

@@ -113,8 +113,9 @@ def serve(cwd: Path, db: str, env: dict[str, str] | None = None) -> Iterator[Ser
     log = cwd / f"server-{port}.log"
     extra = {
         **KEYS,
-        "RUNPACK_RATE_SUBMIT": "0",
-        "RUNPACK_RATE_POLL": "0",
+        "RUNPACK_RATE_NEW_JOBS": "0",
+        "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+        "RUNPACK_RATE_REQUESTS": "0",
         "RUNPACK_DB": db,
         **{name: value.format(port=port) for name, value in (env or {}).items()},
     }

@@ -168,7 +168,12 @@ async def test_headers_that_are_not_utf8_text_get_json_errors(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    env = {**KEYS, "RUNPACK_RATE_SUBMIT": "0"}
+    env = {
+        **KEYS,
+        "RUNPACK_RATE_NEW_JOBS": "0",
+        "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+        "RUNPACK_RATE_REQUESTS": "0",
+    }
     with running_server(tmp_path_factory.mktemp("hostile-http"), env) as proc:
         yield proc
 

@@ -40,7 +40,12 @@ ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
 OTHER = {"job_type": "figpack_nwb_raster_plot", "input_params": {"nwb_url": "https://x/a.nwb"}}
 T0 = 1_700_000_000_000
 #: Every request here comes from one address: the per-IP limits stay out of the way.
-SERVER_ENV = {**KEYS, "RUNPACK_RATE_SUBMIT": "0", "RUNPACK_RATE_POLL": "0"}
+SERVER_ENV = {
+    **KEYS,
+    "RUNPACK_RATE_NEW_JOBS": "0",
+    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+    "RUNPACK_RATE_REQUESTS": "0",
+}
 
 
 def bearer(secret: str) -> dict[str, str]:

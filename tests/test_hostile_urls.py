@@ -37,7 +37,11 @@ from tests.procs import KEYS, Proc, free_port, running_runner, running_server, u
 ROOT = Path(__file__).resolve().parents[1]
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
 RUNNER = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
-NO_LIMITS = {"RUNPACK_RATE_SUBMIT": "0", "RUNPACK_RATE_POLL": "0"}
+NO_LIMITS = {
+    "RUNPACK_RATE_NEW_JOBS": "0",
+    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+    "RUNPACK_RATE_REQUESTS": "0",
+}
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -429,7 +429,12 @@ def test_an_unknown_log_format_is_refused(capsys: pytest.CaptureFixture[str]) ->
 
 # --- a real server -----------------------------------------------------------------------
 
-SERVER_KEYS = {**KEYS, "RUNPACK_RATE_SUBMIT": "0"}
+SERVER_KEYS = {
+    **KEYS,
+    "RUNPACK_RATE_NEW_JOBS": "0",
+    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+    "RUNPACK_RATE_REQUESTS": "0",
+}
 
 
 def json_lines(proc: Proc) -> list[dict[str, Any]]:

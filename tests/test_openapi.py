@@ -74,8 +74,9 @@ def _settings(tmp: Path) -> Settings:
         runner_api_key=RUNNER_KEY,
         admin_api_key=ADMIN_KEY,
         sweep_interval=3600.0,
-        rate_submit=0,
-        rate_poll=0,
+        rate_new_jobs=0,
+        rate_key_new_jobs=0,
+        rate_requests=0,
         rate_available=0,
         rate_heartbeat=0,
     )

@@ -554,7 +554,12 @@ class Submitter(threading.Thread):
 def writing_server(tmp_path: Path) -> Iterator[tuple[Path, Submitter, list[str]]]:
     """A real server on a SQLite file, 50 jobs in, and a thread still submitting more."""
     server_dir = tmp_path / "server"
-    env = {**KEYS, "RUNPACK_RATE_SUBMIT": "0"}
+    env = {
+        **KEYS,
+        "RUNPACK_RATE_NEW_JOBS": "0",
+        "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+        "RUNPACK_RATE_REQUESTS": "0",
+    }
     with running_server(server_dir, env, ("--db", "runpack.db")) as server:
         writer = Submitter(server.url)
         first = [writer.submit(10_000 + i) for i in range(50)]

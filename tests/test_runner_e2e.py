@@ -45,8 +45,9 @@ class Stack:
             "RUNPACK_SUBMIT_API_KEY": SUBMIT_KEY,
             "RUNPACK_RUNNER_API_KEY": RUNNER_KEY,
             "RUNPACK_ADMIN_API_KEY": ADMIN_KEY,
-            "RUNPACK_RATE_SUBMIT": "0",
-            "RUNPACK_RATE_POLL": "0",
+            "RUNPACK_RATE_NEW_JOBS": "0",
+            "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+            "RUNPACK_RATE_REQUESTS": "0",
         }
         cmd = [str(BIN / "runpack"), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--db", str(self.tmp / "runpack.db"), "--data-dir", str(self.tmp / "data")]

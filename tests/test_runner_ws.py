@@ -21,7 +21,12 @@ UNKNOWN = "00000000-0000-4000-8000-000000000000"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    env = {**KEYS, "RUNPACK_RATE_SUBMIT": "0"}
+    env = {
+        **KEYS,
+        "RUNPACK_RATE_NEW_JOBS": "0",
+        "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+        "RUNPACK_RATE_REQUESTS": "0",
+    }
     with running_server(tmp_path_factory.mktemp("runner-ws"), env) as proc:
         yield proc
 

@@ -168,8 +168,9 @@ async def test_the_server_answers_while_another_process_holds_the_lock(
         runner_api_key=RUNNER_KEY,
         admin_api_key=ADMIN_KEY,
         sweep_interval=3600.0,
-        rate_submit=0,
-        rate_poll=0,
+        rate_new_jobs=0,
+        rate_key_new_jobs=0,
+        rate_requests=0,
     )
     client = await aiohttp_client(create_app(settings))
     body = {"job_type": "hello_world", "input_params": {"name": "Ada"}}

@@ -29,7 +29,12 @@ from tests.procs import KEYS, clean_env, running_server, stop
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SHOTS = Path(__file__).parents[1] / "test-artifacts" / "screenshots"
-SERVER_ENV = {**KEYS, "RUNPACK_RATE_SUBMIT": "0", "RUNPACK_RATE_POLL": "0"}
+SERVER_ENV = {
+    **KEYS,
+    "RUNPACK_RATE_NEW_JOBS": "0",
+    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+    "RUNPACK_RATE_REQUESTS": "0",
+}
 ADMIN_KEY = KEYS["RUNPACK_ADMIN_API_KEY"]
 SUBMIT_KEY = KEYS["RUNPACK_SUBMIT_API_KEY"]
 RUNNER_KEY = KEYS["RUNPACK_RUNNER_API_KEY"]

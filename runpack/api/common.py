@@ -28,9 +28,10 @@ class RoutePolicy:
     """Declared once per route; the policy middleware enforces it."""
 
     role: Role
-    #: Rate-limit bucket: a Settings field ``rate_<bucket>`` holds its limit.
+    #: Rate limit (runpack.api.limits): ``"requests"``, a client request counted per
+    #: address; or, with ``per_runner``, the Settings field ``rate_<bucket>``.
     bucket: str | None = None
-    #: The bucket counts per runner (X-Runner-ID) instead of per client IP.
+    #: The bucket counts per runner (X-Runner-ID) instead of per client address.
     per_runner: bool = False
     #: ``X-Runner-ID`` must be present, checked before auth (the original's order).
     runner_header: bool = False

@@ -270,13 +270,17 @@ async def _stream_job(request: web.Request, job_id: str) -> web.StreamResponse:
 
 
 @routes.get("/api/jobs/{job_id}/events")
-@policy(Role.PUBLIC, failure="Failed to stream job events", errors=(JobNotFound,))
+@policy(
+    Role.PUBLIC, bucket="requests", failure="Failed to stream job events", errors=(JobNotFound,)
+)
 async def job_events(request: web.Request) -> web.StreamResponse:
     return await _stream_job(request, request.match_info["job_id"])
 
 
 @routes.get("/api/jobs/by-hash/{job_hash}/events")
-@policy(Role.PUBLIC, failure="Failed to stream job events", errors=(JobNotFound,))
+@policy(
+    Role.PUBLIC, bucket="requests", failure="Failed to stream job events", errors=(JobNotFound,)
+)
 async def job_events_by_hash(request: web.Request) -> web.StreamResponse:
     job_hash = request.match_info["job_hash"]
     # A NUL cannot name a row (and PostgreSQL refuses it in a text parameter).

@@ -1,5 +1,9 @@
 """Client routes: submit, check, status, cancel (submit key).
 
+Submits, checks and status reads count against the address's request budget; a
+submit that queues a job, or runs one again, also against the new-work budget
+(runpack.api.limits).
+
 A stored key limited to some job types acts only on jobs of those types, whichever
 route names the job; a stored key's priority ceiling bounds what it submits.
 """
@@ -11,7 +15,7 @@ from aiohttp import web
 from runpack.api.common import json_response, policy
 from runpack.api.job_requests import job_request_of
 from runpack.api.views import CheckAnswer, SubmitAnswer, job_status, result_of
-from runpack.appkeys import CALLER, ROLE, SERVICE
+from runpack.appkeys import CALLER, LIMITS, ROLE, SERVICE
 from runpack.errors import JobNotFound, NotCancellable
 from runpack.protocol import JobStatus, Role
 from runpack.service.core import Answer, Outcome
@@ -25,14 +29,14 @@ def _error_text(result: Answer) -> str:
 
 
 @routes.post("/api/jobs/submit")
-@policy(Role.SUBMIT, bucket="submit", failure="Failed to submit job")
+@policy(Role.SUBMIT, bucket="requests", failure="Failed to submit job")
 async def submit(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     job_request = await job_request_of(request)
     caller = request[CALLER]
     caller.check_job_type(job_request.job_type)
     caller.check_priority(job_request.priority)
-    result = await service.submit(job_request)
+    result = await service.submit(job_request, request.app[LIMITS].work_budget(request))
     job = result.job
     assert job is not None
     if result.outcome == Outcome.CREATED:
@@ -55,7 +59,7 @@ async def submit(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/jobs/check")
-@policy(Role.SUBMIT, bucket="submit", failure="Failed to check job")
+@policy(Role.SUBMIT, bucket="requests", failure="Failed to check job")
 async def check(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     job_request = await job_request_of(request)
@@ -96,7 +100,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/jobs/{job_id}")
-@policy(Role.SUBMIT, bucket="poll", failure="Failed to get job status", errors=(JobNotFound,))
+@policy(Role.SUBMIT, bucket="requests", failure="Failed to get job status", errors=(JobNotFound,))
 async def status(request: web.Request) -> web.Response:
     job = await request.app[SERVICE].get_job(request.match_info["job_id"])
     # 403 rather than 404: the job's id already opens its public detail and stream.

@@ -84,7 +84,13 @@ def error_replies(rule: RoutePolicy, doc: Doc) -> dict[str, Json]:
         description = doc.notes.get(str(status), " ".join(texts))
         out[str(status)] = json_reply(description, schema, RETRY_AFTER if status == 503 else None)
     if rule.bucket is not None:
-        out["429"] = json_reply("Over the rate limit.", ref("RateLimited"), RETRY_AFTER)
+        out["429"] = json_reply(
+            "Over a rate limit (a submit: the request budget, or the new-work budget when it "
+            "would queue a job); `details` names it and the setting that raises it, and "
+            "nothing changed.",
+            ref("RateLimited"),
+            RETRY_AFTER,
+        )
     return out
 
 

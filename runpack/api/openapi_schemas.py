@@ -52,8 +52,9 @@ _API_KEY: Json = {
     "origins": {**NAMES, "description": "Browser Origins it may be used from; null: any."},
     "rate": {
         **NULLABLE_INT,
-        "description": "Requests per rate window in place of the per-IP limits (0: unlimited); "
-        "null: the per-IP limits.",
+        "description": "New jobs per rate period (RUNPACK_RATE_WINDOW) for this key from all "
+        "addresses, in place of the per-address and per-key limits on new work (0: no limit "
+        "at all, requests included); null: the default limits.",
     },
     "max_priority": {
         **NULLABLE_INT,
@@ -120,7 +121,18 @@ SCHEMAS: Json = {
     "ExistsMessage": obj({"exists": {"type": "boolean"}, "message": {"type": "string"}}),
     "RateLimited": obj(
         {"error": {"const": "Rate limit exceeded"}, "resetTime": MS},
-        description="The original's 429 body; `Retry-After` says the same in seconds.",
+        {
+            "details": {
+                "type": "string",
+                "description": "Which limit refused the request and which setting raises it.",
+            },
+            "limit": {
+                "type": "string",
+                "enum": ["new_jobs", "key_new_jobs", "requests", "available", "heartbeat"],
+            },
+        },
+        description="The original's 429 body (`resetTime`: when a token is there again), "
+        "with `details`; `Retry-After` gives the wait in seconds.",
     ),
     "Health": obj({"status": {"const": "ok"}, "service": {"const": "runpack-worker"}}),
     "JobRequest": obj(

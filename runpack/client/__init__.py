@@ -15,14 +15,21 @@ Synchronous, the same methods (``watch`` returns a plain iterator)::
 
 Everything is passed in explicitly: this module reads no environment variable.
 A reply with an error status raises :class:`RunpackClientError` (with the server's
-``error`` and ``details``); a job that ends badly makes :meth:`AsyncClient.wait`
-raise :class:`JobFailed`.
+``error`` and ``details``); one over a rate limit, :class:`RateLimitedError` (with
+``retry_after``), unless the client was made with ``retry_on_limit=True``, which
+waits and tries again. A job that ends badly makes :meth:`AsyncClient.wait` raise
+:class:`JobFailed`.
 """
 
 from __future__ import annotations
 
 from runpack.client.aio import AsyncClient
-from runpack.client.errors import JobFailed, RunpackClientError, RunpackConnectionError
+from runpack.client.errors import (
+    JobFailed,
+    RateLimitedError,
+    RunpackClientError,
+    RunpackConnectionError,
+)
 from runpack.client.models import (
     CancelResult,
     CheckResult,
@@ -47,6 +54,7 @@ __all__ = [
     "JobPage",
     "JobSummary",
     "Progress",
+    "RateLimitedError",
     "RunnerInfo",
     "RunpackClientError",
     "RunpackConnectionError",

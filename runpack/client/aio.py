@@ -15,6 +15,7 @@ import orjson
 
 from runpack.client.errors import (
     JobFailed,
+    RateLimitedError,
     RunpackClientError,
     RunpackConnectionError,
     server_error,
@@ -45,6 +46,11 @@ class AsyncClient:
     each request (seconds); a stream that breaks is reopened, resuming from its last
     event, for up to ``reconnect_timeout`` seconds.
 
+    A request over one of the server's rate limits raises :class:`RateLimitedError`
+    (its ``retry_after`` says how long to wait); with ``retry_on_limit=True`` the
+    client waits that long and tries again, for up to ``limit_wait`` seconds of
+    waiting in all per call, then raises it.
+
     Use it as an async context manager, or call :meth:`close` when done.
     """
 
@@ -56,12 +62,16 @@ class AsyncClient:
         *,
         timeout: float = 30.0,
         reconnect_timeout: float = 30.0,
+        retry_on_limit: bool = False,
+        limit_wait: float = 600.0,
     ) -> None:
         self.url = url.rstrip("/")
         self.submit_key = submit_key or admin_key
         self.admin_key = admin_key
         self.timeout = timeout
         self.reconnect_timeout = reconnect_timeout
+        self.retry_on_limit = retry_on_limit
+        self.limit_wait = limit_wait
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
@@ -97,6 +107,28 @@ class AsyncClient:
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
+        waited = 0.0
+        while True:
+            try:
+                return await self._request_once(method, path, key, body, params)
+            except RateLimitedError as exc:
+                waited = await self._wait_for_limit(exc, waited)
+
+    async def _wait_for_limit(self, exc: RateLimitedError, waited: float) -> float:
+        """Wait out a refusal, if the client may; the time waited so far."""
+        if not self.retry_on_limit or waited + exc.retry_after > self.limit_wait:
+            raise exc
+        await asyncio.sleep(exc.retry_after)
+        return waited + exc.retry_after
+
+    async def _request_once(
+        self,
+        method: str,
+        path: str,
+        key: str | None,
+        body: dict[str, Any] | None,
+        params: dict[str, str] | None,
+    ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         data = None
         if body is not None:
@@ -108,6 +140,7 @@ class AsyncClient:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
+                retry_after = resp.headers.get("Retry-After")
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise RunpackConnectionError(
                 f"cannot reach {self.url}", str(exc) or type(exc).__name__
@@ -117,7 +150,7 @@ class AsyncClient:
         except orjson.JSONDecodeError:
             reply = None
         if status >= 400:
-            raise server_error(status, reply, raw)
+            raise server_error(status, reply, raw, retry_after)
         return status, reply
 
     # --- jobs -----------------------------------------------------------------------------
@@ -259,6 +292,7 @@ class AsyncClient:
         connected_once = False
         broken_since: float | None = None
         delay = 0.1
+        limit_waited = 0.0
         while True:
             try:
                 async for event in self._stream(path, last):
@@ -272,6 +306,9 @@ class AsyncClient:
             except RunpackConnectionError:
                 if not connected_once:
                     raise
+            except RateLimitedError as exc:
+                limit_waited = await self._wait_for_limit(exc, limit_waited)
+                continue
             except RunpackClientError as exc:
                 if exc.status is None or exc.status < 500:
                     raise
@@ -301,7 +338,7 @@ class AsyncClient:
                         reply = orjson.loads(raw) if raw else None
                     except orjson.JSONDecodeError:
                         reply = None
-                    raise server_error(resp.status, reply, raw)
+                    raise server_error(resp.status, reply, raw, resp.headers.get("Retry-After"))
                 async for chunk in resp.content.iter_any():
                     for event in parser.feed(chunk):
                         yield event

@@ -39,9 +39,17 @@ class Client:
         *,
         timeout: float = 30.0,
         reconnect_timeout: float = 30.0,
+        retry_on_limit: bool = False,
+        limit_wait: float = 600.0,
     ) -> None:
         self._async = AsyncClient(
-            url, submit_key, admin_key, timeout=timeout, reconnect_timeout=reconnect_timeout
+            url,
+            submit_key,
+            admin_key,
+            timeout=timeout,
+            reconnect_timeout=reconnect_timeout,
+            retry_on_limit=retry_on_limit,
+            limit_wait=limit_wait,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

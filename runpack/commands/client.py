@@ -14,7 +14,8 @@ EPILOG = (
     "The server is --url, else RUNPACK_URL, else http://127.0.0.1:8080. Keys come from "
     "RUNPACK_SUBMIT_API_KEY and RUNPACK_ADMIN_API_KEY (make run saves them in "
     "runpack-data/dev-keys.env). Exit status: 0 success, 1 the job failed or was "
-    "cancelled, 2 usage, key or connection errors."
+    "cancelled, 2 usage, key or connection errors, or a rate limit (429; --retry waits "
+    "it out), 124 --timeout ran out (the job goes on), 130 interrupted."
 )
 
 
@@ -27,6 +28,7 @@ def target(args: argparse.Namespace) -> Target:
         url=args.url or os.environ.get("RUNPACK_URL") or DEFAULT_URL,
         submit_key=os.environ.get("RUNPACK_SUBMIT_API_KEY") or admin_key,
         admin_key=admin_key,
+        retry_on_limit=args.retry,
     )
 
 
@@ -35,6 +37,9 @@ def submit(args: argparse.Namespace) -> int:
 
     out, err = terminal.consoles()
     options = {"wait": args.wait, "force": args.force, "priority": args.priority}
+    if args.timeout is not None and not args.wait:
+        err.print("runpack: --timeout goes with --wait", markup=False, highlight=False)
+        return terminal.EXIT_USAGE
     command = terminal.submit(
         target(args),
         args.job_type,
@@ -43,6 +48,8 @@ def submit(args: argparse.Namespace) -> int:
         **options,
         out=out,
         err=err,
+        timeout=args.timeout,
+        id_only=args.id_only,
     )
     return terminal.run(command, err)
 
@@ -51,7 +58,8 @@ def watch(args: argparse.Namespace) -> int:
     from runpack import terminal
 
     out, err = terminal.consoles()
-    return terminal.run(terminal.watch(target(args), args.job_id, out=out, err=err), err)
+    command = terminal.watch(target(args), args.job_id, out=out, err=err, timeout=args.timeout)
+    return terminal.run(command, err)
 
 
 def status(args: argparse.Namespace) -> int:
@@ -94,6 +102,12 @@ def runners(args: argparse.Namespace) -> int:
 def add_to(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=None, help="The server [RUNPACK_URL].")
+    common.add_argument(
+        "--retry",
+        action="store_true",
+        help="Over a rate limit (429), wait as long as the server says and try again "
+        "(default: stop with exit status 2).",
+    )
 
     def command(name: str, help: str, func: Any) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(
@@ -120,8 +134,27 @@ def add_to(sub: Any) -> None:
         "--force", action="store_true", help="Queue a failed or expired job again at once."
     )
     parser.add_argument("--priority", type=int, default=0, help="Higher runs first.")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="With --wait: stop waiting after S seconds, with exit status 124; the job goes on.",
+    )
+    parser.add_argument(
+        "-q",
+        "--id-only",
+        action="store_true",
+        help="Print only the job id (JOB_ID=$(runpack submit … -q)); with --wait, the "
+        "exit status tells how it ended.",
+    )
     parser = command("watch", "Follow a job live to its result.", watch)
     parser.add_argument("job_id", metavar="ID")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="Stop waiting after S seconds, with exit status 124; the job goes on.",
+    )
     parser = command("status", "Show a job.", status)
     parser.add_argument("job_id", metavar="ID")
     parser.add_argument("--json", action="store_true", help="Print the job as JSON.")

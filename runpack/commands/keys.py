@@ -72,8 +72,9 @@ def add_to(sub: Any) -> None:
         "--rate",
         type=int,
         metavar="N",
-        help="N requests per rate window on rate-limited routes, for this key across "
-        "all clients, in place of the per-IP limits (0 = unlimited).",
+        help="N new jobs per rate period (RUNPACK_RATE_WINDOW) for this key across all "
+        "clients, in place of the per-address and per-key limits on new work (0 = no limit "
+        "at all, requests included).",
     )
     create.add_argument(
         "--max-priority",

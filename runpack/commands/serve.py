@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         print(taken, file=sys.stderr)
         return 2
     sign_in = ""
-    if not settings.has_keys:
+    generated_keys = not settings.has_keys
+    if generated_keys:
         if not is_loopback(settings.host):
             print(
                 "runpack: refusing to bind a non-loopback address without keys: set "
@@ -116,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         f"API: {base}/api/   OpenAPI: {base}/api/openapi.json   Health: {base}/health", flush=True
     )
     try:
-        app = create_app(settings)  # a setting it cannot use, such as a bad public_url
+        # A setting it cannot use, such as a bad public_url, is a ValueError.
+        app = create_app(settings, generated_keys=generated_keys)
     except ValueError as exc:
         print(f"runpack: {exc}", file=sys.stderr)
         return 2

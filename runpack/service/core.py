@@ -76,6 +76,22 @@ class Slots(Protocol):
         ...
 
 
+class WorkBudget(Protocol):
+    """What a client may still start: a submit takes one unit before it creates a job
+    or runs one again, and gives it back if it did not after all
+    (runpack.api.limits)."""
+
+    #: Taking a unit costs a database write (budgets shared by instances): worth a read
+    #: first, to find a job that exists without it.
+    shared: bool
+
+    async def take(self) -> None:
+        """Take one unit; raises :class:`~runpack.errors.RateLimited` when spent."""
+        ...
+
+    async def give_back(self) -> None: ...
+
+
 class NoObserver:
     def answered(self, request: str, result: Answer) -> None:
         pass

@@ -7,11 +7,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from runpack.errors import JobNotFound, NotCancellable
+from runpack.errors import JobNotFound, NotCancellable, RateLimited
 from runpack.notify import EventKind, ServerEvent
 from runpack.protocol import FINAL, REQUEUEABLE, RUNNING, JobStatus
 from runpack.service.checks import NUL, is_uuid
-from runpack.service.core import Answer, JobRequest, Outcome, ServiceCore
+from runpack.service.core import Answer, JobRequest, Outcome, ServiceCore, WorkBudget
 from runpack.store import JobRow, NewJob
 
 
@@ -27,21 +27,53 @@ class Jobs(ServiceCore):
                 self.results.put(job)
         return job
 
-    async def submit(self, req: JobRequest) -> Answer:
-        result = await self._submit(req)
+    async def submit(self, req: JobRequest, budget: WorkBudget | None = None) -> Answer:
+        """The job of this request: found (a cached result, a failure, one in progress)
+        or queued. Queuing one, or running one again, takes a unit of ``budget`` first:
+        when it is spent, an existing job is still answered, and nothing is created."""
+        result = await self._submit(req, budget)
         self.observer.answered("submit", result)
         return result
 
-    async def _submit(self, req: JobRequest) -> Answer:
+    async def _submit(self, req: JobRequest, budget: WorkBudget | None) -> Answer:
         job = self.results.get(req.job_hash)
         if job is None:
-            # The insert finds the job if its hash has one: no read before it.
-            job, created = await self._insert(req)
-            if created:
-                return Answer(Outcome.CREATED, job)
+            if budget is not None and budget.shared:
+                # Counting new work costs a database write here: look for the job first,
+                # so that finding it costs a read.
+                job = await self.store.get_job_by_hash(req.job_hash)
+            if job is None:
+                # The insert finds the job if its hash has one.
+                job, created = await self._insert_within(req, budget)
+                if created:
+                    return Answer(Outcome.CREATED, job)
             if job.status == JobStatus.COMPLETED:
                 self.results.put(job)
-        return await self._existing(job, req.force)
+        return await self._existing(job, req.force, budget)
+
+    async def _insert_within(
+        self, req: JobRequest, budget: WorkBudget | None
+    ) -> tuple[JobRow, bool]:
+        """``_insert`` with a unit of ``budget`` taken first, and given back if the job
+        existed. With the budget spent, the job if it exists; else RateLimited, and
+        nothing created."""
+        if budget is None:
+            return await self._insert(req)
+        try:
+            await budget.take()
+        except RateLimited:
+            job = await self.store.get_job_by_hash(req.job_hash)
+            if job is None:
+                raise
+            return job, False
+        try:
+            job, created = await self._insert(req)
+        except BaseException:
+            await budget.give_back()
+            raise
+        if not created:
+            await budget.give_back()
+        return job, created
 
     async def _insert(self, req: JobRequest) -> tuple[JobRow, bool]:
         """The job of this request's hash, inserted if there is none (claimed at
@@ -78,27 +110,38 @@ class Jobs(ServiceCore):
         slots.placed(slot, job)
         return job, True
 
-    async def _existing(self, job: JobRow, force: bool) -> Answer:
+    async def _existing(self, job: JobRow, force: bool, budget: WorkBudget | None) -> Answer:
         status = job.status
         if status == JobStatus.COMPLETED:
             if await self.validator.is_valid(job.output_data):
                 return Answer(Outcome.CACHED, job)
             await self.store.expire(job.id, self.clock())
             self._updated(job.id, JobStatus.EXPIRED)
-            return await self._requeue(job, (JobStatus.EXPIRED,))
+            return await self._requeue(job, (JobStatus.EXPIRED,), budget)
         if status in (JobStatus.EXPIRED, JobStatus.CANCELLED):
-            return await self._requeue(job, (status,))
+            return await self._requeue(job, (status,), budget)
         if status == JobStatus.FAILED:
             due = self.clock() - job.updated_at >= self.settings.failed_retry_after * 1000
             if force or due:
-                return await self._requeue(job, (JobStatus.FAILED,))
+                return await self._requeue(job, (JobStatus.FAILED,), budget)
             return Answer(Outcome.FAILED, job)
         return Answer(Outcome.ACTIVE, job)
 
-    async def _requeue(self, job: JobRow, from_status: Sequence[str]) -> Answer:
+    async def _requeue(
+        self, job: JobRow, from_status: Sequence[str], budget: WorkBudget | None = None
+    ) -> Answer:
+        if budget is not None:
+            await budget.take()
         now = self.clock()
-        row = await self.store.requeue(job.id, from_status, now, not_before=now)
+        try:
+            row = await self.store.requeue(job.id, from_status, now, not_before=now)
+        except BaseException:
+            if budget is not None:
+                await budget.give_back()
+            raise
         if row is None:  # someone else changed it first: report what it is now
+            if budget is not None:
+                await budget.give_back()
             current = await self.store.get_job(job.id)
             if current is None:
                 raise JobNotFound()

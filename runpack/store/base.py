@@ -296,6 +296,23 @@ class Store(Protocol):
         """Record a use: ``last_used_at`` moves forward only."""
         ...
 
+    # --- rate buckets shared by instances (runpack.ratelimit_shared) ---------------------
+    async def take_tokens(
+        self, name: str, per_ms: float, burst: float, n: int, now: int
+    ) -> tuple[int, float]:
+        """Take up to ``n`` whole tokens from the bucket ``name`` (new ones are full),
+        refilled at ``per_ms`` a millisecond up to ``burst``, in one statement; what was
+        taken (0 if not even one was there) and the tokens left."""
+        ...
+
+    async def give_back_token(self, name: str, burst: float) -> None:
+        """Put back a token taken for work not done after all."""
+        ...
+
+    async def delete_idle_buckets(self, before: int) -> int:
+        """Forget buckets not counted since ``before`` (full again by then)."""
+        ...
+
     # --- metrics (runpack.metrics) ----------------------------------------------------
     async def count_jobs_by_status_and_type(self) -> dict[tuple[str, str], int]:
         """The number of jobs per (status, job_type)."""
@@ -327,7 +344,7 @@ class ApiKeyRow:
     secret_sha256: str
     job_types: str | None  # JSON array, or None for any job type
     origins: str | None  # JSON array, or None for any Origin
-    rate: int | None  # requests per rate window, or None for the per-IP limits
+    rate: int | None  # new jobs per rate period, or None for the default limits
     created_at: int
     last_used_at: int | None
     revoked_at: int | None

@@ -355,3 +355,42 @@ TOUCH_API_KEY = Statement("""
 UPDATE api_keys SET last_used_at = :now
 WHERE id = :id AND (last_used_at IS NULL OR last_used_at < :now)
 """)
+
+
+# --- rate buckets shared by instances (runpack.ratelimit_shared) ---------------------
+# Take up to :n tokens (one at least, or none) from the bucket :name, refilled for the
+# time since it was last counted, in one statement: instances counting on the same
+# bucket queue on its row, so none spends a token another took. A new bucket starts
+# full. RETURNING: what this statement took, and what is left. (In SET, every column
+# named is its value before the update.)
+def _take_tokens(least: str, greatest: str, floor: str, num: str) -> str:
+    burst, per_ms, now, n = (num.format(p) for p in (":burst", ":per_ms", ":now", ":n"))
+    refilled = f"{least}({burst}, b.tokens + {greatest}(0, {now} - b.updated_at) * {per_ms})"
+    taken = f"{least}({n}, {floor.format(refilled)})"
+    return f"""
+INSERT INTO rate_buckets AS b (name, tokens, taken, updated_at)
+VALUES (:name, {burst} - {least}({n}, {burst}), {least}({n}, {burst}), :now)
+ON CONFLICT (name) DO UPDATE SET
+    taken = {taken},
+    tokens = {refilled} - {taken},
+    updated_at = {greatest}(b.updated_at, :now)
+RETURNING taken, tokens
+"""
+
+
+TAKE_TOKENS = Statement(
+    # SQLite's MIN and MAX of two are LEAST and GREATEST; the integer part of a number
+    # that is not negative is its floor.
+    sqlite=_take_tokens("MIN", "MAX", "CAST(({}) AS INTEGER)", "{}"),
+    postgres=_take_tokens("LEAST", "GREATEST", "FLOOR({})", "CAST({} AS DOUBLE PRECISION)"),
+)
+# A token taken for work that was not done after all.
+GIVE_BACK_TOKEN = Statement(
+    sqlite="UPDATE rate_buckets SET tokens = MIN(:burst, tokens + 1) WHERE name = :name",
+    postgres="""
+UPDATE rate_buckets SET tokens = LEAST(CAST(:burst AS DOUBLE PRECISION), tokens + 1)
+WHERE name = :name
+""",
+)
+# Buckets not counted since :before are full again: as good as none.
+DELETE_IDLE_BUCKETS = Statement("DELETE FROM rate_buckets WHERE updated_at < :before")

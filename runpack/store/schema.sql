@@ -79,7 +79,7 @@ CREATE INDEX IF NOT EXISTS runners_last_seen_idx ON runners (last_seen);
 -- down (that is what bcrypt or argon2 are for, with human-chosen passwords), and a
 -- token is then found with one probe of the UNIQUE index, whose timing says nothing
 -- about any stored secret. job_types and origins are JSON arrays of text, NULL for
--- no limit. rate is requests per RUNPACK_RATE_WINDOW, NULL for the per-IP limits.
+-- no limit. rate is new jobs per RUNPACK_RATE_WINDOW, NULL for the default limits.
 -- max_priority is the highest priority the key may submit, NULL for no ceiling (a
 -- submit key gets 0 unless it names one).
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -96,6 +96,14 @@ CREATE TABLE IF NOT EXISTS api_keys (
     max_priority  INTEGER CHECK (max_priority IS NULL OR max_priority BETWEEN 0 AND 1000)
 );
 
+-- Rate-limit buckets counted by every instance on a shared database (migration 0009).
+CREATE TABLE IF NOT EXISTS rate_buckets (
+    name       TEXT             NOT NULL PRIMARY KEY,
+    tokens     DOUBLE PRECISION NOT NULL,
+    taken      INTEGER          NOT NULL,
+    updated_at BIGINT           NOT NULL
+);
+
 INSERT INTO schema_version (version, applied_at) VALUES (1, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (2, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (3, 0) ON CONFLICT (version) DO NOTHING;
@@ -104,3 +112,4 @@ INSERT INTO schema_version (version, applied_at) VALUES (5, 0) ON CONFLICT (vers
 INSERT INTO schema_version (version, applied_at) VALUES (6, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (7, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (8, 0) ON CONFLICT (version) DO NOTHING;
+INSERT INTO schema_version (version, applied_at) VALUES (9, 0) ON CONFLICT (version) DO NOTHING;

@@ -336,6 +336,21 @@ class SqlStore(ABC):
     async def touch_api_key(self, key_id: str, now: int) -> bool:
         return await self._write_count(q.TOUCH_API_KEY, {"id": key_id, "now": now}) > 0
 
+    # --- rate buckets shared by instances -------------------------------------------------
+    async def take_tokens(
+        self, name: str, per_ms: float, burst: float, n: int, now: int
+    ) -> tuple[int, float]:
+        params = {"name": name, "per_ms": per_ms, "burst": burst, "n": n, "now": now}
+        row = await self._write_one(q.TAKE_TOKENS, params)
+        assert row is not None  # an upsert always returns its row
+        return int(row[0]), float(row[1])
+
+    async def give_back_token(self, name: str, burst: float) -> None:
+        await self._write_count(q.GIVE_BACK_TOKEN, {"name": name, "burst": burst})
+
+    async def delete_idle_buckets(self, before: int) -> int:
+        return await self._write_count(q.DELETE_IDLE_BUCKETS, {"before": before})
+
     # --- metrics ----------------------------------------------------------------------
     async def count_jobs_by_status_and_type(self) -> dict[tuple[str, str], int]:
         rows = await self._read(q.COUNT_JOBS_BY_STATUS_AND_TYPE, {})
