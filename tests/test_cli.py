@@ -310,7 +310,7 @@ def _help_of(text: str, flag: str) -> str:
     start = next(i for i, x in enumerate(lines) if x.strip().startswith((flag + " ", flag + ",")))
     block = [lines[start]]
     for line in lines[start + 1 :]:
-        if line.strip().startswith("-"):
+        if line.startswith("  -") or not line.strip():  # the next option, or the end
             break
         block.append(line)
     return " ".join(" ".join(block).split())
