@@ -97,10 +97,21 @@ def test_readme_first_job_works_as_printed(tmp_path: Path) -> None:
     # What `make run` starts, with no keys, in this folder; then the README's commands
     # from another shell in the same folder.
     args = ("--db", "runpack.db", "--local-runners", "1")
+    # Then what a newcomer tries next, from the same shell: the client example and a
+    # burst of new jobs, well past the per-address limit for new work. A server with
+    # generated keys never limits this machine's own clients.
+    example = Path(__file__).resolve().parents[1] / "examples" / "client_example.py"
+    more = [
+        f".venv/bin/python {example}",
+        "for i in $(seq 1 30); do .venv/bin/runpack submit hello_world -p name=n$i "
+        "-p processing_time=0 -q >> ids.txt || exit 1; done",
+    ]
     with running_server(tmp_path, args=args) as server:
         port = server.url.rsplit(":", 1)[1]
-        result = run_script("\n".join(commands), tmp_path, port, limit=100)
+        result = run_script("\n".join(commands + more), tmp_path, port, limit=100)
         assert result.returncode == 0, result.stdout + result.stderr + server.output()
+    assert "429" not in result.stdout + result.stderr
+    assert len(set((tmp_path / "ids.txt").read_text().split())) == 30
     out = result.stdout
     assert 'event: status\ndata: {"status":"completed"' in out  # the stream, by curl
     assert '"result":{"output_data":{"message":"Hello, Ada!","processing_time":3}' in out
