@@ -80,6 +80,11 @@ class Registry:
     def job_types(self) -> list[str]:
         return sorted(self._handlers)
 
+    def isolated_modules(self) -> list[str]:
+        """The modules of the handlers that run in processes of their own."""
+        handlers = [h for h in self._handlers.values() if not h.in_process]
+        return sorted({getattr(h, "function", h).__module__ for h in handlers})
+
     def get(self, job_type: str) -> JobHandler | None:
         return self._handlers.get(job_type)
 

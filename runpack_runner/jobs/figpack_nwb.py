@@ -36,6 +36,9 @@ if _missing:
         f"needs the figpack extra (pip install 'runpack[figpack]'); missing: {', '.join(_missing)}"
     )
 
+#: Seconds a figure job may take: minutes, not forever.
+FIGURE_TIME_LIMIT = 600.0
+
 
 @dataclass(frozen=True, slots=True)
 class NwbParams:
@@ -121,7 +124,7 @@ def get_object(f: Any, path: str, what: str) -> Any:
     return obj
 
 
-@job("figpack_nwb_raster_plot")
+@job("figpack_nwb_raster_plot", time_limit=FIGURE_TIME_LIMIT)
 def raster_plot(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """A figpack-spike-sorting RasterPlot of every unit's spike train."""
     p = parse_params(params, "units_path")
@@ -144,7 +147,7 @@ def raster_plot(ctx: JobContext, **params: Any) -> dict[str, Any]:
     return p.result(url, **summary)
 
 
-@job("figpack_nwb_video_preview")
+@job("figpack_nwb_video_preview", time_limit=FIGURE_TIME_LIMIT)
 def video_preview(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """An H.264 preview of an ImageSeries (at most its first 1000 frames)."""
     p = parse_params(params, "image_series_path")
@@ -166,7 +169,7 @@ def video_preview(ctx: JobContext, **params: Any) -> dict[str, Any]:
     return p.result(url, **summary)
 
 
-@job("figpack_nwb_pose_estimation")
+@job("figpack_nwb_pose_estimation", time_limit=FIGURE_TIME_LIMIT)
 def pose_estimation(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """Keypoint trajectories (x, y and confidence over time) of a PoseEstimation."""
     p = parse_params(params, "path")
