@@ -62,6 +62,9 @@ class JobHandler:
     time_limit: float | None = DEFAULT_TIME_LIMIT
     #: MiB its process may use (None: the runner's ``job_memory_limit``).
     memory_limit: int | None = None
+    #: Modules its runs import (heavy ones: numpy, h5py…), imported once by the fork
+    #: server that the jobs' processes start from, so that no run pays for them.
+    preload: tuple[str, ...] = ()
 
     def execute(
         self, input_params: dict[str, Any], heartbeat_callback: HeartbeatCallback
@@ -91,11 +94,13 @@ class FunctionHandler(JobHandler):
         in_process: bool = False,
         time_limit: float | None = DEFAULT_TIME_LIMIT,
         memory_limit: int | None = None,
+        preload: tuple[str, ...] = (),
     ) -> None:
         self.job_type = job_type  # type: ignore[misc]  # per instance, not per class
         self.in_process = in_process
         self.time_limit = time_limit
         self.memory_limit = memory_limit
+        self.preload = tuple(preload)
         self.function = function
         self.signature = inspect.signature(function)
         #: ``f(ctx, **params)``: any parameters bind, unless one is named like ``ctx``.
@@ -155,13 +160,14 @@ def job(
     in_process: bool = False,
     time_limit: float | None = DEFAULT_TIME_LIMIT,
     memory_limit: int | None = None,
+    preload: tuple[str, ...] = (),
 ) -> Callable[[JobFunction], FunctionHandler]:
     """Declare ``f(ctx: JobContext, **params) -> dict`` as the handler of ``job_type``.
 
     The job's ``input_params`` become keyword arguments: a missing required
     parameter or an unexpected one is reported as "Invalid parameters: …"
-    (accept ``**params`` to take any). ``in_process``, ``time_limit`` and
-    ``memory_limit`` are the attributes of :class:`JobHandler`.
+    (accept ``**params`` to take any). ``in_process``, ``time_limit``,
+    ``memory_limit`` and ``preload`` are the attributes of :class:`JobHandler`.
     """
     if not isinstance(job_type, str) or not job_type:
         raise TypeError("job() needs the job type, e.g. @job('hello_world')")
@@ -173,6 +179,7 @@ def job(
             in_process=in_process,
             time_limit=time_limit,
             memory_limit=memory_limit,
+            preload=preload,
         )
 
     return declare

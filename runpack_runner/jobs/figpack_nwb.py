@@ -38,6 +38,8 @@ if _missing:
 
 #: Seconds a figure job may take: minutes, not forever.
 FIGURE_TIME_LIMIT = 600.0
+#: Imported once by the fork server of the jobs' processes, not by every run.
+PRELOAD = (*NEEDS, *(f"runpack_runner.jobs.nwb_{name}" for name in ("units", "video", "pose")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,7 @@ def get_object(f: Any, path: str, what: str) -> Any:
     return obj
 
 
-@job("figpack_nwb_raster_plot", time_limit=FIGURE_TIME_LIMIT)
+@job("figpack_nwb_raster_plot", time_limit=FIGURE_TIME_LIMIT, preload=PRELOAD)
 def raster_plot(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """A figpack-spike-sorting RasterPlot of every unit's spike train."""
     p = parse_params(params, "units_path")
@@ -147,7 +149,7 @@ def raster_plot(ctx: JobContext, **params: Any) -> dict[str, Any]:
     return p.result(url, **summary)
 
 
-@job("figpack_nwb_video_preview", time_limit=FIGURE_TIME_LIMIT)
+@job("figpack_nwb_video_preview", time_limit=FIGURE_TIME_LIMIT, preload=PRELOAD)
 def video_preview(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """An H.264 preview of an ImageSeries (at most its first 1000 frames)."""
     p = parse_params(params, "image_series_path")
@@ -169,7 +171,7 @@ def video_preview(ctx: JobContext, **params: Any) -> dict[str, Any]:
     return p.result(url, **summary)
 
 
-@job("figpack_nwb_pose_estimation", time_limit=FIGURE_TIME_LIMIT)
+@job("figpack_nwb_pose_estimation", time_limit=FIGURE_TIME_LIMIT, preload=PRELOAD)
 def pose_estimation(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """Keypoint trajectories (x, y and confidence over time) of a PoseEstimation."""
     p = parse_params(params, "path")
