@@ -10,6 +10,7 @@ a file or a process with a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
@@ -44,10 +45,11 @@ class World:
         async with self.http.request(method, self.server.url + path, headers=headers, **kw) as r:
             return r.status, await r.json(content_type=None)
 
-    async def submit(self, job_type: str, timeout: Any = None, **params: Any) -> str:
+    async def submit(self, job_type: str, limit: float | None = None, **params: Any) -> str:
+        """Submit a job; ``limit``: the ``timeout`` its submitter asks for."""
         body: dict[str, Any] = {"job_type": job_type, "input_params": params}
-        if timeout is not None:
-            body["timeout"] = timeout
+        if limit is not None:
+            body["timeout"] = limit
         status, answer = await self.call("POST", "/api/jobs/submit", SUBMIT, json=body)
         assert status == 201, answer
         return str(answer["job_id"])
@@ -127,36 +129,40 @@ async def spinning(w: World, **params: Any) -> tuple[str, int]:
 # --- cancel, time limits ------------------------------------------------------------------------
 
 
-async def test_a_cancelled_handler_that_ignores_sigterm_is_killed_within_the_stop_grace(
-    tmp_path: Path,
+@pytest.mark.parametrize(("stubborn", "grace"), [(False, 5.0), (True, 1.0)])
+async def test_a_cancelled_cpu_bound_handler_is_gone_within_the_stop_grace(
+    tmp_path: Path, stubborn: bool, grace: float
 ) -> None:
-    async with world(tmp_path, RUNPACK_STOP_GRACE="1") as w:
-        job_id, pid = await spinning(w, stubborn=True)
+    """SIGTERM ends Python code at once; a handler deaf to it (as native code that
+    never returns to Python is) is killed once the stop grace has passed."""
+    async with world(tmp_path, RUNPACK_STOP_GRACE=str(grace)) as w:
+        job_id, pid = await spinning(w, stubborn=stubborn)
         assert pid != w.runner.popen.pid and alive(pid)
         status, body = await w.call("POST", f"/api/jobs/{job_id}/cancel", ADMIN)
         assert status == 200, body
         cancelled = time.monotonic()
         await until(lambda: not alive(pid), "the job's process to be gone", 10)
-        assert time.monotonic() - cancelled < 1 + 2.0  # the grace, then SIGKILL
-        await until(lambda: "did not stop within 1 s: killed" in w.runner_log(), "the log line")
+        gone_after = time.monotonic() - cancelled
+        if stubborn:
+            assert gone_after < grace + 2.0, gone_after  # the grace, then SIGKILL
+            await until(lambda: "did not stop within 1 s: killed" in w.runner_log(), "the log")
+        else:
+            assert gone_after < grace, gone_after
         # Nothing of the job goes on: the runner and its fork server sit idle.
         pids = tree(w.runner.popen.pid)
         before = cpu_seconds(pids)
-        await until(lambda: time.monotonic() - cancelled > 1.0, "a second", 5)
-        started = time.monotonic()
-        while time.monotonic() - started < 1.0:
-            await until(lambda: True, "")  # yields to the loop; measures a wall second
-            time.sleep(0.05)
+        await asyncio.sleep(1.0)  # a measurement over a second, not a wait for an event
         used = cpu_seconds(pids) - before
         assert used < 0.3, f"the runner's processes used {used:.2f} s of CPU in a second"
         assert (await w.public(job_id))["status"] == "cancelled"
         assert w.runner.popen.poll() is None
+        assert "killed" not in w.runner_log() or stubborn
 
 
 async def test_a_job_fails_at_its_time_limit_and_its_process_ends(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
         await w.ends(await w.submit("iso_fail"))  # the fork server is up: processes start fast
-        job_id, pid = await spinning(w, timeout=2)
+        job_id, pid = await spinning(w, limit=2)
         job = await w.ends(job_id)
         assert job["error_message"] == "Job timed out after 2 s"
         await until(lambda: not alive(pid), "the job's process to be gone", 5)
@@ -166,8 +172,8 @@ async def test_a_submitter_may_ask_for_less_time_than_the_type_allows_never_more
     tmp_path: Path,
 ) -> None:
     async with world(tmp_path, "--concurrency", "2") as w:
-        shorter = await w.submit("iso_capped", timeout=0.5, n=1)
-        longer = await w.submit("iso_capped", timeout=3600, n=2)
+        shorter = await w.submit("iso_capped", limit=0.5, n=1)
+        longer = await w.submit("iso_capped", limit=3600, n=2)
         assert (await w.ends(shorter))["error_message"] == "Job timed out after 0.5 s"
         assert (await w.ends(longer))["error_message"] == "Job timed out after 2 s"
         # The time limit is no part of the job's hash: the same inputs are the same job.
@@ -200,7 +206,9 @@ async def test_a_crash_fails_its_job_while_the_other_slot_completes_its_own(
         await until(reported, "progress and console from the job's process")
         crashed = await w.submit("iso_abort")
         job = await w.ends(crashed)
-        assert job["error_message"] == "iso_abort failed: the handler's process died: signal SIGABRT"
+        assert (
+            job["error_message"] == "iso_abort failed: the handler's process died: signal SIGABRT"
+        )
         assert "about to crash" in job["console_output"]
         (tmp_path / "go").touch()
         done = await w.ends(waiting, "completed")
@@ -214,7 +222,7 @@ async def test_a_run_over_its_memory_limit_fails_with_the_limit(tmp_path: Path) 
         assert job["error_message"] == (
             "iso_hog failed: the handler's process used more than 100 MiB of memory"
         )
-        small = await w.ends(await w.submit("iso_hog", mib=1, timeout=1))
+        small = await w.ends(await w.submit("iso_hog", mib=1, limit=1))
         assert small["error_message"] == "Job timed out after 1 s"  # it ran, within its limit
 
 
