@@ -23,12 +23,20 @@ async def follow_async(url: str, key: str) -> None:
     async with AsyncClient(url, submit_key=key) as runpack:
         job = await runpack.submit("hello_world", {"name": "Ada", "processing_time": 3})
         print(f"job {job.job_id}: {job.message}")
+        console = ""  # the job's console so far: a "replace" event repeats it whole
         async for event in runpack.watch(job.job_id):  # ends after the final status
             if event.type == "progress":
                 print(f"  progress {event.data['current']}/{event.data['total']}")
             elif event.type == "console":
-                text = event.data.get("append", event.data.get("replace", ""))
-                print("  console:", text.rstrip())
+                if "replace" in event.data:
+                    text = event.data["replace"]
+                    new = text[len(console) :] if text.startswith(console) else text
+                    console = text
+                else:
+                    new = event.data.get("append", "")
+                    console += new
+                for line in new.splitlines():
+                    print("  console:", line)
             elif event.status is not None:
                 print(f"  {event.type}: {event.status}")
         print("result:", await runpack.wait(job.job_id, timeout=60))

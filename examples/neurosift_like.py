@@ -9,8 +9,8 @@
 3. ``GET /api/jobs/{id}/events``: follow its progress and console as Server-Sent Events.
 4. Print ``result.output_data.figpack_url``: the figure, ready for an iframe.
 
-``neurosift_url`` and ``dandiset_id`` may be added as parameters: they end up in
-the figure's description and do not change which job you get.
+``neurosift_url`` and ``dandiset_id`` may be added as parameters, as Neurosift
+sends them: they do not change which job you get (nor appear in the figure).
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
-"""Stored JSON text as it goes into a reply or a runner's frame."""
+"""Stored jobs and JSON text as they go into a reply or a runner's frame."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from runpack.protocol import Assignment
+
+if TYPE_CHECKING:
+    from runpack.store import JobRow
 
 
 def parse_json_text(text: str | None, default: Any = None) -> Any:
@@ -24,3 +29,14 @@ def params_fragment(text: str | None) -> Any:
     if text and text[0] == "{" and text[-1] == "}":
         return orjson.Fragment(text)
     return parse_json_text(text, {})
+
+
+def assignment(job: JobRow) -> Assignment:
+    """The job as it is pushed to its runner, or answered to its long-poll."""
+    return Assignment(
+        job.id,
+        job.job_type,
+        params_fragment(job.input_params),
+        job.attempts,
+        job.timeout / 1000 if job.timeout else None,
+    )

@@ -8,11 +8,13 @@ fields are settings; this is how either is filled from the environment and flags
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 TRUE = frozenset({"1", "true", "yes", "on"})
 FALSE = frozenset({"0", "false", "no", "off"})
+#: One setting as :func:`describe_fields` gives it.
+Spec = dict[str, Any]
 
 
 def env_name(name: str) -> str:
@@ -63,3 +65,55 @@ def read_values(
             values[f.name] = parse_value(f, raw)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return values
+
+
+def describe_fields(cls: type[Any], flag: Callable[[dataclasses.Field[Any]], str]) -> list[Spec]:
+    """Name, variable, flag, type, default and help of every setting of ``cls``."""
+    return [
+        {
+            "name": f.name,
+            "env": env_name(f.name),
+            "flag": flag(f),
+            "type": type_name(f),
+            "default": f.default,
+            "help": f.metadata["help"],
+            "secret": f.metadata["secret"],
+        }
+        for f in dataclasses.fields(cls)
+    ]
+
+
+def shown_default(spec: Spec) -> str:
+    """A setting's default as a person writes it: ``true``, ``a,b``, or ``unset``."""
+    default = spec["default"]
+    if default in ("", ()):
+        return "unset"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, tuple):
+        return ",".join(default)
+    return str(default)
+
+
+def flag_help(spec: Spec) -> str:
+    """A flag's ``--help`` text: what it does, its default and its variable."""
+    if "(default:" in spec["help"]:  # the help says it in words
+        text = f"{spec['help']} ({spec['env']})"
+    else:
+        text = f"{spec['help']} (default: {shown_default(spec)}; {spec['env']})"
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
+def settings_table(specs: list[Spec], secret: Callable[[Spec], str]) -> str:
+    """Variable, flag, default and meaning of each setting, as docs/settings.md shows
+    them; ``secret(spec)`` says what a secret's default is."""
+    rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
+    for spec in specs:
+        flag = "—" if spec["secret"] else f"`{spec['flag']}`"
+        if spec["secret"]:
+            shown = secret(spec)
+        else:
+            text = shown_default(spec)
+            shown = text if text == "unset" else f"`{text}`"
+        rows.append(f"| `{spec['env']}` | {flag} | {shown} | {spec['help']} |")
+    return "\n".join(rows)

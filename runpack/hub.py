@@ -25,11 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 from runpack.connections import RunnerConn
-from runpack.encoding import params_fragment
+from runpack.encoding import assignment
 from runpack.errors import RunpackError
 from runpack.notify import EventKind, ServerEvent
 from runpack.placement import Placement
-from runpack.protocol import Assignment, Cancel, JobStatus
+from runpack.protocol import Cancel, JobStatus
 from runpack.service import JobService
 from runpack.store import JobRow
 
@@ -40,17 +40,6 @@ SEND_QUEUE = 1000
 POLL_INTERVAL = 1.0
 #: Refresh connected runners' last_seen this often (they count as active).
 TOUCH_INTERVAL = 60.0
-
-
-def assignment(job: JobRow) -> Assignment:
-    """The job as it is pushed to its runner, or answered to its long-poll."""
-    return Assignment(
-        job.id,
-        job.job_type,
-        params_fragment(job.input_params),
-        job.attempts,
-        job.timeout / 1000 if job.timeout else None,
-    )
 
 
 def _load(conn: RunnerConn) -> float:
@@ -243,12 +232,6 @@ class Hub:
         for conn in self.conns.values():
             if job_id in conn.held:
                 conn.send(Cancel(job_id, reason))
-
-    def holder_of(self, job_id: str) -> RunnerConn | None:
-        for conn in self.conns.values():
-            if conn.holds(job_id):
-                return conn
-        return None
 
     # --- assignment -------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:

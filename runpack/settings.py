@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runpack import protocol
-from runpack.envvars import env_name, read_values, type_name
+from runpack import envvars, protocol
+from runpack.envvars import Spec, describe_fields, read_values
 from runpack.jobtypes import FIGURE_METADATA
 from runpack.netrules import FIGPACK_HOSTS
 
@@ -205,38 +205,17 @@ class Settings:
         return cls.from_env(environ, **{k: v for k, v in vars(args).items() if k in names})
 
 
-def describe() -> list[dict[str, Any]]:
+def describe() -> list[Spec]:
     """Name, variable, default and help of every setting (for the CLI, docs/settings.md, tests)."""
-    out = []
-    for f in dataclasses.fields(Settings):
-        out.append(
-            {
-                "name": f.name,
-                "env": env_name(f.name),
-                "flag": "--" + f.name.replace("_", "-"),
-                "type": type_name(f),
-                "default": f.default,
-                "help": f.metadata["help"],
-                "secret": f.metadata["secret"],
-            }
-        )
-    return out
+    return describe_fields(Settings, lambda f: "--" + f.name.replace("_", "-"))
 
 
 def settings_table() -> str:
     """The table in docs/settings.md (a test keeps that page equal to this)."""
-    rows = [
-        "| Variable | Flag | Default | Meaning |",
-        "|---|---|---|---|",
-    ]
-    for spec in describe():
-        flag = "—" if spec["secret"] else f"`{spec['flag']}`"
-        default = spec["default"]
-        if spec["secret"] and spec["name"].endswith("_api_key"):
-            shown = "generated when unset, loopback only"
-        elif default == "":
-            shown = "unset"
-        else:
-            shown = f"`{str(default).lower() if isinstance(default, bool) else default}`"
-        rows.append(f"| `{spec['env']}` | {flag} | {shown} | {spec['help']} |")
-    return "\n".join(rows)
+
+    def secret(spec: Spec) -> str:
+        if spec["name"].endswith("_api_key"):
+            return "generated when unset, loopback only"
+        return "unset"
+
+    return envvars.settings_table(describe(), secret)

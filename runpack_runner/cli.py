@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runpack.envvars import split_list
+from runpack import envvars
+from runpack.envvars import env_name, flag_help, split_list
 from runpack.eventloop import run, tune_gc
 from runpack_runner import __version__
-from runpack_runner.settings import RunnerSettings, describe
+from runpack_runner.settings import HANDLER_ENVIRONMENT, RunnerSettings, describe
 
 log = logging.getLogger("runpack_runner")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs: dict[str, Any] = {
             "dest": spec["name"],
             "default": None,
-            "help": f"{spec['help']} [{spec['env']}]",
+            "help": flag_help(spec),
             "metavar": spec["name"].upper(),
         }
         if spec["type"] == "bool":
@@ -60,20 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_table() -> str:
     """Variable, flag, default and meaning of every runner setting (for docs/settings.md)."""
-    rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
-    for spec in describe():
-        flag = "—" if spec["secret"] else f"`{spec['flag']}`"
-        default = spec["default"]
-        if spec["secret"]:
-            shown = "required"
-        elif default in ("", ()):
-            shown = "unset"
-        elif isinstance(default, bool):
-            shown = f"`{str(default).lower()}`"
-        else:
-            shown = f"`{default}`"
-        rows.append(f"| `{spec['env']}` | {flag} | {shown} | {spec['help']} |")
-    return "\n".join(rows)
+    return envvars.settings_table(describe(), lambda spec: "required")
 
 
 def setup_logging(settings: RunnerSettings) -> None:
@@ -107,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.runner_api_key:
         log.error("RUNPACK_RUNNER_API_KEY is not set")
         return 2
+    for name in HANDLER_ENVIRONMENT:
+        os.environ[env_name(name)] = str(getattr(settings, name))
     try:
         registry = Registry.discover(settings.job_types)
     except UnknownJobTypes as exc:

@@ -68,13 +68,19 @@ class Registry:
                 f"(installed: {', '.join(sorted(found)) or 'none'})"
             )
         handlers: dict[str, JobHandler] = {}
+        unavailable: dict[str, list[str]] = {}  # why → the job types it keeps out
         for job_type in wanted or sorted(found):
             try:
                 handlers[job_type] = as_handler(job_type, found[job_type].load())
             except ImportError as exc:  # an optional dependency is not installed
-                log.warning("job type %r is not available: %s", job_type, exc)
+                if wanted:  # asked for by name: a problem
+                    log.warning("job type %r is not available: %s", job_type, exc)
+                else:  # an extra not installed: one line says which types it would add
+                    unavailable.setdefault(str(exc), []).append(job_type)
             except Exception:
                 log.exception("cannot load the handler of %r (%s)", job_type, found[job_type].value)
+        for why, job_types in unavailable.items():
+            log.info("job types not installed: %s (%s)", ", ".join(job_types), why)
         return cls(handlers)
 
     @property

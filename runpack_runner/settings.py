@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runpack.envvars import env_name, read_values, type_name
+from runpack.envvars import Spec, describe_fields, read_values
 from runpack.eventloop import loop_factory
 from runpack.protocol import HEARTBEAT_INTERVAL
 
@@ -74,6 +74,13 @@ class RunnerSettings:
         "How long a cancelled or timed-out job's process may take to stop after SIGTERM "
         "before it is killed (SIGKILL) and its slot reused.",
     )
+    remote_connect_timeout: float = _s(
+        10.0, "Figure jobs: seconds to wait for a connection to the server of an nwb_url."
+    )
+    remote_read_timeout: float = _s(
+        30.0,
+        "Figure jobs: seconds a read of an nwb_url may wait for data before the job fails.",
+    )
 
     def replace(self, **changes: Any) -> RunnerSettings:
         return dataclasses.replace(self, **changes)
@@ -87,7 +94,14 @@ class RunnerSettings:
         loop_factory(self.event_loop)  # ValueError for an unknown or missing loop
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
-        for name in ("heartbeat_interval", "poll_wait", "socket_retry_interval", "reconnect_max"):
+        for name in (
+            "heartbeat_interval",
+            "poll_wait",
+            "socket_retry_interval",
+            "reconnect_max",
+            "remote_connect_timeout",
+            "remote_read_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be more than 0")
         if self.job_timeout < 0 or self.reconnect_min < 0 or self.stop_grace < 0:
@@ -104,21 +118,15 @@ class RunnerSettings:
         return settings
 
 
+#: Settings that handlers read from the environment, in whatever process they run: the
+#: CLI sets these variables from the settings (flags included) before starting.
+HANDLER_ENVIRONMENT = ("remote_connect_timeout", "remote_read_timeout")
+
+
 def flag_name(f: dataclasses.Field[Any]) -> str:
     return str(f.metadata["flag"] or "--" + f.name.replace("_", "-"))
 
 
-def describe() -> list[dict[str, Any]]:
+def describe() -> list[Spec]:
     """Name, variable, flag, default and help of every setting (the CLI reads this)."""
-    return [
-        {
-            "name": f.name,
-            "env": env_name(f.name),
-            "flag": flag_name(f),
-            "type": type_name(f),
-            "default": f.default,
-            "help": f.metadata["help"],
-            "secret": f.metadata["secret"],
-        }
-        for f in dataclasses.fields(RunnerSettings)
-    ]
+    return describe_fields(RunnerSettings, flag_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,21 @@ from tests.pg import (
 SUBMIT_KEY = "test-submit-key"
 RUNNER_KEY = "test-runner-key"
 ADMIN_KEY = "test-admin-key"
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """Put the root logger back after each test: a command run in-process (``serve``,
+    ``runpack-runner``) configures logging onto the test's captured output, which is
+    closed once the test ends; later log lines would then fail to print."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

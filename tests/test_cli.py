@@ -177,6 +177,21 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path: Path) -> None:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def test_serve_on_a_taken_port_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(["serve", "--port", str(port)], tmp_path, timeout=20)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"runpack serve: 127.0.0.1:{port} is already in use (another server?); pick another "
+        "port with --port N or RUNPACK_PORT=N (make run: make run PORT=N)"
+    ]
+    assert result.stdout == ""  # no keys, no dashboard link for a server that is not there
+    assert not (tmp_path / "runpack-data").exists()
+
+
 def test_serve_names_a_setting_it_cannot_use_in_one_line(tmp_path: Path) -> None:
     env = {**clean_env(), "RUNPACK_HASH_IGNORED_PARAMS": "figpack_nwb_"}
     result = run_cli(["serve", "--port", str(free_port())], tmp_path, env=env, timeout=20)
@@ -195,6 +210,13 @@ def test_serve_on_loopback_generates_and_keeps_local_keys(
     assert set(keys) == set(KEY_VARS)
     assert len(set(keys.values())) == 3 and all(len(k) >= 16 for k in keys.values())
     assert f"http://127.0.0.1:{server.port}/ui/" in server.stdout
+    # The dashboard link signs a browser in with the keys in its fragment.
+    link = (
+        f"http://127.0.0.1:{server.port}/ui/#submit_key={keys['RUNPACK_SUBMIT_API_KEY']}"
+        f"&admin_key={keys['RUNPACK_ADMIN_API_KEY']}"
+    )
+    assert f"Dashboard: {link}" in server.stdout
+    assert f"OpenAPI: http://127.0.0.1:{server.port}/api/openapi.json" in server.stdout
     keyfile = tmp_path / "runpack-data" / "dev-keys.env"
     assert keyfile.exists()
     assert keyfile.stat().st_mode & 0o077 == 0  # readable by the owner only
@@ -280,6 +302,47 @@ def test_settings_lists_every_variable(tmp_path: Path) -> None:
         assert spec["help"] in line
         if not spec["secret"]:
             assert spec["flag"] in line
+
+
+def _help_of(text: str, flag: str) -> str:
+    """The help text of ``flag`` in ``--help`` output, on one line."""
+    lines = text.splitlines()
+    start = next(i for i, x in enumerate(lines) if x.strip().startswith((flag + " ", flag + ",")))
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if line.strip().startswith("-"):
+            break
+        block.append(line)
+    return " ".join(" ".join(block).split())
+
+
+@pytest.mark.parametrize(
+    ("command", "specs"),
+    [(["serve", "--help"], "server"), (["runner", "--help"], "runner")],
+)
+def test_help_shows_each_default_and_variable(
+    tmp_path: Path, command: list[str], specs: str
+) -> None:
+    from runpack.envvars import shown_default
+    from runpack_runner.settings import describe as runner_describe
+
+    result = run_cli(command, tmp_path)
+    assert result.returncode == 0, result.stderr
+    for spec in describe() if specs == "server" else runner_describe():
+        if spec["secret"]:
+            continue
+        text = _help_of(result.stdout, spec["flag"])
+        assert spec["env"] in text, text
+        if "(default:" not in spec["help"]:
+            assert f"default: {shown_default(spec)};" in text, text
+
+
+def test_bench_help_describes_it_with_defaults(tmp_path: Path) -> None:
+    result = run_cli(["bench", "--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "jobs/s" in result.stdout.split("options:")[0]  # a description
+    assert "default: 2000" in _help_of(result.stdout, "--jobs")
+    assert "default: 16" in _help_of(result.stdout, "--runner-concurrency")
 
 
 def test_settings_never_prints_keys(tmp_path: Path) -> None:

@@ -223,6 +223,31 @@ async def test_resume_from_an_earlier_watch(live: Live) -> None:
     assert rest[-1].status == "completed"
 
 
+async def test_jobs_pages_with_the_keyset_cursor(live: Live) -> None:
+    """``jobs`` answers a list whose ``next`` is the ``after`` of the following page;
+    the pages hold every job once, in the order of one long page, and the last has
+    no ``next``. The old call (no ``after``) still answers the list."""
+    kind = unique("paging")  # no runner runs it: the jobs stay pending
+    async with AsyncClient(live.url, admin_key=ADMIN_KEY) as runpack:
+        submitted = {(await runpack.submit(kind, {"n": n})).job_id for n in range(5)}
+        everything = await runpack.jobs(job_type=kind)
+        assert {j.job_id for j in everything} == submitted and everything.next is None
+        pages = [await runpack.jobs(job_type=kind, limit=2)]
+        while pages[-1].next is not None and len(pages) < 5:
+            pages.append(await runpack.jobs(job_type=kind, limit=2, after=pages[-1].next))
+        assert [len(page) for page in pages] == [2, 2, 1]
+        assert [j for page in pages for j in page] == everything
+        skipped = await runpack.jobs(job_type=kind, limit=2, offset=1, after=pages[0].next)
+        assert skipped == everything[3:5] and skipped.next is None
+        with pytest.raises(RunpackClientError) as bad:
+            await runpack.jobs(after="not a cursor")
+        assert bad.value.status == 400
+    with Client(live.url, admin_key=ADMIN_KEY) as sync:
+        first = sync.jobs(job_type=kind, limit=3)
+        rest = sync.jobs(job_type=kind, limit=3, after=first.next)
+        assert [*first, *rest] == everything and first.next and rest.next is None
+
+
 # --- the synchronous Client -------------------------------------------------------------------
 
 
@@ -306,3 +331,6 @@ def test_the_example_runs(live: Live) -> None:
     assert "result: {'message': 'Hello, Ada!', 'processing_time': 3}" in done.stdout
     assert "failed: Invalid parameters" in done.stdout
     assert "again: Job already completed (cached result)" in done.stdout
+    # Each console line once, though the final console event repeats the whole text.
+    lines = [line for line in done.stdout.splitlines() if "console:" in line]
+    assert len(lines) == len(set(lines)) and any("Completed!" in line for line in lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ def test_parameters_are_checked_with_the_originals_messages(
     assert str(err.value) == message
 
 
-def test_metadata_goes_into_the_description_and_the_result() -> None:
+def test_metadata_outside_the_hash_stays_out_of_the_description_and_the_result() -> None:
+    """A cached figure is served to every page: it cannot name the first one's."""
     p = figpack_nwb.parse_params(
         {
             "nwb_url": "https://x/a.nwb",
@@ -66,8 +68,9 @@ def test_metadata_goes_into_the_description_and_the_result() -> None:
         "path",
     )
     text = p.description("Keypoints.")
-    assert "Dandiset: 409" in text and "https://neurosift.app/?x" in text
-    assert p.result("u")["dandiset_id"] == "409"
+    assert "409" not in text and "neurosift.app" not in text
+    assert "https://x/a.nwb" in text and "`/p`" in text
+    assert p.result("u") == {"figpack_url": "u", "nwb_url": "https://x/a.nwb", "path": "/p"}
 
 
 # --- video ----------------------------------------------------------------------------
@@ -102,14 +105,62 @@ def test_rgb_frames_keep_their_colors(tmp_path: Path) -> None:
 
 
 class FakeDataset:
+    """What h5py and lindi give: every read is a new array; the longest read is kept."""
+
     def __init__(self, data: np.ndarray, attrs: dict[str, Any] | None = None) -> None:
         self.data = data
         self.shape = data.shape
         self.dtype = data.dtype
         self.attrs = attrs or {}
+        self.longest_read = 0
 
     def __getitem__(self, key: Any) -> Any:
-        return self.data[key]
+        out = np.array(self.data[key])
+        self.longest_read = max(self.longest_read, len(out) if out.ndim else 1)
+        return out
+
+
+def test_a_long_series_is_read_and_encoded_in_batches_with_a_sampled_percentile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """400 frames: the 99th percentile comes from a sample (as if the frames were large),
+    within 2 % of the exact one; no read and no copy holds more than a batch of frames."""
+    import tracemalloc
+
+    monkeypatch.setattr(nwb_video, "SAMPLE_BYTES", 2_000_000)  # about 61 frames of 128x128
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 3000, (128, 128)).astype(np.uint16)
+    frames = np.stack(
+        [base + rng.integers(0, 500, (128, 128)).astype(np.uint16) + i for i in range(400)]
+    )
+    exact = float(np.percentile(frames, 99))
+    data = FakeDataset(frames)
+    series = {"data": data, "starting_time": FakeDataset(np.float64(0), {"rate": 20.0})}
+    tracemalloc.start()
+    try:
+        view, summary = nwb_video.preview_view(JobContext(), series, "/acquisition/movie")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary["num_frames"] == 400 and summary["fps"] == 20.0
+    assert view.attrs["percentile_99"] == pytest.approx(exact, rel=0.02)
+    assert data.longest_read <= nwb_video.READ_BATCH
+    # All frames at once, and the percentile's copy, were 26 MB; now a sample and a batch.
+    assert peak < frames.nbytes / 2, (peak, frames.nbytes)
+    decoded = decode(view.mp4, tmp_path)
+    assert len(decoded) == 400
+    # Scaled as before: a pixel at the percentile is white, one at 0 black.
+    scaled = nwb_video.to_uint8(frames[200], view.attrs["percentile_99"])
+    assert abs(float(decoded[200][..., 0].mean()) - float(scaled.mean())) < 8
+
+
+def test_the_sample_is_every_frame_of_a_small_series_and_runs_spread_over_a_large_one() -> None:
+    assert nwb_video.sample_frames(40, 32 * 32 * 2) == [(0, 40)]
+    runs = nwb_video.sample_frames(1000, 512 * 512 * 2)
+    assert (
+        len(runs) == nwb_video.SAMPLE_RUNS and runs[0][0] == 0 and runs[-1][0] + runs[-1][1] == 1000
+    )
+    assert sum(n for _, n in runs) * 512 * 512 * 2 <= nwb_video.SAMPLE_BYTES
 
 
 def test_only_the_first_1000_frames_are_previewed_and_all_zero_frames_work() -> None:
@@ -130,6 +181,86 @@ def test_image_series_in_an_external_file_is_refused_clearly() -> None:
     }
     with pytest.raises(ValueError, match="external file"):
         nwb_video.preview_view(JobContext(), series, "/acquisition/movie")
+
+
+# --- opening files and checking paths --------------------------------------------------
+def test_remote_timeouts_come_from_the_runner_settings() -> None:
+    from runpack_runner.jobs import nwb_files
+
+    defaults = RunnerSettings()
+    assert nwb_files.timeouts({}) == (
+        defaults.remote_connect_timeout,
+        defaults.remote_read_timeout,
+    )
+    env = {"RUNPACK_REMOTE_CONNECT_TIMEOUT": "3", "RUNPACK_REMOTE_READ_TIMEOUT": "4.5"}
+    assert nwb_files.timeouts(env) == (3.0, 4.5)
+    assert nwb_files.timeouts({"RUNPACK_REMOTE_READ_TIMEOUT": "no"})[1] == nwb_files.READ_TIMEOUT
+    with pytest.raises(ValueError, match="remote_read_timeout must be more than 0"):
+        RunnerSettings(remote_read_timeout=0).check()
+
+
+def test_network_failures_are_told_in_a_few_words() -> None:
+    import requests
+
+    from runpack.netrules import AddressNotAllowed
+    from runpack_runner.jobs import nwb_files
+
+    def wrapped(inner: BaseException) -> Exception:
+        try:
+            try:
+                raise inner
+            except BaseException as exc:
+                raise requests.exceptions.ConnectionError("Max retries exceeded…") from exc
+        except Exception as outer:
+            try:
+                raise RuntimeError("lindi: Error getting file length") from outer
+            except RuntimeError as err:
+                return err
+
+    why = nwb_files._network_error
+    assert why(wrapped(requests.exceptions.ReadTimeout()), 10, 30) == (
+        "no answer for 30 s (read timeout)"
+    )
+    assert why(requests.exceptions.ConnectTimeout(), 10, 30) == (
+        "no connection within 10 s (connect timeout)"
+    )
+    refused = AddressNotAllowed("connection to a private address refused: localhost")
+    assert why(wrapped(refused), 10, 30) == str(refused)
+    assert why(ValueError("other"), 10, 30) is None
+
+
+def test_paths_are_checked_from_metadata_only(tmp_path: Path) -> None:
+    """A dataset named as a units table is refused without reading it: h5py's
+    ``in`` on a dataset would iterate it, so a read here fails the test."""
+    import h5py
+
+    from runpack_runner.jobs import nwb_files
+
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w") as f:
+        units = f.create_group("units")
+        units.attrs["neurodata_type"] = "Units"
+        units.create_dataset("spike_times", data=np.arange(10.0))
+        f.create_group("acquisition")
+    with h5py.File(path, "r") as f:
+        calls: list[Any] = []
+        original = h5py.Dataset.__getitem__
+        h5py.Dataset.__getitem__ = lambda self, key: calls.append(key) or original(self, key)  # type: ignore[method-assign]
+        try:
+            with pytest.raises(ValueError) as err:
+                nwb_files.get_group(f, "/units/spike_times", "units table", ("spike_times",))
+        finally:
+            h5py.Dataset.__getitem__ = original  # type: ignore[method-assign]
+        assert (
+            str(err.value) == "'/units/spike_times' is a dataset of shape (10,), not a units table"
+        )
+        assert calls == []
+        why = r"'/units' is a group \(Units\), not a units table: it has no 'spike_times_index'"
+        with pytest.raises(ValueError, match=why):
+            nwb_files.get_group(f, "/units", "units table", ("spike_times", "spike_times_index"))
+        with pytest.raises(ValueError, match="No ImageSeries at '/nothing' in the NWB file"):
+            nwb_files.get_group(f, "/nothing", "ImageSeries")
+        assert nwb_files.get_group(f, "/acquisition", "ImageSeries").name == "/acquisition"
 
 
 # --- pose -----------------------------------------------------------------------------
@@ -294,7 +425,18 @@ def test_a_runner_without_the_figpack_extra_does_not_offer_figure_jobs(
         importlib.util, "find_spec", lambda name, *a: None if name == "av" else real(name, *a)
     )
     monkeypatch.delitem(sys.modules, "runpack_runner.jobs.figpack_nwb")
+    caplog.set_level(logging.INFO, logger="runpack_runner")
     registry = Registry.discover()
     assert "hello_world" in registry.job_types
     assert not [t for t in registry.job_types if t.startswith("figpack_nwb_")]
-    assert "needs the figpack extra" in caplog.text and "missing: av" in caplog.text
+    # One quiet line lists them all, with the extra that would add them.
+    (line,) = [r for r in caplog.records if "not installed" in r.getMessage()]
+    assert line.levelno == logging.INFO
+    for job_type in (
+        "figpack_nwb_raster_plot",
+        "figpack_nwb_video_preview",
+        "figpack_nwb_pose_estimation",
+    ):
+        assert job_type in line.getMessage()
+    assert "needs the figpack extra" in line.getMessage() and "missing: av" in line.getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

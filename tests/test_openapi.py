@@ -13,6 +13,7 @@ PostgreSQL, which refuses what SQLite takes (a NUL in text).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import uuid
@@ -34,15 +35,17 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from runpack import protocol
 from runpack.api import views
 from runpack.api.common import policy, policy_of
 from runpack.api.openapi import document
-from runpack.api.openapi_models import MODELS
+from runpack.api.openapi_models import MESSAGES, MODELS, message
 from runpack.api.openapi_operations import OPERATIONS
 from runpack.api.openapi_schemas import SCHEMAS, SECURITY
 from runpack.app import create_app
 from runpack.errors import Conflict, JobNotFound
 from runpack.protocol import Role
+from runpack.protocol.fields import about
 from runpack.settings import Settings
 from tests.conftest import ADMIN_KEY, RUNNER_KEY, SUBMIT_KEY, _empty_tables, _run
 
@@ -199,6 +202,64 @@ def test_answers_are_described_by_the_handlers_typed_models() -> None:
     assert answers["201"]["content"]["application/json"]["schema"]["$ref"].endswith(
         views.SubmitAnswer.__name__
     )
+
+
+#: Each message with every field set, as a runner or the server sends it over HTTP.
+SENT: dict[str, Any] = {
+    "AssignedJob": protocol.Assignment("j", "t", {"a": 1}, 2, 1.5).body(),
+    "Heartbeat": protocol.Heartbeat("j", 1, 2, "out", "more").body(),
+    "Completion": protocol.Complete("j", {"a": 1}, "out").body(),
+    "Failure": protocol.Failure("j", "boom", "out", retryable=True).body(),
+    "Release": protocol.Release("j", "busy").body(),
+    "Registration": protocol.Registration("r", ["t"], with_secret=True).body(),
+    "Registered": protocol.Registered("r", runner_secret="s").body(),
+}
+
+#: Required as the hand-written schemas had them: the fields without a default, and
+#: an assignment's attempt and a registration's message (always sent).
+REQUIRED: dict[str, list[str]] = {
+    "AssignedJob": ["job_id", "job_type", "input_params", "attempt"],
+    "Heartbeat": [],
+    "Completion": ["output_data"],
+    "Failure": ["error_message"],
+    "Release": [],
+    "Registration": ["name", "capabilities"],
+    "Registered": ["runner_id", "message"],
+}
+
+
+def test_runner_bodies_are_described_by_the_protocol_messages() -> None:
+    """The report bodies and the assignment are runpack.protocol's classes, field for
+    field: what the sender writes is what the document names, a field without a
+    default is required, and a field added to a class shows up in the document."""
+    assert set(MESSAGES) == set(SENT)
+    for name, cls in MESSAGES.items():
+        schema = SCHEMAS[name]
+        assert DOCUMENT["components"]["schemas"][name] == schema
+        assert set(schema["properties"]) == set(SENT[name]), name
+        assert "type" not in schema["properties"]  # the frame's type is not in the body
+        assert schema.get("required", []) == REQUIRED[name], name
+        grown = dataclasses.make_dataclass(
+            name,
+            [("note", str | None, dataclasses.field(default=None, metadata=about("A note.")))],
+            bases=(cls,),
+        )
+        assert message(grown)["properties"] == {
+            **schema["properties"],
+            "note": {"type": ["string", "null"], "description": "A note."},
+        }
+    heartbeat = SCHEMAS["Heartbeat"]["properties"]
+    assert heartbeat["progress_current"] == {"type": ["integer", "null"]}
+    assert SCHEMAS["Release"]["properties"]["reason"]["type"] == ["string", "null"]
+    assert protocol.Release.read("j", {"reason": None}).reason == protocol.RELEASED_BY_RUNNER
+    assert SCHEMAS["Failure"]["properties"]["retryable"]["type"] == "boolean"
+    assert SCHEMAS["AssignedJob"]["properties"]["input_params"] == {"type": "object"}
+    assert SCHEMAS["AssignedJob"]["properties"]["timeout"]["type"] == ["number", "null"]
+    registration = SCHEMAS["Registration"]["properties"]
+    assert registration["name"]["maxLength"] == protocol.MAX_NAME_CHARS
+    assert registration["capabilities"]["maxItems"] == protocol.MAX_CAPABILITIES
+    assert registration["capabilities"]["items"]["maxLength"] == protocol.MAX_NAME_CHARS
+    assert SCHEMAS["Registered"]["properties"]["runner_secret"]["type"] == "string"
 
 
 def test_the_document_is_valid_openapi_3_1() -> None:

@@ -280,6 +280,11 @@ def test_job_page_without_key_is_live_and_previews_a_figure(stack: Stack, open_p
     frame = page.locator('iframe[title="Figure preview"]')
     expect(frame).to_have_attribute("src", figure)
     assert "allow-same-origin" not in (frame.get_attribute("sandbox") or "allow-same-origin")
+    # Room for a figure's tabs and legends: 70% of the window's height, and resizable.
+    box = frame.bounding_box()
+    assert box is not None and box["height"] >= 0.65 * 900, box
+    frame_box = page.locator(".figure-frame")
+    assert frame_box.evaluate("e => getComputedStyle(e).resize") == "vertical"
     expect(page.get_by_label("Result JSON")).to_contain_text(figure)
     expect(page.get_by_role("log", name="Console output")).to_contain_text("done")
     shot(page, "job-figure")
@@ -389,6 +394,18 @@ def test_wrong_key_sends_to_settings(stack: Stack, open_page: Open) -> None:
     page.get_by_role("button", name="Save keys").click()
     expect(page).to_have_url(stack.url + "/ui/jobs")
     heading(page, "Jobs")
+
+
+def test_the_printed_dashboard_link_signs_the_browser_in(stack: Stack, open_page: Open) -> None:
+    # What `runpack serve` prints in local development mode (tests/test_cli.py checks it).
+    page = open_page(f"/ui/#submit_key={SUBMIT_KEY}&admin_key={ADMIN_KEY}", keys=False)
+    heading(page, "Dashboard")
+    expect(page).to_have_url(stack.url + "/ui/")  # the keys leave the address bar
+    stored = page.evaluate(
+        "[localStorage.getItem('runpack.submitKey'), localStorage.getItem('runpack.adminKey')]"
+    )
+    assert stored == [SUBMIT_KEY, ADMIN_KEY]
+    assert not [url for url in stack.requests if ADMIN_KEY in url]  # no request carried it
 
 
 def test_playground_rejects_invalid_json(stack: Stack, open_page: Open) -> None:

@@ -24,16 +24,9 @@ from aiohttp import web
 
 from runpack import __version__
 from runpack.api.common import RoutePolicy, policy, policy_of
+from runpack.api.openapi_doc import PATH_PARAMS, RUNNER_ID, RUNNER_SECRET, TAG_OF_PREFIX, TAGS, Doc
 from runpack.api.openapi_models import JSON, Json, ref
-from runpack.api.openapi_operations import (
-    OPERATIONS,
-    PATH_PARAMS,
-    RUNNER_ID,
-    RUNNER_SECRET,
-    TAG_OF_PREFIX,
-    TAGS,
-    Doc,
-)
+from runpack.api.openapi_operations import OPERATIONS
 from runpack.api.openapi_schemas import SCHEMAS, SECURITY, SECURITY_SCHEMES, json_reply
 from runpack.errors import RunpackError
 from runpack.protocol import Role

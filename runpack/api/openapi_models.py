@@ -1,8 +1,11 @@
 """Typed models as OpenAPI schemas: the answers handlers build as TypedDicts
-(runpack/api/views.py) are described from those classes, field for field."""
+(runpack/api/views.py), and the runner's report bodies and assignment, which both
+sides read with the runpack.protocol message classes, are described from those
+classes, field for field."""
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from enum import Enum
 from typing import (
@@ -17,6 +20,7 @@ from typing import (
     is_typeddict,
 )
 
+from runpack import protocol
 from runpack.api import views
 
 Json = dict[str, Any]
@@ -32,9 +36,11 @@ SCALARS = {str: "string", bool: "boolean", int: "integer", float: "number"}
 
 def schema_of(hint: Any) -> Json:
     """The JSON Schema of a field of a typed model: a scalar, ``X | None``, a list, a
-    JSON object (``dict``), a model or an enum (a reference), with ``Annotated`` text
-    as its description."""
+    JSON object (``dict``), a model or an enum (a reference), any JSON (``Any``), with
+    ``Annotated`` text as its description."""
     origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return {}
     if origin is Annotated:
         return {**schema_of(args[0]), "description": " ".join(args[1:])}
     if origin in (Required, NotRequired):
@@ -56,13 +62,47 @@ def schema_of(hint: Any) -> Json:
 
 def model(cls: Any) -> Json:
     """The schema of a TypedDict: its fields, the ``NotRequired`` ones optional, and
-    its docstring as the description."""
+    its docstring as the description; or of a protocol message (``message``)."""
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+        return message(cls)
     hints = get_type_hints(cls, include_extras=True)
     required = {n: schema_of(h) for n, h in hints.items() if get_origin(h) is not NotRequired}
     optional = {n: schema_of(h) for n, h in hints.items() if n not in required}
     extra = {"description": cls.__doc__} if cls.__doc__ else {}
     return obj(required, optional, **extra)
 
+
+def message(cls: type) -> Json:
+    """The HTTP body of a runpack.protocol message: its fields but those in the URL
+    path, the ones with a default optional (unless marked required), each described
+    by its metadata (runpack.protocol.fields.about). The class's docstring is about
+    the WebSocket frame too, so it is not the description."""
+    hints = get_type_hints(cls)
+    required: dict[str, Json] = {}
+    optional: dict[str, Json] = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("in") == "path":
+            continue
+        out = {**schema_of(hints[f.name]), **f.metadata.get("schema", {})}
+        if "doc" in f.metadata:
+            out["description"] = f.metadata["doc"]
+        has_default = f.default is not dataclasses.MISSING
+        has_default |= f.default_factory is not dataclasses.MISSING
+        into = optional if has_default and not f.metadata.get("required") else required
+        into[f.name] = out
+    return obj(required, optional)
+
+
+#: The bodies a runner sends and is answered, read with runpack.protocol's classes.
+MESSAGES: dict[str, type] = {
+    "AssignedJob": protocol.Assignment,
+    "Heartbeat": protocol.Heartbeat,
+    "Completion": protocol.Complete,
+    "Failure": protocol.Failure,
+    "Release": protocol.Release,
+    "Registration": protocol.Registration,
+    "Registered": protocol.Registered,
+}
 
 #: The answers that handlers build as typed models (runpack/api/views.py).
 MODELS = (

@@ -1,14 +1,15 @@
 """The shapes of the OpenAPI description: component schemas and security schemes.
 
 Shared by every operation in runpack/api/openapi.py. The answers that handlers build
-as typed models (runpack/api/views.py) are described from those classes; the job
-states come from runpack.protocol.JobStatus, so the description cannot drift from the
-database. What is written here by hand has no typed model on the server yet.
+as typed models (runpack/api/views.py) and the runner's bodies read with
+runpack.protocol's messages are described from those classes; the job states come
+from runpack.protocol.JobStatus, so the description cannot drift from the database.
+What is written here by hand has no typed model on the server yet.
 """
 
 from __future__ import annotations
 
-from runpack.api.openapi_models import JSON, MODELS, Json, model, obj, ref
+from runpack.api.openapi_models import JSON, MESSAGES, MODELS, Json, model, obj, ref
 from runpack.protocol import MAX_JOB_TIMEOUT, MAX_PARAMS_BYTES, JobStatus, Role
 
 #: What a live stream sends (runpack.watch): a job's stream starts with a snapshot, the
@@ -199,32 +200,6 @@ SCHEMAS: Json = {
             "message": {"type": "string"},
         }
     ),
-    "Registration": obj(
-        {
-            "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"},
-            "capabilities": {
-                "type": "array",
-                "items": {"type": "string", "minLength": 1},
-                "maxItems": 1000,
-            },
-        },
-        {
-            "with_secret": {
-                "type": "boolean",
-                "description": "Ask for a secret of the runner's own (Runpack's runner does).",
-            }
-        },
-    ),
-    "Registered": obj(
-        {"runner_id": {"type": "string"}, "message": {"type": "string"}},
-        {
-            "runner_secret": {
-                "type": "string",
-                "description": "The runner's own secret, when asked for (`with_secret`); "
-                "shown once. Send it as `X-Runner-Secret` from then on.",
-            }
-        },
-    ),
     "Verified": obj(
         {
             "exists": {"const": True},
@@ -247,46 +222,10 @@ SCHEMAS: Json = {
             }
         }
     ),
-    "AssignedJob": obj(
-        {
-            "job_id": {"type": "string"},
-            "job_type": {"type": "string"},
-            "input_params": {"type": "object"},
-            "attempt": {"type": "integer"},
-        },
-        {"timeout": {"type": ["number", "null"], "description": "Seconds; null for none."}},
-    ),
     "Claimed": {
         "allOf": [ref("SuccessMessage"), obj({"job": ref("AssignedJob")})],
     },
     "NextJob": obj({"job": ref("AssignedJob")}),
-    "Heartbeat": obj(
-        {},
-        {
-            "progress_current": NULLABLE_INT,
-            "progress_total": NULLABLE_INT,
-            "console_output": {**NULLABLE_STR, "description": "Replaces the stored console."},
-        },
-    ),
-    "Completion": obj(
-        {"output_data": {"type": "object"}},
-        {"console_output": {**NULLABLE_STR, "description": "Empty or missing: keep it."}},
-    ),
-    "Failure": obj(
-        {"error_message": {"type": "string"}},
-        {
-            "console_output": {**NULLABLE_STR, "description": "Empty or missing: keep it."},
-            "retryable": {
-                "type": "boolean",
-                "description": (
-                    "The run failed for a reason outside the job (the server's disk was"
-                    " full): the job is queued again with backoff while it has attempts"
-                    " left, else failed."
-                ),
-            },
-        },
-    ),
-    "Release": obj({}, {"reason": NULLABLE_STR}),
     "Event": {
         **obj(
             {
@@ -349,6 +288,7 @@ SCHEMAS: Json = {
     ),
     **API_KEY_SCHEMAS,
     **{cls.__name__: model(cls) for cls in MODELS},
+    **{name: model(cls) for name, cls in MESSAGES.items()},
 }
 
 KEY_HELP = (

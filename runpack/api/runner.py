@@ -12,7 +12,15 @@ from runpack.appkeys import CALLER, RUNNER_ID, SERVICE
 from runpack.encoding import parse_json_text
 from runpack.errors import BadRequest, ClaimLost, NotOwned
 from runpack.identity import new_runner_secret
-from runpack.protocol import Complete, Failure, Heartbeat, Release, Role
+from runpack.protocol import (
+    Complete,
+    Failure,
+    Heartbeat,
+    Registered,
+    Registration,
+    Release,
+    Role,
+)
 
 routes = web.RouteTableDef()
 
@@ -32,16 +40,16 @@ async def read_report(request: web.Request, kind: type[R], body_optional: bool =
 @routes.post("/api/runner/register")
 @policy(Role.RUNNER, failure="Failed to register runner")
 async def register(request: web.Request) -> web.Response:
-    body = await read_json(request)
+    try:
+        asked = Registration.read(await read_json(request))
+    except protocol.ProtocolError as exc:
+        raise BadRequest(exc.error, details=exc.details) from None
     # Runpack's runner asks for a secret of its own; the original's runner cannot.
-    secret = new_runner_secret() if body.get("with_secret") is True else None
+    secret = new_runner_secret() if asked.with_secret else None
     runner = await request.app[SERVICE].register_runner(
-        body.get("name"), body.get("capabilities"), owner=request[CALLER].owner, secret=secret
+        asked.name, asked.capabilities, owner=request[CALLER].owner, secret=secret
     )
-    answer = {"runner_id": runner.id, "message": "Runner registered successfully"}
-    if secret is not None:
-        answer["runner_secret"] = secret
-    return json_response(answer, status=201)
+    return json_response(Registered(runner.id, runner_secret=secret).body(), status=201)
 
 
 @routes.get("/api/runner/verify")

@@ -10,8 +10,8 @@ from aiohttp import web
 
 from runpack.api.common import json_response, policy
 from runpack.appkeys import CALLER, HUB, KEYS, RUNNER_ID, SERVICE
+from runpack.encoding import assignment
 from runpack.errors import BadRequest, Unauthorized
-from runpack.hub import assignment
 from runpack.protocol import Role
 
 routes = web.RouteTableDef()

@@ -24,6 +24,7 @@ from runpack.client.models import (
     CheckResult,
     Event,
     JobInfo,
+    JobPage,
     JobSummary,
     Progress,
     RunnerInfo,
@@ -194,15 +195,20 @@ class AsyncClient:
         job_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> list[JobSummary]:
-        """Jobs, newest first (admin key); ``job_type`` matches any type containing it."""
+        after: str | None = None,
+    ) -> JobPage:
+        """Jobs, newest first (admin key); ``job_type`` matches any type containing it.
+        A list whose ``next``, when more follow, is the ``after`` of the following
+        page (as fast at any depth; ``offset`` then counts from there)."""
         params = {"limit": str(limit), "offset": str(offset)}
         if status:
             params["status"] = status
         if job_type:
             params["job_type"] = job_type
+        if after:
+            params["after"] = after
         _, reply = await self._request("GET", "/api/admin/jobs", self.admin_key, params=params)
-        return [
+        rows = (
             JobSummary(
                 job_id=j["job_id"],
                 job_type=j["job_type"],
@@ -212,7 +218,8 @@ class AsyncClient:
                 claimed_by=j.get("claimed_by"),
             )
             for j in reply["jobs"]
-        ]
+        )
+        return JobPage(rows, reply.get("next"))
 
     async def runners(self) -> list[RunnerInfo]:
         """Registered runners and, for connected ones, their connection (admin key)."""

@@ -3,6 +3,7 @@ status and cancel, rows of the admin lists, and the events of a job's stream."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,18 @@ class JobSummary:
     created_at: int
     updated_at: int
     claimed_by: str | None = None
+
+
+class JobPage(list[JobSummary]):
+    """A page of ``GET /api/admin/jobs``: its rows, as a list, and ``next``: pass it as
+    ``after`` for the following page (None: no more follow)."""
+
+    def __init__(self, jobs: Iterable[JobSummary] = (), next_page: str | None = None) -> None:
+        super().__init__(jobs)
+        self.next = next_page
+
+    def __repr__(self) -> str:
+        return f"JobPage({list(self)!r}, next={self.next!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from runpack.client.models import (
     CheckResult,
     Event,
     JobInfo,
-    JobSummary,
+    JobPage,
     RunnerInfo,
     SubmitResult,
 )
@@ -111,9 +111,12 @@ class Client:
         job_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> list[JobSummary]:
+        after: str | None = None,
+    ) -> JobPage:
         return self._run(
-            self._async.jobs(status=status, job_type=job_type, limit=limit, offset=offset)
+            self._async.jobs(
+                status=status, job_type=job_type, limit=limit, offset=offset, after=after
+            )
         )
 
     def runners(self) -> list[RunnerInfo]:

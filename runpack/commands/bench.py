@@ -12,7 +12,17 @@ def add_to(sub: Any) -> None:
     from runpack.bench import BenchOptions
 
     default = BenchOptions()
-    parser = sub.add_parser("bench", help="Measure jobs/s and latency end to end.")
+    parser = sub.add_parser(
+        "bench",
+        help="Measure jobs/s and latency end to end.",
+        description="Start a server on a temporary SQLite file (or --db) and runner "
+        "processes on loopback, or target a running server with --url; submit distinct "
+        "no-op jobs from concurrent clients and report jobs/s end to end, submit-to-start "
+        "and submit-to-completed latency percentiles, cache-hit submits/s, CPU per job and "
+        "peak memory. With --url the keys come from RUNPACK_SUBMIT_API_KEY and "
+        "RUNPACK_ADMIN_API_KEY, and runners that handle `noop` must be connected.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument(
         "--jobs", type=int, default=default.jobs, help="Distinct no-op jobs to run."
     )
@@ -43,12 +53,16 @@ def add_to(sub: Any) -> None:
     parser.add_argument(
         "--cache-hits", type=int, default=default.cache_hits, help="Cache-hit submits to time."
     )
-    parser.add_argument("--db", default=default.db, help="SQLite path or postgresql:// DSN.")
+    parser.add_argument(
+        "--db",
+        default=default.db,
+        help="SQLite path or postgresql:// DSN; None: a temporary SQLite file.",
+    )
     parser.add_argument(
         "--url", default=default.url, help="Target a running server (keys from RUNPACK_*_API_KEY)."
     )
     parser.add_argument(
-        "--timeout", type=float, default=default.timeout, help="Give up after this long."
+        "--timeout", type=float, default=default.timeout, help="Give up after this many seconds."
     )
     parser.add_argument(
         "--set",

@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any
 
+from runpack.envvars import flag_help
 from runpack.errors import StoreError
 from runpack.settings import Settings, describe
 
@@ -31,7 +32,7 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     for spec in describe():
         if spec["secret"]:
             continue  # keys come from the environment only, never the command line
-        kwargs: dict[str, Any] = {"dest": spec["name"], "default": None, "help": spec["help"]}
+        kwargs: dict[str, Any] = {"dest": spec["name"], "default": None, "help": flag_help(spec)}
         if spec["type"] == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
 import secrets
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 from runpack.commands.common import add_settings_flags, server_missing, settings_of, store_failure
+from runpack.envvars import env_name
 from runpack.errors import StoreError
-from runpack.settings import Settings, env_name
+from runpack.settings import Settings
 
 KEY_FIELDS = ("submit_api_key", "runner_api_key", "admin_api_key")
 
@@ -87,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     raise_open_files_limit()
     base = f"http://{settings.host}:{settings.port}"
+    if (taken := port_taken(settings.host, settings.port)) is not None:
+        print(taken, file=sys.stderr)
+        return 2
+    sign_in = ""
     if not settings.has_keys:
         if not is_loopback(settings.host):
             print(
@@ -101,7 +108,13 @@ def run(args: argparse.Namespace) -> int:
         for field in KEY_FIELDS:
             print(f"  {env_name(field)}={getattr(settings, field)}")
         print(f"(saved in {keyfile}; in another shell: source {keyfile})")
-    print(f"Dashboard: {base}/ui/   API: {base}/api/   Health: {base}/health", flush=True)
+        # The keys ride in the fragment: the browser keeps them, no request carries them.
+        sign_in = f"#submit_key={settings.submit_api_key}&admin_key={settings.admin_api_key}"
+    dashboard = f"{base}/ui/{sign_in}"
+    print(f"Dashboard: {dashboard}{'  (signs this browser in)' if sign_in else ''}")
+    print(
+        f"API: {base}/api/   OpenAPI: {base}/api/openapi.json   Health: {base}/health", flush=True
+    )
     try:
         app = create_app(settings)  # a setting it cannot use, such as a bad public_url
     except ValueError as exc:
@@ -120,4 +133,34 @@ def run(args: argparse.Namespace) -> int:
         )
     except StoreError as exc:
         return store_failure("serve", exc)
+    except OSError as exc:  # the port was taken since the check above
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(port_taken_message(settings.host, settings.port), file=sys.stderr)
+        return 2
     return 0
+
+
+def port_taken_message(host: str, port: int) -> str:
+    return (
+        f"runpack serve: {host}:{port} is already in use (another server?); pick another "
+        f"port with --port N or RUNPACK_PORT=N (make run: make run PORT=N)"
+    )
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """A one-line error if ``host:port`` cannot be bound because it is in use, before
+    anything is printed or opened (the server binds it again, as it always did)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return None  # the server says what is wrong with the host
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return port_taken_message(host, port)
+    return None

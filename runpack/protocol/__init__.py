@@ -60,7 +60,7 @@ from runpack.protocol.constants import (
     Role,
 )
 from runpack.protocol.fields import ProtocolError, positive
-from runpack.protocol.registration import check_registration
+from runpack.protocol.registration import Registered, Registration, check_registration
 from runpack.protocol.runner_messages import (
     RUNNER_TO_SERVER,
     Complete,
@@ -119,6 +119,8 @@ __all__ = [
     "JobStatus",
     "ProtocolError",
     "Ready",
+    "Registered",
+    "Registration",
     "Release",
     "Report",
     "Role",

@@ -17,6 +17,24 @@ class ProtocolError(ValueError):
         self.details = details
 
 
+#: Over HTTP the field is in the URL path, not in the body (a report's ``job_id``).
+IN_PATH: dict[str, Any] = {"in": "path"}
+
+
+def about(text: str | None = None, *, required: bool = False, **schema: Any) -> dict[str, Any]:
+    """A message field's metadata (``dataclasses.field(metadata=...)``) for the OpenAPI
+    document (runpack/api/openapi_models.py), which describes each HTTP body from its
+    message class: ``text`` is its description, ``schema`` JSON Schema keywords its
+    type alone does not give (``type``, limits); ``required``: always in the body
+    though it has a default."""
+    out: dict[str, Any] = {"schema": schema} if schema else {}
+    if text:
+        out["doc"] = text
+    if required:
+        out["required"] = True
+    return out
+
+
 def positive(value: object) -> float | None:
     """A JSON number above zero as a float, else None (durations from the server)."""
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from runpack.protocol.constants import MAX_CONCURRENCY, MAX_REASON_CHARS, RELEASED_BY_RUNNER
 from runpack.protocol.fields import (
+    IN_PATH,
     ProtocolError,
     _int,
     _invalid,
@@ -14,8 +15,12 @@ from runpack.protocol.fields import (
     _optional,
     _progress,
     _unknown,
+    about,
 )
 from runpack.protocol.registration import check_registration
+
+#: A result's console: replaces the stored one, unless empty or missing.
+KEEP_CONSOLE = "Empty or missing: keep it."
 
 # The messages are plain (not frozen) dataclasses: a frozen one takes four times
 # as long to make, and the server makes two per job it runs.
@@ -93,16 +98,22 @@ class Ready:
 
 # The four reports about a job. Each is a frame, or the body of an HTTP call
 # ``POST /api/runner/jobs/{job_id}/<kind>``: ``read(job_id, body)`` reads either.
+# Their fields' metadata (``about``) is what the OpenAPI document says of each.
 @dataclass(slots=True)
 class Heartbeat:
     TYPE: ClassVar[str] = "heartbeat"
-    job_id: str
+    job_id: str = field(metadata=IN_PATH)
     progress_current: int | None = None
     progress_total: int | None = None
-    #: Replaces the job's console.
-    console_output: str | None = None
-    #: Appended to the job's console (WebSocket runners).
-    console_append: str | None = None
+    console_output: str | None = field(default=None, metadata=about("Replaces the stored console."))
+    #: What Runpack's runner sends over WebSocket: only the new text.
+    console_append: str | None = field(
+        default=None,
+        metadata=about(
+            "Appended to the stored console, which keeps its last bytes within the limit;"
+            " with it, `console_output` is ignored."
+        ),
+    )
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -136,9 +147,9 @@ class Heartbeat:
 @dataclass(slots=True)
 class Complete:
     TYPE: ClassVar[str] = "complete"
-    job_id: str
+    job_id: str = field(metadata=IN_PATH)
     output_data: dict[str, Any]
-    console_output: str | None = None
+    console_output: str | None = field(default=None, metadata=about(KEEP_CONSOLE))
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"output_data": self.output_data}
@@ -168,10 +179,16 @@ class Failure:
     attempts left."""
 
     TYPE: ClassVar[str] = "error"
-    job_id: str
+    job_id: str = field(metadata=IN_PATH)
     error_message: str
-    console_output: str | None = None
-    retryable: bool = False
+    console_output: str | None = field(default=None, metadata=about(KEEP_CONSOLE))
+    retryable: bool = field(
+        default=False,
+        metadata=about(
+            "The run failed for a reason outside the job (the server's disk was full): the"
+            " job is queued again with backoff while it has attempts left, else failed."
+        ),
+    )
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error_message": self.error_message}
@@ -203,8 +220,14 @@ class Release:
     than MAX_REASON_CHARS is cut, not refused."""
 
     TYPE: ClassVar[str] = "release"
-    job_id: str
-    reason: str = RELEASED_BY_RUNNER
+    job_id: str = field(metadata=IN_PATH)
+    reason: str = field(
+        default=RELEASED_BY_RUNNER,
+        metadata=about(
+            f"A note kept on the job; longer than {MAX_REASON_CHARS} characters, it is cut.",
+            type=["string", "null"],
+        ),
+    )
 
     def body(self) -> dict[str, Any]:
         return {"reason": self.reason}

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from runpack.protocol.fields import ProtocolError, _ids, _job_id, _nonempty, _unknown, positive
+from runpack.protocol.fields import (
+    ProtocolError,
+    _ids,
+    _job_id,
+    _nonempty,
+    _unknown,
+    about,
+    positive,
+)
 
 
 # The runner reads these leniently (a field of the wrong type takes its default), so
@@ -71,10 +79,10 @@ class Assignment:
     TYPE: ClassVar[str] = "job"
     job_id: str
     job_type: str
-    input_params: Any
-    attempt: int = 1
-    #: Seconds, or None for no limit.
-    timeout: float | None = None
+    input_params: Any = field(metadata=about(type="object"))
+    attempt: int = field(default=1, metadata=about(required=True))
+    #: Not in a claim's answer (the original's).
+    timeout: float | None = field(default=None, metadata=about("Seconds; null for none."))
 
     def body(self) -> dict[str, Any]:
         return {

@@ -1,6 +1,6 @@
 // The dashboard's entry: a small router over real paths under /ui/.
 
-import { getKey, isAbort, onUnauthorized } from './api.js';
+import { getKey, isAbort, onUnauthorized, setKey } from './api.js';
 import { h, tickTimes } from './dom.js';
 import { stopAdminStream } from './sse.js';
 import * as dashboard from './pages/dashboard.js';
@@ -127,6 +127,23 @@ document.addEventListener('click', (event) => {
   navigate(a.pathname + a.search);
 });
 
+/**
+ * The sign-in link `runpack serve` prints in local development mode:
+ * /ui/#submit_key=…&admin_key=… keeps the keys and drops them from the address.
+ * Honoured only on a loopback address, where that link is printed.
+ */
+function signInFromLink() {
+  if (!location.hash.includes('_key=')) return;
+  const params = new URLSearchParams(location.hash.slice(1));
+  history.replaceState(history.state, '', location.pathname + location.search);
+  if (!['127.0.0.1', 'localhost', '[::1]'].includes(location.hostname)) return;
+  for (const kind of ['submit', 'admin']) {
+    const value = params.get(`${kind}_key`);
+    if (value) setKey(kind, value);
+  }
+}
+
 window.addEventListener('popstate', () => render({ focus: true }));
 setInterval(tickTimes, 10000);
+signInFromLink();
 render();

@@ -10,15 +10,17 @@ nothing downloaded whole) and publishing a figpack figure (see
   the first 1000 frames as an H.264 video).
 - ``figpack_nwb_pose_estimation``: ``nwb_url``, ``path`` (an ndx-pose PoseEstimation).
 
-``dandiset_id`` and ``neurosift_url`` are optional metadata for the figure's
-description (the server leaves them out of the job hash). The heavy work lives
-in :mod:`.nwb_units`, :mod:`.nwb_video` and :mod:`.nwb_pose`, imported only when a
-job runs, so discovering these handlers costs nothing.
+``dandiset_id`` and ``neurosift_url`` are accepted (strings) and otherwise ignored:
+the server leaves them out of the job hash, so they cannot describe a figure that
+other pages get from the cache. Every path is checked against the kind of object
+the job needs before any data is read (:mod:`.nwb_files`, which also opens the file
+with timeouts). The heavy work lives in :mod:`.nwb_units`, :mod:`.nwb_video` and
+:mod:`.nwb_pose`, imported only when a job runs, so discovering these handlers
+costs nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +41,7 @@ if _missing:
 #: Seconds a figure job may take: minutes, not forever.
 FIGURE_TIME_LIMIT = 600.0
 #: Imported once by the fork server of the jobs' processes, not by every run.
-PRELOAD = (*NEEDS, *(f"runpack_runner.jobs.nwb_{name}" for name in ("units", "video", "pose")))
+PRELOAD = (*NEEDS, *(f"runpack_runner.jobs.nwb_{name}" for name in ("files", "units", "video", "pose")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,29 +50,18 @@ class NwbParams:
     #: The object in the file (units_path, image_series_path or path).
     path: str
     path_key: str
-    dandiset_id: str
-    neurosift_url: str
 
     def description(self, what: str) -> str:
-        """The figure's description (markdown): what it shows and where it came from."""
+        """The figure's description (markdown): what it shows and which file it came from.
+
+        ``dandiset_id`` and ``neurosift_url`` stay out: they are not in the job hash, so
+        a figure served from the cache would show the first submitter's values."""
         lines = [what, "", f"- NWB file: {self.nwb_url}", f"- {self.path_key}: `{self.path}`"]
-        if self.dandiset_id:
-            lines.append(f"- Dandiset: {self.dandiset_id}")
-        if self.neurosift_url:
-            lines.append(f"- Neurosift: {self.neurosift_url}")
         lines.append("- Made by Runpack")
         return "\n".join(lines)
 
     def result(self, figpack_url: str, **extra: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "figpack_url": figpack_url,
-            "nwb_url": self.nwb_url,
-            self.path_key: self.path,
-        }
-        if self.dandiset_id:
-            out["dandiset_id"] = self.dandiset_id
-        if self.neurosift_url:
-            out["neurosift_url"] = self.neurosift_url
+        out = {"figpack_url": figpack_url, "nwb_url": self.nwb_url, self.path_key: self.path}
         return {**out, **extra}
 
 
@@ -88,7 +79,6 @@ def parse_params(params: dict[str, Any], path_key: str) -> NwbParams:
         raise ValueError(f"Parameter 'nwb_url' must be an http(s) URL, got: {nwb_url}")
     if not path.startswith("/"):
         raise ValueError(f"Parameter '{path_key}' must start with '/', got: {path}")
-    meta = {}
     for key in ("dandiset_id", "neurosift_url"):
         value = params.get(key, "")
         if value is None:
@@ -97,33 +87,7 @@ def parse_params(params: dict[str, Any], path_key: str) -> NwbParams:
             value = str(value)
         if not isinstance(value, str):
             raise ValueError(f"Parameter '{key}' must be a string, got {type(value).__name__}")
-        meta[key] = value
-    return NwbParams(nwb_url, path, path_key, meta["dandiset_id"], meta["neurosift_url"])
-
-
-def open_nwb(ctx: JobContext, nwb_url: str) -> Any:
-    """The remote file as an h5py-like object (lindi reads it with range requests)."""
-    import lindi
-
-    ctx.log(f"Opening NWB file: {nwb_url}")
-    # Before any connection, so that the answer never tells a refused port from an
-    # open one; every connection lindi then makes meets the same rule (JobRun).
-    ctx.check_url(nwb_url)
-    try:
-        return lindi.LindiH5pyFile.from_hdf5_file(nwb_url)
-    except Exception as exc:
-        raise RuntimeError(f"Cannot open the NWB file at {nwb_url}: {exc}") from exc
-
-
-def get_object(f: Any, path: str, what: str) -> Any:
-    """The group at ``path``; ValueError when the file has none there."""
-    try:
-        obj = f.get(path)
-    except (KeyError, ValueError, OSError, AssertionError):  # lindi asserts on some paths
-        obj = None
-    if obj is None:
-        raise ValueError(f"No {what} at '{path}' in the NWB file")
-    return obj
+    return NwbParams(nwb_url, path, path_key)
 
 
 @job("figpack_nwb_raster_plot", time_limit=FIGURE_TIME_LIMIT, preload=PRELOAD)
@@ -131,18 +95,23 @@ def raster_plot(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """A figpack-spike-sorting RasterPlot of every unit's spike train."""
     p = parse_params(params, "units_path")
     from runpack_runner.jobs import nwb_units
+    from runpack_runner.jobs.nwb_files import get_group, open_nwb
 
     ctx.log(f"Raster plot of {p.path}")
     ctx.progress(0, 4)
-    with contextlib.closing(open_nwb(ctx, p.nwb_url)) as f:
+    with open_nwb(ctx, p.nwb_url) as f:
+        units = get_group(f, p.path, "units table", nwb_units.COLUMNS)
         ctx.progress(1, 4)
-        view, summary = nwb_units.raster_view(ctx, get_object(f, p.path, "units table"), p.path)
-    ctx.progress(2, 4)
+        view, summary = nwb_units.raster_view(ctx, units, p.path)  # progress 2 of 4
+    what = f"Spike raster of {summary['units']} units."
+    if summary["units_without_spikes"]:
+        what += f" {nwb_units.units_without_spikes(summary['units_without_spikes'])} not drawn."
+    ctx.progress(3, 4)
     url = publish_figure(
         ctx,
         view,
         title="Raster plot from an NWB units table",
-        description=p.description(f"Spike raster of {summary['units']} units."),
+        description=p.description(what),
     )
     ctx.progress(4, 4)
     ctx.log("Completed!")
@@ -154,10 +123,12 @@ def video_preview(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """An H.264 preview of an ImageSeries (at most its first 1000 frames)."""
     p = parse_params(params, "image_series_path")
     from runpack_runner.jobs import nwb_video
+    from runpack_runner.jobs.nwb_files import get_group, open_nwb
 
     ctx.log(f"Video preview of {p.path}")
-    with contextlib.closing(open_nwb(ctx, p.nwb_url)) as f:
-        view, summary = nwb_video.preview_view(ctx, get_object(f, p.path, "ImageSeries"), p.path)
+    with open_nwb(ctx, p.nwb_url) as f:
+        series = get_group(f, p.path, "ImageSeries")
+        view, summary = nwb_video.preview_view(ctx, series, p.path)
     url = publish_figure(
         ctx,
         view,
@@ -167,6 +138,8 @@ def video_preview(ctx: JobContext, **params: Any) -> dict[str, Any]:
             "scaled to the 99th percentile."
         ),
     )
+    _, steps = ctx.reported_progress
+    ctx.progress(steps or 1, steps or 1)
     ctx.log("Completed!")
     return p.result(url, **summary)
 
@@ -176,12 +149,14 @@ def pose_estimation(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """Keypoint trajectories (x, y and confidence over time) of a PoseEstimation."""
     p = parse_params(params, "path")
     from runpack_runner.jobs import nwb_pose
+    from runpack_runner.jobs.nwb_files import get_group, open_nwb
 
     ctx.log(f"Pose estimation of {p.path}")
     ctx.progress(0, 3)
-    with contextlib.closing(open_nwb(ctx, p.nwb_url)) as f:
+    with open_nwb(ctx, p.nwb_url) as f:
+        container = get_group(f, p.path, "PoseEstimation")
         ctx.progress(1, 3)
-        view, summary = nwb_pose.pose_view(ctx, get_object(f, p.path, "PoseEstimation"), p.path)
+        view, summary = nwb_pose.pose_view(ctx, container, p.path)
     ctx.progress(2, 3)
     url = publish_figure(
         ctx,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from runpack_runner.context import JobContext
+from runpack_runner.jobs.nwb_files import read_numbers
 
 COLORS = [
     "#1f77b4",
@@ -62,12 +63,12 @@ def _times(series: Any, count: int) -> np.ndarray:
     if starting_time is not None:
         rate = float(starting_time.attrs.get("rate", 0) or 0)
         if rate <= 0:
-            raise ValueError("a PoseEstimationSeries has starting_time but no rate")
+            raise ValueError(f"'{series.name}' has starting_time but no rate")
         return float(starting_time[()]) + np.arange(count) / rate
     stamps = series.get("timestamps")
     if stamps is None:
-        raise ValueError("a PoseEstimationSeries has neither timestamps nor a rate")
-    return np.asarray(stamps[()], dtype=np.float64)[:count]
+        raise ValueError(f"'{series.name}' has neither timestamps nor a rate")
+    return read_numbers(stamps, f"{series.name}/timestamps", np.float64)[:count]
 
 
 def _regular_rate(t: np.ndarray) -> float | None:
@@ -87,7 +88,12 @@ def pose_view(ctx: JobContext, container: Any, path: str) -> tuple[Any, dict[str
 
     series = _series_of(container)
     if not series:
-        raise ValueError(f"'{path}' has no PoseEstimationSeries: is it a PoseEstimation?")
+        from runpack_runner.jobs.nwb_files import describe
+
+        raise ValueError(
+            f"'{path}' is {describe(container)}, not a PoseEstimation: "
+            "it holds no PoseEstimationSeries"
+        )
     names = list(series)
     ctx.log(f"Keypoints: {', '.join(names)}")
     data: dict[str, np.ndarray] = {}
@@ -96,13 +102,14 @@ def pose_view(ctx: JobContext, container: Any, path: str) -> tuple[Any, dict[str
     unit = ""
     for i, name in enumerate(names):
         s = series[name]
-        values = np.asarray(s["data"][()], dtype=np.float64)
-        if values.ndim != 2 or values.shape[1] not in (2, 3):
-            raise ValueError(f"keypoint '{name}' has data of shape {values.shape}, not (n, 2|3)")
+        shape = tuple(getattr(s["data"], "shape", ()))
+        if len(shape) != 2 or shape[1] not in (2, 3):
+            raise ValueError(f"'{path}/{name}/data' has shape {shape}, not (n, 2) or (n, 3)")
+        values = read_numbers(s["data"], f"{path}/{name}/data", np.float64)
         data[name] = values
         times[name] = _times(s, len(values))
         if "confidence" in s:
-            confidence[name] = np.asarray(s["confidence"][()], dtype=np.float64)
+            confidence[name] = read_numbers(s["confidence"], f"{path}/{name}/confidence", float)
         unit = unit or _text(s["data"].attrs.get("unit"))
         ctx.log(f"Read '{name}': {len(values)} samples")
         ctx.progress(1 + (i + 1) / (len(names) + 1), 3)

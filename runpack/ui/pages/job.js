@@ -139,10 +139,10 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
       })),
       // a figure's page only (any other file is served as a download), sandboxed
       // without allow-same-origin: the figure cannot read this page's keys
-      isPage(url) && h('iframe', {
+      isPage(url) && h('div', { class: 'figure-frame' }, h('iframe', {
         src: url, title: 'Figure preview', loading: 'lazy', referrerpolicy: 'no-referrer',
         sandbox: 'allow-scripts allow-popups allow-downloads',
-      }))));
+      })))));
   }
 
   function setError(message) {
