@@ -41,7 +41,7 @@ if _missing:
 #: Seconds a figure job may take: minutes, not forever.
 FIGURE_TIME_LIMIT = 600.0
 #: Imported once by the fork server of the jobs' processes, not by every run.
-PRELOAD = (*NEEDS, *(f"runpack_runner.jobs.nwb_{name}" for name in ("files", "units", "video", "pose")))
+PRELOAD = (*NEEDS, *(f"runpack_runner.jobs.nwb_{m}" for m in ("files", "units", "video", "pose")))
 
 
 @dataclass(frozen=True, slots=True)
