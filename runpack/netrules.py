@@ -157,15 +157,35 @@ def check_sockaddr(addr_info: tuple[Any, ...]) -> socket.socket:
 _guard = threading.local()
 _install_lock = threading.Lock()
 _installed = False
+#: Every thread of this process is guarded (a job's own process: :func:`guard_process`).
+_whole_process = False
 
 
 def _checked_getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
     infos = _real_getaddrinfo(host, port, *args, **kwargs)
-    if getattr(_guard, "active", False):
+    if _whole_process or getattr(_guard, "active", False):
         for info in infos:
             if not address_allowed(str(info[4][0])):
                 raise AddressNotAllowed(f"connection to a private address refused: {host}")
     return infos
+
+
+def _install() -> None:
+    global _installed
+    if not _installed:
+        with _install_lock:
+            if not _installed:
+                socket.getaddrinfo = _checked_getaddrinfo
+                _installed = True
+
+
+def guard_process(allow_private: bool = False) -> None:
+    """As :func:`guarded`, for every thread of this process from now on (a process
+    that runs one job's handler, threads it starts included)."""
+    global _whole_process
+    if not allow_private:
+        _install()
+        _whole_process = True
 
 
 @contextlib.contextmanager
@@ -176,12 +196,8 @@ def guarded(allow_private: bool = False) -> Iterator[None]:
     ``socket.getaddrinfo``, so none reaches a private address. Other threads (the
     runner's own connection to its server) are not affected. Literal addresses go
     through ``getaddrinfo`` as well in those libraries."""
-    global _installed
-    if not allow_private and not _installed:
-        with _install_lock:
-            if not _installed:
-                socket.getaddrinfo = _checked_getaddrinfo
-                _installed = True
+    if not allow_private:
+        _install()
     outer = getattr(_guard, "active", False)
     _guard.active = not allow_private
     try:

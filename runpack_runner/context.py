@@ -1,7 +1,9 @@
 """What a running handler sees: progress, console lines, cancellation.
 
-A handler runs in its own thread; the runner reads the context from the event
-loop. Everything here is thread-safe. A :class:`JobContext` is also the
+A handler runs in its own thread (of a process of its own, usually); the runner
+reads the context from the event loop. Everything here is thread-safe. In a
+job's process, a context *mirrors* every change (``mirror``) to the runner's
+context of the same job, which :meth:`JobContext.apply` s it. A :class:`JobContext` is also the
 original's ``heartbeat_callback``: calling it with ``progress_current``,
 ``progress_total`` and ``console_output`` records them, and raises
 :class:`Cancelled` once the job was cancelled, so handlers written for the
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from runpack import netrules
 from runpack.protocol import MAX_CONSOLE_BYTES
@@ -60,11 +63,14 @@ class JobContext:
         *,
         notify: Callable[[], None] | None = None,
         max_console_bytes: int = MAX_CONSOLE_BYTES,
+        mirror: Callable[[tuple[Any, ...]], None] | None = None,
     ) -> None:
         self.job_id = job_id
         self.job_type = job_type
         self.attempt = attempt
         self._notify = notify
+        #: Told every change, as a tuple that :meth:`apply` takes.
+        self._mirror = mirror
         self._max_console = max_console_bytes
         self._lock = threading.Lock()
         self._stopped = False
@@ -121,25 +127,36 @@ class JobContext:
     # --- reporting ----------------------------------------------------------------
     def progress(self, current: int | float, total: int | float | None = None) -> None:
         """Report progress (``total`` unchanged when None); raises Cancelled if cancelled."""
-        with self._lock:
-            self._current = int(current)
-            if total is not None:
-                self._total = int(total)
-            self._version += 1
-        self._changed()
+        self._set_progress(int(current), None if total is None else int(total))
         self.check_cancelled()
+
+    def _set_progress(self, current: int | None, total: int | None) -> None:
+        with self._lock:
+            if current is not None:
+                self._current = current
+            if total is not None:
+                self._total = total
+            self._version += 1
+        if self._mirror is not None:
+            self._mirror(("progress", current, total))
+        self._changed()
 
     def log(self, line: str) -> None:
         """Append a timestamped line to the job's console (never raises Cancelled)."""
         stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         text = "".join(f"[{stamp}] {part}\n" for part in str(line).splitlines() or [""])
         log.debug("job %s: %s", self.job_id, line)
+        self._append(text)
+
+    def _append(self, text: str) -> None:
         with self._lock:
             self._chunks.append(text)
             self._bytes += len(text.encode())
             if self._bytes > self._max_console:
                 self._trim()
             self._version += 1
+        if self._mirror is not None:
+            self._mirror(("append", text))
         self._changed()
 
     def set_console(self, text: str) -> None:
@@ -151,7 +168,23 @@ class JobContext:
             if self._bytes > self._max_console:
                 self._trim()
             self._version += 1
+        if self._mirror is not None:
+            self._mirror(("console", text))
         self._changed()
+
+    def apply(self, change: tuple[Any, ...]) -> None:
+        """Take a change that a mirroring context (in the job's process) made."""
+        kind = change[0]
+        if kind == "progress":
+            current, total = change[1], change[2]
+            self._set_progress(
+                current if isinstance(current, int) else None,
+                total if isinstance(total, int) else None,
+            )
+        elif kind == "append" and isinstance(change[1], str):
+            self._append(change[1])
+        elif kind == "console" and isinstance(change[1], str):
+            self.set_console(change[1])
 
     def __call__(
         self,
@@ -164,16 +197,12 @@ class JobContext:
         Progress left as None keeps the last reported value; ``console_output``
         replaces the console.
         """
-        with self._lock:
-            if progress_current is not None:
-                self._current = int(progress_current)
-            if progress_total is not None:
-                self._total = int(progress_total)
-            self._version += 1
+        self._set_progress(
+            None if progress_current is None else int(progress_current),
+            None if progress_total is None else int(progress_total),
+        )
         if console_output is not None:
             self.set_console(console_output)
-        else:
-            self._changed()
         self.check_cancelled()
 
     heartbeat = __call__

@@ -20,6 +20,21 @@ from runpack_runner.uploads import FolderUploader
 log = logging.getLogger("runpack_runner.runner")
 
 SHUTTING_DOWN = "the runner is shutting down"
+#: How long a killed job process may take to be gone before its slot is reused anyway.
+KILL_WAIT = 5.0
+
+
+def time_limit(handler: JobHandler, job: Assignment, settings: RunnerSettings) -> float | None:
+    """A run's time limit: the job type's, or less if the submitter asked for less
+    (``job.timeout``) or the runner's ``job_timeout`` is lower; None for none."""
+    limits = [t for t in (handler.time_limit, job.timeout, settings.job_timeout) if t and t > 0]
+    return min(limits) if limits else None
+
+
+def memory_limit(handler: JobHandler, settings: RunnerSettings) -> int | None:
+    """MiB a job's process may use: the job type's own limit, else the runner's."""
+    limit = handler.memory_limit or settings.job_memory_limit
+    return limit if limit > 0 else None
 
 
 class Dispatch(Bookkeeping):
@@ -122,11 +137,13 @@ class Dispatch(Bookkeeping):
             limits=self.limits,
             first_beats=self._first_beats,
             allow_private_urls=self.settings.allow_private_urls,
+            own_process=not handler.in_process,
+            memory_limit=memory_limit(handler, self.settings),
         )
         run.ctx.uploader = self.uploader
         self.runs[job.job_id] = run
         log.info("job %s (%s) started, attempt %d", job.job_id, job.job_type, job.attempt)
-        run.start(job.timeout or self.settings.job_timeout or None, on_end=self._ended)
+        run.start(time_limit(handler, job, self.settings), on_end=self._ended)
 
     def _ended(self, run: JobRun) -> None:
         """A run ended: report it now if nothing is in flight, else from a task."""
@@ -146,12 +163,19 @@ class Dispatch(Bookkeeping):
             self._log_outcome(run, result)
             if result is not None:
                 self._report(result)
-            if not run.finished and not await run.wait_stopped(self.settings.stop_grace):
-                log.warning(
-                    "the handler of job %s did not stop within %g s: its thread is left behind",
-                    run.job_id,
-                    self.settings.stop_grace,
-                )
+            grace = self.settings.stop_grace
+            if not run.finished and not await run.wait_stopped(grace):
+                if run.kill():
+                    log.warning(
+                        "the process of job %s did not stop within %g s: killed", run.job_id, grace
+                    )
+                    await run.wait_stopped(KILL_WAIT)
+                else:
+                    log.warning(
+                        "the handler of job %s did not stop within %g s: its thread is left behind",
+                        run.job_id,
+                        grace,
+                    )
         finally:
             self._gone(run)
 

@@ -1,9 +1,10 @@
-"""One job's run: its handler in a worker thread, its heartbeats, time limit and result.
+"""One job's run: its handler in a process of its own (or a worker thread), its
+heartbeats, time limit and result.
 
-Handlers run in daemon worker threads (not the default executor), so the event
-loop keeps sending heartbeats while one blocks, and a handler that ignores
-cancellation can never keep the process from exiting. Idle workers are reused:
-starting a thread per job would stall the event loop under load.
+A handler runs in a child process (:mod:`runpack_runner.isolation`) unless it is
+declared ``in_process``: then in a daemon worker thread of the runner
+(:mod:`runpack_runner.workers`). Either way the event loop keeps sending
+heartbeats while it works.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any
@@ -28,45 +26,23 @@ from runpack.protocol import (
     MAX_ERROR_BYTES,
     MAX_OUTPUT_BYTES,
 )
-from runpack_runner.context import Cancelled, JobContext, RetryLater
+from runpack_runner.child import ChildJob
+from runpack_runner.context import Cancelled, JobContext
+from runpack_runner.failures import (
+    HandlerFailed,
+    RunFailed,
+    one_line,
+    public_line,
+    retry_later,
+    scrub,
+)
 from runpack_runner.handler import JobHandler
 from runpack_runner.heartbeats import FirstBeats, HeartbeatReporter
+from runpack_runner.isolation import ChildRun
 from runpack_runner.transports.base import Assignment, Result, Transport
+from runpack_runner.workers import WORKERS
 
 log = logging.getLogger(__name__)
-
-
-class Workers:
-    """Daemon threads that run handlers; grows when every worker is busy, never waits.
-
-    Each worker has its own inbox; an idle one waits on it, listed in ``_idle``
-    (a deque: its append and pop are atomic). Handing a call over takes no lock,
-    so the event loop never waits for a worker thread that holds one.
-    """
-
-    def __init__(self) -> None:
-        self._idle: deque[queue.SimpleQueue[Callable[[], None]]] = deque()
-        self._lock = threading.Lock()  # only to name new workers
-        self._count = 0
-
-    def submit(self, fn: Callable[[], None]) -> None:
-        try:
-            inbox = self._idle.pop()  # the latest idle worker: its stack is still warm
-        except IndexError:
-            inbox = queue.SimpleQueue()
-            with self._lock:
-                self._count += 1
-                name = f"job-worker-{self._count}"
-            threading.Thread(target=self._work, args=(inbox,), name=name, daemon=True).start()
-        inbox.put(fn)
-
-    def _work(self, inbox: queue.SimpleQueue[Callable[[], None]]) -> None:
-        while True:
-            inbox.get()()
-            self._idle.append(inbox)
-
-
-WORKERS = Workers()
 
 
 class StopReason(StrEnum):
@@ -96,6 +72,8 @@ class JobRun:
         limits: Mapping[str, int] | None = None,
         first_beats: FirstBeats | None = None,
         allow_private_urls: bool = False,
+        own_process: bool = False,
+        memory_limit: int | None = None,
     ) -> None:
         limits = limits or {}
         self.job = job
@@ -120,6 +98,24 @@ class JobRun:
         self._ended: asyncio.Future[None] = self._loop.create_future()
         self._on_end: Callable[[JobRun], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: The job's process, when the handler runs in one (``own_process``).
+        self.child: ChildRun | None = None
+        if own_process:
+            self.child = ChildRun(
+                ChildJob(
+                    job.job_id,
+                    job.job_type,
+                    job.attempt,
+                    job.input_params,
+                    handler,
+                    allow_private_urls,
+                    self.ctx._max_console,
+                    logging.getLogger().getEffectiveLevel(),
+                ),
+                self.ctx,
+                self._settle_from_thread,
+                memory_limit,
+            )
 
     @property
     def job_id(self) -> str:
@@ -135,12 +131,13 @@ class JobRun:
         time_limit: float | None = None,
         on_end: Callable[[JobRun], None] | None = None,
     ) -> None:
-        """Run the handler in a worker thread; ``on_end(self)`` once the run ends."""
+        """Run the handler (in its process, or a worker thread); ``on_end(self)`` once
+        the run ends."""
         self.started = time.monotonic()
         self._on_end = on_end
         if on_end is not None:
             self._ended.add_done_callback(self._call_on_end)
-        WORKERS.submit(self._target)
+        WORKERS.submit(self._target if self.child is None else self.child.follow)
         self.reporter.start()
         self._limit(time_limit)
 
@@ -162,7 +159,13 @@ class JobRun:
             return
         self.stop_reason = reason
         self.ctx.cancel(message)
+        if self.child is not None:
+            self.child.stop(message)
         self._end()
+
+    def kill(self) -> bool:
+        """End a stopped run's process for good (SIGKILL); False if there is none."""
+        return self.child is not None and not self._done.done() and self.child.kill()
 
     def _end(self) -> None:
         if self._timer is not None:
@@ -178,6 +181,8 @@ class JobRun:
             self._timer.cancel()
             self._timer = None
         self.reporter.cancel()
+        if self.child is not None:
+            self.child.kill()
 
     def _call_on_end(self, _: asyncio.Future[None]) -> None:
         if self._on_end is not None:
@@ -233,6 +238,9 @@ class JobRun:
                 value = self.handler.execute(self.job.input_params, self.ctx)
         except BaseException as exc:  # reported as the job's error, never lost
             error = exc
+        self._settle_from_thread(value, error)
+
+    def _settle_from_thread(self, value: Any, error: BaseException | None) -> None:
         # RuntimeError: the loop closed while this handler ran on; nobody waits for it.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._settle, value, error)
@@ -244,26 +252,35 @@ class JobRun:
 
     # --- results ----------------------------------------------------------------------
     def _result(self, value: Any, exc: BaseException | None) -> Result:
+        job_type = self.job.job_type
         if isinstance(exc, ValueError):
-            message = f"Invalid parameters: {one_line(exc)}"
+            message = f"Invalid parameters: {scrub(one_line(exc))}"
             self.ctx.log(message)
             return self._error(message)
         if isinstance(exc, Cancelled):
             return self._error(f"Job cancelled: {exc}")
-        retry = _retry_later(exc)
+        retry = retry_later(exc)
         if retry is not None:
             self.ctx.log(f"Could not finish, to be retried: {retry}")
             return self._error(str(retry) or type(retry).__name__, retryable=True)
+        if isinstance(exc, RunFailed):
+            message = f"{job_type} failed: {exc}"
+            log.warning("job %s: %s", self.job_id, message)
+            self.ctx.log(message)
+            return self._error(message)
         if exc is not None:
             # The traceback names this machine's files: the runner's log only. The
             # public console and the error get one line.
-            log.error("job %s (%s) failed", self.job_id, self.job.job_type, exc_info=exc)
-            message = f"Job execution failed: {one_line(exc)}"
+            if isinstance(exc, HandlerFailed):
+                log.error("job %s (%s) failed:\n%s", self.job_id, job_type, exc.traceback)
+            else:
+                log.error("job %s (%s) failed", self.job_id, job_type, exc_info=exc)
+            message = f"{job_type} failed: {public_line(exc)}"
             self.ctx.log(message)
             return self._error(message)
         if not isinstance(value, dict):
             return self._error(
-                f"Job execution failed: the handler returned {type(value).__name__}, not a dict"
+                f"{job_type} failed: the handler returned {type(value).__name__}, not a dict"
             )
         output = dict(value)
         console = output.pop("console_output", None)  # the original's handlers return it
@@ -272,7 +289,7 @@ class JobRun:
         try:
             data = orjson.dumps(output, option=orjson.OPT_SERIALIZE_NUMPY)
         except TypeError as exc:
-            return self._error(f"Job execution failed: the result is not JSON: {exc}")
+            return self._error(f"{job_type} failed: the result is not JSON: {exc}")
         if len(data) > self.max_output_bytes:
             return self._error(f"Output JSON exceeds size limit of {self.max_output_bytes} bytes")
         return Result(
@@ -293,19 +310,3 @@ class JobRun:
             error_message=message,
             retryable=retryable,
         )
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its message with whitespace runs joined, or its type."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _retry_later(exc: BaseException | None) -> RetryLater | None:
-    """The RetryLater that ``exc`` is or was raised from (``raise … from``), if any."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, RetryLater):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__
-    return None

@@ -11,6 +11,7 @@ module, so handler modules keep their heavy imports inside the handler.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
@@ -86,6 +87,15 @@ class Registry:
     def job_types(self) -> list[str]:
         return sorted(self._handlers)
 
+    def isolated_modules(self) -> list[str]:
+        """What the fork server of the jobs' processes imports: the modules of the
+        handlers that run in processes of their own, and those they preload (the
+        ones that can be found)."""
+        handlers = [h for h in self._handlers.values() if not h.in_process]
+        modules = [m for h in handlers for m in h.preload if _findable(m)]
+        modules += sorted({getattr(h, "function", h).__module__ for h in handlers})
+        return list(dict.fromkeys(modules))
+
     def get(self, job_type: str) -> JobHandler | None:
         return self._handlers.get(job_type)
 
@@ -94,3 +104,10 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._handlers)
+
+
+def _findable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False

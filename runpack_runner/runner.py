@@ -38,7 +38,7 @@ from pathlib import Path
 import aiohttp
 
 from runpack import protocol
-from runpack_runner import __version__
+from runpack_runner import __version__, isolation
 from runpack_runner.backoff import Backoff
 from runpack_runner.bookkeeping import Release
 from runpack_runner.dispatch import SHUTTING_DOWN, Dispatch
@@ -134,6 +134,9 @@ class Runner(Dispatch):
             ", ".join(self.registry.job_types),
             self.settings.concurrency,
         )
+        modules = self.registry.isolated_modules()
+        if modules:  # the fork server of the jobs' processes, ready before the first job
+            self._tasks.spawn(asyncio.to_thread(isolation.prepare, modules), "fork-server")
         code = 0
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
         headers = {"User-Agent": f"runpack-runner/{__version__}"}

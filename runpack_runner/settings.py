@@ -44,7 +44,14 @@ class RunnerSettings:
         "auto", "Event loop: auto (uvloop where installed, else asyncio's), uvloop or asyncio."
     )
     job_timeout: float = _s(
-        0.0, "Default time limit per job when the server gives none (0 = no limit)."
+        0.0,
+        "Longest time limit of any job, in seconds (0: each job type's own limit, "
+        "or a shorter one its submitter asked for).",
+    )
+    job_memory_limit: int = _s(
+        2048,
+        "MiB of memory a job's process may use, for job types that declare no limit "
+        "of their own (0: no limit).",
     )
     transport: str = _s("auto", "auto (WebSocket, HTTP when it cannot connect), websocket, http.")
     heartbeat_interval: float = _s(
@@ -64,7 +71,8 @@ class RunnerSettings:
     )
     stop_grace: float = _s(
         30.0,
-        "How long a cancelled or timed-out handler may take to stop before its slot is reused.",
+        "How long a cancelled or timed-out job's process may take to stop after SIGTERM "
+        "before it is killed (SIGKILL) and its slot reused.",
     )
     remote_connect_timeout: float = _s(
         10.0, "Figure jobs: seconds to wait for a connection to the server of an nwb_url."
@@ -98,6 +106,8 @@ class RunnerSettings:
                 raise ValueError(f"{name} must be more than 0")
         if self.job_timeout < 0 or self.reconnect_min < 0 or self.stop_grace < 0:
             raise ValueError("durations cannot be negative")
+        if self.job_memory_limit < 0:
+            raise ValueError("job_memory_limit cannot be negative")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> RunnerSettings:

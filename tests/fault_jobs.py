@@ -2,8 +2,9 @@
 
 - ``fault_gate``: waits until the test creates ``<gate>/go-<attempt>``, so a test
   decides when each attempt of a job finishes (no sleeps). Each run first
-  creates ``<gate>/started-<attempt>-<pid>``. The result names the process and
-  the attempt that produced it. With ``stubborn``, a run ignores being stopped
+  creates ``<gate>/started-<attempt>-<pid>``. The result names the runner process
+  (``pid``: the job runs in a process of its own, started by the runner) and the
+  attempt that produced it. With ``stubborn``, a run ignores being stopped
   until its gate opens, as a handler deep in a computation does.
 - ``fault_folder``: writes a folder (``index.html`` and ``size`` bytes of data),
   uploads it with ``ctx.upload_folder`` and returns its URL, as figure jobs do.
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import tempfile
 import time
@@ -23,6 +25,12 @@ from runpack_runner.handler import HeartbeatCallback, JobHandler
 REPO = Path(__file__).resolve().parents[1]
 JOB_TYPES = ("fault_gate", "fault_folder")
 POLL = 0.02
+
+
+def runner_pid() -> int:
+    """The runner's process id, from the job's own process (or the runner's)."""
+    parent = multiprocessing.parent_process()
+    return os.getpid() if parent is None or parent.pid is None else parent.pid
 
 
 def _ctx(callback: HeartbeatCallback) -> JobContext:
@@ -39,7 +47,7 @@ class GateJob(JobHandler):
     ) -> dict[str, Any]:
         ctx = _ctx(heartbeat_callback)
         gate = Path(input_params["gate"])
-        (gate / f"started-{ctx.attempt}-{os.getpid()}").touch()
+        (gate / f"started-{ctx.attempt}-{runner_pid()}").touch()
         ctx.progress(0, 1)
         go = gate / f"go-{ctx.attempt}"
         stubborn = bool(input_params.get("stubborn"))
@@ -48,8 +56,8 @@ class GateJob(JobHandler):
                 ctx.check_cancelled()
             if ctx.cancelled:
                 time.sleep(POLL)  # ctx.wait returns at once once stopped
-        ctx.log(f"attempt {ctx.attempt} done in process {os.getpid()}")
-        return {"pid": os.getpid(), "attempt": ctx.attempt, "tag": input_params.get("tag")}
+        ctx.log(f"attempt {ctx.attempt} done in runner {runner_pid()}")
+        return {"pid": runner_pid(), "attempt": ctx.attempt, "tag": input_params.get("tag")}
 
 
 class FolderJob(JobHandler):
@@ -66,7 +74,7 @@ class FolderJob(JobHandler):
             with (folder / "data.bin").open("wb") as out:
                 out.truncate(size)  # zeros, without holding them in memory
             url = ctx.upload_folder(folder)
-        return {"figpack_url": url, "pid": os.getpid(), "attempt": ctx.attempt}
+        return {"figpack_url": url, "pid": runner_pid(), "attempt": ctx.attempt}
 
 
 def install(site: Path) -> dict[str, str]:

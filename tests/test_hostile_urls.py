@@ -490,7 +490,8 @@ async def test_with_allow_private_urls_the_runner_reads_loopback_and_keeps_trace
             await until(lambda: "Traceback" in runner_log(runner), "the traceback in the log")
     assert detail["status"] == "failed", detail
     error = detail["error_message"]
-    assert error.startswith(f"Job execution failed: Cannot open the NWB file at {url}"), error
+    expected = f"figpack_nwb_raster_plot failed: Cannot open the NWB file at {url}"
+    assert error.startswith(expected), error
     assert "\n" not in error
     assert_public_console_is_clean(detail)
     assert detail["console_output"].rstrip().endswith(error), detail["console_output"]

@@ -301,7 +301,7 @@ async def test_run_reports_the_result_and_the_console() -> None:
     ("params", "message"),
     [
         ({"bad": 1}, "Invalid parameters: "),
-        ({"processing_time": 0, "test_exception": True}, "Job execution failed: Test exception"),
+        ({"processing_time": 0, "test_exception": True}, "hello_world failed: Test exception"),
     ],
 )
 async def test_run_reports_errors(params: dict[str, Any], message: str) -> None:
@@ -433,7 +433,7 @@ async def scripted(
         assert await asyncio.wait_for(task, 10) == 0
 
 
-@job("t")
+@job("t", in_process=True)
 def quiet(ctx: JobContext, **params: Any) -> dict[str, Any]:
     return dict(params)
 
@@ -523,7 +523,7 @@ async def test_quiet_jobs_that_outlast_the_first_beat_delay_get_their_heartbeats
     """The first beats of several jobs come from one shared timer (FirstBeats)."""
     release = threading.Event()
 
-    @job("t")
+    @job("t", in_process=True)
     def waits(ctx: JobContext) -> dict[str, Any]:
         release.wait(30)
         return {}

@@ -15,6 +15,7 @@ from runpack.api.common import parse_json_object, read_body
 from runpack.appkeys import JOB_REQUESTS
 from runpack.errors import BadRequest
 from runpack.jobtypes import HashIgnored
+from runpack.protocol import MAX_JOB_TIMEOUT
 from runpack.service.checks import MAX_DEPTH, NUL, too_deep
 from runpack.service.core import JobRequest
 from runpack.settings import Settings
@@ -89,6 +90,15 @@ class JobRequests:
         priority = body.get("priority", 0)
         if not isinstance(priority, int) or isinstance(priority, bool) or abs(priority) > 1000:
             raise BadRequest("priority must be an integer from -1000 to 1000")
+        timeout = body.get("timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout <= MAX_JOB_TIMEOUT
+        ):
+            raise BadRequest(
+                f"timeout must be a number of seconds, more than 0 and at most {MAX_JOB_TIMEOUT}"
+            )
         return JobRequest(
             job_type=job_type,
             input_params=params,
@@ -96,6 +106,7 @@ class JobRequests:
             params_text=params_text,
             force=force,
             priority=priority,
+            timeout=None if timeout is None else float(timeout),
         )
 
 

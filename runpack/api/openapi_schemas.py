@@ -10,7 +10,7 @@ What is written here by hand has no typed model on the server yet.
 from __future__ import annotations
 
 from runpack.api.openapi_models import JSON, MESSAGES, MODELS, Json, model, obj, ref
-from runpack.protocol import MAX_PARAMS_BYTES, JobStatus, Role
+from runpack.protocol import MAX_JOB_TIMEOUT, MAX_PARAMS_BYTES, JobStatus, Role
 
 #: What a live stream sends (runpack.watch): a job's stream starts with a snapshot, the
 #: admin stream with a reset; ``closing`` when the server stops.
@@ -149,6 +149,14 @@ SCHEMAS: Json = {
                 "description": "Queue a failed, expired or cancelled job again at once.",
             },
             "priority": {"type": "integer", "minimum": -1000, "maximum": 1000},
+            "timeout": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": MAX_JOB_TIMEOUT,
+                "description": "Seconds the job may run, if less than its type allows "
+                "(the runner never allows more). Set by the submit that creates the job; "
+                "not part of the job's hash.",
+            },
         },
     ),
     "StatusChange": obj(

@@ -105,6 +105,7 @@ async def claim(request: web.Request) -> web.Response:
                 "job_type": job.job_type,
                 "input_params": parse_json_text(job.input_params, {}),
                 "attempt": job.attempts,
+                "timeout": job.timeout / 1000 if job.timeout else None,
             },
         }
     )

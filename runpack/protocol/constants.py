@@ -40,6 +40,8 @@ MAX_PARAMS_BYTES = 102_400
 MAX_OUTPUT_BYTES = 512_000
 MAX_CONSOLE_BYTES = 1_048_576
 MAX_ERROR_BYTES = 10_240
+#: The longest time limit a submit may ask for, in seconds (a day).
+MAX_JOB_TIMEOUT = 86_400
 #: A job type, a runner's name and each of its capabilities (job types), in characters.
 MAX_NAME_CHARS = 200
 #: Job types one runner may declare.

@@ -120,6 +120,8 @@ class JobRequest:
     params_text: str
     force: bool = False
     priority: int = 0
+    #: Seconds the job may run, if the submitter asked for less than its type allows.
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

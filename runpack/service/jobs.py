@@ -87,7 +87,7 @@ class Jobs(ServiceCore):
             input_params=req.params_text,
             priority=req.priority,
             max_attempts=self.settings.max_attempts,
-            timeout=None,
+            timeout=None if req.timeout is None else max(1, round(req.timeout * 1000)),
             now=self.clock(),
             runner_id=slot.runner_id if slot is not None else None,
         )

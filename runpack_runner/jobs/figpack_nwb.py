@@ -38,6 +38,11 @@ if _missing:
         f"needs the figpack extra (pip install 'runpack[figpack]'); missing: {', '.join(_missing)}"
     )
 
+#: Seconds a figure job may take: minutes, not forever.
+FIGURE_TIME_LIMIT = 600.0
+#: Imported once by the fork server of the jobs' processes, not by every run.
+PRELOAD = (*NEEDS, *(f"runpack_runner.jobs.nwb_{m}" for m in ("files", "units", "video", "pose")))
+
 
 @dataclass(frozen=True, slots=True)
 class NwbParams:
@@ -85,7 +90,7 @@ def parse_params(params: dict[str, Any], path_key: str) -> NwbParams:
     return NwbParams(nwb_url, path, path_key)
 
 
-@job("figpack_nwb_raster_plot")
+@job("figpack_nwb_raster_plot", time_limit=FIGURE_TIME_LIMIT, preload=PRELOAD)
 def raster_plot(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """A figpack-spike-sorting RasterPlot of every unit's spike train."""
     p = parse_params(params, "units_path")
@@ -113,7 +118,7 @@ def raster_plot(ctx: JobContext, **params: Any) -> dict[str, Any]:
     return p.result(url, **summary)
 
 
-@job("figpack_nwb_video_preview")
+@job("figpack_nwb_video_preview", time_limit=FIGURE_TIME_LIMIT, preload=PRELOAD)
 def video_preview(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """An H.264 preview of an ImageSeries (at most its first 1000 frames)."""
     p = parse_params(params, "image_series_path")
@@ -139,7 +144,7 @@ def video_preview(ctx: JobContext, **params: Any) -> dict[str, Any]:
     return p.result(url, **summary)
 
 
-@job("figpack_nwb_pose_estimation")
+@job("figpack_nwb_pose_estimation", time_limit=FIGURE_TIME_LIMIT, preload=PRELOAD)
 def pose_estimation(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """Keypoint trajectories (x, y and confidence over time) of a PoseEstimation."""
     p = parse_params(params, "path")

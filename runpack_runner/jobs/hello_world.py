@@ -16,6 +16,9 @@ class HelloWorld(JobHandler):
     ``test_exception`` (bool: fail on purpose). Reports progress every second."""
 
     job_type = "hello_world"
+    #: Trusted and idle (it waits): no process of its own.
+    in_process = True
+    time_limit = MAX_PROCESSING_TIME + 60.0
 
     def execute(
         self, input_params: dict[str, Any], heartbeat_callback: HeartbeatCallback
