@@ -81,6 +81,9 @@ class Hub:
         self._wake = asyncio.Event()
         self._queued = asyncio.Event()  # replaced each time a job is queued (long-poll)
         self._grace: dict[str, asyncio.TimerHandle] = {}
+        #: Runners that left this server, and when (time.monotonic): they no longer take
+        #: jobs, whatever their last_seen says (runpack.standing prunes it).
+        self.departed: dict[str, float] = {}
         #: Runners a claim failed for: it may have committed with its answer lost.
         self._unsure: set[str] = set()
         #: Groups (by capabilities) whose last round used every slot and still found
@@ -165,6 +168,7 @@ class Hub:
         if handle is not None:
             handle.cancel()
         self.conns[conn.runner_id] = conn
+        self.departed.pop(conn.runner_id, None)
         if old is not None:
             self._note(old)  # no longer connected: none of its slots are free
         same = tuple(sorted(conn.capabilities))
@@ -185,6 +189,7 @@ class Hub:
         if self.conns.get(conn.runner_id) is not conn:
             return
         del self.conns[conn.runner_id]
+        self.departed[conn.runner_id] = time.monotonic()
         self._note(conn)
         loop = asyncio.get_running_loop()
         self._grace[conn.runner_id] = loop.call_later(

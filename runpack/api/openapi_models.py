@@ -68,6 +68,7 @@ def model(cls: Any) -> Json:
 MODELS = (
     views.Progress,
     views.Result,
+    views.QueueState,
     views.SubmitAnswer,
     views.CheckAnswer,
     views.JobState,
