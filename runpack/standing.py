@@ -8,9 +8,10 @@ the last ``SEEN_WINDOW`` seconds (one slot each: their concurrency is not stored
 less those that just left this server.
 
 **Place in line**: 1 + the pending jobs that claims take before it (priority, then
-age) among the job types those runners handle: one indexed count of the jobs ahead,
-stopped at ``AHEAD_LIMIT``, so a status read costs the jobs ahead at worst, never the
-whole queue (see :data:`runpack.store.queries.JOBS_AHEAD`).
+age) among the job types those runners handle: a count over one index range per type,
+stopped at ``AHEAD_LIMIT`` (then the place and the estimate are lower bounds), so a
+status read costs at most that many index entries, never the whole queue (see
+:data:`runpack.store.queries.JOBS_AHEAD`; measured in docs/queue.md).
 
 **Estimate**: each job type's run time is the mean of its latest ``RECENT_RUNS``
 completed runs (claim to result) of the last day. The runners' slots are free now, or
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 #: Runners heard from this recently count as able to take jobs (seconds).
 SEEN_WINDOW = 90.0
 #: Jobs ahead are counted up to this many (per part of the count).
-AHEAD_LIMIT = 10_000
+AHEAD_LIMIT = 1_000
 #: A type's run time is the mean of its latest this many completed runs...
 RECENT_RUNS = 20
 #: ...of this many last seconds.
@@ -63,7 +64,11 @@ class QueueState(TypedDict):
 
     position: Annotated[int, "1: the next job its runners take (priority, then age)."]
     position_capped: NotRequired[
-        Annotated[bool, "The jobs ahead were counted up to 10,000: there may be more."]
+        Annotated[
+            bool,
+            "More jobs are ahead than were counted (1,000): the position and the "
+            "estimate are lower bounds.",
+        ]
     ]
     runners: Annotated[int, "Connected runners that handle its type."]
     slots: Annotated[int, "Their slots (1 for a runner of another instance)."]
@@ -198,7 +203,7 @@ class Standing:
             estimated_start_s=None,
             message="",
         )
-        if count >= AHEAD_LIMIT:
+        if any(n >= AHEAD_LIMIT for n in ahead.values()):
             state["position_capped"] = True
         if not able:
             state["message"] = no_runner(job.job_type, runners)
@@ -269,6 +274,8 @@ def duration(seconds: float) -> str:
 def in_line(state: QueueState, job_type: str) -> str:
     if state.get("position_capped"):
         place = f"more than {state['position'] - 1:,} jobs ahead"
+        if state["estimated_start_s"] is not None:
+            return f"{place}, at least {duration(state['estimated_start_s'])}"
     else:
         place = f"{ordinal(state['position'])} in line"
     start = state["estimated_start_s"]

@@ -339,22 +339,30 @@ COUNT_IDLE_RUNNERS = Statement(f"SELECT COUNT(*) FROM runners WHERE {_IDLE_RUNNE
 # --- where a pending job stands (runpack.standing) ---------------------------------------
 # The pending jobs of some types that claims take before a job of :priority, :created_at
 # and :id, per type, counting at most :limit of each part: higher priorities, then the
-# same priority and older. Each part is one range of jobs_pending_idx (a prefix of the
-# claim order), so the count costs the jobs ahead (at most :limit), not the queue.
-_AHEAD = """SELECT job_type FROM jobs {pending_index}
+# same priority and older. For each type each part is one range of jobs_pending_type_idx
+# (job_type, then claim order), counted from the index: a status read costs the jobs
+# ahead (at most :limit), whatever else is queued.
+_AHEAD = """SELECT job_type FROM jobs %s
     WHERE status = 'pending' AND job_type {one_of[job_types]} AND %s
     LIMIT :limit"""
-_HIGHER = _AHEAD % "priority > :priority"
-_OLDER = _AHEAD % (
+_OLDER = (
     "priority = :priority AND created_at <= :created_at AND (created_at < :created_at OR id < :id)"
 )
-JOBS_AHEAD = Statement(f"""
+
+
+def _ahead(hint: str) -> str:
+    higher = _AHEAD % (hint, "priority > :priority")
+    older = _AHEAD % (hint, _OLDER)
+    return f"""
 SELECT job_type, COUNT(*) FROM (
-    SELECT job_type FROM ({_HIGHER}) AS higher
+    SELECT job_type FROM ({higher}) AS higher
     UNION ALL
-    SELECT job_type FROM ({_OLDER}) AS older
+    SELECT job_type FROM ({older}) AS older
 ) AS ahead GROUP BY job_type
-""")
+"""
+
+
+JOBS_AHEAD = Statement(sqlite=_ahead("INDEXED BY jobs_pending_type_idx"), postgres=_ahead(""))
 
 # How long the latest runs of a type took (claim to result), newest first: the rows
 # come from jobs_finished_idx, finished since :since.
