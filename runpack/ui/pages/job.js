@@ -15,6 +15,8 @@ const RUNNING = new Set(['pending', 'claimed', 'in_progress']);
 const RETRYABLE = new Set(['failed', 'expired', 'cancelled']);
 const MAX_CONSOLE = 1_048_576;
 const MAX_FIGURES = 3;
+/** While the job is not final, its timestamps, runner and place in line are read this often. */
+const REFRESH_MS = 2000;
 
 export function render(ctx) {
   const [jobId] = ctx.params;
@@ -54,6 +56,9 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
   const notice = h('div');
   const bar = h('progress', { id: 'job-progress', 'aria-label': 'Job progress' });
   const barText = h('span', { class: 'progress-text', 'aria-hidden': 'true' });
+  // Where a pending job stands (the server's sentence), or why no runner takes it.
+  const queueText = h('p', { class: 'queue-text', id: 'job-queue', 'aria-live': 'polite' });
+  queueText.hidden = true;
   const params = h('pre', { class: 'code', 'aria-label': 'Input parameters' });
   const consoleBox = h('pre', {
     class: 'console', role: 'log', 'aria-label': 'Console output', tabindex: '0',
@@ -74,7 +79,7 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
     h('p', { class: 'mono job-id', text: jobId }),
     meta);
   const progressCard = card('Progress',
-    h('div', { class: 'progress-row' }, bar, barText));
+    h('div', { class: 'progress-row' }, bar, barText), queueText);
   const root = h('div', { class: 'job-view', 'data-job-id': jobId },
     notice, summary, progressCard,
     h('div', { class: 'columns' }, card('Parameters', params), card('Console', consoleBox)),
@@ -113,6 +118,14 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
         ? (job.status === 'pending' ? 'Waiting for a runner…' : 'Running…')
         : '—';
     }
+    setQueue();
+  }
+
+  function setQueue() {
+    const message = job?.status === 'pending' ? job.queue?.message : '';
+    queueText.hidden = !message;
+    queueText.textContent = message || '';
+    queueText.classList.toggle('queue-stuck', Boolean(message) && job.queue?.runners === 0);
   }
 
   function setConsole(text) {
@@ -158,7 +171,7 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
     meta.replaceChildren(
       ...metaItem('Created', formatTime(job.created_at)),
       ...metaItem('Updated', formatTime(job.updated_at)),
-      ...metaItem('Runner', job.claimed_by ? runnerLink(job.claimed_by) : '—'),
+      ...metaItem('Runner', job.claimed_by ? runnerLink(job.claimed_by, job.runner_name) : '—'),
       ...metaItem('Attempts',
         job.max_attempts ? `${job.attempts ?? 0} of ${job.max_attempts}` : '—'),
       ...metaItem('Priority', String(job.priority ?? 0)),
@@ -226,6 +239,24 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
     apply(await api(`/api/admin/jobs/${encodeURIComponent(jobId)}`, { signal: ctx.signal }));
   }
 
+  /** What moves without an event of its own: timestamps, the runner, the place in line. */
+  async function refresh() {
+    if (!job || FINAL.has(job.status)) return;
+    const data = await api(`/api/admin/jobs/${encodeURIComponent(jobId)}`, { signal: ctx.signal });
+    if (FINAL.has(job.status)) return; // the stream's final word came meanwhile
+    for (const name of ['updated_at', 'last_heartbeat', 'claimed_by', 'claimed_at', 'runner_name',
+      'attempts', 'queue']) {
+      job[name] = data[name];
+    }
+    renderMeta();
+    setQueue();
+  }
+  const timer = setInterval(() => refresh().catch((err) => {
+    if (err?.status === 404) clearInterval(timer); // deleted: the stream says so
+    else ctx.fail(err);
+  }), REFRESH_MS);
+  ctx.onCleanup(() => clearInterval(timer));
+
   function follow() {
     stop?.();
     if (FINAL.has(job.status)) {
@@ -242,7 +273,11 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
         if (typeof data.append === 'string') appendConsole(data.append);
       },
       status(data) {
-        if (data.runner_id) job.claimed_by = data.runner_id;
+        if (data.runner_id && data.runner_id !== job.claimed_by) {
+          job.claimed_by = data.runner_id;
+          job.runner_name = undefined;
+          refresh().catch(ctx.fail); // its name, and the claim's time
+        }
         job.updated_at = Date.now();
         if (data.result) setResult(data.result.output_data ?? {});
         if (data.error) setError(data.error);
