@@ -11,7 +11,7 @@ less those that just left this server.
 age) among the job types those runners handle: a count over one index range per type,
 stopped at ``AHEAD_LIMIT`` (then the place and the estimate are lower bounds), so a
 status read costs at most that many index entries, never the whole queue (see
-:data:`runpack.store.queries.JOBS_AHEAD`; measured in docs/queue.md).
+:data:`runpack.store.queries.JOBS_AHEAD`; measured in docs/api.md).
 
 **Estimate**: each job type's run time is the mean of its latest ``RECENT_RUNS``
 completed runs (claim to result) of the last day. The runners' slots are free now, or
