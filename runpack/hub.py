@@ -405,6 +405,11 @@ class Hub:
         conn.hold((job.id,))
         conn.send(assignment(job))
 
+    def capability_sets(self) -> list[frozenset[str]]:
+        """The distinct sets of job types of the connected runners (few, however many
+        runners)."""
+        return list(self._capabilities.values())
+
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Live state per connected runner (for the admin API)."""
         return {

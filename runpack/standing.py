@@ -121,7 +121,7 @@ class Standing:
             job_type = str(event.data.get("job_type", ""))
             if job_type in self._warned:
                 return
-            if any(job_type in c.capabilities for c in self.hub.conns.values()):
+            if any(job_type in caps for caps in self.hub.capability_sets()):
                 return
             self._warned.add(job_type)  # checked once; a runner that comes clears it
             task = asyncio.create_task(self._warn(job_type), name="runpack-standing-warn")

@@ -3,7 +3,7 @@
 
 import { api, getKey } from '../api.js';
 import {
-  FINAL, card, formatTime, h, json, runnerLink, safeUrl, statusBadge, statusLabel,
+  FINAL, card, formatTime, h, json, runnerLink, safeUrl, statusBadge, statusLabel, throttle,
 } from '../dom.js';
 import { watchJob } from '../sse.js';
 import { liveIndicator, pageHead } from './common.js';
@@ -15,8 +15,10 @@ const RUNNING = new Set(['pending', 'claimed', 'in_progress']);
 const RETRYABLE = new Set(['failed', 'expired', 'cancelled']);
 const MAX_CONSOLE = 1_048_576;
 const MAX_FIGURES = 3;
-/** While the job is not final, its timestamps, runner and place in line are read this often. */
+/** A pending job's place in line is read this often… */
 const REFRESH_MS = 2000;
+/** …and a running job's detail (its heartbeats' events move the times in between). */
+const RUNNING_REFRESH_MS = 10_000;
 
 export function render(ctx) {
   const [jobId] = ctx.params;
@@ -240,8 +242,10 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
   }
 
   /** What moves without an event of its own: timestamps, the runner, the place in line. */
+  let refreshed = 0;
   async function refresh() {
     if (!job || FINAL.has(job.status)) return;
+    refreshed = Date.now();
     const data = await api(`/api/admin/jobs/${encodeURIComponent(jobId)}`, { signal: ctx.signal });
     if (FINAL.has(job.status)) return; // the stream's final word came meanwhile
     for (const name of ['updated_at', 'last_heartbeat', 'claimed_by', 'claimed_at', 'runner_name',
@@ -251,10 +255,23 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
     renderMeta();
     setQueue();
   }
-  const timer = setInterval(() => refresh().catch((err) => {
-    if (err?.status === 404) clearInterval(timer); // deleted: the stream says so
-    else ctx.fail(err);
-  }), REFRESH_MS);
+  const timer = setInterval(() => {
+    if (job?.status !== 'pending' && Date.now() - refreshed < RUNNING_REFRESH_MS) return;
+    refresh().catch((err) => {
+      if (err?.status === 404) clearInterval(timer); // deleted: the stream says so
+      else ctx.fail(err);
+    });
+  }, REFRESH_MS);
+
+  /** A heartbeat's event: the server just advanced the job's times. */
+  const renderMetaSoon = throttle(renderMeta, 1000);
+  ctx.onCleanup(renderMetaSoon.cancel);
+  function beat() {
+    if (!job || FINAL.has(job.status)) return;
+    job.last_heartbeat = Date.now();
+    job.updated_at = job.last_heartbeat;
+    renderMetaSoon();
+  }
   ctx.onCleanup(() => clearInterval(timer));
 
   function follow() {
@@ -267,10 +284,14 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
     stop = watchJob(jobId, {
       state: live.set,
       snapshot: apply,
-      progress: setProgress,
+      progress(data) {
+        setProgress(data);
+        beat();
+      },
       console(data) {
         if (typeof data.replace === 'string') setConsole(data.replace);
         if (typeof data.append === 'string') appendConsole(data.append);
+        beat();
       },
       status(data) {
         if (data.runner_id && data.runner_id !== job.claimed_by) {
