@@ -127,7 +127,9 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
     const message = job?.status === 'pending' ? job.queue?.message : '';
     queueText.hidden = !message;
     queueText.textContent = message || '';
-    queueText.classList.toggle('queue-stuck', Boolean(message) && job.queue?.runners === 0);
+    const stuck = Boolean(message) && job.queue?.runners === 0;
+    queueText.classList.toggle('queue-stuck', stuck);
+    if (message) barText.textContent = stuck ? 'No runner for its type' : 'Waiting in line…';
   }
 
   function setConsole(text) {
