@@ -41,8 +41,10 @@ from runpack.appkeys import (
     READINESS,
     ROLE,
     RUNNER_ID,
+    RUNNER_NAMES,
     SERVICE,
     SETTINGS,
+    STANDING,
     STORE,
     VALIDATOR,
     WATCH,
@@ -55,12 +57,14 @@ from runpack.eventloop import loop_name
 from runpack.hub import Hub
 from runpack.local_runners import local_runners
 from runpack.metrics import Metrics
+from runpack.names import RunnerNames
 from runpack.notify import Notifier, NotifyRelay, PgBridge
 from runpack.placement import Placement
 from runpack.protocol import RUNNER_SECRET_HEADER, Role
 from runpack.retention import Retention, RetentionPolicy
 from runpack.service import JobService
 from runpack.settings import Settings
+from runpack.standing import Standing
 from runpack.store import Store, open_store
 from runpack.sweeper import run_sweeper
 from runpack.validation import ResultValidator
@@ -344,6 +348,17 @@ async def _hub(app: web.Application) -> AsyncIterator[None]:
         await hub.stop()
 
 
+async def _standing(app: web.Application) -> AsyncIterator[None]:
+    """Where pending jobs stand, and the names of runners, from the hub and the store."""
+    store = app[SERVICE].store
+    standing = app[STANDING] = Standing(store, app[HUB])
+    app[RUNNER_NAMES] = RunnerNames(store, app[HUB])
+    try:
+        yield
+    finally:
+        standing.close()
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
     """The sweeper (with retention), and the watch on revoked keys: connections opened
     with a key that is revoked since, on any instance, close."""
@@ -374,4 +389,14 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 
 #: The server's resources, in the order they start.
-LIFECYCLE = (_store, _validator, _relay, _service, _bridge, _watch, _hub, _background)
+LIFECYCLE = (
+    _store,
+    _validator,
+    _relay,
+    _service,
+    _bridge,
+    _watch,
+    _hub,
+    _standing,
+    _background,
+)

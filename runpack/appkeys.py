@@ -19,11 +19,13 @@ if TYPE_CHECKING:
     from runpack.auth import Caller, KeyRing
     from runpack.hub import Hub
     from runpack.metrics import Metrics
+    from runpack.names import RunnerNames
     from runpack.notify import Notifier
     from runpack.placement import Placement
     from runpack.protocol import Role
     from runpack.service import JobService
     from runpack.settings import Settings
+    from runpack.standing import Standing
     from runpack.store import Store
     from runpack.validation import ResultValidator
     from runpack.watch import WatchHub
@@ -45,6 +47,10 @@ PLACEMENT: web.AppKey[Placement] = web.AppKey("placement")
 SERVICE: web.AppKey[JobService] = web.AppKey("service")
 WATCH: web.AppKey[WatchHub] = web.AppKey("watch")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
+#: Where pending jobs stand (place in line, runners, estimated start).
+STANDING: web.AppKey[Standing] = web.AppKey("standing")
+#: Runner names by id, for what shows jobs.
+RUNNER_NAMES: web.AppKey[RunnerNames] = web.AppKey("runner_names")
 #: Submit and check bodies parsed and hashed, small ones remembered.
 JOB_REQUESTS: web.AppKey[JobRequests] = web.AppKey("job_requests")
 

@@ -4,11 +4,14 @@ a terminal (pipes, logs, CI)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,9 +23,11 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from runpack.client import Event
+from runpack.client import AsyncClient, Event, RunpackClientError, RunpackConnectionError
 
 TAIL_LINES = 10
+#: A pending job's place in line is read again this often (seconds).
+QUEUE_POLL = 2.0
 STATUS_STYLE = {
     "completed": "green",
     "failed": "red",
@@ -44,8 +49,12 @@ class JobView:
     total: int | None = None
     console: str = ""
     final: Event | None = None
+    #: A pending job: where it stands, as the server says it (``queue.message``).
+    queue: str = ""
     #: Console text already printed in line mode.
     printed: str = field(default="", repr=False)
+    #: What of the queue line mode printed last: (position, whether a runner can take it).
+    _place: tuple[object, bool] | None = field(default=None, repr=False)
 
     def apply(self, event: Event) -> list[str]:
         """Take in one event; the lines that tell the change (for line mode)."""
@@ -58,6 +67,7 @@ class JobView:
             self.console = str(data.get("console_output") or "")
             self.status = str(data.get("status"))
             lines.append(f"job {self.job_id} ({self.job_type}): {self.status}")
+            lines += self.set_queue(data.get("queue"))
             if self.total is not None:
                 lines.append(self.progress_line())
             lines += self._console_lines(skip_to_tail=True)
@@ -65,6 +75,8 @@ class JobView:
             if event.status != self.status or event.is_final:
                 self.status = event.status
                 lines.append(f"status: {self.status}")
+            if self.status != "pending":
+                self.queue = ""
         elif event.type == "progress":
             progress = (data.get("current"), data.get("total"))
             if progress != (self.current, self.total):
@@ -80,6 +92,19 @@ class JobView:
             self.final = event
             lines += self._console_lines(flush=True)
         return lines
+
+    def set_queue(self, queue: object) -> list[str]:
+        """Take in where the job stands (a ``queue`` object); the line to print, when its
+        place or whether a runner can take it changed (not each new estimate)."""
+        if not isinstance(queue, dict) or self.status != "pending":
+            self.queue = ""
+            return []
+        self.queue = str(queue.get("message", ""))
+        place = (queue.get("position"), bool(queue.get("runners")))
+        if place == self._place or not self.queue:
+            return []
+        self._place = place
+        return [f"waiting: {self.queue}"]
 
     def progress_line(self) -> str:
         if self.total:
@@ -155,7 +180,13 @@ class Renderer:
             self.live.stop()
 
     def show(self, event: Event) -> None:
-        lines = self.view.apply(event)
+        self._draw(self.view.apply(event), event.is_final)
+
+    def show_queue(self, queue: object) -> None:
+        """Where the pending job stands now (read by :func:`follow_queue`)."""
+        self._draw(self.view.set_queue(queue), False)
+
+    def _draw(self, lines: list[str], final: bool) -> None:
         if self.live is None:
             for line in lines:
                 self.err.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -163,10 +194,24 @@ class Renderer:
         view = self.view
         style = STATUS_STYLE.get(view.status, "")
         description = f"[{style}]{view.status}[/]" if style else view.status
+        if view.queue:
+            description += f" · {escape(view.queue)}"
         total, completed = view.total, view.current or 0
         if view.status == "completed":
             total = completed = total or 1  # a full bar, even for a job without progress
         # Until the first progress the total is None: an indeterminate (pulsing) bar.
         self.progress.update(self.task, description=description, completed=completed, total=total)
-        if event.is_final:
+        if final:
             self.live.refresh()
+
+
+async def follow_queue(client: AsyncClient, renderer: Renderer) -> None:
+    """While the job is pending, read where it stands every ``QUEUE_POLL`` seconds (its
+    place and estimate change with no event of its own). Runs until cancelled."""
+    view = renderer.view
+    while True:
+        await asyncio.sleep(QUEUE_POLL)
+        if view.status not in ("connecting", "pending"):
+            continue
+        with contextlib.suppress(RunpackClientError, RunpackConnectionError):
+            renderer.show_queue((await client.details(view.job_id)).get("queue"))

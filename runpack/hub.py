@@ -70,6 +70,9 @@ class Hub:
         self._wake = asyncio.Event()
         self._queued = asyncio.Event()  # replaced each time a job is queued (long-poll)
         self._grace: dict[str, asyncio.TimerHandle] = {}
+        #: Runners that left this server, and when (time.monotonic): they no longer take
+        #: jobs, whatever their last_seen says (runpack.standing prunes it).
+        self.departed: dict[str, float] = {}
         #: Runners a claim failed for: it may have committed with its answer lost.
         self._unsure: set[str] = set()
         #: Groups (by capabilities) whose last round used every slot and still found
@@ -154,6 +157,7 @@ class Hub:
         if handle is not None:
             handle.cancel()
         self.conns[conn.runner_id] = conn
+        self.departed.pop(conn.runner_id, None)
         if old is not None:
             self._note(old)  # no longer connected: none of its slots are free
         same = tuple(sorted(conn.capabilities))
@@ -174,6 +178,7 @@ class Hub:
         if self.conns.get(conn.runner_id) is not conn:
             return
         del self.conns[conn.runner_id]
+        self.departed[conn.runner_id] = time.monotonic()
         self._note(conn)
         loop = asyncio.get_running_loop()
         self._grace[conn.runner_id] = loop.call_later(
@@ -382,6 +387,11 @@ class Hub:
             return
         conn.hold((job.id,))
         conn.send(assignment(job))
+
+    def capability_sets(self) -> list[frozenset[str]]:
+        """The distinct sets of job types of the connected runners (few, however many
+        runners)."""
+        return list(self._capabilities.values())
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Live state per connected runner (for the admin API)."""

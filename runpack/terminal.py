@@ -17,6 +17,7 @@ goes on); 130 interrupted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from runpack.client import (
     RunpackClientError,
     RunpackConnectionError,
 )
-from runpack.following import STATUS_STYLE, JobView, Renderer
+from runpack.following import STATUS_STYLE, JobView, Renderer, follow_queue
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 KEYFILE_HINT = "make run saved it in runpack-data/dev-keys.env"
@@ -146,8 +147,14 @@ async def follow(
     try:
         async with asyncio.timeout(timeout):
             with Renderer(err, view) as renderer:
-                async for event in client.watch(job_id):
-                    renderer.show(event)
+                queue = asyncio.create_task(follow_queue(client, renderer), name="runpack-queue")
+                try:
+                    async for event in client.watch(job_id):
+                        renderer.show(event)
+                finally:
+                    queue.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await queue
     except TimeoutError:
         if view.final is not None:  # it ended as time ran out
             raise
@@ -256,7 +263,11 @@ async def status(target: Target, job_id: str, *, as_json: bool, out: Console) ->
         table.add_row("progress", f"{progress['current']}/{progress['total']}")
     table.add_row("params", compact(job.get("input_params")))
     if job.get("claimed_by"):
-        table.add_row("runner", job["claimed_by"])
+        name = job.get("runner_name")
+        table.add_row("runner", f"{name} ({job['claimed_by']})" if name else job["claimed_by"])
+    queue = job.get("queue")
+    if isinstance(queue, dict) and queue.get("message"):
+        table.add_row("queue", str(queue["message"]))
     table.add_row("attempts", f"{job.get('attempts', 0)} of {job.get('max_attempts', '?')}")
     table.add_row("created", when(job.get("created_at")))
     table.add_row("updated", when(job.get("updated_at")))
@@ -302,7 +313,7 @@ async def jobs(
             Text(row.status, style=STATUS_STYLE.get(row.status, "")),
             when(row.created_at),
             when(row.updated_at),
-            row.claimed_by or "",
+            row.runner_name or row.claimed_by or "",
         )
     out.print(table)
     out.print(f"{plural(len(rows), 'job')}, newest first", markup=False, highlight=False)

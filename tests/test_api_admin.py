@@ -134,9 +134,12 @@ async def test_job_list_is_newest_first_with_summary_fields(client: TestClient) 
         "created_at",
         "updated_at",
         "claimed_by",
+        "runner_name",
     }
     assert (middle["status"], middle["claimed_by"]) == ("claimed", runner)
+    assert middle["runner_name"] == "r1"
     assert body["jobs"][0]["claimed_by"] is None
+    assert "runner_name" not in body["jobs"][0]
     assert [j["created_at"] for j in body["jobs"]] == sorted(
         (j["created_at"] for j in body["jobs"]), reverse=True
     )

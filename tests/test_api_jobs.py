@@ -324,11 +324,17 @@ async def test_check_active_jobs_report_their_status(client: TestClient) -> None
 # --- GET /api/jobs/{job_id} -----------------------------------------------------------
 
 
-async def test_status_of_pending_job_has_exactly_the_base_fields(client: TestClient) -> None:
+async def test_status_of_pending_job_has_the_base_fields_and_its_place(client: TestClient) -> None:
     job_id = await new_job(client)
     status, body = await status_of(client, job_id)
     assert status == 200
-    assert set(body) == {"job_id", "status", "job_type", "created_at", "updated_at"}
+    # The original's fields, and one of ours that its clients do not read.
+    assert set(body) == {"job_id", "status", "job_type", "created_at", "updated_at", "queue"}
+    assert body["queue"]["position"] == 1
+    assert body["queue"]["runners"] == 0
+    assert body["queue"]["message"] == (
+        "no connected runner handles job type hello_world; no runner is connected"
+    )
     assert body["job_id"] == job_id
     assert body["status"] == "pending"
     assert body["job_type"] == "hello_world"

@@ -250,3 +250,45 @@ def test_the_runner_reports_a_missing_object_clearly(stack: Stack) -> None:
     final = neurosift.follow(stack.url, job["job_id"], show=lambda line: None, timeout=60)
     assert final["status"] == "failed"
     assert "No units table at '/no/such/units'" in final["error"]
+
+
+def test_the_job_page_draws_the_figure(stack: Stack) -> None:
+    """A figure job's page (no key, as Neurosift links to it) draws the figure in its
+    sandboxed frame, offline."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    job_type = "figpack_nwb_raster_plot"
+    job = neurosift.submit(stack.url, SUBMIT_KEY, job_type, stack.params(job_type))
+    job_id = job["job_id"]
+    if job["status"] != "completed":  # not made by an earlier test of this module
+        job = neurosift.follow(stack.url, job_id, show=lambda line: None, timeout=120)
+        assert job["status"] == "completed", job
+    url = job["result"]["output_data"]["figpack_url"]
+    outside: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on(
+                "request",
+                lambda req: (
+                    None if req.url.startswith("http://127.0.0.1:") else outside.append(req.url)
+                ),
+            )
+            page.goto(f"{stack.url}/ui/jobs/{job_id}")
+            frame_el = page.locator('iframe[title="Figure preview"]')
+            expect(frame_el).to_have_attribute("src", url, timeout=30_000)
+            frame_el.scroll_into_view_if_needed()
+            frame = frame_el.element_handle().content_frame()
+            assert frame is not None
+            frame.wait_for_function(RENDERED["figpack_nwb_raster_plot"], timeout=30_000)
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "job-page-figure.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not [u for u in outside if not u.startswith(("data:", "about:", "blob:"))], outside

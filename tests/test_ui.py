@@ -359,7 +359,7 @@ def test_runners_and_runner_detail(stack: Stack, open_page: Open, done_job: str)
     runner_card = page.locator("article.runner-card", has_text=RUNNER_NAME)
     expect(runner_card).to_contain_text("Active")
     expect(runner_card).to_contain_text("Connected · websocket")
-    expect(runner_card).to_contain_text("1 of 1 slots free")
+    expect(runner_card).to_contain_text("0 of 1 slots busy")
     expect(runner_card).to_contain_text("hello_world")
     shot(page, "runners")
 

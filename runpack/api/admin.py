@@ -8,8 +8,8 @@ import binascii
 from aiohttp import web
 
 from runpack.api.common import json_response, policy, read_json
-from runpack.api.views import job_detail, job_summary, runner_detail, runner_summary
-from runpack.appkeys import HUB, SERVICE
+from runpack.api.views import job_summary, live_detail, runner_detail, runner_summary
+from runpack.appkeys import HUB, RUNNER_NAMES, SERVICE
 from runpack.errors import BadRequest, JobNotFound, NotCancellable, RunnerNotFound
 from runpack.protocol import JobStatus, Role
 
@@ -74,7 +74,8 @@ async def list_jobs(request: web.Request) -> web.Response:
         status, job_type, limit + 1, offset, _after(request)
     )
     page = jobs[:limit]
-    body: dict[str, object] = {"jobs": [job_summary(j) for j in page], "total": len(page)}
+    names = await request.app[RUNNER_NAMES].of(j.claimed_by for j in page)
+    body: dict[str, object] = {"jobs": [job_summary(j, names) for j in page], "total": len(page)}
     if len(jobs) > limit:  # the original's fields, and where the following page starts
         body["next"] = cursor(page[-1].created_at, page[-1].id)
     return json_response(body)
@@ -84,7 +85,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 @policy(Role.PUBLIC, failure="Failed to get job details", errors=(JobNotFound,))
 async def get_job(request: web.Request) -> web.Response:
     job = await request.app[SERVICE].get_job(request.match_info["job_id"])
-    return json_response(job_detail(job))
+    return json_response(await live_detail(request.app, job))
 
 
 @routes.post("/api/admin/jobs/{job_id}/retry")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -22,7 +24,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from runpack.api.common import CORS_HEADERS, policy
-from runpack.api.views import job_detail
+from runpack.api.views import live_detail
 from runpack.appkeys import CALLER, KEYS, SERVICE, WATCH
 from runpack.envvars import split_list
 from runpack.errors import BadRequest, JobNotFound, RunpackError
@@ -93,10 +95,17 @@ class _Sink:
             await self.sse.write(b": keepalive\n\n")
 
     def abort(self) -> None:
-        """Drop the connection now, even in the middle of a write that does not drain."""
+        """Drop the connection now, even in the middle of a write that does not drain:
+        with a reset, so what the system still holds for it (up to megabytes for a
+        client that stopped reading) is dropped too, not trickled out first."""
         transport = self.request.transport
-        if transport is not None:
-            transport.abort()
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
 
     async def run(self, pump: Coroutine[Any, Any, None]) -> None:
         """Run the pump; over a WebSocket, also read (and ignore) what the client sends,
@@ -241,10 +250,13 @@ async def _snapshot(request: web.Request, channel: Channel, job_id: str) -> Item
         if meanwhile is not None and not any(
             kind == "console" and "append" in data for _, kind, data in meanwhile
         ):
-            return (start, "snapshot", job_detail(job))
-    # Appends on every read (a very chatty job): what was read includes at least
-    # everything published before the read ended.
-    return (channel.seq, "snapshot", job_detail(job))
+            break
+    else:
+        # Appends on every read (a very chatty job): what was read includes at least
+        # everything published before the read ended.
+        start = channel.seq
+    # Where it stands and its runner's name are no part of the events: read once.
+    return (start, "snapshot", await live_detail(request.app, job))
 
 
 async def _stream_job(request: web.Request, job_id: str) -> web.StreamResponse:
@@ -253,6 +265,8 @@ async def _stream_job(request: web.Request, job_id: str) -> web.StreamResponse:
     await service.get_job(job_id)  # 404 before any stream starts
     channel = hub.channel(job_id)
     watcher = hub.watch(channel)
+    # Dropped while its snapshot is read: its connection closes then too.
+    watcher.on_drop = _Sink(request).abort
     try:
         resume = _resume_point(request, hub.epoch)
         backlog = channel.since(resume) if resume is not None else None
@@ -262,7 +276,7 @@ async def _stream_job(request: web.Request, job_id: str) -> web.StreamResponse:
             after = backlog[0][0]
 
         async def refresh() -> dict[str, Any]:
-            return job_detail(await service.get_job(job_id))
+            return await live_detail(request.app, await service.get_job(job_id))
 
         return await _serve(request, hub, watcher, backlog, after, job=True, refresh=refresh)
     finally:

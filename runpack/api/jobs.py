@@ -15,7 +15,7 @@ from aiohttp import web
 from runpack.api.common import json_response, policy
 from runpack.api.job_requests import job_request_of
 from runpack.api.views import CheckAnswer, SubmitAnswer, job_status, result_of
-from runpack.appkeys import CALLER, LIMITS, ROLE, SERVICE
+from runpack.appkeys import CALLER, LIMITS, ROLE, SERVICE, STANDING
 from runpack.errors import JobNotFound, NotCancellable
 from runpack.protocol import JobStatus, Role
 from runpack.service.core import Answer, Outcome
@@ -105,4 +105,4 @@ async def status(request: web.Request) -> web.Response:
     job = await request.app[SERVICE].get_job(request.match_info["job_id"])
     # 403 rather than 404: the job's id already opens its public detail and stream.
     request[CALLER].check_job_type(job.job_type, "read")
-    return json_response(job_status(job))
+    return json_response(job_status(job, await request.app[STANDING].of(job)))

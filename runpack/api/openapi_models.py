@@ -108,6 +108,7 @@ MESSAGES: dict[str, type] = {
 MODELS = (
     views.Progress,
     views.Result,
+    views.QueueState,
     views.SubmitAnswer,
     views.CheckAnswer,
     views.JobState,

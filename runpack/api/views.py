@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, NotRequired, TypedDict, cast
 
+from aiohttp import web
+
+from runpack.appkeys import RUNNER_NAMES, STANDING
 from runpack.encoding import parse_json_text
 from runpack.protocol import JobStatus
+from runpack.standing import QueueState
 from runpack.store import JobRow, RunnerRow
 
 Ms = Annotated[int, "Milliseconds since the epoch."]
@@ -57,6 +61,8 @@ class JobState(TypedDict):
     progress: NotRequired[Progress]
     result: NotRequired[Result]
     error: NotRequired[str]
+    #: A pending job: where it stands (not in the original).
+    queue: NotRequired[QueueState]
 
 
 class Job(TypedDict):
@@ -79,6 +85,10 @@ class Job(TypedDict):
     progress: NotRequired[Progress]
     output_data: NotRequired[dict[str, Any]]
     error_message: NotRequired[str]
+    #: The name of the runner in ``claimed_by``.
+    runner_name: NotRequired[str]
+    #: A pending job: where it stands.
+    queue: NotRequired[QueueState]
 
 
 class JobSummary(TypedDict):
@@ -88,6 +98,8 @@ class JobSummary(TypedDict):
     created_at: Ms
     updated_at: Ms
     claimed_by: NotRequired[str | None]
+    #: The name of the runner in ``claimed_by``.
+    runner_name: NotRequired[str]
 
 
 class Runner(TypedDict):
@@ -122,8 +134,8 @@ def progress_of(job: JobRow) -> Progress | None:
     return {"current": job.progress_current, "total": job.progress_total}
 
 
-def job_status(job: JobRow) -> JobState:
-    """``GET /api/jobs/{id}``."""
+def job_status(job: JobRow, queue: QueueState | None = None) -> JobState:
+    """``GET /api/jobs/{id}``; ``queue``: where a pending job stands."""
     out: JobState = {
         "job_id": job.id,
         "status": JobStatus(job.status),
@@ -138,10 +150,14 @@ def job_status(job: JobRow) -> JobState:
         out["result"] = result_of(job)
     if job.status == "failed" and job.error_message:
         out["error"] = job.error_message
+    if queue is not None:
+        out["queue"] = queue
     return out
 
 
-def job_detail(job: JobRow) -> dict[str, Any]:
+def job_detail(
+    job: JobRow, queue: QueueState | None = None, runner_name: str | None = None
+) -> dict[str, Any]:
     """``GET /api/admin/jobs/{id}``, and the ``snapshot`` event of a job's stream."""
     out: Job = {
         "job_id": job.id,
@@ -166,12 +182,23 @@ def job_detail(job: JobRow) -> dict[str, Any]:
         out["output_data"] = parse_json_text(job.output_data, {})
     if job.error_message:
         out["error_message"] = job.error_message
+    if runner_name is not None:
+        out["runner_name"] = runner_name
+    if queue is not None:
+        out["queue"] = queue
     return cast(dict[str, Any], out)  # as the event streams carry it
 
 
-def job_summary(job: JobRow) -> JobSummary:
-    """A row of ``GET /api/admin/jobs``."""
-    return {
+async def live_detail(app: web.Application, job: JobRow) -> dict[str, Any]:
+    """:func:`job_detail` with where a pending job stands and its runner's name."""
+    names = await app[RUNNER_NAMES].of([job.claimed_by])
+    queue = await app[STANDING].of(job)
+    return job_detail(job, queue, names.get(job.claimed_by or ""))
+
+
+def job_summary(job: JobRow, names: dict[str, str] | None = None) -> JobSummary:
+    """A row of ``GET /api/admin/jobs``; ``names``: runner names by id."""
+    out: JobSummary = {
         "job_id": job.id,
         "job_type": job.job_type,
         "status": JobStatus(job.status),
@@ -179,6 +206,9 @@ def job_summary(job: JobRow) -> JobSummary:
         "updated_at": job.updated_at,
         "claimed_by": job.claimed_by,
     }
+    if names and job.claimed_by in names:
+        out["runner_name"] = names[job.claimed_by]
+    return out
 
 
 def runner_summary(

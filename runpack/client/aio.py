@@ -207,6 +207,7 @@ class AsyncClient:
             progress=Progress.from_json(reply.get("progress")),
             result=reply.get("result"),
             error=reply.get("error"),
+            queue=reply.get("queue"),
         )
 
     async def details(self, job_id: str) -> dict[str, Any]:
@@ -249,6 +250,7 @@ class AsyncClient:
                 created_at=j["created_at"],
                 updated_at=j["updated_at"],
                 claimed_by=j.get("claimed_by"),
+                runner_name=j.get("runner_name"),
             )
             for j in reply["jobs"]
         )

@@ -67,6 +67,9 @@ class JobInfo:
     progress: Progress | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
+    #: A pending job: where it stands (``position``, ``runners``, ``slots``,
+    #: ``estimated_start_s``, ``message``).
+    queue: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,8 @@ class JobSummary:
     created_at: int
     updated_at: int
     claimed_by: str | None = None
+    #: The name of the runner in ``claimed_by``.
+    runner_name: str | None = None
 
 
 class JobPage(list[JobSummary]):

@@ -275,6 +275,24 @@ class Store(Protocol):
 
     async def count_idle_runners(self, before: int) -> int: ...
 
+    # --- where a pending job stands (runpack.standing) ----------------------------------
+    async def jobs_ahead(self, job: JobRow, job_types: Sequence[str], limit: int) -> dict[str, int]:
+        """Pending jobs of ``job_types`` that claims take before ``job``, per type (each
+        of the two parts, higher priority and older, counted up to ``limit``)."""
+        ...
+
+    async def recent_runs(self, job_type: str, since: int, limit: int) -> list[int]:
+        """How long (ms, claim to result) the latest completed runs of a type took."""
+        ...
+
+    async def running_on(self, runner_ids: Sequence[str], limit: int) -> list[tuple[str, str, int]]:
+        """(runner id, job type, claimed_at) of the jobs these runners run."""
+        ...
+
+    async def runners_seen(self, since: int, limit: int) -> list[RunnerRow]:
+        """Runners heard from since ``since``, latest first."""
+        ...
+
     # --- stored API keys (runpack keys) ------------------------------------------------
     async def insert_api_key(self, key: ApiKeyRow) -> None: ...
 

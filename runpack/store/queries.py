@@ -336,6 +336,57 @@ RETURNING id
 COUNT_IDLE_RUNNERS = Statement(f"SELECT COUNT(*) FROM runners WHERE {_IDLE_RUNNER}")
 
 
+# --- where a pending job stands (runpack.standing) ---------------------------------------
+# The pending jobs of some types that claims take before a job of :priority, :created_at
+# and :id, per type, counting at most :limit of each part: higher priorities, then the
+# same priority and older. For each type each part is one range of jobs_pending_type_idx
+# (job_type, then claim order), counted from the index: a status read costs the jobs
+# ahead (at most :limit), whatever else is queued.
+_AHEAD = """SELECT job_type FROM jobs %s
+    WHERE status = 'pending' AND job_type {one_of[job_types]} AND %s
+    LIMIT :limit"""
+_OLDER = (
+    "priority = :priority AND created_at <= :created_at AND (created_at < :created_at OR id < :id)"
+)
+
+
+def _ahead(hint: str) -> str:
+    higher = _AHEAD % (hint, "priority > :priority")
+    older = _AHEAD % (hint, _OLDER)
+    return f"""
+SELECT job_type, COUNT(*) FROM (
+    SELECT job_type FROM ({higher}) AS higher
+    UNION ALL
+    SELECT job_type FROM ({older}) AS older
+) AS ahead GROUP BY job_type
+"""
+
+
+JOBS_AHEAD = Statement(sqlite=_ahead("INDEXED BY jobs_pending_type_idx"), postgres=_ahead(""))
+
+# How long the latest runs of a type took (claim to result), newest first: the rows
+# come from jobs_finished_idx, finished since :since.
+RECENT_RUNS = Statement("""
+SELECT updated_at - claimed_at FROM jobs
+WHERE status = 'completed' AND updated_at >= :since AND job_type = :job_type
+  AND claimed_at IS NOT NULL
+ORDER BY updated_at DESC
+LIMIT :limit
+""")
+
+# The jobs some runners are running: whose, of what type, since when.
+RUNNING_ON = Statement(f"""
+SELECT claimed_by, job_type, claimed_at FROM jobs
+WHERE claimed_by {{one_of[runner_ids]}} AND status IN {RUNNING}
+LIMIT :limit
+""")
+
+# Runners heard from since :since (runners_last_seen_idx).
+RUNNERS_SEEN = Statement(f"""
+SELECT {RUNNER_COLS} FROM runners WHERE last_seen > :since ORDER BY last_seen DESC LIMIT :limit
+""")
+
+
 # --- stored API keys (runpack keys) ------------------------------------------------------
 API_KEY_COLS = ", ".join(API_KEY_COLUMNS)
 INSERT_API_KEY = Statement(f"""

@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 -- stops at the first of the runner's types. Only pending rows are in it.
 CREATE INDEX IF NOT EXISTS jobs_pending_idx ON jobs (priority DESC, created_at, id)
     WHERE status = 'pending';
+-- Where a pending job stands: the jobs of a type ahead of it, counted from the index.
+CREATE INDEX IF NOT EXISTS jobs_pending_type_idx ON jobs (job_type, priority DESC, created_at, id)
+    WHERE status = 'pending';
 -- The admin list (newest first, optionally by status) and runner detail.
 CREATE INDEX IF NOT EXISTS jobs_created_idx ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_status_created_idx ON jobs (status, created_at);
@@ -113,3 +116,4 @@ INSERT INTO schema_version (version, applied_at) VALUES (6, 0) ON CONFLICT (vers
 INSERT INTO schema_version (version, applied_at) VALUES (7, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (8, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (9, 0) ON CONFLICT (version) DO NOTHING;
+INSERT INTO schema_version (version, applied_at) VALUES (10, 0) ON CONFLICT (version) DO NOTHING;

@@ -315,6 +315,30 @@ class SqlStore(ABC):
     async def count_idle_runners(self, before: int) -> int:
         return await self._count(q.COUNT_IDLE_RUNNERS, {"before": before})
 
+    # --- where a pending job stands -------------------------------------------------------
+    async def jobs_ahead(self, job: JobRow, job_types: Sequence[str], limit: int) -> dict[str, int]:
+        params = {
+            "job_types": list(job_types),
+            "priority": job.priority,
+            "created_at": job.created_at,
+            "id": job.id,
+            "limit": limit,
+        }
+        return {t: int(n) for t, n in await self._read(q.JOBS_AHEAD, params)}
+
+    async def recent_runs(self, job_type: str, since: int, limit: int) -> list[int]:
+        params = {"job_type": job_type, "since": since, "limit": limit}
+        return [int(row[0]) for row in await self._read(q.RECENT_RUNS, params)]
+
+    async def running_on(self, runner_ids: Sequence[str], limit: int) -> list[tuple[str, str, int]]:
+        params = {"runner_ids": list(runner_ids), "limit": limit}
+        rows = await self._read(q.RUNNING_ON, params)
+        return [(r, t, int(c or 0)) for r, t, c in rows]
+
+    async def runners_seen(self, since: int, limit: int) -> list[RunnerRow]:
+        params = {"since": since, "limit": limit}
+        return [RunnerRow(*row) for row in await self._read(q.RUNNERS_SEEN, params)]
+
     # --- stored API keys ----------------------------------------------------------------
     async def insert_api_key(self, key: ApiKeyRow) -> None:
         params = {name: getattr(key, name) for name in API_KEY_COLUMNS}

@@ -110,7 +110,7 @@ export function jobLink(id, text) {
 }
 
 export function runnerLink(id, text) {
-  return link(`/ui/runners/${encodeURIComponent(id)}`, text ?? shortId(id), { title: id });
+  return link(`/ui/runners/${encodeURIComponent(id)}`, text || shortId(id), { title: id });
 }
 
 /** Only http(s) URLs may become links or frames. */

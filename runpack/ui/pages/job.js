@@ -3,7 +3,7 @@
 
 import { api, getKey } from '../api.js';
 import {
-  FINAL, card, formatTime, h, json, runnerLink, safeUrl, statusBadge, statusLabel,
+  FINAL, card, formatTime, h, json, runnerLink, safeUrl, statusBadge, statusLabel, throttle,
 } from '../dom.js';
 import { watchJob } from '../sse.js';
 import { liveIndicator, pageHead } from './common.js';
@@ -15,6 +15,10 @@ const RUNNING = new Set(['pending', 'claimed', 'in_progress']);
 const RETRYABLE = new Set(['failed', 'expired', 'cancelled']);
 const MAX_CONSOLE = 1_048_576;
 const MAX_FIGURES = 3;
+/** A pending job's place in line is read this often… */
+const REFRESH_MS = 2000;
+/** …and a running job's detail (its heartbeats' events move the times in between). */
+const RUNNING_REFRESH_MS = 10_000;
 
 export function render(ctx) {
   const [jobId] = ctx.params;
@@ -54,6 +58,9 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
   const notice = h('div');
   const bar = h('progress', { id: 'job-progress', 'aria-label': 'Job progress' });
   const barText = h('span', { class: 'progress-text', 'aria-hidden': 'true' });
+  // Where a pending job stands (the server's sentence), or why no runner takes it.
+  const queueText = h('p', { class: 'queue-text', id: 'job-queue', 'aria-live': 'polite' });
+  queueText.hidden = true;
   const params = h('pre', { class: 'code', 'aria-label': 'Input parameters' });
   const consoleBox = h('pre', {
     class: 'console', role: 'log', 'aria-label': 'Console output', tabindex: '0',
@@ -74,7 +81,7 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
     h('p', { class: 'mono job-id', text: jobId }),
     meta);
   const progressCard = card('Progress',
-    h('div', { class: 'progress-row' }, bar, barText));
+    h('div', { class: 'progress-row' }, bar, barText), queueText);
   const root = h('div', { class: 'job-view', 'data-job-id': jobId },
     notice, summary, progressCard,
     h('div', { class: 'columns' }, card('Parameters', params), card('Console', consoleBox)),
@@ -113,6 +120,16 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
         ? (job.status === 'pending' ? 'Waiting for a runner…' : 'Running…')
         : '—';
     }
+    setQueue();
+  }
+
+  function setQueue() {
+    const message = job?.status === 'pending' ? job.queue?.message : '';
+    queueText.hidden = !message;
+    queueText.textContent = message || '';
+    const stuck = Boolean(message) && job.queue?.runners === 0;
+    queueText.classList.toggle('queue-stuck', stuck);
+    if (message) barText.textContent = stuck ? 'No runner for its type' : 'Waiting in line…';
   }
 
   function setConsole(text) {
@@ -158,7 +175,7 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
     meta.replaceChildren(
       ...metaItem('Created', formatTime(job.created_at)),
       ...metaItem('Updated', formatTime(job.updated_at)),
-      ...metaItem('Runner', job.claimed_by ? runnerLink(job.claimed_by) : '—'),
+      ...metaItem('Runner', job.claimed_by ? runnerLink(job.claimed_by, job.runner_name) : '—'),
       ...metaItem('Attempts',
         job.max_attempts ? `${job.attempts ?? 0} of ${job.max_attempts}` : '—'),
       ...metaItem('Priority', String(job.priority ?? 0)),
@@ -226,6 +243,39 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
     apply(await api(`/api/admin/jobs/${encodeURIComponent(jobId)}`, { signal: ctx.signal }));
   }
 
+  /** What moves without an event of its own: timestamps, the runner, the place in line. */
+  let refreshed = 0;
+  async function refresh() {
+    if (!job || FINAL.has(job.status)) return;
+    refreshed = Date.now();
+    const data = await api(`/api/admin/jobs/${encodeURIComponent(jobId)}`, { signal: ctx.signal });
+    if (FINAL.has(job.status)) return; // the stream's final word came meanwhile
+    for (const name of ['updated_at', 'last_heartbeat', 'claimed_by', 'claimed_at', 'runner_name',
+      'attempts', 'queue']) {
+      job[name] = data[name];
+    }
+    renderMeta();
+    setQueue();
+  }
+  const timer = setInterval(() => {
+    if (job?.status !== 'pending' && Date.now() - refreshed < RUNNING_REFRESH_MS) return;
+    refresh().catch((err) => {
+      if (err?.status === 404) clearInterval(timer); // deleted: the stream says so
+      else ctx.fail(err);
+    });
+  }, REFRESH_MS);
+
+  /** A heartbeat's event: the server just advanced the job's times. */
+  const renderMetaSoon = throttle(renderMeta, 1000);
+  ctx.onCleanup(renderMetaSoon.cancel);
+  function beat() {
+    if (!job || FINAL.has(job.status)) return;
+    job.last_heartbeat = Date.now();
+    job.updated_at = job.last_heartbeat;
+    renderMetaSoon();
+  }
+  ctx.onCleanup(() => clearInterval(timer));
+
   function follow() {
     stop?.();
     if (FINAL.has(job.status)) {
@@ -236,13 +286,21 @@ export function jobView(ctx, jobId, { live = liveIndicator() } = {}) {
     stop = watchJob(jobId, {
       state: live.set,
       snapshot: apply,
-      progress: setProgress,
+      progress(data) {
+        setProgress(data);
+        beat();
+      },
       console(data) {
         if (typeof data.replace === 'string') setConsole(data.replace);
         if (typeof data.append === 'string') appendConsole(data.append);
+        beat();
       },
       status(data) {
-        if (data.runner_id) job.claimed_by = data.runner_id;
+        if (data.runner_id && data.runner_id !== job.claimed_by) {
+          job.claimed_by = data.runner_id;
+          job.runner_name = undefined;
+          refresh().catch(ctx.fail); // its name, and the claim's time
+        }
         job.updated_at = Date.now();
         if (data.result) setResult(data.result.output_data ?? {});
         if (data.error) setError(data.error);

@@ -104,7 +104,7 @@ export function render(ctx) {
       h('td', {}, statusBadge(job.status)),
       h('td', { class: 'hide-sm' }, timeEl(job.created_at)),
       h('td', { class: 'hide-sm' }, timeEl(job.updated_at)),
-      h('td', { class: 'hide-sm' }, job.claimed_by ? runnerLink(job.claimed_by) : '—'));
+      h('td', { class: 'hide-sm' }, job.claimed_by ? runnerLink(job.claimed_by, job.runner_name) : '—'));
   }
 
   let loading = 0;

@@ -26,7 +26,7 @@ export function slots(runner) {
       min: '0', max: String(runner.concurrency), value: String(busy),
       'aria-label': `Busy slots of ${runner.name}`,
     }),
-    h('span', { text: `${runner.free_slots} of ${runner.concurrency} slots free` }));
+    h('span', { text: `${busy} of ${runner.concurrency} slots busy` }));
 }
 
 export function currentJobs(runner) {
