@@ -292,3 +292,112 @@ def test_the_job_page_draws_the_figure(stack: Stack) -> None:
         finally:
             browser.close()
     assert not [u for u in outside if not u.startswith(("data:", "about:", "blob:"))], outside
+
+
+NEUROSIFT_PAGE = """<!doctype html><meta charset="utf-8"><title>Neurosift (stand-in)</title>
+<body><script>
+// What Neurosift's runpack hook does: a check per figure view mounted, the submit
+// button, refreshes of the job, then the completed job's figure in an iframe.
+const API = %(api)s, KEY = %(key)s, TYPE = %(type)s, PARAMS = %(params)s;
+window.statuses = [];
+async function call(method, path, body) {
+  const headers = { Authorization: 'Bearer ' + KEY };
+  if (body) headers['Content-Type'] = 'application/json';
+  const reply = await fetch(API + path, { method, headers, body: body && JSON.stringify(body) });
+  window.statuses.push(reply.status);
+  return reply.json();
+}
+(async () => {
+  const request = { job_type: TYPE, input_params: PARAMS };
+  for (let i = 0; i < 50; i++) await call('POST', '/api/jobs/check', request);
+  let job = await call('POST', '/api/jobs/submit', request);
+  while (job.status !== 'completed' && job.status !== 'failed') {
+    await new Promise((done) => setTimeout(done, 250));
+    job = await call('GET', '/api/jobs/' + job.job_id);
+  }
+  if (job.status === 'completed') {
+    const frame = document.createElement('iframe');
+    frame.title = 'figure';
+    frame.width = 1000;
+    frame.height = 700;
+    frame.src = job.result.output_data.figpack_url;
+    document.body.append(frame);
+  }
+  window.outcome = job.status;
+})();
+</script>"""
+
+
+def test_neurosift_in_a_browser_meets_no_limit_and_frames_the_figure(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Neurosift's sequence from its own origin in Chromium, against a server with the
+    default limits: a CORS preflight, 50 checks, a submit, status reads, and the figure
+    in a cross-origin iframe. No answer is a 429, and the figure draws."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    import http.server
+    import json
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    job_type = "figpack_nwb_raster_plot"
+    runner_env = {"FIGPACK_API_KEY": "", "RUNPACK_ALLOW_PRIVATE_URLS": "true"}
+    with (
+        running_server(tmp_path / "server", env=KEYS) as server,  # default limits
+        running_runner(tmp_path / "runner", server.url, "--job-types", job_type, env=runner_env),
+    ):
+        page_html = NEUROSIFT_PAGE % {
+            "api": json.dumps(server.url),
+            "key": json.dumps(SUBMIT_KEY),
+            "type": json.dumps(job_type),
+            "params": json.dumps(stack.params(job_type)),
+        }
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "index.html").write_text(page_html)
+
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(site), **kwargs)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        # Another origin: "localhost" and another port (the API is on 127.0.0.1).
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        origin = f"http://localhost:{httpd.server_address[1]}"
+        try:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(
+                    executable_path=CHROMIUM,
+                    args=[
+                        "--headless",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--disable-background-networking",
+                    ],
+                )
+                try:
+                    page = browser.new_page(viewport={"width": 1100, "height": 800})
+                    page.goto(f"{origin}/index.html")
+                    page.wait_for_function("() => window.outcome !== undefined", timeout=120_000)
+                    assert page.evaluate("window.outcome") == "completed"
+                    statuses = page.evaluate("window.statuses")
+                    frame_el = page.locator('iframe[title="figure"]')
+                    frame = frame_el.element_handle().content_frame()
+                    assert frame is not None
+                    frame.wait_for_function(RENDERED[job_type], timeout=30_000)
+                    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(SCREENSHOTS / "neurosift-iframe.png"))
+                finally:
+                    browser.close()
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+    assert 429 not in statuses
+    assert statuses.count(200) >= 51 and 201 in statuses  # 50 checks, a submit, reads
