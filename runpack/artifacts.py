@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 from runpack import uploads
 from runpack.blobs import Swept
 from runpack.errors import (
+    BadRequest,
     InsufficientStorage,
     NotOwned,
     RunpackError,
@@ -60,7 +61,7 @@ from runpack.figure_disk import INCOMING, FigureDisk, is_job_id
 from runpack.figure_manifest import Manifest, adopt_legacy, is_version, read_digests
 from runpack.figure_manifest import write as write_manifest
 from runpack.figure_types import CONTENT_TYPES, content_type
-from runpack.uploads import DEFAULT_MAX_RATIO
+from runpack.uploads import DEFAULT_MAX_RATIO, check_path
 
 __all__ = ["CONTENT_TYPES", "INCOMING", "FigureStore", "content_type", "is_job_id"]
 
@@ -270,6 +271,11 @@ class FigureStore:
         """What answers ``/figures/<job_id>/<path>``: a file of the current version; a
         redirect to the current version (from another version, from a version's bare
         name, or from an unversioned path); or nothing."""
+        if path:
+            try:
+                check_path(path.removesuffix("/"))
+            except BadRequest:
+                return None
         manifest = await self.current(job_id)
         if manifest is None:
             return None

@@ -132,9 +132,7 @@ async def test_upload_then_serve_with_types_ranges_and_caching(
         assert moved.headers["Location"] == f"{at}/{new or old.lstrip('/')}"
         assert moved.headers["Cache-Control"] == "no-cache"
     # HTTP range requests, as figpack's viewer reads its zarr data.
-    part = await client.get(
-        f"{at}/data.zarr/_consolidated_0.dat", headers={"Range": "bytes=10-19"}
-    )
+    part = await client.get(f"{at}/data.zarr/_consolidated_0.dat", headers={"Range": "bytes=10-19"})
     assert part.status == 206
     assert part.headers["Content-Range"] == "bytes 10-19/2048"
     assert await part.read() == FILES["data.zarr/_consolidated_0.dat"][10:20]
@@ -256,9 +254,7 @@ async def test_bad_archives_are_400_and_gzip_is_accepted(client: TestClient) -> 
     assert (await upload(client, job_id, runner_id, tar_of(FILES, gz=True))).status == 201
 
 
-async def test_a_new_upload_replaces_the_old_figure(
-    client: TestClient, settings: Settings
-) -> None:
+async def test_a_new_upload_replaces_the_old_figure(client: TestClient, settings: Settings) -> None:
     job_id, runner_id = await held_job(client)
     first = await (await upload(client, job_id, runner_id, tar_of(FILES))).json()
     old_video = blob_of(settings, job_id, "video.mp4")

@@ -152,7 +152,7 @@ def _to_figure_origin(request: web.Request) -> None:
 
 
 @routes.get("/figures/{job_id}")
-@policy(Role.PUBLIC, failure="Failed to serve the figure")
+@policy(Role.PUBLIC, failure="Failed to serve the figure", errors=(NotFound,))
 async def figure_root(request: web.Request) -> web.StreamResponse:
     return await _serve(request, request.match_info["job_id"], "")
 

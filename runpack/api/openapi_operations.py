@@ -378,12 +378,8 @@ OPERATIONS: dict[tuple[str, str], Doc] = {
     ),
     ("GET", "/figures/{job_id}"): Doc(
         "A job's figure",
-        {
-            "307": redirect(
-                "To the current version's `index.html` (or to the figure origin); "
-                "404 when the job has no figure."
-            ),
-        },
+        {"307": redirect("To the current version's `index.html` (or to the figure origin).")},
+        notes={"404": "The job has no figure."},
     ),
     ("GET", "/figures/{job_id}/{path}"): Doc(
         "A file of a job's figure (CORS for any origin, ranges)",
