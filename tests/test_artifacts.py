@@ -416,3 +416,33 @@ async def test_a_figure_folder_that_cannot_be_removed_is_left_with_a_warning(
     monkeypatch.undo()
     assert await figures.remove(job_id) is True
     assert not folder.exists()
+
+
+async def test_a_figure_stored_before_versions_keeps_working_from_its_old_url(
+    client: TestClient, settings: Settings
+) -> None:
+    """A folder of the old layout, named by a completed job's result: the old URL leads
+    to the current version, the folder moves into the blob store on first use, and the
+    cached result stays valid."""
+    job_id, runner_id = await held_job(client)
+    folder = figures_root(settings) / job_id
+    for name, data in FILES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    listed = [{"path": name, "size": len(data)} for name, data in FILES.items()]
+    (folder / MANIFEST).write_text(json.dumps({"version": 1, "job_id": job_id, "files": listed}))
+    url = f"{settings.base_url}/figures/{job_id}/index.html"
+    assert (await complete(client, job_id, runner_id, url)).status == 200
+
+    moved = await client.get(f"/figures/{job_id}/index.html", allow_redirects=False)
+    assert moved.status == 307
+    version = manifest_of(settings, job_id)["version"]
+    assert moved.headers["Location"] == f"/figures/{job_id}/{version}/index.html"
+    assert not folder.exists()  # its files are blobs now
+    for name, data in FILES.items():
+        got = await client.get(f"/figures/{job_id}/{name}")  # redirects followed
+        assert await got.read() == data, name
+        assert blob_of(settings, job_id, name).read_bytes() == data
+    again = await submit(client, JOB, nwb_url="https://x/a.nwb")
+    assert again["status"] == "completed"
+    assert again["result"]["output_data"]["figpack_url"] == url
