@@ -4,7 +4,8 @@
   previous version's, and the unversioned one of results stored before versions)
   answer 307 to the current one, guarded like every figure response;
 - files that several figures hold (figpack's viewer bundle) are stored once;
-- ``runpack gc`` removes the blobs no figure names, and only those.
+- ``runpack gc`` removes the blobs no figure names, and only those;
+- a server killed while receiving a new version keeps the stored one whole.
 
 SQLite and PostgreSQL: the upload path asks the store who holds the job, and
 ``runpack gc`` reads the jobs' states from it.
@@ -13,14 +14,17 @@ SQLite and PostgreSQL: the upload path asks the store who holds the job, and
 from __future__ import annotations
 
 import hashlib
+import http.client
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.procs import clean_env
+from tests.procs import KEYS, clean_env, running_server
 from tests.test_hostile_figures import (
     JOB_TYPE,
     RUNNER_KEY,
@@ -209,3 +213,45 @@ def test_gc_removes_the_blobs_no_figure_names_and_only_those(
     assert call(url).status == 404
     data = call(running_figure["url"] + "data.zarr/0.0", headers={"Range": "bytes=0-6"})
     assert (data.status, data.body) == (206, b"running")
+
+
+def test_a_server_killed_mid_upload_keeps_the_stored_figure_whole(
+    database: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """SIGKILL while a new version is being received: after a restart the stored
+    version is served as it was, and nothing of the cut upload is visible."""
+    env = {**KEYS, "RUNPACK_DB": database, "RUNPACK_RATE_SUBMIT": "0", "RUNPACK_RATE_POLL": "0"}
+    with running_server(tmp_path, env=env) as proc:
+        server = Server(
+            proc.url, int(proc.url.rsplit(":", 1)[1]), tmp_path / "runpack-data", proc.log
+        )
+        job = held_job(server)
+        first = stored(job, figure(b"the stored version"))
+        manifest = (server.figures / "manifests" / f"{job.job_id}.json").read_bytes()
+        archive = tar_of(figure(random.Random(3).randbytes(4 * 1024 * 1024)))
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.putrequest("POST", f"/api/runner/jobs/{job.job_id}/files")
+        for name, value in {
+            "Authorization": f"Bearer {RUNNER_KEY}",
+            "X-Runner-ID": job.runner_id,
+            "Content-Type": "application/x-tar",
+            "Content-Length": str(len(archive)),
+        }.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        conn.send(archive[: len(archive) // 2])
+        incoming = server.figures / ".incoming"
+        deadline = time.monotonic() + 20
+        while not any(p.stat().st_size > 0 for p in incoming.glob("*.tar")):
+            assert time.monotonic() < deadline, "the upload never reached the server's disk"
+            time.sleep(0.02)
+        proc.popen.kill()
+        proc.popen.wait()
+        conn.close()
+    with running_server(tmp_path, env=env) as proc:
+        assert (server.figures / "manifests" / f"{job.job_id}.json").read_bytes() == manifest
+        page = call(f"{proc.url}/figures/{job.job_id}/{first['version']}/data.zarr/0.0")
+        assert (page.status, page.body) == (200, b"the stored version")
+        moved = call(f"{proc.url}/figures/{job.job_id}/index.html")
+        assert moved.headers["Location"] == f"/figures/{job.job_id}/{first['version']}/index.html"
