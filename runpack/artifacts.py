@@ -241,7 +241,9 @@ class FigureStore:
             if cached is not None and cached[0] == _identity(st):
                 self._manifests.move_to_end(job_id)
                 return cached[1]
-        return await asyncio.to_thread(self.current_now, job_id)
+            return await asyncio.to_thread(self.current_now, job_id)
+        async with self._lock(job_id):  # one adoption of an old-layout folder at a time
+            return await asyncio.to_thread(self.current_now, job_id)
 
     def current_now(self, job_id: str) -> Manifest | None:
         if not is_job_id(job_id):
@@ -256,6 +258,8 @@ class FigureStore:
             if not legacy.is_dir() or legacy.is_symlink():
                 return None
             adopted = adopt_legacy(legacy, job_id, self.blobs, path, self.disk.incoming())
+            if adopted is None and path.exists():  # moved meanwhile, by another instance
+                return self.current_now(job_id)
             if adopted is not None:
                 log.info("moved the figure of job %s into the blob store", job_id)
             return adopted

@@ -165,11 +165,15 @@ class BlobStore:
             count += 1
         return Swept(count, size)
 
-    def total_bytes(self) -> tuple[int, int]:
-        """(blobs, bytes) in the store."""
+    def remove(self, digests: Iterable[str]) -> Swept:
+        """Remove these blobs; call under :meth:`exclusive`."""
         count = size = 0
-        for _digest, path in self.all():
-            with contextlib.suppress(FileNotFoundError):
+        for digest in digests:
+            path = self.path(digest)
+            try:
                 size += path.lstat().st_size
-                count += 1
-        return count, size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            count += 1
+        return Swept(count, size)

@@ -119,8 +119,7 @@ class FigureDisk:
                 candidates = candidates - read_digests(path)
                 if not candidates:
                     return Swept()
-            keep = (digest for digest, _ in self.blobs.all() if digest not in candidates)
-            return self.blobs.sweep(keep)
+            return self.blobs.remove(candidates)
 
     def sweep(self, *, dry_run: bool = False, without: Sequence[str] = ()) -> Swept:
         """Remove every blob that no manifest names (with ``dry_run``, count them, as
