@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import secrets
 import shutil
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,18 +51,23 @@ from runpack import uploads
 from runpack.blobs import Swept
 from runpack.errors import (
     BadRequest,
-    InsufficientStorage,
     NotOwned,
-    RunpackError,
-    StorageNotWritable,
 )
-from runpack.figure_disk import INCOMING, FigureDisk, is_job_id
+from runpack.figure_disk import INCOMING, FigureDisk, is_job_id, storage_error
 from runpack.figure_manifest import Manifest, adopt_legacy, is_version, read_digests
 from runpack.figure_manifest import write as write_manifest
-from runpack.figure_types import CONTENT_TYPES, content_type
+from runpack.figure_types import CONTENT_TYPES, content_type, figpack_urls
 from runpack.uploads import DEFAULT_MAX_RATIO, check_path
 
-__all__ = ["CONTENT_TYPES", "INCOMING", "FigureStore", "content_type", "is_job_id"]
+__all__ = [
+    "CONTENT_TYPES",
+    "INCOMING",
+    "FigureStore",
+    "content_type",
+    "figpack_urls",
+    "is_job_id",
+    "storage_error",
+]
 
 if TYPE_CHECKING:
     from runpack.settings import Settings
@@ -72,35 +76,6 @@ log = logging.getLogger(__name__)
 
 #: Manifests kept parsed in memory (each checked against its file on every use).
 MANIFEST_CACHE = 512
-
-#: Write errors that mean "no room": answered 507, the runner tries again later.
-NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-#: Write errors that mean "cannot write here now": answered 503.
-NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
-
-
-def storage_error(exc: OSError, doing: str) -> RunpackError | None:
-    """The error to answer for a failed write of figure files, None if not a storage one."""
-    if exc.errno not in NO_SPACE | NOT_WRITABLE:
-        return None
-    cause = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
-    details = f"{cause} while {doing}; try again later"
-    if exc.errno in NO_SPACE:
-        return InsufficientStorage(details=details)
-    return StorageNotWritable(details=details)
-
-
-def figpack_urls(value: Any) -> Iterator[Any]:
-    """Every value of a key named ``figpack_url``, anywhere in a JSON value."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "figpack_url":
-                yield item
-            else:
-                yield from figpack_urls(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from figpack_urls(item)
 
 
 def _authority(url: str) -> tuple[str, int] | None:
@@ -241,35 +216,40 @@ class FigureStore:
             if cached is not None and cached[0] == _identity(st):
                 self._manifests.move_to_end(job_id)
                 return cached[1]
-            return await asyncio.to_thread(self.current_now, job_id)
-        async with self._lock(job_id):  # one adoption of an old-layout folder at a time
-            return await asyncio.to_thread(self.current_now, job_id)
-
-    def current_now(self, job_id: str) -> Manifest | None:
-        if not is_job_id(job_id):
-            return None
-        path = self.disk.manifest_path(job_id)
-        try:
-            with path.open("rb") as source:
-                st = os.fstat(source.fileno())
-                manifest = Manifest.from_json(source.read(), job_id)
-        except FileNotFoundError:
-            legacy = self.root / job_id
-            if not legacy.is_dir() or legacy.is_symlink():
-                return None
-            adopted = adopt_legacy(legacy, job_id, self.blobs, path, self.disk.incoming())
-            if adopted is None and path.exists():  # moved meanwhile, by another instance
-                return self.current_now(job_id)
-            if adopted is not None:
-                log.info("moved the figure of job %s into the blob store", job_id)
-            return adopted
-        except OSError:
-            return None
-        if manifest is not None:
-            self._manifests[job_id] = (_identity(st), manifest)
+            identity, manifest = await asyncio.to_thread(self._load, job_id)
+        else:
+            async with self._lock(job_id):  # one adoption of an old-layout folder at a time
+                identity, manifest = await asyncio.to_thread(self._load, job_id)
+        if manifest is not None and identity is not None:
+            self._manifests[job_id] = (identity, manifest)
             while len(self._manifests) > MANIFEST_CACHE:
                 self._manifests.popitem(last=False)
         return manifest
+
+    def current_now(self, job_id: str) -> Manifest | None:
+        """:meth:`current`, from a thread (nothing cached)."""
+        return self._load(job_id)[1] if is_job_id(job_id) else None
+
+    def _load(self, job_id: str) -> tuple[tuple[int, int, int] | None, Manifest | None]:
+        """The job's manifest and its file's identity; an old-layout folder adopted."""
+        path = self.disk.manifest_path(job_id)
+        try:
+            with path.open("rb") as source:
+                identity = _identity(os.fstat(source.fileno()))
+                return identity, Manifest.from_json(source.read(), job_id)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return None, None
+        legacy = self.root / job_id
+        if not legacy.is_dir() or legacy.is_symlink():
+            return None, None
+        adopted = adopt_legacy(legacy, job_id, self.blobs, path, self.disk.incoming())
+        if adopted is None and path.exists():  # moved meanwhile, by another instance
+            return self._load(job_id)
+        if adopted is not None:
+            log.info("moved the figure of job %s into the blob store", job_id)
+        return None, adopted
 
     async def locate(self, job_id: str, path: str) -> Found | Moved | None:
         """What answers ``/figures/<job_id>/<path>``: a file of the current version; a

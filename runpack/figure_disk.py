@@ -9,11 +9,14 @@ Removing a figure removes its manifest (or old folder) at once; its blobs go whe
 no manifest names them: :meth:`FigureDisk.free` checks the blobs of the figures
 just removed, :meth:`FigureDisk.sweep` every blob (what a crashed upload left).
 Both hold the blob store's lock exclusively, so no upload names a blob meanwhile.
+A write that fails for lack of room or permission becomes a clear 507 or 503
+(:func:`storage_error`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runpack.blobs import BLOBS, BlobStore, Swept
+from runpack.errors import InsufficientStorage, RunpackError, StorageNotWritable
 from runpack.figure_manifest import read_digests
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,23 @@ INCOMING = ".incoming"
 MANIFESTS = "manifests"
 #: Leftovers of uploads interrupted by a crash are removed at start once this old.
 STALE_INCOMING_S = 3600.0
+
+
+#: Write errors that mean "no room": answered 507, the runner tries again later.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: Write errors that mean "cannot write here now": answered 503.
+NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
+
+def storage_error(exc: OSError, doing: str) -> RunpackError | None:
+    """The error to answer for a failed write of figure files, None if not a storage one."""
+    if exc.errno not in NO_SPACE | NOT_WRITABLE:
+        return None
+    cause = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+    details = f"{cause} while {doing}; try again later"
+    if exc.errno in NO_SPACE:
+        return InsufficientStorage(details=details)
+    return StorageNotWritable(details=details)
 
 
 def is_job_id(value: str) -> bool:

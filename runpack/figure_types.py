@@ -1,8 +1,11 @@
-"""What a figure's files are served as: a content type by name."""
+"""Figures by name: the content type a figure's file is served as, and the figure
+URLs a job's result names."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import Any
 
 #: Content types by suffix; anything else is served as application/octet-stream.
 CONTENT_TYPES = {
@@ -40,3 +43,16 @@ def content_type(name: str) -> str:
         return "application/json"
     suffix = os.path.splitext(base)[1].lower()
     return CONTENT_TYPES.get(suffix, BINARY)
+
+
+def figpack_urls(value: Any) -> Iterator[Any]:
+    """Every value of a key named ``figpack_url``, anywhere in a JSON value."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "figpack_url":
+                yield item
+            else:
+                yield from figpack_urls(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from figpack_urls(item)
