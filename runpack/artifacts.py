@@ -1,15 +1,28 @@
-"""Stored figures: the folders runners upload, kept under ``<data_dir>/figures/<job_id>/``.
+"""Stored figures: blobs by content, a manifest per figure, URLs that name the version.
 
-An upload is one tar archive, spooled to disk, unpacked into a fresh folder under
-``figures/.incoming/`` (by :mod:`runpack.uploads`, which checks it and enforces the
-limits before anything is kept), given a manifest (every file's path and size) and
-renamed into place in one step, so a reader sees the old figure or the new one,
-never half of one. A refused upload leaves nothing.
-A figure is *complete* while every file in its manifest exists with its size: a
-cached result whose figure is not complete is expired and computed again.
+An upload is one tar archive, spooled to disk and unpacked into a fresh folder under
+``figures/.incoming/`` (by :mod:`runpack.uploads`, which checks it, enforces the
+limits before anything is kept, and hashes every file as it writes it). Each file
+then becomes a blob (:mod:`runpack.blobs`, ``figures/blobs/``, kept once however
+many figures hold it: figpack's viewer bundle is the same in every figure), and
+last the figure's manifest (:mod:`runpack.figure_manifest`,
+``figures/manifests/<job_id>.json``) is renamed into place: a reader sees the old
+version or the new one, never half of one, and a crash before that leaves only
+blobs that nothing names, which the next sweep removes. A refused upload leaves
+nothing. A figure is *complete* while every blob its manifest names exists with
+its size: a cached result whose figure is not complete is expired and computed
+again.
 
-A figure's URL is under the public URL, or under the figure base URL when figures
-have an origin of their own; a URL under either names a figure stored here.
+A figure's URL names its version: ``…/figures/<job_id>/<version>/index.html``. A
+figure computed again with other files gets another URL; an older version's URL,
+and the unversioned ``…/figures/<job_id>/…`` of results stored before versions
+existed, are redirected to the current version (:meth:`FigureStore.locate`).
+URLs are under the public URL, or under the figure base URL when figures have an
+origin of their own; a URL under either names a figure stored here.
+
+Removing a figure removes its manifest, then the blobs no other manifest names
+(:meth:`FigureStore.remove_all`); :meth:`FigureStore.sweep` (``runpack gc`` and
+the retention pass) removes every blob no manifest names.
 
 When the disk is full or the folder cannot be written (ENOSPC, EDQUOT, EFBIG,
 EROFS, EACCES, EPERM…), an upload is refused with :class:`InsufficientStorage`
@@ -23,106 +36,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import secrets
 import shutil
-import stat
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import orjson
-
 from runpack import uploads
+from runpack.blobs import Swept
 from runpack.errors import (
     BadRequest,
-    InsufficientStorage,
     NotOwned,
-    RunpackError,
-    StorageNotWritable,
 )
-from runpack.uploads import DEFAULT_MAX_RATIO, MANIFEST, check_path
+from runpack.figure_disk import INCOMING, FigureDisk, is_job_id, storage_error
+from runpack.figure_manifest import Manifest, adopt_legacy, is_version, read_digests
+from runpack.figure_manifest import write as write_manifest
+from runpack.figure_types import CONTENT_TYPES, content_type, figpack_urls
+from runpack.uploads import DEFAULT_MAX_RATIO, check_path
+
+__all__ = [
+    "CONTENT_TYPES",
+    "INCOMING",
+    "FigureStore",
+    "content_type",
+    "figpack_urls",
+    "is_job_id",
+    "storage_error",
+]
 
 if TYPE_CHECKING:
     from runpack.settings import Settings
 
 log = logging.getLogger(__name__)
 
-INCOMING = ".incoming"
-#: Leftovers of uploads interrupted by a crash are removed at start once this old.
-STALE_INCOMING_S = 3600.0
-
-#: Content types by suffix; anything else is served as application/octet-stream.
-CONTENT_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".htm": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".json": "application/json",
-    ".map": "application/json",
-    ".txt": "text/plain; charset=utf-8",
-    ".md": "text/markdown; charset=utf-8",
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".gif": "image/gif",
-    ".webp": "image/webp",
-    ".svg": "image/svg+xml",
-    ".ico": "image/x-icon",
-    ".wasm": "application/wasm",
-    ".mp4": "video/mp4",
-    ".webm": "video/webm",
-    ".woff": "font/woff",
-    ".woff2": "font/woff2",
-    ".ttf": "font/ttf",
-}
-#: Zarr's metadata files (``.zmetadata`` …) are JSON; its chunks are binary.
-ZARR_METADATA = frozenset({".zmetadata", ".zattrs", ".zgroup", ".zarray"})
-BINARY = "application/octet-stream"
-
-#: Write errors that mean "no room": answered 507, the runner tries again later.
-NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-#: Write errors that mean "cannot write here now": answered 503.
-NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
-
-
-def storage_error(exc: OSError, doing: str) -> RunpackError | None:
-    """The error to answer for a failed write of figure files, None if not a storage one."""
-    if exc.errno not in NO_SPACE | NOT_WRITABLE:
-        return None
-    cause = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
-    details = f"{cause} while {doing}; try again later"
-    if exc.errno in NO_SPACE:
-        return InsufficientStorage(details=details)
-    return StorageNotWritable(details=details)
-
-
-def figpack_urls(value: Any) -> Iterator[Any]:
-    """Every value of a key named ``figpack_url``, anywhere in a JSON value."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "figpack_url":
-                yield item
-            else:
-                yield from figpack_urls(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from figpack_urls(item)
-
-
-def content_type(name: str) -> str:
-    base = name.rsplit("/", 1)[-1]
-    if base in ZARR_METADATA:
-        return "application/json"
-    suffix = os.path.splitext(base)[1].lower()
-    return CONTENT_TYPES.get(suffix, BINARY)
+#: Manifests kept parsed in memory (each checked against its file on every use).
+MANIFEST_CACHE = 512
 
 
 def _authority(url: str) -> tuple[str, int] | None:
@@ -135,28 +88,35 @@ def _authority(url: str) -> tuple[str, int] | None:
     return (parts.hostname, port) if parts.hostname else None
 
 
-def is_job_id(value: str) -> bool:
-    if len(value) != 36:
-        return False
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
 @dataclass(frozen=True, slots=True)
 class StoredFigure:
     job_id: str
+    version: str
     files: int
     bytes: int
-    #: The folder's URL, ending in ``/``.
+    #: The version's folder URL, ending in ``/``.
     base_url: str
     #: ``<base_url>index.html`` when the upload has one, else None.
     index_url: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A file of the current version: its blob, served with ``path``'s type."""
+
+    blob: Path
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """Another URL of the figure (a path on this origin) answers for this one."""
+
+    target: str
+
+
 class FigureStore:
-    """Figure folders of jobs on local disk, and their public URLs."""
+    """Figures of jobs on local disk, and their public URLs."""
 
     def __init__(
         self,
@@ -169,6 +129,8 @@ class FigureStore:
         max_ratio: int = DEFAULT_MAX_RATIO,
     ) -> None:
         self.root = root
+        self.disk = FigureDisk(root)
+        self.blobs = self.disk.blobs
         main = public_url.rstrip("/")
         #: The origin of figures when it is not the public URL's, else None.
         self.figure_origin = figure_url.rstrip("/") or None
@@ -191,6 +153,8 @@ class FigureStore:
         self.max_files = max_files
         self.max_ratio = max_ratio
         self._locks: dict[str, asyncio.Lock] = {}
+        #: job id -> (the manifest file's identity, its manifest), most recent last.
+        self._manifests: OrderedDict[str, tuple[tuple[int, int, int], Manifest]] = OrderedDict()
 
     @property
     def limits(self) -> uploads.Limits:
@@ -210,12 +174,13 @@ class FigureStore:
 
     # --- names ------------------------------------------------------------------------
     def folder(self, job_id: str) -> Path:
+        """Where a figure of the old layout is (a folder of files)."""
         if not is_job_id(job_id):
             raise NotOwned()
         return self.root / job_id
 
-    def base_url(self, job_id: str) -> str:
-        return f"{self.prefix}{job_id}/"
+    def base_url(self, job_id: str, version: str) -> str:
+        return f"{self.prefix}{job_id}/{version}/"
 
     def job_of_url(self, url: str) -> str | None:
         """The job whose stored figure ``url`` names, if it is one of ours."""
@@ -236,87 +201,131 @@ class FigureStore:
             return None
         return self.figure_origin + target
 
-    def file(self, job_id: str, path: str) -> Path | None:
-        """The stored file to serve for ``path`` of a job's figure, or None."""
+    # --- reading --------------------------------------------------------------------------
+    async def current(self, job_id: str) -> Manifest | None:
+        """The job's figure as it is now, or None. A figure of the old layout is moved
+        into the blob store on the way (once)."""
         if not is_job_id(job_id):
             return None
         try:
-            rel = check_path(path)
-        except BadRequest:
-            return None
-        folder = self.root / job_id
-        target = folder / rel
-        try:
-            st = target.lstat()
+            st = os.stat(self.disk.manifest_path(job_id))
         except OSError:
+            st = None
+        if st is not None:
+            cached = self._manifests.get(job_id)
+            if cached is not None and cached[0] == _identity(st):
+                self._manifests.move_to_end(job_id)
+                return cached[1]
+            identity, manifest = await asyncio.to_thread(self._load, job_id)
+        else:
+            async with self._lock(job_id):  # one adoption of an old-layout folder at a time
+                identity, manifest = await asyncio.to_thread(self._load, job_id)
+        if manifest is not None and identity is not None:
+            self._manifests[job_id] = (identity, manifest)
+            while len(self._manifests) > MANIFEST_CACHE:
+                self._manifests.popitem(last=False)
+        return manifest
+
+    def current_now(self, job_id: str) -> Manifest | None:
+        """:meth:`current`, from a thread (nothing cached)."""
+        return self._load(job_id)[1] if is_job_id(job_id) else None
+
+    def _load(self, job_id: str) -> tuple[tuple[int, int, int] | None, Manifest | None]:
+        """The job's manifest and its file's identity; an old-layout folder adopted."""
+        path = self.disk.manifest_path(job_id)
+        try:
+            with path.open("rb") as source:
+                identity = _identity(os.fstat(source.fileno()))
+                return identity, Manifest.from_json(source.read(), job_id)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return None, None
+        legacy = self.root / job_id
+        if not legacy.is_dir() or legacy.is_symlink():
+            return None, None
+        adopted = adopt_legacy(legacy, job_id, self.blobs, path, self.disk.incoming())
+        if adopted is None and path.exists():  # moved meanwhile, by another instance
+            return self._load(job_id)
+        if adopted is not None:
+            log.info("moved the figure of job %s into the blob store", job_id)
+        return None, adopted
+
+    async def locate(self, job_id: str, path: str) -> Found | Moved | None:
+        """What answers ``/figures/<job_id>/<path>``: a file of the current version; a
+        redirect to the current version (from another version, from a version's bare
+        name, or from an unversioned path); or nothing."""
+        if path:
+            try:
+                check_path(path.removesuffix("/"))
+            except BadRequest:
+                return None
+        manifest = await self.current(job_id)
+        if manifest is None:
             return None
-        if not stat.S_ISREG(st.st_mode):
-            return None  # folders are not listed; links are never followed
-        if not target.resolve().is_relative_to(folder.resolve()):
+        here = f"/figures/{job_id}/{manifest.version}/"
+        first, slash, rest = path.partition("/")
+        if not is_version(first):
+            return Moved(here + (path or "index.html"))  # unversioned: stored before versions
+        if first != manifest.version:
+            return Moved(here + (rest or "index.html"))
+        if not slash:
+            return Moved(here + "index.html")
+        rest = rest or "index.html"
+        entry = manifest.files.get(rest)
+        if entry is None:
             return None
-        return target
+        return Found(self.blobs.path(entry[0]), rest)
 
     # --- completeness -------------------------------------------------------------------
     async def is_complete(self, job_id: str) -> bool:
         return await asyncio.to_thread(self.is_complete_now, job_id)
 
     def is_complete_now(self, job_id: str) -> bool:
-        """Does every file of the job's manifest still exist with its size?"""
-        if not is_job_id(job_id):
+        """Does every blob of the job's manifest exist with its size?"""
+        manifest = self.current_now(job_id)
+        if manifest is None:
             return False
-        folder = self.root / job_id
-        try:
-            manifest = orjson.loads((folder / MANIFEST).read_bytes())
-            entries = manifest["files"]
-            for entry in entries:
-                st = os.stat(folder / entry["path"], follow_symlinks=False)
-                if not stat.S_ISREG(st.st_mode) or st.st_size != entry["size"]:
-                    return False
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-        return isinstance(entries, list) and bool(entries)
+        return all(self.blobs.has(digest, size) for digest, size in manifest.files.values())
 
     # --- removal --------------------------------------------------------------------------
     async def remove(self, job_id: str) -> bool:
-        """Delete a job's figure folder; True if there was one."""
+        """Delete a job's figure, then its blobs that no other figure names; True if
+        there was one."""
+        return bool(await self.remove_all([job_id]))
+
+    async def remove_all(self, job_ids: Sequence[str]) -> int:
+        """Delete these jobs' figures, then their blobs that no other figure names;
+        how many there were."""
+        removed = 0
+        digests: set[str] = set()
+        for job_id in job_ids:
+            if not is_job_id(job_id):
+                continue
+            async with self._lock(job_id):
+                gone, names = await asyncio.to_thread(self.disk.drop, job_id)
+            self._manifests.pop(job_id, None)
+            removed += gone
+            digests |= names
+        if digests:
+            await asyncio.to_thread(self.disk.free, digests)
+        return removed
+
+    async def drop(self, job_id: str) -> bool:
+        """Delete a job's figure, leaving its blobs for the next :meth:`sweep`."""
         if not is_job_id(job_id):
             return False
-        folder = self.root / job_id
-        if not folder.exists():
-            return False
         async with self._lock(job_id):
-            return await asyncio.to_thread(self._move_away_and_delete, folder)
+            gone, _ = await asyncio.to_thread(self.disk.drop, job_id)
+        self._manifests.pop(job_id, None)
+        return gone
 
-    def _move_away_and_delete(self, folder: Path) -> bool:
-        """False if there was nothing, or if the folder cannot be removed now (a
-        read-only or failing disk): the job's rows are gone already, so that is
-        logged, not raised, and the folder waits for ``runpack gc``."""
-        try:
-            incoming = self._incoming()
-            trash = incoming / f"deleted-{folder.name}-{secrets.token_hex(4)}"
-            os.rename(folder, trash)  # gone at once for readers, whatever rmtree takes
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            log.warning("cannot remove the figure folder %s: %s", folder, exc)
-            return False
-        shutil.rmtree(trash, ignore_errors=True)
-        return True
+    async def sweep(self, *, dry_run: bool = False, without: Sequence[str] = ()) -> Swept:
+        """Remove every blob no figure names (:meth:`FigureDisk.sweep`)."""
+        return await asyncio.to_thread(self.disk.sweep, dry_run=dry_run, without=without)
 
-    def clean_incoming(self, older_than: float = STALE_INCOMING_S) -> None:
-        """Remove what interrupted uploads left behind (only old entries: other
-        instances sharing the folder may be receiving right now)."""
-        incoming = self.root / INCOMING
-        if not incoming.is_dir():
-            return
-        cutoff = time.time() - older_than
-        for entry in incoming.iterdir():
-            with contextlib.suppress(OSError):
-                if entry.lstat().st_mtime < cutoff:
-                    if entry.is_dir() and not entry.is_symlink():
-                        shutil.rmtree(entry, ignore_errors=True)
-                    else:
-                        entry.unlink()
+    def clean_incoming(self) -> None:
+        self.disk.clean_incoming()
 
     # --- upload ---------------------------------------------------------------------------
     async def receive(
@@ -336,15 +345,17 @@ class FigureStore:
         staging = self.root / INCOMING / f"{job_id}-{token}"
         doing = "receiving the upload"
         try:
-            await asyncio.to_thread(self._incoming)
+            await asyncio.to_thread(self.disk.incoming)
             await uploads.spool(body, archive, self.max_bytes)
             doing = "unpacking the upload"
-            files, total = await asyncio.to_thread(self._unpack, archive, staging, job_id)
+            files, total = await asyncio.to_thread(uploads.unpack, archive, staging, self.limits)
             if still_allowed is not None:
                 await still_allowed()
             doing = "putting the figure in place"
             async with self._lock(job_id):
-                await asyncio.to_thread(self._commit, staging, job_id)
+                manifest, replaced = await asyncio.to_thread(self._commit, staging, files, job_id)
+            if replaced:
+                await asyncio.to_thread(self.disk.free, replaced)
         except OSError as exc:
             refusal = storage_error(exc, doing)
             if refusal is None:
@@ -353,16 +364,16 @@ class FigureStore:
             raise refusal from None
         finally:
             await asyncio.to_thread(_remove_quietly, archive, staging)
-        base = self.base_url(job_id)
-        has_index = any(f["path"] == "index.html" for f in files)
+        base = self.base_url(job_id, manifest.version)
+        has_index = "index.html" in manifest.files
         return StoredFigure(
-            job_id, len(files), total, base, base + "index.html" if has_index else None
+            job_id,
+            manifest.version,
+            len(files),
+            total,
+            base,
+            base + "index.html" if has_index else None,
         )
-
-    def _incoming(self) -> Path:
-        incoming = self.root / INCOMING
-        incoming.mkdir(parents=True, exist_ok=True)
-        return incoming
 
     def _lock(self, job_id: str) -> asyncio.Lock:
         lock = self._locks.get(job_id)
@@ -372,38 +383,29 @@ class FigureStore:
             lock = self._locks[job_id] = asyncio.Lock()
         return lock
 
-    def _unpack(
-        self, archive: Path, staging: Path, job_id: str
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Unpack the archive into ``staging`` and write its manifest there."""
-        files, total = uploads.unpack(archive, staging, self.limits)
-        manifest = {
-            "version": 1,
-            "job_id": job_id,
-            "stored_at": int(time.time() * 1000),
-            "total_bytes": total,
-            "files": files,
-        }
-        (staging / MANIFEST).write_bytes(orjson.dumps(manifest))
-        return files, total
+    def _commit(
+        self, staging: Path, files: list[dict[str, Any]], job_id: str
+    ) -> tuple[Manifest, set[str]]:
+        """Move the staged files into the blob store, then put the manifest in place
+        (replacing the job's previous one). The manifest, and the blobs the previous
+        version named that this one does not."""
+        manifest = Manifest.build(job_id, files)
+        path = self.disk.manifest_path(job_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        previous = read_digests(path)
+        with self.blobs.shared():
+            for entry in files:
+                self.blobs.place(staging / entry["path"], entry["sha256"])
+            write_manifest(path, manifest)
+        legacy = self.root / job_id
+        if legacy.exists():  # a figure of the old layout, replaced
+            self.disk.move_away_and_delete(legacy)
+        log.info("stored the figure of job %s, version %s", job_id, manifest.version)
+        return manifest, previous - {digest for digest, _ in manifest.files.values()}
 
-    def _commit(self, staging: Path, job_id: str) -> None:
-        """Put ``staging`` in place as the job's folder (an older one is replaced)."""
-        final = self.root / job_id
-        old = None
-        if final.exists():
-            old = self.root / INCOMING / f"replaced-{job_id}-{secrets.token_hex(4)}"
-            os.rename(final, old)
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if old is not None:  # the previous figure stays
-                with contextlib.suppress(OSError):
-                    os.rename(old, final)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        log.info("stored the figure of job %s", job_id)
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _remove_quietly(*paths: Path) -> None:

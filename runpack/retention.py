@@ -14,6 +14,9 @@ large backlog never holds the SQLite writer (or PostgreSQL row locks) for long.
 Each deleted job is announced as a ``job_deleted`` event and each cleared console
 as ``job_console_cleared``: the result cache drops them, here and, through
 LISTEN/NOTIFY, in every other instance. Deleting a job deletes its figure too.
+A figure's files are blobs that other figures may share (:mod:`runpack.blobs`):
+removing figures removes their manifests, and the pass ends with a sweep of the
+blobs that no manifest names any more; the bytes freed are those of the blobs.
 
 The server runs a pass every ``gc_interval`` seconds when a TTL is set (see
 :mod:`runpack.sweeper`); ``runpack gc`` (:func:`collect`) runs one now, or counts
@@ -23,16 +26,13 @@ with ``--dry-run``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from runpack.artifacts import INCOMING, FigureStore, is_job_id
+from runpack.artifacts import FigureStore
 from runpack.notify import EventKind, Notifier, ServerEvent
 from runpack.protocol import FINAL, JobStatus
 from runpack.service.core import now_ms
@@ -82,6 +82,8 @@ class Report:
     deleted: dict[str, int] = field(default_factory=lambda: {str(s): 0 for s in FINAL})
     consoles: int = 0
     figures: int = 0
+    #: Stored files (blobs) no figure names any more.
+    blobs: int = 0
     bytes_freed: int = 0
     runners: int = 0
 
@@ -91,13 +93,14 @@ class Report:
 
     @property
     def changed(self) -> bool:
-        return bool(self.jobs or self.consoles or self.figures or self.runners)
+        return bool(self.jobs or self.consoles or self.figures or self.blobs or self.runners)
 
     def summary(self) -> str:
         """One line, for the server's log."""
         return (
             f"{self.jobs} jobs deleted, {self.consoles} consoles cleared, {self.figures} "
-            f"figures removed ({human_bytes(self.bytes_freed)}), {self.runners} runners forgotten"
+            f"figures removed ({self.blobs} files, {human_bytes(self.bytes_freed)}), "
+            f"{self.runners} runners forgotten"
         )
 
     def render(self) -> str:
@@ -109,10 +112,12 @@ class Report:
             else ("jobs deleted", "consoles cleared", "figures removed", "runners forgotten")
         )
         freed = "to free" if self.dry_run else "freed"
+        files = "files to remove" if self.dry_run else "files removed"
         lines = [
             f"{verbs[0]:18} {self.jobs} ({by_state})",
             f"{verbs[1]:18} {self.consoles}",
             f"{verbs[2]:18} {self.figures} ({human_bytes(self.bytes_freed)} {freed})",
+            f"  {files:16} {self.blobs} (stored once, no figure names them any more)",
             f"{verbs[3]:18} {self.runners}",
         ]
         if self.dry_run:
@@ -139,6 +144,8 @@ class Retention:
         self.notifier = notifier or Notifier()
         self.clock = clock
         self.batch = batch
+        #: In a dry run, the jobs whose figures would be removed.
+        self._doomed: list[str] = []
 
     def _cutoff(self, ttl: float, now: int) -> int | None:
         """Rows last updated before this are past ``ttl``; None when it is off."""
@@ -147,6 +154,7 @@ class Retention:
     async def run(self, dry_run: bool = False) -> Report:
         now = self.clock()
         report = Report(dry_run=dry_run)
+        self._doomed = []
         if dry_run:
             await self._count_jobs(now, report)
         else:
@@ -154,8 +162,12 @@ class Retention:
         await self._consoles(now, report)
         await self._figures(now, report)
         await self._runners(now, report)
-        if not dry_run and self.figures is not None:
-            await asyncio.to_thread(self.figures.clean_incoming)
+        if self.figures is not None:
+            swept = await self.figures.sweep(dry_run=dry_run, without=self._doomed)
+            report.blobs += swept.blobs
+            report.bytes_freed += swept.bytes
+            if not dry_run:
+                await asyncio.to_thread(self.figures.clean_incoming)
         return report
 
     # --- jobs ---------------------------------------------------------------------------
@@ -209,7 +221,7 @@ class Retention:
         deletes = self.policy.result_ttl > 0 or self.policy.failure_ttl > 0
         if self.policy.figure_ttl <= 0 and not (report.dry_run and deletes):
             return
-        folders = await asyncio.to_thread(_figure_folders, self.figures.root)
+        folders = await asyncio.to_thread(self.figures.disk.stored)
         for start in range(0, len(folders), self.batch):
             chunk = folders[start : start + self.batch]
             states = await self.store.job_states([job_id for job_id, _ in chunk])
@@ -239,12 +251,18 @@ class Retention:
     async def _remove_figures(self, job_ids: Sequence[str], report: Report) -> None:
         if self.figures is None or not job_ids:
             return
-        figures = self.figures
-        sizes = await asyncio.to_thread(_folder_sizes, figures.root, job_ids)
-        for job_id, size in sizes:
-            if report.dry_run or await figures.remove(job_id):
-                report.figures += 1
-                report.bytes_freed += size
+        disk = self.figures.disk
+        for job_id in job_ids:
+            if not await asyncio.to_thread(disk.has, job_id):
+                continue
+            # A folder of the old layout is freed as a whole; blobs by the sweep.
+            size = await asyncio.to_thread(disk.legacy_bytes, job_id)
+            if report.dry_run:
+                self._doomed.append(job_id)
+            elif not await self.figures.drop(job_id):
+                continue
+            report.figures += 1
+            report.bytes_freed += size
 
     # --- runners ------------------------------------------------------------------------
     async def _runners(self, now: int, report: Report) -> None:
@@ -273,44 +291,6 @@ async def run_retention(retention: Retention, interval: float) -> None:
         except Exception:
             log.exception("retention pass failed; trying again in %.0f s", interval)
         await asyncio.sleep(interval)
-
-
-def _figure_folders(root: Path) -> list[tuple[str, int]]:
-    """(job id, folder mtime in ms) of every stored figure."""
-    found = []
-    try:
-        entries = list(os.scandir(root))
-    except FileNotFoundError:
-        return []
-    for entry in entries:
-        if entry.name == INCOMING or not is_job_id(entry.name):
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            found.append((entry.name, int(st.st_mtime * 1000)))
-    return sorted(found)
-
-
-def _folder_sizes(root: Path, job_ids: Sequence[str]) -> list[tuple[str, int]]:
-    """(job id, bytes of its files) of those of these jobs that have a figure folder."""
-    out = []
-    for job_id in job_ids:
-        folder = root / job_id
-        if folder.is_dir() and not folder.is_symlink():
-            out.append((job_id, _tree_bytes(folder)))
-    return out
-
-
-def _tree_bytes(folder: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            with contextlib.suppress(OSError):  # gone meanwhile
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
 
 
 def human_bytes(n: int) -> str:

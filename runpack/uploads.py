@@ -18,6 +18,7 @@ import bz2
 import contextlib
 import errno
 import gzip
+import hashlib
 import io
 import lzma
 import os
@@ -110,8 +111,8 @@ async def spool(body: AsyncIterator[bytes], archive: Path, max_bytes: int) -> No
 
 def unpack(archive: Path, staging: Path, limits: Limits) -> tuple[list[dict[str, Any]], int]:
     """Unpack regular files and folders into ``staging``, once the whole archive has
-    passed every check: a refused upload writes nothing. The files (path and size)
-    and their total bytes."""
+    passed every check: a refused upload writes nothing. The files (path, size and
+    SHA-256) and their total bytes."""
     sent = archive.stat().st_size
     limit = max(sent * limits.max_ratio, MIN_UNPACKED_LIMIT)
     plan = _plan(archive, limits, limit, sent)
@@ -131,8 +132,8 @@ def unpack(archive: Path, staging: Path, limits: Limits) -> tuple[list[dict[str,
             source = tar.extractfile(member)
             if source is None:
                 raise BadRequest("Unreadable file in the upload", details=rel)
-            _write_new(staging / rel, source, member.size)
-            files.append({"path": rel, "size": member.size})
+            digest = _write_new(staging / rel, source, member.size)
+            files.append({"path": rel, "size": member.size, "sha256": digest})
             total += member.size
     return files, total
 
@@ -296,7 +297,8 @@ def _mkdirs(staging: Path, rel: str) -> None:
         raise BadRequest("A file and a folder share a name in the upload", details=rel) from None
 
 
-def _write_new(target: Path, source: IO[bytes], size: int) -> None:
+def _write_new(target: Path, source: IO[bytes], size: int) -> str:
+    """Write a new file of ``size`` bytes from ``source``; its SHA-256."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(target, flags, 0o644)
@@ -304,6 +306,7 @@ def _write_new(target: Path, source: IO[bytes], size: int) -> None:
         raise BadRequest(
             "A file and a folder share a name in the upload", details=str(target.name)
         ) from None
+    digest = hashlib.sha256()
     with os.fdopen(fd, "wb") as out:
         left = size
         while left > 0:
@@ -311,4 +314,6 @@ def _write_new(target: Path, source: IO[bytes], size: int) -> None:
             if not chunk:
                 raise BadRequest("The upload must be a tar archive", details="truncated")
             out.write(chunk)
+            digest.update(chunk)
             left -= len(chunk)
+    return digest.hexdigest()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,20 @@ async def upload(client: TestClient, job_id: str, runner_id: str, body: bytes) -
     )
 
 
-def figure_dir(settings: Settings, job_id: str) -> Path:
-    return Path(settings.data_dir) / "figures" / job_id
+def figures_root(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "figures"
+
+
+def manifest_of(settings: Settings, job_id: str) -> dict[str, Any]:
+    data = (figures_root(settings) / "manifests" / f"{job_id}.json").read_bytes()
+    return dict(json.loads(data))
+
+
+def blob_of(settings: Settings, job_id: str, path: str) -> Path:
+    """The stored file that serves ``path`` of a job's figure."""
+    entry = next(e for e in manifest_of(settings, job_id)["files"] if e["path"] == path)
+    digest = entry["sha256"]
+    return figures_root(settings) / "blobs" / digest[:2] / digest
 
 
 async def test_upload_then_serve_with_types_ranges_and_caching(
@@ -79,13 +92,15 @@ async def test_upload_then_serve_with_types_ranges_and_caching(
     resp = await upload(client, job_id, runner_id, tar_of(FILES))
     assert resp.status == 201, await resp.text()
     body = await resp.json()
-    base = f"{settings.base_url}/figures/{job_id}/"
+    version = body["version"]
+    base = f"{settings.base_url}/figures/{job_id}/{version}/"
     assert body["url"] == base
     assert body["figpack_url"] == base + "index.html"
     assert body["files"] == len(FILES)
     assert body["bytes"] == sum(len(v) for v in FILES.values())
+    at = f"/figures/{job_id}/{version}"
     for name, data in FILES.items():
-        got = await client.get(f"/figures/{job_id}/{name}")
+        got = await client.get(f"{at}/{name}")
         assert got.status == 200, name
         assert await got.read() == data
         assert got.headers["Access-Control-Allow-Origin"] == "*"
@@ -99,41 +114,46 @@ async def test_upload_then_serve_with_types_ranges_and_caching(
         "video.mp4": "video/mp4",
     }
     for name, kind in types.items():
-        got = await client.head(f"/figures/{job_id}/{name}")
+        got = await client.head(f"{at}/{name}")
         assert got.headers["Content-Type"].startswith(kind), name
-    js = await client.get(f"/figures/{job_id}/assets/index-abc.js")
+    js = await client.get(f"{at}/assets/index-abc.js")
     assert js.headers["Cache-Control"] == "public, max-age=31536000, immutable"
-    index = await client.get(f"/figures/{job_id}/index.html")
-    assert index.headers["Cache-Control"] == "no-cache"  # the same URL after a recompute
+    index = await client.get(f"{at}/index.html")
+    assert index.headers["Cache-Control"] == "no-cache"  # an older version's is redirected
     assert index.headers["Content-Security-Policy"].startswith("sandbox allow-scripts")
     # Every figure response is sandboxed, not only pages (a runner names the types).
     assert js.headers["Content-Security-Policy"] == index.headers["Content-Security-Policy"]
-    folder = await client.get(f"/figures/{job_id}/")
+    folder = await client.get(f"{at}/")
     assert await folder.read() == FILES["index.html"]
+    # Unversioned URLs (results stored before versions) lead to the current version.
+    for old, new in (("", "index.html"), ("/", "index.html"), ("/assets/style.css", None)):
+        moved = await client.get(f"/figures/{job_id}{old}", allow_redirects=False)
+        assert moved.status == 307, old
+        assert moved.headers["Location"] == f"{at}/{new or old.lstrip('/')}"
+        assert moved.headers["Cache-Control"] == "no-cache"
     # HTTP range requests, as figpack's viewer reads its zarr data.
-    part = await client.get(
-        f"/figures/{job_id}/data.zarr/_consolidated_0.dat", headers={"Range": "bytes=10-19"}
-    )
+    part = await client.get(f"{at}/data.zarr/_consolidated_0.dat", headers={"Range": "bytes=10-19"})
     assert part.status == 206
     assert part.headers["Content-Range"] == "bytes 10-19/2048"
     assert await part.read() == FILES["data.zarr/_consolidated_0.dat"][10:20]
     # A preflight for a cross-origin range request.
     pre = await client.options(
-        f"/figures/{job_id}/data.zarr/_consolidated_0.dat",
+        f"{at}/data.zarr/_consolidated_0.dat",
         headers={"Origin": "https://neurosift.app", "Access-Control-Request-Headers": "range"},
     )
     assert pre.status == 204
     assert "Range" in pre.headers["Access-Control-Allow-Headers"]
     assert "Content-Range" in pre.headers["Access-Control-Expose-Headers"]
     # No figpack.json: that is figpack's cloud's, and its viewer would offer to manage it there.
-    assert (await client.get(f"/figures/{job_id}/figpack.json")).status == 404
+    assert (await client.get(f"{at}/figpack.json")).status == 404
 
 
 async def test_missing_files_folders_and_the_manifest_are_404(client: TestClient) -> None:
     job_id, runner_id = await held_job(client)
-    assert (await upload(client, job_id, runner_id, tar_of(FILES))).status == 201
+    stored = await upload(client, job_id, runner_id, tar_of(FILES))
+    version = (await stored.json())["version"]
     for path in ("nope.js", "assets", "assets/", MANIFEST, "data.zarr/%2E%2E/%2E%2E/x"):
-        resp = await client.get(f"/figures/{job_id}/{path}")
+        resp = await client.get(f"/figures/{job_id}/{version}/{path}")
         assert resp.status == 404, path
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
     other = "00000000-0000-4000-8000-000000000000"
@@ -176,7 +196,8 @@ async def test_paths_that_would_leave_the_folder_are_refused(
     resp = await upload(client, job_id, runner_id, tar_of({"index.html": b"ok", name: b"bad"}))
     assert resp.status == 400, name
     assert (await resp.json())["error"] == "Invalid file path"
-    assert not figure_dir(settings, job_id).exists()
+    assert not (figures_root(settings) / "manifests" / f"{job_id}.json").exists()
+    assert not (figures_root(settings) / "blobs").exists()
     assert not (Path(settings.data_dir) / "x").exists()
 
 
@@ -233,12 +254,27 @@ async def test_bad_archives_are_400_and_gzip_is_accepted(client: TestClient) -> 
     assert (await upload(client, job_id, runner_id, tar_of(FILES, gz=True))).status == 201
 
 
-async def test_a_new_upload_replaces_the_old_figure(client: TestClient) -> None:
+async def test_a_new_upload_replaces_the_old_figure(client: TestClient, settings: Settings) -> None:
     job_id, runner_id = await held_job(client)
-    assert (await upload(client, job_id, runner_id, tar_of(FILES))).status == 201
-    assert (await upload(client, job_id, runner_id, tar_of({"index.html": b"v2"}))).status == 201
-    assert await (await client.get(f"/figures/{job_id}/index.html")).read() == b"v2"
-    assert (await client.get(f"/figures/{job_id}/video.mp4")).status == 404
+    first = await (await upload(client, job_id, runner_id, tar_of(FILES))).json()
+    old_video = blob_of(settings, job_id, "video.mp4")
+    second = await upload(client, job_id, runner_id, tar_of({"index.html": b"v2"}))
+    assert second.status == 201
+    body = await second.json()
+    assert body["version"] != first["version"]  # other files: another URL
+    old_at, at = f"/figures/{job_id}/{first['version']}", f"/figures/{job_id}/{body['version']}"
+    assert body["figpack_url"] == f"{settings.base_url}{at}/index.html"
+    assert await (await client.get(f"{at}/index.html")).read() == b"v2"
+    # The old URL, and the old version's other files, lead to the current version.
+    moved = await client.get(f"{old_at}/index.html", allow_redirects=False)
+    assert moved.status == 307
+    assert moved.headers["Location"] == f"{at}/index.html"
+    assert await (await client.get(f"{old_at}/index.html")).read() == b"v2"
+    assert (await client.get(f"{old_at}/video.mp4")).status == 404
+    assert not old_video.exists()  # no figure names it any more
+    # The same files again: the same version, the same URL.
+    third = await upload(client, job_id, runner_id, tar_of({"index.html": b"v2"}))
+    assert (await third.json())["version"] == body["version"]
 
 
 async def complete(client: TestClient, job_id: str, runner_id: str, url: str) -> Any:
@@ -263,7 +299,9 @@ async def test_complete_needs_the_files_then_validation_checks_them_on_disk(
     assert again["status"] == "completed"
     assert again["result"]["output_data"]["figpack_url"] == url
     # A file shrinks on disk: the figure is incomplete, the job expires and is queued again.
-    (figure_dir(settings, job_id) / "video.mp4").write_bytes(b"short")
+    video = blob_of(settings, job_id, "video.mp4")
+    video.chmod(0o644)
+    video.write_bytes(b"short")
     check = await client.post(
         "/api/jobs/check",
         json={"job_type": JOB, "input_params": {"nwb_url": "https://x/a.nwb"}},
@@ -281,15 +319,16 @@ async def test_complete_needs_the_files_then_validation_checks_them_on_disk(
 
 async def test_deleting_a_job_deletes_its_files(client: TestClient, settings: Settings) -> None:
     job_id, runner_id = await held_job(client)
-    assert (await upload(client, job_id, runner_id, tar_of(FILES))).status == 201
-    assert figure_dir(settings, job_id).is_dir()
+    url = (await (await upload(client, job_id, runner_id, tar_of(FILES))).json())["figpack_url"]
+    blobs = [blob_of(settings, job_id, name) for name in FILES]
+    assert all(blob.is_file() for blob in blobs)
     resp = await client.delete(f"/api/admin/jobs/{job_id}", headers=ADMIN)
     assert resp.status == 200
-    assert not figure_dir(settings, job_id).exists()
-    assert (await client.get(f"/figures/{job_id}/index.html")).status == 404
-    leftovers = list((Path(settings.data_dir) / "figures").iterdir())
-    assert all(p.name == ".incoming" for p in leftovers)
-    assert list((Path(settings.data_dir) / "figures" / ".incoming").iterdir()) == []
+    assert not any(blob.exists() for blob in blobs)
+    assert list((figures_root(settings) / "manifests").iterdir()) == []
+    for gone in (url.removeprefix(settings.base_url), f"/figures/{job_id}/index.html"):
+        assert (await client.get(gone, allow_redirects=False)).status == 404
+    assert list((figures_root(settings) / ".incoming").iterdir()) == []
 
 
 async def test_metadata_params_of_figure_jobs_do_not_split_the_cache(client: TestClient) -> None:
@@ -377,3 +416,33 @@ async def test_a_figure_folder_that_cannot_be_removed_is_left_with_a_warning(
     monkeypatch.undo()
     assert await figures.remove(job_id) is True
     assert not folder.exists()
+
+
+async def test_a_figure_stored_before_versions_keeps_working_from_its_old_url(
+    client: TestClient, settings: Settings
+) -> None:
+    """A folder of the old layout, named by a completed job's result: the old URL leads
+    to the current version, the folder moves into the blob store on first use, and the
+    cached result stays valid."""
+    job_id, runner_id = await held_job(client)
+    folder = figures_root(settings) / job_id
+    for name, data in FILES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    listed = [{"path": name, "size": len(data)} for name, data in FILES.items()]
+    (folder / MANIFEST).write_text(json.dumps({"version": 1, "job_id": job_id, "files": listed}))
+    url = f"{settings.base_url}/figures/{job_id}/index.html"
+    assert (await complete(client, job_id, runner_id, url)).status == 200
+
+    moved = await client.get(f"/figures/{job_id}/index.html", allow_redirects=False)
+    assert moved.status == 307
+    version = manifest_of(settings, job_id)["version"]
+    assert moved.headers["Location"] == f"/figures/{job_id}/{version}/index.html"
+    assert not folder.exists()  # its files are blobs now
+    for name, data in FILES.items():
+        got = await client.get(f"/figures/{job_id}/{name}")  # redirects followed
+        assert await got.read() == data, name
+        assert blob_of(settings, job_id, name).read_bytes() == data
+    again = await submit(client, JOB, nwb_url="https://x/a.nwb")
+    assert again["status"] == "completed"
+    assert again["result"]["output_data"]["figpack_url"] == url

@@ -469,7 +469,8 @@ async def test_a_full_disk_on_upload_is_a_clear_507_and_the_job_runs_again(
             assert "EFBIG" in lost["error_message"], lost
             assert "Insufficient storage" in runner_log(runner)
             # Nothing of the refused uploads is visible or left behind.
-            assert not (figures / job_id).exists()
+            assert not (figures / "manifests" / f"{job_id}.json").exists()
+            assert not (figures / "blobs").exists() or blob_names(figures) == set()
             assert list((figures / ".incoming").iterdir()) == []
             space_returns()
             done = await until(w.job_is(job_id, "completed"), "the job to complete", 25)
@@ -477,11 +478,12 @@ async def test_a_full_disk_on_upload_is_a_clear_507_and_the_job_runs_again(
         assert done["attempts"] >= 2
         assert done["output_data"]["attempt"] == done["attempts"]
         url = done["output_data"]["figpack_url"]
-        assert url == f"{w.url}/figures/{job_id}/index.html"
+        assert url.startswith(f"{w.url}/figures/{job_id}/") and url.endswith("/index.html")
         async with w.http.get(url) as resp:
             assert resp.status == 200
             assert job_id in await resp.text()
-        assert (figures / job_id / "data.bin").stat().st_size == UPLOAD_BYTES
+        sizes = sorted(p.stat().st_size for p in (figures / "blobs").rglob("*") if p.is_file())
+        assert UPLOAD_BYTES in sizes
         assert len(w.events.results(job_id)) == 1
         assert "completed" not in w.events.history(job_id)[:-1]
         assert "failed" not in w.events.history(job_id)
@@ -548,6 +550,10 @@ async def upload(client: TestClient, job_id: str, runner_id: str, body: bytes) -
     )
 
 
+def blob_names(figures: Path) -> set[str]:
+    return {p.name for p in (figures / "blobs").rglob("*") if p.is_file() and p.name != ".lock"}
+
+
 def leftovers(figures: Path) -> list[str]:
     incoming = figures / ".incoming"
     return sorted(p.name for p in incoming.iterdir()) if incoming.exists() else []
@@ -589,7 +595,8 @@ async def test_a_write_error_while_unpacking_is_named_and_leaves_nothing(
     assert error in body["error"]
     assert errno.errorcode[code] in body["details"]
     assert "unpacking the upload" in body["details"]
-    assert not (figures / job_id).exists()
+    assert not (figures / "manifests" / f"{job_id}.json").exists()
+    assert not (figures / "blobs").exists()
     assert leftovers(figures) == []
     assert (await client.get(f"/figures/{job_id}/index.html")).status == 404
 
@@ -600,12 +607,16 @@ async def test_a_write_error_while_unpacking_is_named_and_leaves_nothing(
 async def test_a_failed_replacement_keeps_the_stored_figure(
     storage: tuple[TestClient, str, str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The new version's files are stored, then its manifest cannot be put in place
+    (the step a crash would interrupt): the stored figure stays whole and current, and
+    the next sweep removes the new files, which no figure names."""
     client, job_id, runner_id, figures = storage
-    assert (await upload(client, job_id, runner_id, tar_of(FILES))).status == 201
+    stored = await (await upload(client, job_id, runner_id, tar_of(FILES))).json()
+    before = blob_names(figures)
     real_rename = os.rename
 
     def rename(src: Any, dst: Any) -> None:
-        if Path(src).name.startswith(f"{job_id}-") and Path(dst).name == job_id:
+        if Path(dst).name == f"{job_id}.json":
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))  # putting the new one in place
         real_rename(src, dst)
 
@@ -614,9 +625,16 @@ async def test_a_failed_replacement_keeps_the_stored_figure(
     assert resp.status == 503
     assert "EROFS" in (await resp.json())["details"]
     monkeypatch.setattr(artifacts.os, "rename", real_rename)
-    assert await (await client.get(f"/figures/{job_id}/index.html")).read() == FILES["index.html"]
-    assert (await client.get(f"/figures/{job_id}/data/a.bin")).status == 200
+    at = f"/figures/{job_id}/{stored['version']}"
+    assert await (await client.get(f"{at}/index.html")).read() == FILES["index.html"]
+    assert (await client.get(f"{at}/data/a.bin")).status == 200
     assert leftovers(figures) == []
+    orphans = blob_names(figures) - before
+    assert len(orphans) == 1  # v2's index.html: stored, named by no manifest
+    swept = await artifacts.FigureStore(figures, "http://127.0.0.1:1", 10**6, 100).sweep()
+    assert (swept.blobs, swept.bytes) == (1, 2)
+    assert blob_names(figures) == before
+    assert (await client.get(f"{at}/data/a.bin")).status == 200
 
 
 async def test_other_os_errors_are_not_called_a_full_disk(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -340,8 +341,9 @@ async def test_a_handler_uploads_its_folder_through_the_runner(
         ctx = JobContext(job_id, "figure_job")
         ctx.uploader = FolderUploader(session, settings, lambda: runner_id)
         url = await asyncio.to_thread(ctx.upload_folder, figure_folder(tmp_path))
-        assert url.endswith(f"/figures/{job_id}/index.html")
-        resp = await client.get(f"/figures/{job_id}/data.zarr/.zmetadata")
+        found = re.search(f"(/figures/{job_id}/[0-9a-f]{{16}}/)index.html$", url)
+        assert found is not None, url
+        resp = await client.get(found.group(1) + "data.zarr/.zmetadata")
         assert resp.status == 200 and await resp.text() == "{}"
         assert "Uploading 3 files" in ctx.console
         # Not our job (any more): refused at once with the server's reason.

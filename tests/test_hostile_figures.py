@@ -215,6 +215,8 @@ class HeldJob:
     job_id: str
     runner_id: str
     params: dict[str, Any]
+    #: The server's stored files when the job was made.
+    blobs: frozenset[str] = frozenset()
 
     def upload(self, archive: bytes) -> Reply:
         return call(
@@ -237,7 +239,8 @@ class HeldJob:
 
     @property
     def folder(self) -> Path:
-        return self.server.figures / self.job_id
+        """The job's manifest: there once a figure of the job is stored."""
+        return self.server.figures / "manifests" / f"{self.job_id}.json"
 
 
 def held_job(server: Server, **params: Any) -> HeldJob:
@@ -254,7 +257,12 @@ def held_job(server: Server, **params: Any) -> HeldJob:
     call_json(
         f"{url}/api/runner/jobs/{job_id}/claim", "POST", RUNNER_KEY, **{"X-Runner-ID": runner}
     )
-    return HeldJob(server, job_id, runner, submitted["input_params"])
+    return HeldJob(server, job_id, runner, submitted["input_params"], stored_blobs(server))
+
+
+def stored_blobs(server: Server) -> frozenset[str]:
+    blobs = server.figures / "blobs"
+    return frozenset(p.name for p in blobs.rglob("*") if p.is_file() and p.name != ".lock")
 
 
 def tar_of(files: dict[str, bytes], folders: list[str] | None = None) -> bytes:
@@ -414,7 +422,8 @@ def test_every_figure_response_is_sandboxed(server: Server) -> None:
     job = held_job(server)
     stored = job.upload(tar_of(FIGURE))
     assert stored.status == 201, stored.body
-    base = f"{server.url}/figures/{job.job_id}/"
+    base = stored.json()["url"]
+    assert base == f"{server.url}/figures/{job.job_id}/{stored.json()['version']}/"
     for name in FIGURE:
         for method in ("GET", "HEAD"):
             reply = call(base + name, method)
@@ -438,6 +447,8 @@ def test_every_figure_response_is_sandboxed(server: Server) -> None:
         "unknown job": call(f"{server.url}/figures/00000000-0000-4000-8000-000000000000/x.svg"),
         "not a job": call(f"{server.url}/figures/not-a-job/x.html"),
         "redirect": call(f"{server.url}/figures/{job.job_id}"),
+        "unversioned": call(f"{server.url}/figures/{job.job_id}/plot.svg"),
+        "another version": call(f"{server.url}/figures/{job.job_id}/0123456789abcdef/x.svg"),
         "preflight": call(
             base + "plot.svg",
             "OPTIONS",
@@ -452,7 +463,9 @@ def test_every_figure_response_is_sandboxed(server: Server) -> None:
     assert statuses["unsatisfiable range"] == 416, statuses
     assert statuses["304 by etag"] == statuses["304 by date"] == 304, statuses
     assert statuses["412"] == 412, statuses
-    assert statuses["folder"] == 200 and statuses["redirect"] == 301, statuses
+    assert statuses["folder"] == 200, statuses
+    for what in ("redirect", "unversioned", "another version"):
+        assert statuses[what] == 307, statuses
     assert statuses["preflight"] == 204, statuses
     for what in ("missing file", "a folder's path", "unknown job", "not a job", "escape"):
         assert statuses[what] == 404, statuses
@@ -480,14 +493,17 @@ def test_figures_on_their_own_origin(
         stored = job.upload(tar_of({"index.html": scripted_page(tag)}))
         assert stored.status == 201, stored.body
         url = stored.json()["figpack_url"]
-        assert url == f"{figure_origin}/figures/{job.job_id}/index.html"
+        path = f"/figures/{job.job_id}/{stored.json()['version']}/index.html"
+        assert url == figure_origin + path
         assert job.complete({"figpack_url": url}).status == 200
 
-        # On the main origin, figures are redirected to theirs, guarded all the same.
-        moved = call(f"{main.url}/figures/{job.job_id}/index.html?x=1")
-        assert moved.status == 307
-        assert moved.headers["Location"] == f"{figure_origin}/figures/{job.job_id}/index.html?x=1"
-        assert_guarded(moved, "redirect")
+        # On the main origin, figures are redirected to theirs, guarded all the same;
+        # an unversioned URL goes to the current version there in one step.
+        for asked in (path, f"/figures/{job.job_id}/index.html"):
+            moved = call(f"{main.url}{asked}?x=1")
+            assert moved.status == 307
+            assert moved.headers["Location"] == f"{figure_origin}{path}?x=1"
+            assert_guarded(moved, "redirect")
         there = call(url)
         assert there.status == 200
         assert_guarded(there, "on the figure origin", inline=True)
@@ -496,7 +512,8 @@ def test_figures_on_their_own_origin(
         old = held_job(main)
         old_url = f"{main.url}/figures/{old.job_id}/index.html"
         assert old.complete({"figpack_url": old_url}).status == 400  # its files are missing
-        assert old.upload(tar_of({"index.html": b"<!doctype html>"})).status == 201
+        old_stored = old.upload(tar_of({"index.html": b"<!doctype html>"}))
+        assert old_stored.status == 201
         assert old.complete({"figpack_url": old_url}).status == 200
         for done in (job, old):
             again = call_json(
@@ -519,7 +536,7 @@ def test_figures_on_their_own_origin(
                 page.get_by_role("link", name="Open figure").click()
             figure = opened.value
             figure.wait_for_load_state()
-            assert figure.url == f"{figure_origin}/figures/{old.job_id}/index.html"
+            assert figure.url == old_stored.json()["figpack_url"]  # its current version
             with context.expect_event("request", lambda r: f"/beacon/{tag}" in r.url) as beacon:
                 figure.goto(url)
             outcome = urllib.parse.unquote(_query(beacon.value))
@@ -553,6 +570,7 @@ def test_a_figure_base_url_on_the_public_origin_is_refused(tmp_path: Path) -> No
 
 def nothing_kept(job: HeldJob) -> None:
     assert not job.folder.exists()
+    assert stored_blobs(job.server) == job.blobs
     incoming = job.server.figures / ".incoming"
     assert not incoming.exists() or not any(incoming.iterdir()), list(incoming.iterdir())
 
@@ -636,7 +654,7 @@ def test_a_normal_figure_still_uploads(server: Server) -> None:
         reply = job.upload(archive)
         assert reply.status == 201, reply.body
         body = reply.json()
-        assert body["url"] == f"{server.url}/figures/{job.job_id}/"
+        assert body["url"] == f"{server.url}/figures/{job.job_id}/{body['version']}/"
         assert body["figpack_url"] == body["url"] + "index.html"
         assert body["files"] == len(FIGURE)
         assert call(body["figpack_url"]).body == FIGURE["index.html"]

@@ -326,9 +326,8 @@ async def figure_job(client: TestClient, settings: Settings, url: str, *, finish
     runner = await register(client, caps=[FIGURE_JOB])
     await claim(client, runner, job_id)
     headers = {**as_runner(runner), "Content-Type": "application/x-tar"}
-    up = await client.post(
-        f"/api/runner/jobs/{job_id}/files", data=tar_of(FIGURE_FILES), headers=headers
-    )
+    files = {**FIGURE_FILES, "own.bin": own_bytes(url)}
+    up = await client.post(f"/api/runner/jobs/{job_id}/files", data=tar_of(files), headers=headers)
     assert up.status == 201, await up.text()
     if finish:
         figure_url = f"{settings.base_url}/figures/{job_id}/index.html"
@@ -341,8 +340,13 @@ async def figure_job(client: TestClient, settings: Settings, url: str, *, finish
     return job_id
 
 
-def tree_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+def own_bytes(url: str) -> bytes:
+    """A file only this figure holds (its others are the same in every figure)."""
+    return url.encode() * 100
+
+
+def blob_files(root: Path) -> set[str]:
+    return {p.name for p in (root / "blobs").rglob("*") if p.is_file() and p.name != ".lock"}
 
 
 async def test_removed_figures_make_the_next_submit_compute_again(
@@ -354,7 +358,9 @@ async def test_removed_figures_make_the_next_submit_compute_again(
     orphan = root / str(uuid.uuid4())  # a folder whose job is gone (left by a crash)
     orphan.mkdir()
     (orphan / "index.html").write_bytes(b"old")
-    expected_bytes = tree_bytes(root / done) + 3
+    # The done figure's own file goes; those it shares with the running one stay.
+    expected_bytes = len(own_bytes("https://x/done.nwb")) + 3
+    assert len(blob_files(root)) == len(FIGURE_FILES) + 2
     cached = await submit(client, FIGURE_JOB, nwb_url="https://x/done.nwb")
     assert cached["status"] == "completed"
 
@@ -362,9 +368,12 @@ async def test_removed_figures_make_the_next_submit_compute_again(
     report = await app_retention(client, RetentionPolicy(figure_ttl=60), 2 * MINUTE).run()
 
     assert report.figures == 2
-    assert report.bytes_freed == expected_bytes > sum(map(len, FIGURE_FILES.values()))
-    assert not (root / done).exists() and not orphan.exists()
-    assert (root / running / "index.html").exists()  # its job is still running
+    assert report.blobs == 1
+    assert report.bytes_freed == expected_bytes
+    assert not (root / "manifests" / f"{done}.json").exists() and not orphan.exists()
+    assert (root / "manifests" / f"{running}.json").exists()  # its job is still running
+    assert len(blob_files(root)) == len(FIGURE_FILES) + 1
+    assert (await client.get(f"/figures/{running}/index.html")).status == 200
     detail = await client.get(f"/api/admin/jobs/{done}", headers=ADMIN)
     assert (await detail.json())["status"] == "completed"  # the job stays
     assert (await client.get(f"/figures/{done}/index.html")).status == 404

@@ -1,12 +1,18 @@
-"""Figure files: runners upload a job's folder; anyone reads it at ``/figures/<job_id>/``.
+"""Figure files: runners upload a job's folder; anyone reads it at ``/figures/<job_id>/<version>/``.
 
 ``POST /api/runner/jobs/{job_id}/files`` (runner key, ``X-Runner-ID`` of the runner
-holding the job) takes the folder as one tar archive and answers its URLs, or 507
-(disk full) or 503 (storage not writable) naming the cause, keeping nothing of it.
-``GET /figures/{job_id}/{path}`` serves a stored file with its content type,
-HTTP range requests and CORS for any origin; no folder is ever listed. Files are
-cached for a year (``immutable``) except ``index.html``, which is revalidated: a
-job computed again after its figure was deleted gets the same URL. There is no
+holding the job) takes the folder as one tar archive and answers its URLs (201),
+or 507 (disk full) or 503 (storage not writable) naming the cause, keeping nothing
+of it. ``GET /figures/{job_id}/{version}/{path}`` serves a file of the figure's
+current version with its content type, HTTP range requests and CORS for any
+origin; no folder is ever listed. The version is a hash of the figure's files, so
+a file's URL never names other bytes: files are cached for a year
+(``immutable``), except ``index.html``, which is revalidated so that a browser
+opening an older version is sent to the current one. Another version's URL, the
+bare ``/figures/{job_id}`` and the unversioned ``/figures/{job_id}/{path}`` of
+results stored before versions existed answer 307 to the same path in the current
+version (temporary, not cached: the current version changes when the job is
+computed again, and a remembered permanent redirect could then loop). There is no
 ``figpack.json`` (figpack's cloud status file): without one, figpack's viewer shows
 no "Manage Figure" button pointing at a cloud that does not know the figure, and
 this server checks its own figures on disk.
@@ -35,7 +41,7 @@ from aiohttp import web
 
 from runpack.api.common import json_response, policy
 from runpack.appkeys import FIGURES, RUNNER_ID, SERVICE
-from runpack.artifacts import CONTENT_TYPES, content_type
+from runpack.artifacts import CONTENT_TYPES, Moved, content_type
 from runpack.errors import (
     InsufficientStorage,
     NotFound,
@@ -56,7 +62,9 @@ FIGURE_CORS_HEADERS = {
 }
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
-#: Served with no-cache: it may change when a job is computed again.
+#: Served with no-cache though its URL names its version: a browser asks again each
+#: time it opens a figure, so an old version's page is redirected to the current
+#: one, whose files it then loads, never a mix of two versions.
 MUTABLE_NAMES = frozenset({"index.html"})
 #: On every response under /figures/. A figure's pages run in an opaque origin:
 #: figure scripts can never read what this server's dashboard keeps for its origin
@@ -104,6 +112,7 @@ async def upload(request: web.Request) -> web.Response:
         "success": True,
         "message": "Files stored",
         "url": stored.base_url,
+        "version": stored.version,
         "files": stored.files,
         "bytes": stored.bytes,
     }
@@ -126,30 +135,45 @@ async def guard_figure_response(request: web.Request, response: web.StreamRespon
         response.headers["Content-Disposition"] = ATTACHMENT
 
 
+def _redirect(request: web.Request, target: str) -> web.HTTPTemporaryRedirect:
+    """A 307 to ``target`` (a path, the request's query kept), on the figure origin
+    when the request reached the main one."""
+    if request.query_string:
+        target += "?" + request.query_string
+    there = request.app[FIGURES].moved_to_figure_origin(request.host, target)
+    return web.HTTPTemporaryRedirect(there or target, headers={"Cache-Control": REVALIDATE})
+
+
 def _to_figure_origin(request: web.Request) -> None:
     """Raise a redirect to the figure origin for a request that reached the main one."""
     there = request.app[FIGURES].moved_to_figure_origin(request.host, request.raw_path)
     if there is not None:
-        raise web.HTTPTemporaryRedirect(there)
+        raise web.HTTPTemporaryRedirect(there, headers={"Cache-Control": REVALIDATE})
 
 
 @routes.get("/figures/{job_id}")
-@policy(Role.PUBLIC, failure="Failed to serve the figure")
+@policy(Role.PUBLIC, failure="Failed to serve the figure", errors=(NotFound,))
 async def figure_root(request: web.Request) -> web.StreamResponse:
-    _to_figure_origin(request)
-    raise web.HTTPMovedPermanently(f"/figures/{request.match_info['job_id']}/index.html")
+    return await _serve(request, request.match_info["job_id"], "")
 
 
 @routes.get("/figures/{job_id}/{path:.*}")
 @policy(Role.PUBLIC, failure="Failed to serve the figure", errors=(NotFound,))
 async def figure_file(request: web.Request) -> web.StreamResponse:
-    _to_figure_origin(request)
-    figures = request.app[FIGURES]
-    job_id = request.match_info["job_id"]
-    path = request.match_info["path"] or "index.html"
-    target = figures.file(job_id, path)
-    if target is None:
+    return await _serve(request, request.match_info["job_id"], request.match_info["path"])
+
+
+async def _serve(request: web.Request, job_id: str, path: str) -> web.StreamResponse:
+    """A file of the figure's current version, or a redirect to it (from an older
+    version's URL or an unversioned one): 307, never cached, since the version it
+    names changes whenever the figure is computed again."""
+    found = await request.app[FIGURES].locate(job_id, path)
+    if found is None:
+        _to_figure_origin(request)
         return _not_found()
-    cache = REVALIDATE if path in MUTABLE_NAMES else IMMUTABLE
-    headers = {"Content-Type": content_type(path), "Cache-Control": cache}
-    return web.FileResponse(target, headers=headers)
+    if isinstance(found, Moved):
+        raise _redirect(request, found.target)
+    _to_figure_origin(request)
+    cache = REVALIDATE if found.path in MUTABLE_NAMES else IMMUTABLE
+    headers = {"Content-Type": content_type(found.path), "Cache-Control": cache}
+    return web.FileResponse(found.blob, headers=headers)

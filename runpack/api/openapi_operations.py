@@ -62,10 +62,6 @@ FILE_ANSWERS: dict[str, Json] = {
     "412": {"description": "A precondition (`If-Match`, `If-Unmodified-Since`) failed."},
     "416": {"description": "The `Range` cannot be satisfied."},
 }
-TO_FIGURE_ORIGIN = redirect(
-    "With `RUNPACK_FIGURE_BASE_URL`, a request on the public URL's host goes to the same "
-    "path on the figure origin."
-)
 OK = json_reply("Done.", ref("SuccessMessage"))
 TYPES = query(
     "types[]",
@@ -295,21 +291,25 @@ OPERATIONS: dict[tuple[str, str], Doc] = {
     ),
     ("GET", "/figures/{job_id}"): Doc(
         "A job's figure",
-        {"301": redirect("To the figure's `index.html`."), "307": TO_FIGURE_ORIGIN},
+        {"307": redirect("To the current version's `index.html` (or to the figure origin).")},
+        notes={"404": "The job has no figure."},
     ),
     ("GET", "/figures/{job_id}/{path}"): Doc(
         "A file of a job's figure (CORS for any origin, ranges)",
         {
             "200": {
-                "description": "The file, with its content type (`figpack.json`: made from "
-                "the job's state when the folder has none).",
+                "description": "A file of the current version (`path` is "
+                "`<version>/<file>`), with its content type.",
                 "content": {
                     JSON: {"schema": {"anyOf": [ref("FigpackStatus"), {}]}},
                     "*/*": {"schema": {"type": "string"}},
                 },
             },
             **FILE_ANSWERS,
-            "307": TO_FIGURE_ORIGIN,
+            "307": redirect(
+                "To the same file in the current version, from another version or an "
+                "unversioned path (results stored before versions), or to the figure origin."
+            ),
         },
         notes={"404": "No such file (folders are never listed)."},
     ),

@@ -278,7 +278,14 @@ SCHEMAS: Json = {
         {
             "success": {"type": "boolean"},
             "message": {"type": "string"},
-            "url": {"type": "string", "description": "The folder's URL, ending in `/`."},
+            "url": {
+                "type": "string",
+                "description": "The version's folder URL, `…/figures/<job_id>/<version>/`.",
+            },
+            "version": {
+                "type": "string",
+                "description": "The figure's version: a hash of its files.",
+            },
             "files": {"type": "integer"},
             "bytes": {"type": "integer"},
         },

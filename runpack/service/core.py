@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -35,7 +35,7 @@ class Figures(Protocol):
 
     async def is_complete(self, job_id: str) -> bool: ...
 
-    async def remove(self, job_id: str) -> bool: ...
+    async def remove_all(self, job_ids: Sequence[str]) -> int: ...
 
 
 class Observer(Protocol):

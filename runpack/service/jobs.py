@@ -236,8 +236,8 @@ class Jobs(ServiceCore):
     async def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:
         valid = [j for j in job_ids if is_uuid(j)]
         deleted = await self.store.delete_jobs(valid) if valid else []
+        if self.figures is not None and deleted:
+            await self.figures.remove_all(deleted)
         for job_id in deleted:
-            if self.figures is not None:
-                await self.figures.remove(job_id)
             self.notifier.publish(ServerEvent(EventKind.JOB_DELETED, job_id))
         return deleted
