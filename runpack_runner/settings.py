@@ -67,6 +67,32 @@ class RunnerSettings:
         "How long a cancelled or timed-out handler may take to stop before its slot is reused.",
     )
 
+    # --- the container job type (docs/containers.md) ---------------------------------------
+    container_images: tuple[str, ...] = _s(
+        (),
+        "Images the container job type may run, comma-separated: digests (sha256:…, "
+        "name@sha256:…), patterns with * (lab/tool@*), or name:tag (whatever digest the tag "
+        "has on this runner). None by default.",
+    )
+    container_docker_url: str = _s(
+        "unix:///var/run/docker.sock", "The Docker Engine API the container job type uses."
+    )
+    container_cpus: float = _s(1.0, "Most CPUs one container may use.")
+    container_memory_mb: int = _s(512, "Most memory (MiB) one container may use; no swap.")
+    container_pids: int = _s(256, "Most processes one container may run.")
+    container_time_limit: float = _s(3600.0, "Most seconds one container may run.")
+    container_tmp_mb: int = _s(64, "Size (MiB) of a container's writable /tmp (in its memory).")
+    container_user: str = _s(
+        "",
+        "User (uid:gid) that containers run as (default: the runner's own, or 65534:65534 "
+        "(nobody) when the runner runs as root).",
+    )
+    container_work_dir: str = _s(
+        "",
+        "Where the runner keeps each container's /outputs folder (shared with dockerd; "
+        "default: the system's temporary folder).",
+    )
+
     def replace(self, **changes: Any) -> RunnerSettings:
         return dataclasses.replace(self, **changes)
 
@@ -82,6 +108,10 @@ class RunnerSettings:
         for name in ("heartbeat_interval", "poll_wait", "socket_retry_interval", "reconnect_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be more than 0")
+        if min(self.container_cpus, self.container_time_limit) <= 0:
+            raise ValueError("container_cpus and container_time_limit must be more than 0")
+        if min(self.container_memory_mb, self.container_pids, self.container_tmp_mb) < 1:
+            raise ValueError("container memory, pids and tmp sizes must be at least 1")
         if self.job_timeout < 0 or self.reconnect_min < 0 or self.stop_grace < 0:
             raise ValueError("durations cannot be negative")
 

@@ -1,0 +1,348 @@
+"""``container``: run an OCI image through the Docker Engine API (docs/containers.md).
+
+The image must be pinned by digest and allowed by the runner
+(``RUNPACK_CONTAINER_IMAGES``); its parameters are checked in
+:mod:`runpack_runner.container_spec`. The container runs with no network, as a
+non-root user, on a read-only root filesystem with a writable ``/outputs`` (a
+folder of the runner's, shared with dockerd) and a small ``/tmp`` in memory,
+without capabilities or the Docker socket, within CPU, memory, process and time
+limits. Its stdout and stderr become the job's console line by line; a line
+``RUNPACK_PROGRESS 3/10`` reports progress instead. When it exits with 0, the
+files it left in ``/outputs`` are uploaded to the server and listed in the
+result with their URLs. Cancelling the job, or its time limit, removes the
+container at once.
+
+Docker is reached with docker-py (the ``container`` extra): the handler runs in a
+worker thread, and docker-py's blocking calls, each with a timeout, fit it directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import stat
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
+
+from runpack_runner.container_spec import ContainerPolicy, ContainerSpec, Limits, parse_spec
+from runpack_runner.context import Cancelled, JobContext, RetryLater
+from runpack_runner.handler import HeartbeatCallback, JobHandler
+
+if TYPE_CHECKING:
+    from runpack_runner.settings import RunnerSettings
+
+if importlib.util.find_spec("docker") is None:
+    raise ImportError("needs the container extra (pip install 'runpack[container]')")
+
+log = logging.getLogger(__name__)
+
+#: Labels on every container this job type starts (``docker ps -a --filter label=…``).
+LABEL_JOB = "org.runpack.job-id"
+LABEL_ATTEMPT = "org.runpack.attempt"
+#: A line of this form is progress, not console: ``RUNPACK_PROGRESS 3/10`` or ``… 3``.
+PROGRESS = re.compile(rb"RUNPACK_PROGRESS\s+(\d+)(?:\s*/\s*(\d+))?\s*")
+#: Longest console line kept whole; longer output without a newline is split.
+MAX_LINE = 16 * 1024
+API_TIMEOUT = 60
+POLL = 0.05
+NOBODY = "65534:65534"
+
+
+class ContainerJob(JobHandler):
+    """Runs an allowed, pinned image; see the module's docstring."""
+
+    job_type = "container"
+    #: The container is the isolation: no child process around the handler.
+    in_process: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self.policy = ContainerPolicy()
+        self.docker_url = "unix:///var/run/docker.sock"
+        self.tmp_mb = 64
+        self.user = ""
+        self.work_dir = ""
+
+    def configure(self, settings: RunnerSettings) -> None:
+        """Take the runner's container settings (the runner calls this once)."""
+        self.policy = ContainerPolicy(
+            allowed=settings.container_images,
+            most=Limits(
+                cpus=settings.container_cpus,
+                memory_mb=settings.container_memory_mb,
+                pids=settings.container_pids,
+                time_limit=settings.container_time_limit,
+            ),
+        )
+        self.docker_url = settings.container_docker_url
+        self.tmp_mb = settings.container_tmp_mb
+        self.user = settings.container_user
+        self.work_dir = settings.container_work_dir
+
+    def execute(
+        self, input_params: dict[str, Any], heartbeat_callback: HeartbeatCallback
+    ) -> dict[str, Any]:
+        ctx = heartbeat_callback
+        if not isinstance(ctx, JobContext):
+            raise TypeError("the container job type needs the runner's JobContext")
+        spec = parse_spec(input_params)
+        limits = self.policy.limits(spec)
+        api = self._connect()
+        try:
+            if not self.policy.allows(spec, lambda tag: _digests_of(api, tag)):
+                raise ValueError(self.policy.refusal(spec))
+            image = _resolve(api, spec)
+            run = ContainerRun(api, ctx, spec, image, limits, self)
+            return run.run()
+        finally:
+            api.close()
+
+    def _connect(self) -> Any:
+        import docker
+
+        try:
+            return docker.APIClient(base_url=self.docker_url, version="auto", timeout=API_TIMEOUT)
+        except docker.errors.DockerException as exc:
+            raise RetryLater(f"cannot reach Docker at {self.docker_url}: {exc}") from exc
+
+    def container_user(self) -> str:
+        """The configured user, else the runner's own (never root)."""
+        if self.user:
+            return self.user
+        uid, gid = os.getuid(), os.getgid()
+        return f"{uid}:{gid}" if uid != 0 else NOBODY
+
+
+def _digests_of(api: Any, tag: str) -> list[str]:
+    """The image ID and repository digests that ``tag`` has on this runner (none: [])."""
+    import docker
+
+    try:
+        info = api.inspect_image(tag)
+    except docker.errors.ImageNotFound:
+        return []
+    return [str(info["Id"]), *(info.get("RepoDigests") or [])]
+
+
+def _resolve(api: Any, spec: ContainerSpec) -> dict[str, Any]:
+    """The local image that ``spec.image`` names, checked against its digest.
+
+    ``sha256:<id>`` is an image ID; ``name@sha256:<d>`` is a repository digest, or
+    (an image loaded with ``docker import``/``load`` has none) the ID of an image
+    tagged ``name:…`` here.
+    """
+    import docker
+
+    try:
+        info: dict[str, Any] = api.inspect_image(spec.image)
+    except docker.errors.ImageNotFound:
+        info = {}
+        if spec.name:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                info = api.inspect_image(spec.digest)
+            tags = info.get("RepoTags") or []
+            if spec.name not in {*tags, *(tag.rsplit(":", 1)[0] for tag in tags)}:
+                info = {}
+    if not info:
+        raise RuntimeError(f"image {spec.image} is not on this runner (pull or load it there)")
+    names = {str(info["Id"]), *(info.get("RepoDigests") or [])}
+    if spec.digest != info["Id"] and spec.image not in names:
+        raise RuntimeError(f"image {spec.image} resolved to {info['Id']}, not the digest asked for")
+    return info
+
+
+class ContainerRun:
+    """One container: created, started, watched, removed."""
+
+    def __init__(
+        self,
+        api: Any,
+        ctx: JobContext,
+        spec: ContainerSpec,
+        image: dict[str, Any],
+        limits: Limits,
+        job: ContainerJob,
+    ) -> None:
+        self.api = api
+        self.ctx = ctx
+        self.spec = spec
+        self.image = image
+        self.limits = limits
+        self.job = job
+        self.container_id = ""
+        self.streamed = threading.Event()
+
+    def run(self) -> dict[str, Any]:
+        folder = Path(tempfile.mkdtemp(prefix="runpack-container-", dir=self.job.work_dir or None))
+        outputs = folder / "outputs"
+        outputs.mkdir()
+        outputs.chmod(0o777)  # the container's user writes here
+        try:
+            try:
+                self.ctx.check_cancelled()
+                self.container_id = self._create(outputs)
+                self.api.start(self.container_id)
+                self.ctx.log(
+                    f"Container {self.container_id[:12]} started from {self.image['Id']} "
+                    f"(limits: {self.limits.cpus:g} CPUs, {self.limits.memory_mb} MiB, "
+                    f"{self.limits.pids} processes, {self.limits.time_limit:g} s)"
+                )
+                threading.Thread(
+                    target=self._stream, name=f"container-{self.ctx.job_id}", daemon=True
+                ).start()
+                self._wait()
+                code, oom = self._exit_state()
+            finally:
+                self._remove()
+            if oom:
+                raise RuntimeError(f"killed: used more than {self.limits.memory_mb} MiB")
+            if code != 0:
+                raise RuntimeError(f"the container exited with code {code}")
+            self.ctx.log("Container exited with code 0")
+            return self._result(outputs)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _create(self, outputs: Path) -> str:
+        limits = self.limits
+        memory = limits.memory_mb * 1024 * 1024
+        host_config = self.api.create_host_config(
+            binds={str(outputs): {"bind": "/outputs", "mode": "rw"}},
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.job.tmp_mb}m,mode=1777"},
+            network_mode="none",
+            read_only=True,
+            privileged=False,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            nano_cpus=int(limits.cpus * 1e9),
+            mem_limit=memory,
+            memswap_limit=memory,
+            pids_limit=limits.pids,
+            ipc_mode="private",
+        )
+        env = {
+            **self.spec.env,
+            "JOB_ID": self.ctx.job_id,
+            "JOB_ATTEMPT": str(self.ctx.attempt),
+            "OUTPUTS_DIR": "/outputs",
+        }
+        created = self.api.create_container(
+            image=self.image["Id"],
+            command=list(self.spec.command) if self.spec.command is not None else None,
+            environment=env,
+            user=self.job.container_user(),
+            working_dir="/tmp",
+            network_disabled=True,
+            labels={LABEL_JOB: self.ctx.job_id, LABEL_ATTEMPT: str(self.ctx.attempt)},
+            host_config=host_config,
+        )
+        return str(created["Id"])
+
+    def _wait(self) -> None:
+        """Until the container's output ends; kill it on cancel or at its time limit."""
+        deadline = time.monotonic() + self.limits.time_limit
+        while not self.streamed.wait(POLL):
+            if self.ctx.cancelled:
+                self._remove()
+                raise Cancelled(self.ctx.cancel_reason or "cancelled")
+            if time.monotonic() > deadline:
+                self._remove()
+                self.ctx.log(f"Container killed at its time limit ({self.limits.time_limit:g} s)")
+                raise RuntimeError(f"killed: ran longer than {self.limits.time_limit:g} s")
+
+    def _exit_state(self) -> tuple[int, bool]:
+        code = self.api.wait(self.container_id, timeout=API_TIMEOUT).get("StatusCode", -1)
+        state = self.api.inspect_container(self.container_id).get("State", {})
+        return int(code), bool(state.get("OOMKilled"))
+
+    def _remove(self) -> None:
+        """Kill and remove the container (again: a no-op)."""
+        if not self.container_id:
+            return
+        import docker
+
+        try:
+            self.api.remove_container(self.container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: its removal is already in progress
+                raise
+
+    # --- console --------------------------------------------------------------------------
+    def _stream(self) -> None:
+        """The container's stdout and stderr, line by line, until it exits."""
+        pending = b""
+        try:
+            for chunk in self.api.logs(self.container_id, stream=True, follow=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self._line(line)
+                while len(pending) > MAX_LINE:
+                    self._line(pending[:MAX_LINE])
+                    pending = pending[MAX_LINE:]
+            if pending:
+                self._line(pending)
+        except Exception as exc:  # the container was removed under the stream
+            if not self.ctx.cancelled:
+                log.warning("job %s: the container's output ended: %s", self.ctx.job_id, exc)
+        finally:
+            self.streamed.set()
+
+    def _line(self, raw: bytes) -> None:
+        raw = raw.rstrip(b"\r")
+        progress = PROGRESS.fullmatch(raw)
+        if progress is None:
+            self.ctx.log(raw.decode(errors="replace"))
+            return
+        total = progress[2]
+        with contextlib.suppress(Cancelled):
+            self.ctx.progress(int(progress[1]), int(total) if total is not None else None)
+
+    # --- outputs --------------------------------------------------------------------------
+    def _result(self, outputs: Path) -> dict[str, Any]:
+        files = _regular_files(outputs)
+        result: dict[str, Any] = {
+            "image": self.spec.image,
+            "image_id": self.image["Id"],
+            "repo_digests": list(self.image.get("RepoDigests") or []),
+            "exit_code": 0,
+            "outputs_url": None,
+            "files": [],
+        }
+        if not files:
+            return result
+        url = self.ctx.upload_folder(outputs)
+        base = url[: -len("index.html")] if url.endswith("/index.html") else url
+        base = base if base.endswith("/") else base + "/"
+        result["outputs_url"] = base
+        result["files"] = [
+            {"path": path, "bytes": size, "url": base + quote(path)} for path, size in files
+        ]
+        return result
+
+
+def _regular_files(folder: Path) -> list[tuple[str, int]]:
+    """(relative path, size) of each regular file under ``folder``; anything else the
+    container left (symbolic links above all: they could name the runner's files) is
+    deleted first, never followed."""
+    found: list[tuple[str, int]] = []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        for name in [*names, *dirs]:
+            path = Path(root, name)
+            mode = path.lstat().st_mode
+            if stat.S_ISREG(mode):
+                found.append((path.relative_to(folder).as_posix(), path.lstat().st_size))
+            elif not stat.S_ISDIR(mode):
+                path.unlink()
+                with contextlib.suppress(ValueError):
+                    dirs.remove(name)
+    return sorted(found)

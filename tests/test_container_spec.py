@@ -1,0 +1,101 @@
+"""A container job's parameters and the runner's rules, without Docker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from runpack_runner.container_spec import ContainerPolicy, Limits, parse_spec
+from runpack_runner.settings import RunnerSettings
+
+ID = "sha256:" + "a" * 64
+OTHER = "sha256:" + "b" * 64
+
+
+def nothing(tag: str) -> list[str]:
+    return []
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({}, "Missing required parameter: 'image'"),
+        ({"image": "busybox:1.36"}, "Parameter 'image' is not pinned ('busybox:1.36')"),
+        ({"image": "sha256:abc"}, "is not pinned"),
+        ({"image": ID, "command": "echo hi"}, "must be a list of strings"),
+        ({"image": ID, "command": []}, "must be a list of 1 to 256 strings"),
+        ({"image": ID, "command": ["echo", 1]}, "Each 'command' argument must be a string"),
+        ({"image": ID, "env": {"A-B": "x"}}, "'A-B' is not a variable name"),
+        ({"image": ID, "env": {"JOB_ID": "x"}}, "JOB_ID is set by the runner"),
+        ({"image": ID, "env": {"A": 1}}, "Parameter 'env': A must be a string"),
+        ({"image": ID, "limits": {"gpus": 1}}, "unknown gpus"),
+        ({"image": ID, "limits": {"cpus": 0}}, "cpus must be a number more than 0"),
+        ({"image": ID, "limits": {"memory_mb": 1.5}}, "memory_mb must be a whole number"),
+        ({"image": ID, "limits": {"pids": True}}, "pids must be a number more than 0"),
+        ({"image": ID, "network": "host"}, "Unknown parameters: network"),
+    ],
+)
+def test_bad_parameters_are_named(params: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_spec(params)
+    assert message in str(caught.value)
+
+
+def test_a_pinned_reference_names_its_repository_and_digest() -> None:
+    spec = parse_spec({"image": f"ghcr.io/lab/tool@{ID}", "command": ["run"], "env": {"A": "1"}})
+    assert (spec.name, spec.digest, spec.command, spec.env) == (
+        "ghcr.io/lab/tool",
+        ID,
+        ("run",),
+        {"A": "1"},
+    )
+    assert parse_spec({"image": ID}).name == ""
+
+
+def test_limits_default_to_the_runner_maximum_and_may_only_be_lower() -> None:
+    policy = ContainerPolicy(most=Limits(cpus=2, memory_mb=256, pids=64, time_limit=30))
+    assert policy.limits(parse_spec({"image": ID})) == Limits(2, 256, 64, 30)
+    lower = parse_spec({"image": ID, "limits": {"cpus": 0.5, "memory_mb": 16, "time_limit": 1}})
+    assert policy.limits(lower) == Limits(0.5, 16, 64, 1)
+    with pytest.raises(ValueError, match=r"memory_mb 512 is more than this runner allows \(256\)"):
+        policy.limits(parse_spec({"image": ID, "limits": {"memory_mb": 512}}))
+
+
+def test_no_image_is_allowed_by_default() -> None:
+    spec = parse_spec({"image": ID})
+    policy = ContainerPolicy()
+    assert not policy.allows(spec, nothing)
+    assert "allows no images (RUNPACK_CONTAINER_IMAGES is empty)" in policy.refusal(spec)
+
+
+def test_allowed_by_digest_pattern_or_a_tag_on_this_runner() -> None:
+    pinned = parse_spec({"image": f"lab/tool@{ID}"})
+    bare = parse_spec({"image": ID})
+    assert ContainerPolicy(allowed=(ID,)).allows(bare, nothing)
+    assert not ContainerPolicy(allowed=(OTHER,)).allows(bare, nothing)
+    assert ContainerPolicy(allowed=("lab/tool@*",)).allows(pinned, nothing)
+    assert not ContainerPolicy(allowed=("lab/other@*",)).allows(pinned, nothing)
+    assert not ContainerPolicy(allowed=("lab/tool@*",)).allows(bare, nothing)
+    # A tag allows whatever digest it has here, and only that.
+    looked_up: list[str] = []
+
+    def tags(tag: str) -> list[str]:
+        looked_up.append(tag)
+        return [ID] if tag == "lab/tool:1" else []
+
+    assert ContainerPolicy(allowed=("lab/tool:1",)).allows(bare, tags)
+    assert ContainerPolicy(allowed=("lab/tool:1",)).allows(pinned, tags)
+    other = parse_spec({"image": OTHER})
+    assert not ContainerPolicy(allowed=("lab/tool:1", "x@*")).allows(other, tags)
+    assert looked_up == ["lab/tool:1"] * 3  # patterns and digests are never looked up
+
+
+def test_the_runner_settings_check_container_limits() -> None:
+    settings = RunnerSettings.from_env(
+        {"RUNPACK_CONTAINER_IMAGES": f"{ID}, lab/*@*", "RUNPACK_CONTAINER_MEMORY_MB": "128"}
+    )
+    assert settings.container_images == (ID, "lab/*@*")
+    assert settings.container_memory_mb == 128
+    with pytest.raises(ValueError, match="at least 1"):
+        RunnerSettings.from_env({"RUNPACK_CONTAINER_PIDS": "0"})
