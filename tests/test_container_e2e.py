@@ -7,7 +7,9 @@ is left (``docker ps -a`` by label).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -268,3 +270,22 @@ async def test_a_container_has_no_network_socket_root_or_privileges(
     ):
         assert expected in lines, (expected, lines)
     assert job["output_data"]["files"] == []
+
+
+def test_the_example_runs_a_shell_tool_end_to_end(api: Any, tmp_path: Path) -> None:
+    """examples/container/run.sh: image, server, runner and ``runpack submit … --wait``."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "container" / "run.sh"
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PORT": str(free_port()),
+        "TMPDIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [str(example), "b a b c b a"], env=env, capture_output=True, text=True, timeout=50
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout[done.stdout.index("{") :])
+    assert [f["path"] for f in result["files"]] == ["counts.txt", "index.html"]
+    assert "3 distinct words" in done.stderr + done.stdout
+    assert not list(tmp_path.iterdir())  # the example cleaned up after itself
