@@ -7,9 +7,12 @@ is left (``docker ps -a`` by label).
 
 from __future__ import annotations
 
+import asyncio
+import glob
 import json
 import os
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +21,11 @@ import aiohttp
 import pytest
 
 from tests import dockerimages
-from tests.conftest import ADMIN, RUNNER_KEY, SUBMIT
-from tests.procs import free_port, until
-from tests.test_runner_e2e import BIN, Stack
+from tests.procs import KEYS, Proc, free_port, running_runner, running_server, until
+
+BIN = Path(sys.executable).parent
+SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
+ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
 
 #: A looping script, a memory hog and a slow one: the safety tests' commands.
 LOOP = ["sh", "-c", "echo looping; while true; do :; done"]
@@ -35,37 +40,60 @@ def api() -> Any:
 
 @pytest.fixture(scope="module")
 def image(api: Any) -> Iterator[tuple[str, str]]:
+    """A busybox image: (``repository:tag``, its ID). The runner allows it by
+    repository (``runpack-test/busybox@*``), so a bare ID is not allowed."""
     name, image_id = dockerimages.build(api)
     yield name, image_id
     dockerimages.remove(api, name)
 
 
-class ContainerStack(Stack):
-    def container_runner(self, allowed: str, **env: str) -> None:
-        cwd = self.tmp / "runner"
-        cwd.mkdir(exist_ok=True)
-        (self.tmp / "work").mkdir(exist_ok=True)
-        variables = {
-            **os.environ,
-            "RUNPACK_WORKER_URL": self.url,
-            "RUNPACK_RUNNER_API_KEY": RUNNER_KEY,
-            "RUNPACK_JOB_TYPES": "container",
-            "RUNPACK_CONTAINER_IMAGES": allowed,
-            "RUNPACK_CONTAINER_WORK_DIR": str(self.tmp / "work"),
-            "RUNPACK_CONTAINER_MEMORY_MB": "64",
-            "RUNPACK_CONTAINER_TIME_LIMIT": "60",
-            **env,
-        }
-        self._start([str(BIN / "runpack-runner")], variables, cwd, "runner")
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("container-work")
+
+
+@pytest.fixture(scope="module")
+def server(api: Any, tmp_path_factory: pytest.TempPathFactory, work: Path) -> Iterator[Proc]:
+    """One server and one runner for the module's tests (each test's jobs are its own)."""
+    tmp = tmp_path_factory.mktemp("container-stack")
+    env = {**KEYS, "RUNPACK_RATE_SUBMIT": "0", "RUNPACK_RATE_POLL": "0"}
+    runner_env = {
+        "RUNPACK_JOB_TYPES": "container",
+        "RUNPACK_CONCURRENCY": "4",
+        "RUNPACK_CONTAINER_IMAGES": f"{dockerimages.REPOSITORY}@*",
+        "RUNPACK_CONTAINER_WORK_DIR": str(work),
+        "RUNPACK_CONTAINER_MEMORY_MB": "64",
+        "RUNPACK_CONTAINER_TIME_LIMIT": "60",
+    }
+    with (
+        running_server(tmp / "server", env) as proc,
+        running_runner(tmp / "runner", proc.url, env=runner_env),
+    ):
+        yield proc
+
+
+class Client:
+    def __init__(self, url: str, http: aiohttp.ClientSession) -> None:
+        self.url = url
+        self.http = http
+
+    async def call(self, method: str, path: str, headers: dict[str, str], **kw: Any) -> Any:
+        async with self.http.request(method, self.url + path, headers=headers, **kw) as resp:
+            return resp.status, await resp.json()
 
     async def run(self, params: dict[str, Any]) -> tuple[int, Any]:
         body = {"job_type": "container", "input_params": params}
-        return await self.call("POST", "/api/jobs/submit", SUBMIT, json=body)
+        return await self.call("POST", "/api/jobs/submit", SUBMIT, json=body)  # type: ignore[no-any-return]
 
-    async def submit_container(self, params: dict[str, Any]) -> str:
+    async def submit(self, params: dict[str, Any]) -> str:
         status, body = await self.run(params)
         assert status == 201, body
         return str(body["job_id"])
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        status, body = await self.call("GET", f"/api/admin/jobs/{job_id}", ADMIN)
+        assert status == 200, body
+        return dict(body)
 
     async def settled(self, job_id: str) -> dict[str, Any]:
         async def done() -> Any:
@@ -76,17 +104,15 @@ class ContainerStack(Stack):
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[ContainerStack]:
+async def client(server: Proc) -> AsyncIterator[Client]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        s = ContainerStack(tmp_path, free_port(), [], http)
-        try:
-            await s.serve()
-            yield s
-        finally:
-            for proc in s.procs:
-                if proc.poll() is None:
-                    proc.kill()
-                proc.wait(10)
+        yield Client(server.url, http)
+
+
+def pinned(image: tuple[str, str]) -> str:
+    """The image as jobs name it: repository and image ID."""
+    name, image_id = image
+    return f"{name.rsplit(':', 1)[0]}@{image_id}"
 
 
 def gone(api: Any, job_id: str) -> Any:
@@ -94,10 +120,8 @@ def gone(api: Any, job_id: str) -> Any:
 
 
 async def test_console_streams_live_and_outputs_are_served(
-    stack: ContainerStack, api: Any, image: tuple[str, str]
+    client: Client, api: Any, image: tuple[str, str], work: Path
 ) -> None:
-    _, image_id = image
-    stack.container_runner(image_id)
     script = (
         "echo started; echo RUNPACK_PROGRESS 1/2; echo to-stderr >&2;"
         " while [ ! -f /outputs/go ]; do sleep 0.05; done; rm /outputs/go;"
@@ -105,11 +129,11 @@ async def test_console_streams_live_and_outputs_are_served(
         " mkdir /outputs/sub; echo nested > /outputs/sub/b.txt;"
         " echo RUNPACK_PROGRESS 2/2; echo finished"
     )
-    params = {"image": image_id, "command": ["sh", "-c", script], "env": {"GREETING": "hi"}}
-    job_id = await stack.submit_container(params)
+    params = {"image": pinned(image), "command": ["sh", "-c", script], "env": {"GREETING": "hi"}}
+    job_id = await client.submit(params)
 
     async def running_with_console() -> Any:
-        job = await stack.job(job_id)
+        job = await client.job(job_id)
         console = job["console_output"]
         live = job["status"] == "in_progress" and "started" in console and "to-stderr" in console
         return job if live and job.get("progress") == {"current": 1, "total": 2} else None
@@ -117,90 +141,84 @@ async def test_console_streams_live_and_outputs_are_served(
     job = await until(running_with_console, "the console and progress while it runs")
     assert "RUNPACK_PROGRESS" not in job["console_output"]
     # The container waits for this file: it was still running while its console was read.
-    (outputs,) = (stack.tmp / "work").glob("runpack-container-*/outputs")
-    (outputs / "go").write_text("")
-    job = await stack.settled(job_id)
+    (outputs,) = glob.glob(f"{work}/runpack-container-{job_id}-*/outputs")
+    await asyncio.to_thread(Path(outputs, "go").write_text, "")
+    job = await client.settled(job_id)
     assert job["status"] == "completed", job
     assert "finished" in job["console_output"]
     assert job["progress"] == {"current": 2, "total": 2}
     data = job["output_data"]
-    assert data["image"] == image_id and data["image_id"] == image_id and data["exit_code"] == 0
+    assert data["image"] == pinned(image) and data["image_id"] == image[1]
+    assert data["exit_code"] == 0
     assert [f["path"] for f in data["files"]] == ["result.txt", "sub/b.txt"]
     for file, text in zip(data["files"], [f"hi from {job_id}\n", "nested\n"], strict=True):
-        async with stack.http.get(file["url"]) as resp:
+        async with client.http.get(file["url"]) as resp:
             assert resp.status == 200
             assert await resp.text() == text
         assert file["bytes"] == len(text)
-    assert data["outputs_url"].startswith(stack.url)
+    assert data["outputs_url"].startswith(client.url)
     assert dockerimages.containers_of(api, job_id) == []
-    assert not list((stack.tmp / "work").iterdir())  # the outputs folder is removed
+    await until(lambda: not list(work.glob(f"*{job_id}*")), "the outputs folder removed", 5)
 
 
 async def test_same_digest_is_cached_a_new_digest_runs_again(
-    stack: ContainerStack, api: Any, image: tuple[str, str]
+    client: Client, api: Any, image: tuple[str, str]
 ) -> None:
-    name, image_id = image
-    other_name, other_id = dockerimages.build(api, {"etc/version": "2"})
+    other = dockerimages.build(api, {"etc/version": "2"})
     try:
-        repository = name.rsplit(":", 1)[0]
-        stack.container_runner(f"{repository}@*")
         command = ["sh", "-c", "cat /etc/version 2>/dev/null || echo 1"]
-        pinned = f"{repository}@{image_id}"
-        first = await stack.submit_container({"image": pinned, "command": command})
-        job = await stack.settled(first)
+        first = await client.submit({"image": pinned(image), "command": command})
+        job = await client.settled(first)
         assert job["status"] == "completed", job
-        status, body = await stack.run({"image": pinned, "command": command})
+        status, body = await client.run({"image": pinned(image), "command": command})
         assert status == 200 and body["job_id"] == first, body
         assert body["message"] == "Job already completed (cached result)"
-        assert body["result"]["output_data"]["image_id"] == image_id
-        newer = f"{repository}@{other_id}"
-        second = await stack.submit_container({"image": newer, "command": command})
-        job = await stack.settled(second)
+        assert body["result"]["output_data"]["image_id"] == image[1]
+        second = await client.submit({"image": pinned(other), "command": command})
+        job = await client.settled(second)
         assert job["status"] == "completed", job
         assert second != first
-        assert job["output_data"]["image_id"] == other_id
+        assert job["output_data"]["image_id"] == other[1] != image[1]
         assert "] 2\n" in job["console_output"]
     finally:
-        dockerimages.remove(api, other_name)
+        dockerimages.remove(api, other[0])
 
 
 async def test_disallowed_and_unpinned_images_are_refused_before_anything_runs(
-    stack: ContainerStack, api: Any, image: tuple[str, str]
+    client: Client, api: Any, image: tuple[str, str]
 ) -> None:
     name, image_id = image
-    stack.container_runner("")  # the default: no image allowed
-    job_id = await stack.submit_container({"image": image_id, "command": ["touch", "/outputs/x"]})
-    job = await stack.settled(job_id)
+    job_id = await client.submit({"image": image_id, "command": ["touch", "/outputs/x"]})
+    job = await client.settled(job_id)
     assert job["status"] == "failed"
     assert job["error_message"] == (
-        f"Invalid parameters: image {image_id} is not allowed: this runner allows no images "
-        "(RUNPACK_CONTAINER_IMAGES is empty)"
+        f"Invalid parameters: image {image_id} is not allowed on this runner "
+        "(RUNPACK_CONTAINER_IMAGES)"
     )
     assert "Container" not in job["console_output"]  # none was started
-    unpinned = await stack.submit_container({"image": name})
-    job = await stack.settled(unpinned)
+    assert dockerimages.containers_of(api, job_id) == []
+    unpinned = await client.submit({"image": name})
+    job = await client.settled(unpinned)
     assert job["error_message"].startswith("Invalid parameters: Parameter 'image' is not pinned")
     assert "docker image inspect" in job["error_message"]
 
 
 async def test_time_limit_kills_and_removes_the_container(
-    stack: ContainerStack, api: Any, image: tuple[str, str]
+    client: Client, api: Any, image: tuple[str, str]
 ) -> None:
-    _, image_id = image
-    stack.container_runner(image_id)
-    status, body = await stack.run(
-        {"image": image_id, "command": LOOP, "limits": {"time_limit": 120}}
+    status, body = await client.run(
+        {"image": pinned(image), "command": LOOP, "limits": {"time_limit": 120}}
     )
     assert status == 201
-    refused = await stack.settled(body["job_id"])
+    refused = await client.settled(body["job_id"])
     assert refused["error_message"] == (
         "Invalid parameters: Parameter 'limits': time_limit 120 is more than this runner "
         "allows (60)"
     )
-    job_id = await stack.submit_container(
-        {"image": image_id, "command": LOOP, "limits": {"time_limit": 1}}
+    job_id = await client.submit(
+        {"image": pinned(image), "command": LOOP, "limits": {"time_limit": 1}}
     )
-    job = await stack.settled(job_id)
+    job = await client.settled(job_id)
     assert job["status"] == "failed"
     assert job["error_message"] == "Job execution failed: killed: ran longer than 1 s"
     assert "looping" in job["console_output"]
@@ -208,42 +226,36 @@ async def test_time_limit_kills_and_removes_the_container(
 
 
 async def test_memory_hog_fails_with_the_limit(
-    stack: ContainerStack, api: Any, image: tuple[str, str]
+    client: Client, api: Any, image: tuple[str, str]
 ) -> None:
-    _, image_id = image
-    stack.container_runner(image_id)
-    job_id = await stack.submit_container(
-        {"image": image_id, "command": HOG, "limits": {"memory_mb": 16}}
+    job_id = await client.submit(
+        {"image": pinned(image), "command": HOG, "limits": {"memory_mb": 16}}
     )
-    job = await stack.settled(job_id)
+    job = await client.settled(job_id)
     assert job["status"] == "failed"
     assert job["error_message"] == "Job execution failed: killed: used more than 16 MiB"
     await until(gone(api, job_id), "no container left", 5)
 
 
 async def test_cancel_removes_the_container(
-    stack: ContainerStack, api: Any, image: tuple[str, str]
+    client: Client, api: Any, image: tuple[str, str]
 ) -> None:
-    _, image_id = image
-    stack.container_runner(image_id)
-    job_id = await stack.submit_container({"image": image_id, "command": SLEEP})
+    job_id = await client.submit({"image": pinned(image), "command": SLEEP})
 
     async def sleeping() -> bool:
-        return "sleeping" in (await stack.job(job_id))["console_output"]
+        return "sleeping" in (await client.job(job_id))["console_output"]
 
     await until(sleeping, "the container to run")
     assert len(dockerimages.containers_of(api, job_id)) == 1
-    status, body = await stack.call("POST", f"/api/jobs/{job_id}/cancel", ADMIN)
+    status, body = await client.call("POST", f"/api/jobs/{job_id}/cancel", ADMIN)
     assert status == 200, body
-    await until(stack.job_is(job_id, "cancelled"), "the job cancelled")
     await until(gone(api, job_id), "the container removed (docker ps -a)", 10)
+    assert (await client.job(job_id))["status"] == "cancelled"
 
 
 async def test_a_container_has_no_network_socket_root_or_privileges(
-    stack: ContainerStack, api: Any, image: tuple[str, str]
+    client: Client, image: tuple[str, str]
 ) -> None:
-    _, image_id = image
-    stack.container_runner(image_id)
     script = (
         "echo net: $(ls /sys/class/net);"
         " nc -w 2 172.17.0.1 2375 </dev/null && echo reached-bridge || echo no-bridge;"
@@ -254,8 +266,8 @@ async def test_a_container_has_no_network_socket_root_or_privileges(
         " grep -q NoNewPrivs:.1 /proc/self/status && echo no-new-privileges;"
         " touch /tmp/t && echo tmp-writable"
     )
-    job_id = await stack.submit_container({"image": image_id, "command": ["sh", "-c", script]})
-    job = await stack.settled(job_id)
+    job_id = await client.submit({"image": pinned(image), "command": ["sh", "-c", script]})
+    job = await client.settled(job_id)
     assert job["status"] == "completed", (job.get("error_message"), job["console_output"])
     lines = [line.split("] ", 1)[1] for line in job["console_output"].splitlines() if "] " in line]
     for expected in (

@@ -180,7 +180,10 @@ class ContainerRun:
         self.streamed = threading.Event()
 
     def run(self) -> dict[str, Any]:
-        folder = Path(tempfile.mkdtemp(prefix="runpack-container-", dir=self.job.work_dir or None))
+        name = re.sub(r"[^A-Za-z0-9-]", "", self.ctx.job_id)[:64]
+        folder = Path(
+            tempfile.mkdtemp(prefix=f"runpack-container-{name}-", dir=self.job.work_dir or None)
+        )
         outputs = folder / "outputs"
         outputs.mkdir()
         outputs.chmod(0o777)  # the container's user writes here
