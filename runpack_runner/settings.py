@@ -82,6 +82,10 @@ class RunnerSettings:
     container_pids: int = _s(256, "Most processes one container may run.")
     container_time_limit: float = _s(3600.0, "Most seconds one container may run.")
     container_tmp_mb: int = _s(64, "Size (MiB) of a container's writable /tmp (in its memory).")
+    container_outputs_mb: int = _s(
+        1024,
+        "Most a container may write to /outputs (MiB); watched while it runs, then checked.",
+    )
     container_user: str = _s(
         "",
         "User (uid:gid) that containers run as (default: the runner's own, or 65534:65534 "
@@ -110,8 +114,9 @@ class RunnerSettings:
                 raise ValueError(f"{name} must be more than 0")
         if min(self.container_cpus, self.container_time_limit) <= 0:
             raise ValueError("container_cpus and container_time_limit must be more than 0")
-        if min(self.container_memory_mb, self.container_pids, self.container_tmp_mb) < 1:
-            raise ValueError("container memory, pids and tmp sizes must be at least 1")
+        sizes = (self.container_memory_mb, self.container_pids, self.container_tmp_mb)
+        if min(*sizes, self.container_outputs_mb) < 1:
+            raise ValueError("container memory, pids, tmp and outputs sizes must be at least 1")
         if self.job_timeout < 0 or self.reconnect_min < 0 or self.stop_grace < 0:
             raise ValueError("durations cannot be negative")
 

@@ -64,6 +64,7 @@ def server(api: Any, tmp_path_factory: pytest.TempPathFactory, work: Path) -> It
         "RUNPACK_CONTAINER_WORK_DIR": str(work),
         "RUNPACK_CONTAINER_MEMORY_MB": "64",
         "RUNPACK_CONTAINER_TIME_LIMIT": "60",
+        "RUNPACK_CONTAINER_OUTPUTS_MB": "8",
     }
     with (
         running_server(tmp / "server", env) as proc,
@@ -234,6 +235,17 @@ async def test_memory_hog_fails_with_the_limit(
     job = await client.settled(job_id)
     assert job["status"] == "failed"
     assert job["error_message"] == "Job execution failed: killed: used more than 16 MiB"
+    await until(gone(api, job_id), "no container left", 5)
+
+
+async def test_too_much_in_outputs_fails_the_job(
+    client: Client, api: Any, image: tuple[str, str]
+) -> None:
+    fill = ["sh", "-c", "dd if=/dev/zero of=/outputs/big bs=1M count=12 && echo written"]
+    job_id = await client.submit({"image": pinned(image), "command": fill})
+    job = await client.settled(job_id)
+    assert job["status"] == "failed"
+    assert job["error_message"] == "Job execution failed: killed: wrote more than 8 MiB to /outputs"
     await until(gone(api, job_id), "no container left", 5)
 
 

@@ -53,6 +53,8 @@ PROGRESS = re.compile(rb"RUNPACK_PROGRESS\s+(\d+)(?:\s*/\s*(\d+))?\s*")
 MAX_LINE = 16 * 1024
 API_TIMEOUT = 60
 POLL = 0.05
+#: How often the size of a running container's /outputs is measured (seconds).
+MEASURE_EVERY = 0.25
 NOBODY = "65534:65534"
 
 
@@ -67,6 +69,7 @@ class ContainerJob(JobHandler):
         self.policy = ContainerPolicy()
         self.docker_url = "unix:///var/run/docker.sock"
         self.tmp_mb = 64
+        self.outputs_mb = 1024
         self.user = ""
         self.work_dir = ""
 
@@ -83,6 +86,7 @@ class ContainerJob(JobHandler):
         )
         self.docker_url = settings.container_docker_url
         self.tmp_mb = settings.container_tmp_mb
+        self.outputs_mb = settings.container_outputs_mb
         self.user = settings.container_user
         self.work_dir = settings.container_work_dir
 
@@ -200,10 +204,11 @@ class ContainerRun:
                 threading.Thread(
                     target=self._stream, name=f"container-{self.ctx.job_id}", daemon=True
                 ).start()
-                self._wait()
+                self._wait(outputs)
                 code, oom = self._exit_state()
             finally:
                 self._remove()
+            self._check_size(outputs)
             if oom:
                 raise RuntimeError(f"killed: used more than {self.limits.memory_mb} MiB")
             if code != 0:
@@ -248,17 +253,29 @@ class ContainerRun:
         )
         return str(created["Id"])
 
-    def _wait(self) -> None:
-        """Until the container's output ends; kill it on cancel or at its time limit."""
-        deadline = time.monotonic() + self.limits.time_limit
+    def _wait(self, outputs: Path) -> None:
+        """Until the container's output ends; kill it on cancel, at its time limit, or
+        once it wrote too much to /outputs."""
+        started = time.monotonic()
+        deadline = started + self.limits.time_limit
+        measured = started
         while not self.streamed.wait(POLL):
             if self.ctx.cancelled:
                 self._remove()
                 raise Cancelled(self.ctx.cancel_reason or "cancelled")
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 self._remove()
                 self.ctx.log(f"Container killed at its time limit ({self.limits.time_limit:g} s)")
                 raise RuntimeError(f"killed: ran longer than {self.limits.time_limit:g} s")
+            if now - measured > MEASURE_EVERY:
+                measured = now
+                self._check_size(outputs)
+
+    def _check_size(self, outputs: Path) -> None:
+        if _size(outputs) > self.job.outputs_mb * 1024 * 1024:
+            self._remove()
+            raise RuntimeError(f"killed: wrote more than {self.job.outputs_mb} MiB to /outputs")
 
     def _exit_state(self) -> tuple[int, bool]:
         code = self.api.wait(self.container_id, timeout=API_TIMEOUT).get("StatusCode", -1)
@@ -349,3 +366,13 @@ def _regular_files(folder: Path) -> list[tuple[str, int]]:
                 with contextlib.suppress(ValueError):
                     dirs.remove(name)
     return sorted(found)
+
+
+def _size(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (links not followed)."""
+    total = 0
+    for root, _, names in os.walk(folder, followlinks=False):
+        for name in names:
+            with contextlib.suppress(OSError):  # deleted meanwhile
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
