@@ -67,6 +67,11 @@ class RunnerSettings:
         "How long a cancelled or timed-out handler may take to stop before its slot is reused.",
     )
 
+    exit_when_idle: float = _s(
+        0.0,
+        "Exit (code 0) after this many seconds with no job held, for runners started on "
+        "demand by an autoscaler (0 = never).",
+    )
     # --- the container job type (docs/containers.md) ---------------------------------------
     container_images: tuple[str, ...] = _s(
         (),
@@ -117,7 +122,7 @@ class RunnerSettings:
         sizes = (self.container_memory_mb, self.container_pids, self.container_tmp_mb)
         if min(*sizes, self.container_outputs_mb) < 1:
             raise ValueError("container memory, pids, tmp and outputs sizes must be at least 1")
-        if self.job_timeout < 0 or self.reconnect_min < 0 or self.stop_grace < 0:
+        if min(self.job_timeout, self.reconnect_min, self.stop_grace, self.exit_when_idle) < 0:
             raise ValueError("durations cannot be negative")
 
     @classmethod
