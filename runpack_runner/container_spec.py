@@ -5,7 +5,7 @@ Parameters (docs/containers.md)::
     {"image": "sha256:<64 hex>" | "name@sha256:<64 hex>",
      "command": ["sh", "-c", "…"],                 # optional: the image's own command
      "env": {"NAME": "value"},                     # optional
-     "limits": {"cpus": 0.5, "memory_mb": 128, "pids": 64, "time_limit": 30}}
+     "limits": {"cpus": 0.5, "memory_mb": 128, "pids": 64, "time_limit": 30, "gpus": 1}}
 
 The image is named by digest, never by tag: the parameters are the job's cache key,
 so a result is tied to the exact image that computed it (a tag can move; the server
@@ -33,7 +33,9 @@ MAX_ARGS = 256
 MAX_ENV = 128
 MAX_TEXT = 64 * 1024
 KNOWN = frozenset({"image", "command", "env", "limits"})
-LIMITS = ("cpus", "memory_mb", "pids", "time_limit")
+LIMITS = ("cpus", "memory_mb", "pids", "time_limit", "gpus")
+#: Limits that are whole numbers.
+WHOLE = frozenset({"memory_mb", "pids", "gpus"})
 HOW_TO_PIN = (
     "name the image by digest: sha256:<id> (docker image inspect --format '{{.Id}}' NAME:TAG) "
     "or name@sha256:<digest>; a tag can move, and the image is part of the job's cache key"
@@ -46,6 +48,8 @@ class Limits:
     memory_mb: int
     pids: int
     time_limit: float
+    #: GPUs: the runner's maximum is how many it has; a job gets none unless it asks.
+    gpus: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +127,7 @@ def _asked(limits: Any) -> dict[str, float]:
     for key, value in limits.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise ValueError(f"Parameter 'limits': {key} must be a number more than 0")
-        if key in ("memory_mb", "pids") and value != int(value):
+        if key in WHOLE and value != int(value):
             raise ValueError(f"Parameter 'limits': {key} must be a whole number")
         asked[key] = value
     return asked
@@ -148,8 +152,10 @@ class ContainerPolicy:
                     f"({most:g})"
                 )
             values[key] = most if asked is None else asked
-        values["memory_mb"] = int(values["memory_mb"])
-        values["pids"] = int(values["pids"])
+        if "gpus" not in spec.asked:
+            values["gpus"] = 0
+        for key in WHOLE:
+            values[key] = int(values[key])
         return Limits(**values)
 
     def allows(self, spec: ContainerSpec, tag_digests: Callable[[str], Iterable[str]]) -> bool:

@@ -96,6 +96,11 @@ class RunnerSettings:
         "User (uid:gid) that containers run as (default: the runner's own, or 65534:65534 "
         "(nobody) when the runner runs as root).",
     )
+    container_gpus: tuple[str, ...] = _s(
+        (),
+        "GPUs this runner hands to containers, comma-separated device indexes or UUIDs "
+        "(nvidia-smi -L); a job asks for some with limits.gpus. None by default.",
+    )
     container_work_dir: str = _s(
         "",
         "Where the runner keeps each container's /outputs folder (shared with dockerd; "

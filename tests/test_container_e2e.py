@@ -65,6 +65,8 @@ def server(api: Any, tmp_path_factory: pytest.TempPathFactory, work: Path) -> It
         "RUNPACK_CONTAINER_MEMORY_MB": "64",
         "RUNPACK_CONTAINER_TIME_LIMIT": "60",
         "RUNPACK_CONTAINER_OUTPUTS_MB": "8",
+        # Not on this machine: the test sees the device request reach dockerd.
+        "RUNPACK_CONTAINER_GPUS": "GPU-test-0,GPU-test-1",
     }
     with (
         running_server(tmp / "server", env) as proc,
@@ -294,6 +296,36 @@ async def test_a_container_has_no_network_socket_root_or_privileges(
     ):
         assert expected in lines, (expected, lines)
     assert job["output_data"]["files"] == []
+
+
+async def test_gpus_asked_for_are_requested_from_docker_and_given_back(
+    client: Client, api: Any, image: tuple[str, str]
+) -> None:
+    """This machine has no GPU (nor NVIDIA's runtime): dockerd refuses the device request,
+    which shows it was made; each job's GPUs return to the pool, so the next job is not
+    kept waiting."""
+    for i, gpus in enumerate((2, 1, 2)):
+        job_id = await client.submit(
+            {
+                "image": pinned(image),
+                "command": ["true"],
+                "env": {"RUN": str(i)},
+                "limits": {"gpus": gpus},
+            }
+        )
+        job = await client.settled(job_id)
+        assert job["status"] == "failed"
+        assert job["error_message"] == (
+            'Job execution failed: Docker refused: could not select device driver "nvidia" '
+            "with capabilities: [[gpu]]"
+        )
+        await until(gone(api, job_id), "no container left", 5)
+    status, body = await client.run(
+        {"image": pinned(image), "command": ["true"], "limits": {"gpus": 3}}
+    )
+    assert status == 201
+    refused = await client.settled(body["job_id"])
+    assert refused["error_message"].endswith("gpus 3 is more than this runner allows (2)")
 
 
 def test_the_example_runs_a_shell_tool_end_to_end(api: Any, tmp_path: Path) -> None:

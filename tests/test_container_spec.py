@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from runpack_runner.container_config import create_args
 from runpack_runner.container_spec import ContainerPolicy, Limits, parse_spec
+from runpack_runner.context import Cancelled, JobContext
+from runpack_runner.gpus import GpuPool
 from runpack_runner.settings import RunnerSettings
 
 ID = "sha256:" + "a" * 64
@@ -29,7 +33,7 @@ def nothing(tag: str) -> list[str]:
         ({"image": ID, "env": {"A-B": "x"}}, "'A-B' is not a variable name"),
         ({"image": ID, "env": {"JOB_ID": "x"}}, "JOB_ID is set by the runner"),
         ({"image": ID, "env": {"A": 1}}, "Parameter 'env': A must be a string"),
-        ({"image": ID, "limits": {"gpus": 1}}, "unknown gpus"),
+        ({"image": ID, "limits": {"swap": 1}}, "unknown swap"),
         ({"image": ID, "limits": {"cpus": 0}}, "cpus must be a number more than 0"),
         ({"image": ID, "limits": {"memory_mb": 1.5}}, "memory_mb must be a whole number"),
         ({"image": ID, "limits": {"pids": True}}, "pids must be a number more than 0"),
@@ -99,3 +103,102 @@ def test_the_runner_settings_check_container_limits() -> None:
     assert settings.container_memory_mb == 128
     with pytest.raises(ValueError, match="at least 1"):
         RunnerSettings.from_env({"RUNPACK_CONTAINER_PIDS": "0"})
+
+
+def test_gpus_are_given_only_when_asked_and_at_most_the_runners() -> None:
+    policy = ContainerPolicy(most=Limits(cpus=1, memory_mb=64, pids=8, time_limit=5, gpus=2))
+    assert policy.limits(parse_spec({"image": ID})).gpus == 0
+    assert policy.limits(parse_spec({"image": ID, "limits": {"gpus": 2}})).gpus == 2
+    with pytest.raises(ValueError, match=r"gpus 3 is more than this runner allows \(2\)"):
+        policy.limits(parse_spec({"image": ID, "limits": {"gpus": 3}}))
+    with pytest.raises(ValueError, match=r"gpus 1 is more than this runner allows \(0\)"):
+        ContainerPolicy().limits(parse_spec({"image": ID, "limits": {"gpus": 1}}))
+
+
+def test_the_gpu_pool_hands_out_each_gpu_once_and_takes_it_back() -> None:
+    pool = GpuPool(["GPU-a", "GPU-b", "GPU-c"])
+    first = pool.take(2)
+    assert first == ["GPU-a", "GPU-b"]
+    assert pool.take(2) is None
+    assert pool.take(1) == ["GPU-c"]
+    pool.give_back(first)
+    pool.give_back(["GPU-a", "not-ours"])  # twice, or not ours: ignored
+    assert sorted(pool.take(2) or []) == ["GPU-a", "GPU-b"]
+    assert pool.take(1) is None
+    ctx = JobContext("j")
+    ctx.cancel("stop")
+    with pytest.raises(Cancelled, match="stop"):
+        pool.wait_for(1, ctx)
+    assert "Waiting for 1 free GPU(s)" in ctx.console
+
+
+def offline_api() -> Any:
+    docker = pytest.importorskip("docker")
+    return docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41")
+
+
+def test_what_a_container_is_given(tmp_path: Path) -> None:
+    spec = parse_spec({"image": ID, "command": ["run"], "env": {"A": "1"}})
+    limits = Limits(cpus=0.5, memory_mb=32, pids=16, time_limit=9, gpus=2)
+    args = create_args(
+        offline_api(),
+        spec,
+        limits,
+        image_id=ID,
+        outputs=tmp_path,
+        user="65534:65534",
+        tmp_mb=8,
+        job_id="job-1",
+        attempt=2,
+        gpus=["GPU-a", "GPU-b"],
+    )
+    host = args.pop("host_config")
+    assert args == {
+        "image": ID,
+        "command": ["run"],
+        "environment": {
+            "A": "1",
+            "JOB_ID": "job-1",
+            "JOB_ATTEMPT": "2",
+            "OUTPUTS_DIR": "/outputs",
+            "CUDA_VISIBLE_DEVICES": "0,1",
+        },
+        "user": "65534:65534",
+        "working_dir": "/tmp",
+        "network_disabled": True,
+        "labels": {"org.runpack.job-id": "job-1", "org.runpack.attempt": "2"},
+    }
+    assert host["DeviceRequests"] == [
+        {
+            "Driver": "nvidia",
+            "Count": 0,
+            "DeviceIDs": ["GPU-a", "GPU-b"],
+            "Capabilities": [["gpu"]],
+            "Options": {},
+        }
+    ]
+    assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
+    assert not host.get("Privileged")
+    assert (host["NanoCpus"], host["Memory"], host["MemorySwap"], host["PidsLimit"]) == (
+        500_000_000,
+        32 * 2**20,
+        32 * 2**20,
+        16,
+    )
+    assert host["Binds"] == [f"{tmp_path}:/outputs:rw"]
+    assert host["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=8m,mode=1777"}
+    without = create_args(
+        offline_api(),
+        spec,
+        limits,
+        image_id=ID,
+        outputs=tmp_path,
+        user="1000:1000",
+        tmp_mb=8,
+        job_id="job-1",
+        attempt=1,
+        gpus=[],
+    )
+    assert "DeviceRequests" not in without["host_config"]
+    assert "CUDA_VISIBLE_DEVICES" not in without["environment"]

@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
+from runpack_runner.container_config import create_args
 from runpack_runner.container_spec import ContainerPolicy, ContainerSpec, Limits, parse_spec
 from runpack_runner.context import Cancelled, JobContext, RetryLater
+from runpack_runner.gpus import GpuPool
 from runpack_runner.handler import HeartbeatCallback, JobHandler
 
 if TYPE_CHECKING:
@@ -44,9 +46,6 @@ if importlib.util.find_spec("docker") is None:
 
 log = logging.getLogger(__name__)
 
-#: Labels on every container this job type starts (``docker ps -a --filter label=…``).
-LABEL_JOB = "org.runpack.job-id"
-LABEL_ATTEMPT = "org.runpack.attempt"
 #: A line of this form is progress, not console: ``RUNPACK_PROGRESS 3/10`` or ``… 3``.
 PROGRESS = re.compile(rb"RUNPACK_PROGRESS\s+(\d+)(?:\s*/\s*(\d+))?\s*")
 #: Longest console line kept whole; longer output without a newline is split.
@@ -72,6 +71,7 @@ class ContainerJob(JobHandler):
         self.outputs_mb = 1024
         self.user = ""
         self.work_dir = ""
+        self.gpus = GpuPool()
 
     def configure(self, settings: RunnerSettings) -> None:
         """Take the runner's container settings (the runner calls this once)."""
@@ -82,8 +82,10 @@ class ContainerJob(JobHandler):
                 memory_mb=settings.container_memory_mb,
                 pids=settings.container_pids,
                 time_limit=settings.container_time_limit,
+                gpus=len(settings.container_gpus),
             ),
         )
+        self.gpus = GpuPool(settings.container_gpus)
         self.docker_url = settings.container_docker_url
         self.tmp_mb = settings.container_tmp_mb
         self.outputs_mb = settings.container_outputs_mb
@@ -98,6 +100,8 @@ class ContainerJob(JobHandler):
             raise TypeError("the container job type needs the runner's JobContext")
         spec = parse_spec(input_params)
         limits = self.policy.limits(spec)
+        import docker
+
         api = self._connect()
         try:
             if not self.policy.allows(spec, lambda tag: _digests_of(api, tag)):
@@ -105,6 +109,8 @@ class ContainerJob(JobHandler):
             image = _resolve(api, spec)
             run = ContainerRun(api, ctx, spec, image, limits, self)
             return run.run()
+        except docker.errors.APIError as exc:  # its message names dockerd's URL: not needed
+            raise RuntimeError(f"Docker refused: {exc.explanation or exc}") from exc
         finally:
             api.close()
 
@@ -181,6 +187,7 @@ class ContainerRun:
         self.limits = limits
         self.job = job
         self.container_id = ""
+        self.devices: list[str] = []
         self.streamed = threading.Event()
 
     def run(self) -> dict[str, Any]:
@@ -194,6 +201,8 @@ class ContainerRun:
         try:
             try:
                 self.ctx.check_cancelled()
+                if self.limits.gpus:
+                    self.devices = self.job.gpus.wait_for(self.limits.gpus, self.ctx)
                 self.container_id = self._create(outputs)
                 self.api.start(self.container_id)
                 self.ctx.log(
@@ -208,6 +217,7 @@ class ContainerRun:
                 code, oom = self._exit_state()
             finally:
                 self._remove()
+                self.job.gpus.give_back(self.devices)
             self._check_size(outputs)
             if oom:
                 raise RuntimeError(f"killed: used more than {self.limits.memory_mb} MiB")
@@ -219,37 +229,19 @@ class ContainerRun:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _create(self, outputs: Path) -> str:
-        limits = self.limits
-        memory = limits.memory_mb * 1024 * 1024
-        host_config = self.api.create_host_config(
-            binds={str(outputs): {"bind": "/outputs", "mode": "rw"}},
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.job.tmp_mb}m,mode=1777"},
-            network_mode="none",
-            read_only=True,
-            privileged=False,
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            nano_cpus=int(limits.cpus * 1e9),
-            mem_limit=memory,
-            memswap_limit=memory,
-            pids_limit=limits.pids,
-            ipc_mode="private",
-        )
-        env = {
-            **self.spec.env,
-            "JOB_ID": self.ctx.job_id,
-            "JOB_ATTEMPT": str(self.ctx.attempt),
-            "OUTPUTS_DIR": "/outputs",
-        }
         created = self.api.create_container(
-            image=self.image["Id"],
-            command=list(self.spec.command) if self.spec.command is not None else None,
-            environment=env,
-            user=self.job.container_user(),
-            working_dir="/tmp",
-            network_disabled=True,
-            labels={LABEL_JOB: self.ctx.job_id, LABEL_ATTEMPT: str(self.ctx.attempt)},
-            host_config=host_config,
+            **create_args(
+                self.api,
+                self.spec,
+                self.limits,
+                image_id=self.image["Id"],
+                outputs=outputs,
+                user=self.job.container_user(),
+                tmp_mb=self.job.tmp_mb,
+                job_id=self.ctx.job_id,
+                attempt=self.ctx.attempt,
+                gpus=self.devices,
+            )
         )
         return str(created["Id"])
 
