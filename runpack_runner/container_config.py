@@ -1,7 +1,8 @@
 """How a container job's container is made: the arguments of ``create_container``.
 
 Everything that confines it is here, in one place (docs/containers.md): no network,
-a read-only root with a writable ``/outputs`` (the runner's folder) and ``/tmp`` (a
+a read-only root with a writable ``/outputs`` and a read-only ``/inputs`` (the
+runner's folders) and ``/tmp`` (a
 tmpfs), no capabilities or new privileges, CPU, memory (no swap) and process limits,
 its GPUs if it has some, and the labels that find it again.
 """
@@ -26,6 +27,7 @@ def create_args(
     *,
     image_id: str,
     outputs: Path,
+    inputs: Path | None,
     user: str,
     tmp_mb: int,
     job_id: str,
@@ -49,8 +51,11 @@ def create_args(
             docker.types.DeviceRequest(driver="nvidia", device_ids=gpus, capabilities=[["gpu"]])
         )
         env["CUDA_VISIBLE_DEVICES"] = visible_devices(len(gpus))
+    binds = {str(outputs): {"bind": "/outputs", "mode": "rw"}}
+    if inputs is not None:
+        binds[str(inputs)] = {"bind": "/inputs", "mode": "ro"}
     host_config = api.create_host_config(
-        binds={str(outputs): {"bind": "/outputs", "mode": "rw"}},
+        binds=binds,
         tmpfs={"/tmp": f"rw,nosuid,nodev,size={tmp_mb}m,mode=1777"},
         network_mode="none",
         read_only=True,

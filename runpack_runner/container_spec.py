@@ -5,13 +5,14 @@ Parameters (docs/containers.md)::
     {"image": "sha256:<64 hex>" | "name@sha256:<64 hex>",
      "command": ["sh", "-c", "…"],                 # optional: the image's own command
      "env": {"NAME": "value"},                     # optional
+     "inputs": {"data/a.csv": "https://…"},        # optional: files under /inputs
      "limits": {"cpus": 0.5, "memory_mb": 128, "pids": 64, "time_limit": 30, "gpus": 1}}
 
 The image is named by digest, never by tag: the parameters are the job's cache key,
 so a result is tied to the exact image that computed it (a tag can move; the server
 cannot see any runner's Docker to resolve one). Limits default to the runner's
-maxima (:class:`ContainerPolicy`); a job may ask for less, never more. Stdlib only:
-this module is checked without Docker.
+maxima (:class:`ContainerPolicy`); a job may ask for less, never more. Inputs are
+checked in :mod:`runpack_runner.container_inputs`. No Docker here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from runpack_runner.container_inputs import Input, parse_inputs
 
 #: A content digest as Docker writes it.
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -32,7 +35,7 @@ RESERVED_ENV = frozenset({"JOB_ID", "JOB_ATTEMPT", "OUTPUTS_DIR", "PATH"})
 MAX_ARGS = 256
 MAX_ENV = 128
 MAX_TEXT = 64 * 1024
-KNOWN = frozenset({"image", "command", "env", "limits"})
+KNOWN = frozenset({"image", "command", "env", "inputs", "limits"})
 LIMITS = ("cpus", "memory_mb", "pids", "time_limit", "gpus")
 #: Limits that are whole numbers.
 WHOLE = frozenset({"memory_mb", "pids", "gpus"})
@@ -65,6 +68,8 @@ class ContainerSpec:
     env: dict[str, str]
     #: What the job asked for (None: the runner's maximum).
     asked: dict[str, float]
+    #: Files to place under /inputs.
+    inputs: tuple[Input, ...] = ()
 
 
 def _text(value: Any, what: str) -> str:
@@ -113,7 +118,13 @@ def parse_spec(params: dict[str, Any]) -> ContainerSpec:
             raise ValueError(f"Parameter 'env': {key} is set by the runner")
         _text(value, f"Parameter 'env': {key}")
     return ContainerSpec(
-        params["image"], digest, name, command, dict(env), _asked(params.get("limits", {}))
+        params["image"],
+        digest,
+        name,
+        command,
+        dict(env),
+        _asked(params.get("limits", {})),
+        parse_inputs(params.get("inputs", {})),
     )
 
 

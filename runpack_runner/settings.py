@@ -96,6 +96,10 @@ class RunnerSettings:
         "User (uid:gid) that containers run as (default: the runner's own, or 65534:65534 "
         "(nobody) when the runner runs as root).",
     )
+    container_inputs_mb: int = _s(1024, "Most one container job's input files may add up to (MiB).")
+    container_cache_mb: int = _s(
+        4096, "Most the runner keeps of fetched input files, by content (MiB)."
+    )
     container_gpus: tuple[str, ...] = _s(
         (),
         "GPUs this runner hands to containers, comma-separated device indexes or UUIDs "
@@ -103,8 +107,9 @@ class RunnerSettings:
     )
     container_work_dir: str = _s(
         "",
-        "Where the runner keeps each container's /outputs folder (shared with dockerd; "
-        "default: the system's temporary folder).",
+        "Where the runner keeps each container's /inputs and /outputs folders (shared "
+        "with dockerd) and its cache of input files (default: the system's temporary "
+        "folder).",
     )
 
     def replace(self, **changes: Any) -> RunnerSettings:
@@ -124,9 +129,18 @@ class RunnerSettings:
                 raise ValueError(f"{name} must be more than 0")
         if min(self.container_cpus, self.container_time_limit) <= 0:
             raise ValueError("container_cpus and container_time_limit must be more than 0")
-        sizes = (self.container_memory_mb, self.container_pids, self.container_tmp_mb)
-        if min(*sizes, self.container_outputs_mb) < 1:
-            raise ValueError("container memory, pids, tmp and outputs sizes must be at least 1")
+        sizes = (
+            self.container_memory_mb,
+            self.container_pids,
+            self.container_tmp_mb,
+            self.container_outputs_mb,
+            self.container_inputs_mb,
+            self.container_cache_mb,
+        )
+        if min(sizes) < 1:
+            raise ValueError(
+                "container sizes (memory, pids, tmp, outputs, inputs, cache) must be at least 1"
+            )
         if min(self.job_timeout, self.reconnect_min, self.stop_grace, self.exit_when_idle) < 0:
             raise ValueError("durations cannot be negative")
 

@@ -8,11 +8,15 @@ is left (``docker ps -a`` by label).
 from __future__ import annotations
 
 import asyncio
+import functools
 import glob
+import hashlib
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +69,8 @@ def server(api: Any, tmp_path_factory: pytest.TempPathFactory, work: Path) -> It
         "RUNPACK_CONTAINER_MEMORY_MB": "64",
         "RUNPACK_CONTAINER_TIME_LIMIT": "60",
         "RUNPACK_CONTAINER_OUTPUTS_MB": "8",
+        # The inputs test serves its files on loopback.
+        "RUNPACK_ALLOW_PRIVATE_URLS": "true",
         # Not on this machine: the test sees the device request reach dockerd.
         "RUNPACK_CONTAINER_GPUS": "GPU-test-0,GPU-test-1",
     }
@@ -326,6 +332,47 @@ async def test_gpus_asked_for_are_requested_from_docker_and_given_back(
     assert status == 201
     refused = await client.settled(body["job_id"])
     assert refused["error_message"].endswith("gpus 3 is more than this runner allows (2)")
+
+
+async def test_inputs_are_fetched_read_only_and_kept_by_content(
+    client: Client, image: tuple[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "words.txt").write_text("one two three\n")
+    sha = hashlib.sha256(b"one two three\n").hexdigest()
+    handler = functools.partial(QuietFiles, directory=str(tmp_path))
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{site.server_address[1]}/words.txt"
+        script = "wc -w < /inputs/data/words.txt; echo x > /inputs/data/words.txt || echo read-only"
+        for run in ("first", "second"):
+            job_id = await client.submit(
+                {
+                    "image": pinned(image),
+                    "command": ["sh", "-c", f"echo {run}; {script}"],
+                    "inputs": {"data/words.txt": {"url": url, "sha256": sha}},
+                }
+            )
+            job = await client.settled(job_id)
+            assert job["status"] == "completed", job
+            lines = [line.split("] ", 1)[-1] for line in job["console_output"].splitlines()]
+            assert "3" in lines and "read-only" in lines, lines
+        assert f"Input data/words.txt from the runner's cache (sha256 {sha})" in lines
+        assert QuietFiles.served == 1
+    finally:
+        site.shutdown()
+        site.server_close()
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    served = 0
+
+    def do_GET(self) -> None:
+        type(self).served += 1
+        super().do_GET()
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 def test_the_example_runs_a_shell_tool_end_to_end(api: Any, tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ def test_the_runner_settings_check_container_limits() -> None:
     )
     assert settings.container_images == (ID, "lab/*@*")
     assert settings.container_memory_mb == 128
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="must be at least 1"):
         RunnerSettings.from_env({"RUNPACK_CONTAINER_PIDS": "0"})
 
 
@@ -146,6 +146,7 @@ def test_what_a_container_is_given(tmp_path: Path) -> None:
         limits,
         image_id=ID,
         outputs=tmp_path,
+        inputs=tmp_path / "in",
         user="65534:65534",
         tmp_mb=8,
         job_id="job-1",
@@ -186,7 +187,7 @@ def test_what_a_container_is_given(tmp_path: Path) -> None:
         32 * 2**20,
         16,
     )
-    assert host["Binds"] == [f"{tmp_path}:/outputs:rw"]
+    assert host["Binds"] == [f"{tmp_path}:/outputs:rw", f"{tmp_path}/in:/inputs:ro"]
     assert host["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=8m,mode=1777"}
     without = create_args(
         offline_api(),
@@ -194,6 +195,7 @@ def test_what_a_container_is_given(tmp_path: Path) -> None:
         limits,
         image_id=ID,
         outputs=tmp_path,
+        inputs=None,
         user="1000:1000",
         tmp_mb=8,
         job_id="job-1",
@@ -201,4 +203,5 @@ def test_what_a_container_is_given(tmp_path: Path) -> None:
         gpus=[],
     )
     assert "DeviceRequests" not in without["host_config"]
+    assert without["host_config"]["Binds"] == [f"{tmp_path}:/outputs:rw"]
     assert "CUDA_VISIBLE_DEVICES" not in without["environment"]

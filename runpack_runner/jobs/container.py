@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 from runpack_runner.container_config import create_args
+from runpack_runner.container_inputs import InputCache, place_inputs
 from runpack_runner.container_spec import ContainerPolicy, ContainerSpec, Limits, parse_spec
 from runpack_runner.context import Cancelled, JobContext, RetryLater
 from runpack_runner.gpus import GpuPool
@@ -69,6 +70,8 @@ class ContainerJob(JobHandler):
         self.docker_url = "unix:///var/run/docker.sock"
         self.tmp_mb = 64
         self.outputs_mb = 1024
+        self.inputs_mb = 1024
+        self.cache = InputCache(Path(tempfile.gettempdir(), "runpack-inputs"), 4096 * 2**20)
         self.user = ""
         self.work_dir = ""
         self.gpus = GpuPool()
@@ -89,6 +92,9 @@ class ContainerJob(JobHandler):
         self.docker_url = settings.container_docker_url
         self.tmp_mb = settings.container_tmp_mb
         self.outputs_mb = settings.container_outputs_mb
+        self.inputs_mb = settings.container_inputs_mb
+        cache_dir = Path(settings.container_work_dir or tempfile.gettempdir(), "runpack-inputs")
+        self.cache = InputCache(cache_dir, settings.container_cache_mb * 2**20)
         self.user = settings.container_user
         self.work_dir = settings.container_work_dir
 
@@ -189,21 +195,32 @@ class ContainerRun:
         self.container_id = ""
         self.devices: list[str] = []
         self.streamed = threading.Event()
+        self._streams: Any = None
 
     def run(self) -> dict[str, Any]:
         name = re.sub(r"[^A-Za-z0-9-]", "", self.ctx.job_id)[:64]
         folder = Path(
             tempfile.mkdtemp(prefix=f"runpack-container-{name}-", dir=self.job.work_dir or None)
         )
+        folder.chmod(0o755)  # dockerd's user reaches the folders within
         outputs = folder / "outputs"
         outputs.mkdir()
         outputs.chmod(0o777)  # the container's user writes here
+        inputs = folder / "inputs"
         try:
+            if self.spec.inputs:
+                inputs.mkdir(mode=0o755)
+                inputs.chmod(0o755)
+                limit = self.job.inputs_mb * 2**20
+                place_inputs(self.ctx, self.spec.inputs, inputs, self.job.cache, limit)
             try:
                 self.ctx.check_cancelled()
                 if self.limits.gpus:
                     self.devices = self.job.gpus.wait_for(self.limits.gpus, self.ctx)
-                self.container_id = self._create(outputs)
+                self.container_id = self._create(outputs, inputs)
+                # Attached before it starts, so that no line is missed (reading the
+                # logs of a container that already exited may find them not yet kept).
+                output = self._attach()
                 self.api.start(self.container_id)
                 self.ctx.log(
                     f"Container {self.container_id[:12]} started from {self.image['Id']} "
@@ -211,13 +228,18 @@ class ContainerRun:
                     f"{self.limits.pids} processes, {self.limits.time_limit:g} s)"
                 )
                 threading.Thread(
-                    target=self._stream, name=f"container-{self.ctx.job_id}", daemon=True
+                    target=self._stream,
+                    args=(output,),
+                    name=f"container-{self.ctx.job_id}",
+                    daemon=True,
                 ).start()
                 self._wait(outputs)
                 code, oom = self._exit_state()
             finally:
                 self._remove()
                 self.job.gpus.give_back(self.devices)
+                if self._streams is not None:
+                    self._streams.close()
             self._check_size(outputs)
             if oom:
                 raise RuntimeError(f"killed: used more than {self.limits.memory_mb} MiB")
@@ -228,7 +250,7 @@ class ContainerRun:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _create(self, outputs: Path) -> str:
+    def _create(self, outputs: Path, inputs: Path) -> str:
         created = self.api.create_container(
             **create_args(
                 self.api,
@@ -236,6 +258,7 @@ class ContainerRun:
                 self.limits,
                 image_id=self.image["Id"],
                 outputs=outputs,
+                inputs=inputs if self.spec.inputs else None,
                 user=self.job.container_user(),
                 tmp_mb=self.job.tmp_mb,
                 job_id=self.ctx.job_id,
@@ -289,11 +312,23 @@ class ContainerRun:
                 raise
 
     # --- console --------------------------------------------------------------------------
-    def _stream(self) -> None:
+    def _attach(self) -> Any:
+        """The container's stdout and stderr as a stream of chunks, until it exits. Its own
+        connection, without a read timeout: a container may be quiet for long."""
+        import docker
+
+        self._streams = docker.APIClient(
+            base_url=self.job.docker_url, version=self.api.api_version, timeout=None
+        )
+        return self._streams.attach(
+            self.container_id, stdout=True, stderr=True, stream=True, logs=True
+        )
+
+    def _stream(self, output: Any) -> None:
         """The container's stdout and stderr, line by line, until it exits."""
         pending = b""
         try:
-            for chunk in self.api.logs(self.container_id, stream=True, follow=True):
+            for chunk in output:
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
@@ -307,6 +342,8 @@ class ContainerRun:
             if not self.ctx.cancelled:
                 log.warning("job %s: the container's output ended: %s", self.ctx.job_id, exc)
         finally:
+            with contextlib.suppress(Exception):
+                output.close()
             self.streamed.set()
 
     def _line(self, raw: bytes) -> None:
