@@ -28,6 +28,7 @@ def create_args(
     image_id: str,
     outputs: Path,
     inputs: Path | None,
+    job_cache: Path | None,
     user: str,
     tmp_mb: int,
     job_id: str,
@@ -54,6 +55,9 @@ def create_args(
     binds = {str(outputs): {"bind": "/outputs", "mode": "rw"}}
     if inputs is not None:
         binds[str(inputs)] = {"bind": "/inputs", "mode": "ro"}
+    if job_cache is not None:
+        binds[str(job_cache)] = {"bind": "/job-cache", "mode": "rw"}
+        env["JOB_CACHE_DIR"] = "/job-cache"
     host_config = api.create_host_config(
         binds=binds,
         tmpfs={"/tmp": f"rw,nosuid,nodev,size={tmp_mb}m,mode=1777"},

@@ -143,18 +143,26 @@ class InputCache:
         return final
 
     def _trim(self, keep: Path) -> None:
-        entries = []
-        for path in self.root.iterdir():
+        trim(self.root, self.max_bytes, keep)
+
+
+def trim(root: Path, max_bytes: int, keep: Path | None = None) -> None:
+    """Delete the files under ``root`` used longest ago (modified or read) until they
+    add up to at most ``max_bytes``; links are deleted, never followed."""
+    entries = []
+    for folder, _, names in os.walk(root, followlinks=False):
+        for name in names:
+            path = Path(folder, name)
             with contextlib.suppress(OSError):
-                info = path.stat()
-                entries.append((info.st_mtime, info.st_size, path))
-        total = sum(size for _, size, _ in entries)
-        for _, size, path in sorted(entries):
-            if total <= self.max_bytes:
-                break
-            if path != keep:
-                path.unlink(missing_ok=True)
-                total -= size
+                info = path.lstat()
+                entries.append((max(info.st_mtime, info.st_atime), info.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    for _, size, path in sorted(entries):
+        if total <= max_bytes:
+            break
+        if path != keep:
+            path.unlink(missing_ok=True)
+            total -= size
 
 
 def place_inputs(

@@ -31,7 +31,9 @@ DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 PINNED = re.compile(r"(?P<name>[a-z0-9][a-z0-9._/:-]*)@(?P<digest>sha256:[0-9a-f]{64})")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Set by the runner; a job cannot set them.
-RESERVED_ENV = frozenset({"JOB_ID", "JOB_ATTEMPT", "OUTPUTS_DIR", "PATH"})
+RESERVED_ENV = frozenset(
+    {"JOB_ID", "JOB_ATTEMPT", "OUTPUTS_DIR", "JOB_CACHE_DIR", "CUDA_VISIBLE_DEVICES", "PATH"}
+)
 MAX_ARGS = 256
 MAX_ENV = 128
 MAX_TEXT = 64 * 1024
@@ -150,6 +152,15 @@ class ContainerPolicy:
 
     allowed: tuple[str, ...] = ()
     most: Limits = Limits(cpus=1.0, memory_mb=512, pids=256, time_limit=3600.0)
+    #: Patterns of the images that get a shared /job-cache.
+    job_cache: tuple[str, ...] = ()
+
+    def job_cache_folder(self, spec: ContainerSpec) -> str | None:
+        """The name of the /job-cache folder of this image (one per repository, or per
+        image ID when it has none), or None when the image has none."""
+        if not any(fnmatch.fnmatchcase(spec.image, entry) for entry in self.job_cache):
+            return None
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", spec.name or spec.digest)
 
     def limits(self, spec: ContainerSpec) -> Limits:
         """The job's limits: what it asked for, or the maximum; ValueError if more."""

@@ -100,6 +100,14 @@ class RunnerSettings:
     container_cache_mb: int = _s(
         4096, "Most the runner keeps of fetched input files, by content (MiB)."
     )
+    container_job_cache: tuple[str, ...] = _s(
+        (),
+        "Images (patterns, as in container_images) whose containers share a writable "
+        "/job-cache on this runner, for models and datasets; one folder per repository.",
+    )
+    container_job_cache_mb: int = _s(
+        10240, "Most the /job-cache folders keep in all (MiB; oldest files out first)."
+    )
     container_gpus: tuple[str, ...] = _s(
         (),
         "GPUs this runner hands to containers, comma-separated device indexes or UUIDs "
@@ -136,10 +144,11 @@ class RunnerSettings:
             self.container_outputs_mb,
             self.container_inputs_mb,
             self.container_cache_mb,
+            self.container_job_cache_mb,
         )
         if min(sizes) < 1:
             raise ValueError(
-                "container sizes (memory, pids, tmp, outputs, inputs, cache) must be at least 1"
+                "container sizes (memory, pids, tmp, outputs, inputs, caches) must be at least 1"
             )
         if min(self.job_timeout, self.reconnect_min, self.stop_grace, self.exit_when_idle) < 0:
             raise ValueError("durations cannot be negative")

@@ -69,6 +69,7 @@ def server(api: Any, tmp_path_factory: pytest.TempPathFactory, work: Path) -> It
         "RUNPACK_CONTAINER_MEMORY_MB": "64",
         "RUNPACK_CONTAINER_TIME_LIMIT": "60",
         "RUNPACK_CONTAINER_OUTPUTS_MB": "8",
+        "RUNPACK_CONTAINER_JOB_CACHE": f"{dockerimages.REPOSITORY}@*",
         # The inputs test serves its files on loopback.
         "RUNPACK_ALLOW_PRIVATE_URLS": "true",
         # Not on this machine: the test sees the device request reach dockerd.
@@ -362,6 +363,26 @@ async def test_inputs_are_fetched_read_only_and_kept_by_content(
     finally:
         site.shutdown()
         site.server_close()
+
+
+async def test_jobs_of_one_image_share_its_job_cache(
+    client: Client, image: tuple[str, str], work: Path
+) -> None:
+    script = (
+        'if [ -f "$JOB_CACHE_DIR/model" ]; then echo cached $(cat /job-cache/model);'
+        " else echo fetched; echo weights > /job-cache/model; fi"
+    )
+    said = []
+    for run in ("first", "second"):
+        job_id = await client.submit(
+            {"image": pinned(image), "command": ["sh", "-c", script], "env": {"RUN": run}}
+        )
+        job = await client.settled(job_id)
+        assert job["status"] == "completed", job
+        said.append(job["console_output"])
+    assert "] fetched\n" in said[0] and "] cached weights\n" in said[1]
+    folder = work / "runpack-job-cache" / dockerimages.REPOSITORY.replace("/", "_")
+    assert await asyncio.to_thread((folder / "model").read_text) == "weights\n"
 
 
 class QuietFiles(http.server.SimpleHTTPRequestHandler):

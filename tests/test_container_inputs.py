@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, ClassVar
 import pytest
 
 from runpack.netrules import URLNotAllowed
-from runpack_runner.container_inputs import Input, InputCache, parse_inputs, place_inputs
+from runpack_runner.container_inputs import Input, InputCache, parse_inputs, place_inputs, trim
 from runpack_runner.context import JobContext
 
 SHA = "0" * 64
@@ -133,3 +134,19 @@ def test_the_cache_keeps_the_newest_within_its_bound(site: str, tmp_path: Path) 
     Files.files["/big2"] = b"y" * 3000
     newest = cache.fetch(context(), Input("big2", f"{site}/big2"), 10_000)
     assert newest.exists() and not big.exists()
+
+
+def test_trim_deletes_the_files_used_longest_ago(tmp_path: Path) -> None:
+    for age, name in enumerate(["c/new", "b/mid", "a/old"]):
+        path = tmp_path / name
+        path.parent.mkdir()
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1_000_000 - age, 1_000_000 - age))
+    (tmp_path / "link").symlink_to("/etc/passwd")
+    trim(tmp_path, 150)
+    assert sorted(
+        p.relative_to(tmp_path).as_posix()
+        for p in tmp_path.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    ) == ["c/new"]
+    assert Path("/etc/passwd").exists()

@@ -147,6 +147,7 @@ def test_what_a_container_is_given(tmp_path: Path) -> None:
         image_id=ID,
         outputs=tmp_path,
         inputs=tmp_path / "in",
+        job_cache=tmp_path / "cache",
         user="65534:65534",
         tmp_mb=8,
         job_id="job-1",
@@ -163,6 +164,7 @@ def test_what_a_container_is_given(tmp_path: Path) -> None:
             "JOB_ATTEMPT": "2",
             "OUTPUTS_DIR": "/outputs",
             "CUDA_VISIBLE_DEVICES": "0,1",
+            "JOB_CACHE_DIR": "/job-cache",
         },
         "user": "65534:65534",
         "working_dir": "/tmp",
@@ -187,7 +189,11 @@ def test_what_a_container_is_given(tmp_path: Path) -> None:
         32 * 2**20,
         16,
     )
-    assert host["Binds"] == [f"{tmp_path}:/outputs:rw", f"{tmp_path}/in:/inputs:ro"]
+    assert host["Binds"] == [
+        f"{tmp_path}:/outputs:rw",
+        f"{tmp_path}/in:/inputs:ro",
+        f"{tmp_path}/cache:/job-cache:rw",
+    ]
     assert host["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=8m,mode=1777"}
     without = create_args(
         offline_api(),
@@ -196,6 +202,7 @@ def test_what_a_container_is_given(tmp_path: Path) -> None:
         image_id=ID,
         outputs=tmp_path,
         inputs=None,
+        job_cache=None,
         user="1000:1000",
         tmp_mb=8,
         job_id="job-1",
@@ -205,3 +212,13 @@ def test_what_a_container_is_given(tmp_path: Path) -> None:
     assert "DeviceRequests" not in without["host_config"]
     assert without["host_config"]["Binds"] == [f"{tmp_path}:/outputs:rw"]
     assert "CUDA_VISIBLE_DEVICES" not in without["environment"]
+
+
+def test_a_job_cache_is_for_the_images_named_one_folder_per_repository() -> None:
+    policy = ContainerPolicy(job_cache=("lab/*@*",))
+    assert policy.job_cache_folder(parse_spec({"image": f"lab/tool@{ID}"})) == "lab_tool"
+    assert policy.job_cache_folder(parse_spec({"image": f"lab/tool@{OTHER}"})) == "lab_tool"
+    assert policy.job_cache_folder(parse_spec({"image": f"other/tool@{ID}"})) is None
+    assert ContainerPolicy().job_cache_folder(parse_spec({"image": ID})) is None
+    everything = ContainerPolicy(job_cache=("*",))
+    assert everything.job_cache_folder(parse_spec({"image": ID})) == ID.replace(":", "_")

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 from runpack_runner.container_config import create_args
-from runpack_runner.container_inputs import InputCache, place_inputs
+from runpack_runner.container_images import digests_of, resolve
+from runpack_runner.container_inputs import InputCache, place_inputs, trim
 from runpack_runner.container_spec import ContainerPolicy, ContainerSpec, Limits, parse_spec
 from runpack_runner.context import Cancelled, JobContext, RetryLater
 from runpack_runner.gpus import GpuPool
@@ -72,6 +73,8 @@ class ContainerJob(JobHandler):
         self.outputs_mb = 1024
         self.inputs_mb = 1024
         self.cache = InputCache(Path(tempfile.gettempdir(), "runpack-inputs"), 4096 * 2**20)
+        self.job_cache_root = Path(tempfile.gettempdir(), "runpack-job-cache")
+        self.job_cache_bytes = 10240 * 2**20
         self.user = ""
         self.work_dir = ""
         self.gpus = GpuPool()
@@ -87,6 +90,7 @@ class ContainerJob(JobHandler):
                 time_limit=settings.container_time_limit,
                 gpus=len(settings.container_gpus),
             ),
+            job_cache=settings.container_job_cache,
         )
         self.gpus = GpuPool(settings.container_gpus)
         self.docker_url = settings.container_docker_url
@@ -95,6 +99,9 @@ class ContainerJob(JobHandler):
         self.inputs_mb = settings.container_inputs_mb
         cache_dir = Path(settings.container_work_dir or tempfile.gettempdir(), "runpack-inputs")
         self.cache = InputCache(cache_dir, settings.container_cache_mb * 2**20)
+        root = Path(settings.container_work_dir or tempfile.gettempdir())
+        self.job_cache_root = root / "runpack-job-cache"
+        self.job_cache_bytes = settings.container_job_cache_mb * 2**20
         self.user = settings.container_user
         self.work_dir = settings.container_work_dir
 
@@ -110,9 +117,9 @@ class ContainerJob(JobHandler):
 
         api = self._connect()
         try:
-            if not self.policy.allows(spec, lambda tag: _digests_of(api, tag)):
+            if not self.policy.allows(spec, lambda tag: digests_of(api, tag)):
                 raise ValueError(self.policy.refusal(spec))
-            image = _resolve(api, spec)
+            image = resolve(api, spec)
             run = ContainerRun(api, ctx, spec, image, limits, self)
             return run.run()
         except docker.errors.APIError as exc:  # its message names dockerd's URL: not needed
@@ -134,44 +141,6 @@ class ContainerJob(JobHandler):
             return self.user
         uid, gid = os.getuid(), os.getgid()
         return f"{uid}:{gid}" if uid != 0 else NOBODY
-
-
-def _digests_of(api: Any, tag: str) -> list[str]:
-    """The image ID and repository digests that ``tag`` has on this runner (none: [])."""
-    import docker
-
-    try:
-        info = api.inspect_image(tag)
-    except docker.errors.ImageNotFound:
-        return []
-    return [str(info["Id"]), *(info.get("RepoDigests") or [])]
-
-
-def _resolve(api: Any, spec: ContainerSpec) -> dict[str, Any]:
-    """The local image that ``spec.image`` names, checked against its digest.
-
-    ``sha256:<id>`` is an image ID; ``name@sha256:<d>`` is a repository digest, or
-    (an image loaded with ``docker import``/``load`` has none) the ID of an image
-    tagged ``name:…`` here.
-    """
-    import docker
-
-    try:
-        info: dict[str, Any] = api.inspect_image(spec.image)
-    except docker.errors.ImageNotFound:
-        info = {}
-        if spec.name:
-            with contextlib.suppress(docker.errors.ImageNotFound):
-                info = api.inspect_image(spec.digest)
-            tags = info.get("RepoTags") or []
-            if spec.name not in {*tags, *(tag.rsplit(":", 1)[0] for tag in tags)}:
-                info = {}
-    if not info:
-        raise RuntimeError(f"image {spec.image} is not on this runner (pull or load it there)")
-    names = {str(info["Id"]), *(info.get("RepoDigests") or [])}
-    if spec.digest != info["Id"] and spec.image not in names:
-        raise RuntimeError(f"image {spec.image} resolved to {info['Id']}, not the digest asked for")
-    return info
 
 
 class ContainerRun:
@@ -213,11 +182,12 @@ class ContainerRun:
                 inputs.chmod(0o755)
                 limit = self.job.inputs_mb * 2**20
                 place_inputs(self.ctx, self.spec.inputs, inputs, self.job.cache, limit)
+            job_cache = self._job_cache()
             try:
                 self.ctx.check_cancelled()
                 if self.limits.gpus:
                     self.devices = self.job.gpus.wait_for(self.limits.gpus, self.ctx)
-                self.container_id = self._create(outputs, inputs)
+                self.container_id = self._create(outputs, inputs, job_cache)
                 # Attached before it starts, so that no line is missed (reading the
                 # logs of a container that already exited may find them not yet kept).
                 output = self._attach()
@@ -240,6 +210,8 @@ class ContainerRun:
                 self.job.gpus.give_back(self.devices)
                 if self._streams is not None:
                     self._streams.close()
+                if job_cache is not None:
+                    trim(self.job.job_cache_root, self.job.job_cache_bytes)
             self._check_size(outputs)
             if oom:
                 raise RuntimeError(f"killed: used more than {self.limits.memory_mb} MiB")
@@ -250,7 +222,17 @@ class ContainerRun:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _create(self, outputs: Path, inputs: Path) -> str:
+    def _job_cache(self) -> Path | None:
+        """This image's /job-cache folder, if it has one (made writable for containers)."""
+        name = self.job.policy.job_cache_folder(self.spec)
+        if name is None:
+            return None
+        folder = self.job.job_cache_root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o777)
+        return folder
+
+    def _create(self, outputs: Path, inputs: Path, job_cache: Path | None) -> str:
         created = self.api.create_container(
             **create_args(
                 self.api,
@@ -259,6 +241,7 @@ class ContainerRun:
                 image_id=self.image["Id"],
                 outputs=outputs,
                 inputs=inputs if self.spec.inputs else None,
+                job_cache=job_cache,
                 user=self.job.container_user(),
                 tmp_mb=self.job.tmp_mb,
                 job_id=self.ctx.job_id,
