@@ -18,13 +18,13 @@ worker thread, and docker-py's blocking calls, each with a timeout, fit it direc
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import logging
 import os
 import re
 import shutil
-import stat
 import tempfile
 import threading
 import time
@@ -35,6 +35,7 @@ from urllib.parse import quote
 from runpack_runner.container_config import create_args
 from runpack_runner.container_images import digests_of, resolve
 from runpack_runner.container_inputs import InputCache, place_inputs, trim
+from runpack_runner.container_outputs import folder_size, regular_files
 from runpack_runner.container_spec import ContainerPolicy, ContainerSpec, Limits, parse_spec
 from runpack_runner.context import Cancelled, JobContext, RetryLater
 from runpack_runner.gpus import GpuPool
@@ -57,6 +58,25 @@ POLL = 0.05
 #: How often the size of a running container's /outputs is measured (seconds).
 MEASURE_EVERY = 0.25
 NOBODY = "65534:65534"
+#: Containers started by this process and not yet removed: removed at exit too, when
+#: the runner exits while a job still runs (its thread is then left behind).
+LIVE: dict[str, str] = {}
+_live_lock = threading.Lock()
+
+
+@atexit.register
+def _remove_live() -> None:
+    with _live_lock:
+        left = list(LIVE.items())
+    if not left:
+        return
+    import docker
+
+    for container_id, url in left:
+        with contextlib.suppress(Exception):
+            client = docker.APIClient(base_url=url, version="auto", timeout=10)
+            client.remove_container(container_id, force=True)
+            client.close()
 
 
 class ContainerJob(JobHandler):
@@ -188,6 +208,8 @@ class ContainerRun:
                 if self.limits.gpus:
                     self.devices = self.job.gpus.wait_for(self.limits.gpus, self.ctx)
                 self.container_id = self._create(outputs, inputs, job_cache)
+                with _live_lock:
+                    LIVE[self.container_id] = self.job.docker_url
                 # Attached before it starts, so that no line is missed (reading the
                 # logs of a container that already exited may find them not yet kept).
                 output = self._attach()
@@ -271,7 +293,7 @@ class ContainerRun:
                 self._check_size(outputs)
 
     def _check_size(self, outputs: Path) -> None:
-        if _size(outputs) > self.job.outputs_mb * 1024 * 1024:
+        if folder_size(outputs) > self.job.outputs_mb * 1024 * 1024:
             self._remove()
             raise RuntimeError(f"killed: wrote more than {self.job.outputs_mb} MiB to /outputs")
 
@@ -293,6 +315,8 @@ class ContainerRun:
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: its removal is already in progress
                 raise
+        with _live_lock:
+            LIVE.pop(self.container_id, None)
 
     # --- console --------------------------------------------------------------------------
     def _attach(self) -> Any:
@@ -341,7 +365,7 @@ class ContainerRun:
 
     # --- outputs --------------------------------------------------------------------------
     def _result(self, outputs: Path) -> dict[str, Any]:
-        files = _regular_files(outputs)
+        files = regular_files(outputs)
         result: dict[str, Any] = {
             "image": self.spec.image,
             "image_id": self.image["Id"],
@@ -360,31 +384,3 @@ class ContainerRun:
             {"path": path, "bytes": size, "url": base + quote(path)} for path, size in files
         ]
         return result
-
-
-def _regular_files(folder: Path) -> list[tuple[str, int]]:
-    """(relative path, size) of each regular file under ``folder``; anything else the
-    container left (symbolic links above all: they could name the runner's files) is
-    deleted first, never followed."""
-    found: list[tuple[str, int]] = []
-    for root, dirs, names in os.walk(folder, followlinks=False):
-        for name in [*names, *dirs]:
-            path = Path(root, name)
-            mode = path.lstat().st_mode
-            if stat.S_ISREG(mode):
-                found.append((path.relative_to(folder).as_posix(), path.lstat().st_size))
-            elif not stat.S_ISDIR(mode):
-                path.unlink()
-                with contextlib.suppress(ValueError):
-                    dirs.remove(name)
-    return sorted(found)
-
-
-def _size(folder: Path) -> int:
-    """Bytes of the files under ``folder`` (links not followed)."""
-    total = 0
-    for root, _, names in os.walk(folder, followlinks=False):
-        for name in names:
-            with contextlib.suppress(OSError):  # deleted meanwhile
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
