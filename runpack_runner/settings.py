@@ -146,6 +146,8 @@ class RunnerSettings:
             self.container_cache_mb,
             self.container_job_cache_mb,
         )
+        if self.container_user.split(":")[0] in ("0", "root"):
+            raise ValueError("container_user must not be root")
         if min(sizes) < 1:
             raise ValueError(
                 "container sizes (memory, pids, tmp, outputs, inputs, caches) must be at least 1"

@@ -103,6 +103,9 @@ def test_the_runner_settings_check_container_limits() -> None:
     assert settings.container_memory_mb == 128
     with pytest.raises(ValueError, match="must be at least 1"):
         RunnerSettings.from_env({"RUNPACK_CONTAINER_PIDS": "0"})
+    for root in ("0", "0:0", "root", "root:1000"):
+        with pytest.raises(ValueError, match="container_user must not be root"):
+            RunnerSettings.from_env({"RUNPACK_CONTAINER_USER": root})
 
 
 def test_gpus_are_given_only_when_asked_and_at_most_the_runners() -> None:

@@ -188,6 +188,8 @@ class ContainerRun:
 
     def run(self) -> dict[str, Any]:
         name = re.sub(r"[^A-Za-z0-9-]", "", self.ctx.job_id)[:64]
+        if self.job.work_dir:
+            Path(self.job.work_dir).mkdir(parents=True, exist_ok=True)
         folder = Path(
             tempfile.mkdtemp(prefix=f"runpack-container-{name}-", dir=self.job.work_dir or None)
         )
