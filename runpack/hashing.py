@@ -193,13 +193,20 @@ def js_stringify(value: object) -> str:
     return "".join(out)
 
 
-def job_canonical(job_type: str, input_params: object) -> str:
-    """The string the original hashed; ``type`` then ``params``, not sorted."""
-    return f'{{"type":{_quote(job_type)},"params":{canonical_json(input_params)}}}'
+def job_canonical(job_type: str, input_params: object, version: str | None = None) -> str:
+    """The string the original hashed; ``type`` then ``params``, not sorted. A job type
+    with a declared version (:class:`runpack.jobtypes.JobTypeVersions`) has it between
+    them, so its results are keyed by the version; without one, the original's string."""
+    params = canonical_json(input_params)
+    if version is None:
+        return f'{{"type":{_quote(job_type)},"params":{params}}}'
+    return f'{{"type":{_quote(job_type)},"version":{_quote(version)},"params":{params}}}'
 
 
-def job_hash(job_type: str, input_params: object) -> str:
+def job_hash(job_type: str, input_params: object, version: str | None = None) -> str:
     """Lowercase hex SHA-256 of the UTF-8 bytes of :func:`job_canonical`."""
+    if version is not None:
+        return hashlib.sha256(job_canonical(job_type, input_params, version).encode()).hexdigest()
     fast = _fast(input_params, orjson.OPT_SORT_KEYS)
     if fast is not None and _ESCAPE.search(job_type) is None:
         canonical = b'{"type":"%s","params":%s}' % (job_type.encode(), fast)

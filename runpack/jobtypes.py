@@ -7,6 +7,10 @@ otherwise give every page its own copy of the same figure. The ``hash_ignored_pa
 setting declares them, by default for the figure job types only (``figpack_nwb_*``:
 ``dandiset_id`` and ``neurosift_url``); every other job type hashes all of its
 parameters, as the original did.
+
+A job type may also have a *version* (the ``job_type_versions`` setting): it enters
+the job hash, so that a new version of a handler computes again instead of serving
+results that the old one made. Job types without one hash as the original did.
 """
 
 from __future__ import annotations
@@ -56,3 +60,34 @@ class HashIgnored:
         if not ignored:
             return params
         return {k: v for k, v in params.items() if k not in ignored}
+
+
+@dataclass(frozen=True, slots=True)
+class JobTypeVersions:
+    """The version of each job type that has one, by type or prefix (``prefix*``);
+    the first rule whose pattern matches applies."""
+
+    rules: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> JobTypeVersions:
+        """``PATTERN=VERSION;…``; ValueError names a rule that is not one."""
+        rules = []
+        for rule in filter(None, (part.strip() for part in text.split(";"))):
+            pattern, equals, version = (part.strip() for part in rule.partition("="))
+            if not equals or not pattern or not version or "*" in pattern[:-1]:
+                raise ValueError(
+                    f"job_type_versions: {rule!r} is not JOB_TYPE=VERSION "
+                    "(a job type, or a prefix ending in *)"
+                )
+            rules.append((pattern, version))
+        return cls(tuple(rules))
+
+    def version(self, job_type: str) -> str | None:
+        for pattern, version in self.rules:
+            if pattern.endswith("*"):
+                if job_type.startswith(pattern[:-1]):
+                    return version
+            elif job_type == pattern:
+                return version
+        return None

@@ -157,6 +157,13 @@ class Settings:
         "in `*` for a prefix, rules separated by `;` (metadata such as the page a request "
         "came from; see docs/figures.md). Empty: every parameter counts, as in the original.",
     )
+    job_type_versions: str = _s(
+        "",
+        "Versions of job types, which enter their job hashes: `TYPE=VERSION`, a type ending "
+        "in `*` for a prefix, rules separated by `;`. Raise one when a handler's results "
+        "change, so that cached results of the old version are not served. Empty: no "
+        "versions, hashes as in the original.",
+    )
     max_upload_bytes: int = _s(
         500 * 1024 * 1024, "Largest figure upload (a tar of its files), in bytes."
     )

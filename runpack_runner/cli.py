@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except UnknownJobTypes as exc:
         log.error("%s", exc)
         return 2
+    registry.configure(settings)
     if not len(registry):
         log.error("no job handlers could be loaded")
         return 2

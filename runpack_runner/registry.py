@@ -83,6 +83,18 @@ class Registry:
             log.info("job types not installed: %s (%s)", ", ".join(job_types), why)
         return cls(handlers)
 
+    def configure(self, settings: object) -> None:
+        """Hand the runner's settings to each handler that takes them: one with a
+        ``configure(settings)`` method (the container job type reads its limits there)."""
+        for job_type, handler in list(self._handlers.items()):
+            configure = getattr(handler, "configure", None)
+            if callable(configure):
+                try:
+                    configure(settings)
+                except Exception:
+                    log.exception("cannot configure the handler of %r: left out", job_type)
+                    del self._handlers[job_type]
+
     @property
     def job_types(self) -> list[str]:
         return sorted(self._handlers)

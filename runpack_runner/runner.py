@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 #: After a second signal: how long to wait for releases and results to be acknowledged.
 FORCED_EXIT_WAIT = 5.0
 CONNECT_TIMEOUT = 15.0
+#: How often --exit-when-idle looks whether the runner holds a job (seconds).
+IDLE_CHECK = 0.25
 
 
 class Runner(Dispatch):
@@ -145,6 +147,8 @@ class Runner(Dispatch):
                 self.uploader = FolderUploader(
                     session, self.settings, lambda: self.runner_id, lambda: self.runner_secret
                 )
+                if self.settings.exit_when_idle > 0:
+                    self._tasks.spawn(self._exit_when_idle(self.settings.exit_when_idle), "idle")
                 try:
                     await self._connect_loop(session)
                 finally:
@@ -189,6 +193,19 @@ class Runner(Dispatch):
             self._check_exit()
         else:
             self._exit.set()
+
+    async def _exit_when_idle(self, seconds: float) -> None:
+        """Stop once no job has been held for ``seconds`` (checked a few times a second):
+        a job pushed meanwhile is released back to the queue by the drain."""
+        loop = asyncio.get_running_loop()
+        idle_since = loop.time()
+        while not self.draining:
+            await asyncio.sleep(min(IDLE_CHECK, seconds))
+            if self.busy or self.outbox or self.waiting:
+                idle_since = loop.time()
+            elif loop.time() - idle_since >= seconds:
+                log.info("no job for %g s: exiting (--exit-when-idle)", seconds)
+                self.request_stop()
 
     # --- connections ----------------------------------------------------------------------
     async def _connect_loop(self, session: aiohttp.ClientSession) -> None:

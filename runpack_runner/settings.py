@@ -82,6 +82,59 @@ class RunnerSettings:
         "Figure jobs: seconds a read of an nwb_url may wait for data before the job fails.",
     )
 
+    exit_when_idle: float = _s(
+        0.0,
+        "Exit (code 0) after this many seconds with no job held, for runners started on "
+        "demand by an autoscaler (0 = never).",
+    )
+    # --- the container job type (docs/containers.md) ---------------------------------------
+    container_images: tuple[str, ...] = _s(
+        (),
+        "Images the container job type may run, comma-separated: digests (sha256:…, "
+        "name@sha256:…), patterns with * (lab/tool@*), or name:tag (whatever digest the tag "
+        "has on this runner). None by default.",
+    )
+    container_docker_url: str = _s(
+        "unix:///var/run/docker.sock", "The Docker Engine API the container job type uses."
+    )
+    container_cpus: float = _s(1.0, "Most CPUs one container may use.")
+    container_memory_mb: int = _s(512, "Most memory (MiB) one container may use; no swap.")
+    container_pids: int = _s(256, "Most processes one container may run.")
+    container_time_limit: float = _s(3600.0, "Most seconds one container may run.")
+    container_tmp_mb: int = _s(64, "Size (MiB) of a container's writable /tmp (in its memory).")
+    container_outputs_mb: int = _s(
+        1024,
+        "Most a container may write to /outputs (MiB); watched while it runs, then checked.",
+    )
+    container_user: str = _s(
+        "",
+        "User (uid:gid) that containers run as (default: the runner's own, or 65534:65534 "
+        "(nobody) when the runner runs as root).",
+    )
+    container_inputs_mb: int = _s(1024, "Most one container job's input files may add up to (MiB).")
+    container_cache_mb: int = _s(
+        4096, "Most the runner keeps of fetched input files, by content (MiB)."
+    )
+    container_job_cache: tuple[str, ...] = _s(
+        (),
+        "Images (patterns, as in container_images) whose containers share a writable "
+        "/job-cache on this runner, for models and datasets; one folder per repository.",
+    )
+    container_job_cache_mb: int = _s(
+        10240, "Most the /job-cache folders keep in all (MiB; oldest files out first)."
+    )
+    container_gpus: tuple[str, ...] = _s(
+        (),
+        "GPUs this runner hands to containers, comma-separated device indexes or UUIDs "
+        "(nvidia-smi -L); a job asks for some with limits.gpus. None by default.",
+    )
+    container_work_dir: str = _s(
+        "",
+        "Where the runner keeps each container's /inputs and /outputs folders (shared "
+        "with dockerd) and its cache of input files (default: the system's temporary "
+        "folder).",
+    )
+
     def replace(self, **changes: Any) -> RunnerSettings:
         return dataclasses.replace(self, **changes)
 
@@ -104,7 +157,24 @@ class RunnerSettings:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be more than 0")
-        if self.job_timeout < 0 or self.reconnect_min < 0 or self.stop_grace < 0:
+        if min(self.container_cpus, self.container_time_limit) <= 0:
+            raise ValueError("container_cpus and container_time_limit must be more than 0")
+        sizes = (
+            self.container_memory_mb,
+            self.container_pids,
+            self.container_tmp_mb,
+            self.container_outputs_mb,
+            self.container_inputs_mb,
+            self.container_cache_mb,
+            self.container_job_cache_mb,
+        )
+        if self.container_user.split(":")[0] in ("0", "root"):
+            raise ValueError("container_user must not be root")
+        if min(sizes) < 1:
+            raise ValueError(
+                "container sizes (memory, pids, tmp, outputs, inputs, caches) must be at least 1"
+            )
+        if min(self.job_timeout, self.reconnect_min, self.stop_grace, self.exit_when_idle) < 0:
             raise ValueError("durations cannot be negative")
         if self.job_memory_limit < 0:
             raise ValueError("job_memory_limit cannot be negative")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import tarfile
@@ -12,9 +13,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from runpack import hashing
 from runpack.artifacts import content_type
 from runpack.errors import BadRequest
-from runpack.jobtypes import FIGURE_METADATA, HashIgnored
+from runpack.jobtypes import FIGURE_METADATA, HashIgnored, JobTypeVersions
 from runpack.settings import Settings
 from runpack.uploads import MANIFEST, check_path
 from tests.conftest import (
@@ -446,3 +448,29 @@ async def test_a_figure_stored_before_versions_keeps_working_from_its_old_url(
     again = await submit(client, JOB, nwb_url="https://x/a.nwb")
     assert again["status"] == "completed"
     assert again["result"]["output_data"]["figpack_url"] == url
+
+
+async def test_a_job_type_version_enters_the_hash_of_that_type_only(
+    make_client: MakeClient,
+) -> None:
+    """A new version of a handler computes again; other job types keep the original's hash."""
+    plain = await make_client()
+    versioned = await make_client(job_type_versions="hello_world=2; container*=1")
+    for client in (plain, versioned):
+        other = await submit(client, "figpack_nwb_raster_plot", nwb_url="https://x/a.nwb")
+        detail = await (await client.get(f"/api/admin/jobs/{other['job_id']}")).json()
+        assert detail["job_hash"] == hashing.job_hash(
+            "figpack_nwb_raster_plot", {"nwb_url": "https://x/a.nwb"}
+        )
+    job = await submit(versioned, "hello_world", name="Ada")
+    detail = await (await versioned.get(f"/api/admin/jobs/{job['job_id']}")).json()
+    canonical = '{"type":"hello_world","version":"2","params":{"name":"Ada"}}'
+    assert detail["job_hash"] == hashlib.sha256(canonical.encode()).hexdigest()
+    assert detail["job_hash"] != hashing.job_hash("hello_world", {"name": "Ada"})
+    assert JobTypeVersions.parse("container*=1").version("container") == "1"
+
+
+@pytest.mark.parametrize("text", ["x", "=1", "x=", "a*b=1"])
+def test_a_job_type_version_rule_that_is_not_one_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="job_type_versions"):
+        JobTypeVersions.parse(text)

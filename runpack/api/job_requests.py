@@ -14,7 +14,7 @@ from runpack import hashing
 from runpack.api.common import parse_json_object, read_body
 from runpack.appkeys import JOB_REQUESTS
 from runpack.errors import BadRequest
-from runpack.jobtypes import HashIgnored
+from runpack.jobtypes import HashIgnored, JobTypeVersions
 from runpack.protocol import MAX_JOB_TIMEOUT
 from runpack.service.checks import MAX_DEPTH, NUL, too_deep
 from runpack.service.core import JobRequest
@@ -29,14 +29,24 @@ REQUEST_MEMO_MAX_BODY = 4096
 class JobRequests:
     """Submit and check bodies turned into :class:`JobRequest`; small ones remembered."""
 
-    def __init__(self, max_params_bytes: int, hash_ignored: HashIgnored) -> None:
+    def __init__(
+        self,
+        max_params_bytes: int,
+        hash_ignored: HashIgnored,
+        versions: JobTypeVersions | None = None,
+    ) -> None:
         self.max_params_bytes = max_params_bytes
         self.hash_ignored = hash_ignored
+        self.versions = versions or JobTypeVersions()
         self._known: dict[bytes, JobRequest] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobRequests:
-        return cls(settings.max_params_bytes, HashIgnored.parse(settings.hash_ignored_params))
+        return cls(
+            settings.max_params_bytes,
+            HashIgnored.parse(settings.hash_ignored_params),
+            JobTypeVersions.parse(settings.job_type_versions),
+        )
 
     def __len__(self) -> int:
         return len(self._known)
@@ -102,7 +112,11 @@ class JobRequests:
         return JobRequest(
             job_type=job_type,
             input_params=params,
-            job_hash=hashing.job_hash(job_type, self.hash_ignored.hash_params(job_type, params)),
+            job_hash=hashing.job_hash(
+                job_type,
+                self.hash_ignored.hash_params(job_type, params),
+                self.versions.version(job_type),
+            ),
             params_text=params_text,
             force=force,
             priority=priority,

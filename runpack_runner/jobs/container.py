@@ -1,0 +1,391 @@
+"""``container``: run an OCI image through the Docker Engine API (docs/containers.md).
+
+The image must be pinned by digest and allowed by the runner
+(``RUNPACK_CONTAINER_IMAGES``); its parameters are checked in
+:mod:`runpack_runner.container_spec`. The container runs with no network, as a
+non-root user, on a read-only root filesystem with a writable ``/outputs`` (a
+folder of the runner's, shared with dockerd) and a small ``/tmp`` in memory,
+without capabilities or the Docker socket, within CPU, memory, process and time
+limits. Its stdout and stderr become the job's console line by line; a line
+``RUNPACK_PROGRESS 3/10`` reports progress instead. When it exits with 0, the
+files it left in ``/outputs`` are uploaded to the server and listed in the
+result with their URLs. Cancelling the job, or its time limit, removes the
+container at once.
+
+Docker is reached with docker-py (the ``container`` extra): the handler runs in a
+worker thread, and docker-py's blocking calls, each with a timeout, fit it directly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from runpack_runner.container_config import create_args
+from runpack_runner.container_images import digests_of, resolve
+from runpack_runner.container_inputs import InputCache, place_inputs, trim
+from runpack_runner.container_outputs import folder_size, regular_files
+from runpack_runner.container_spec import ContainerPolicy, ContainerSpec, Limits, parse_spec
+from runpack_runner.context import Cancelled, JobContext, RetryLater
+from runpack_runner.gpus import GpuPool
+from runpack_runner.handler import HeartbeatCallback, JobHandler
+
+if TYPE_CHECKING:
+    from runpack_runner.settings import RunnerSettings
+
+if importlib.util.find_spec("docker") is None:
+    raise ImportError("needs the container extra (pip install 'runpack[container]')")
+
+log = logging.getLogger(__name__)
+
+#: A line of this form is progress, not console: ``RUNPACK_PROGRESS 3/10`` or ``… 3``.
+PROGRESS = re.compile(rb"RUNPACK_PROGRESS\s+(\d+)(?:\s*/\s*(\d+))?\s*")
+#: Longest console line kept whole; longer output without a newline is split.
+MAX_LINE = 16 * 1024
+API_TIMEOUT = 60
+POLL = 0.05
+#: How often the size of a running container's /outputs is measured (seconds).
+MEASURE_EVERY = 0.25
+NOBODY = "65534:65534"
+#: Containers started by this process and not yet removed: removed at exit too, when
+#: the runner exits while a job still runs (its thread is then left behind).
+LIVE: dict[str, str] = {}
+_live_lock = threading.Lock()
+
+
+@atexit.register
+def _remove_live() -> None:
+    with _live_lock:
+        left = list(LIVE.items())
+    if not left:
+        return
+    import docker
+
+    for container_id, url in left:
+        with contextlib.suppress(Exception):
+            client = docker.APIClient(base_url=url, version="auto", timeout=10)
+            client.remove_container(container_id, force=True)
+            client.close()
+
+
+class ContainerJob(JobHandler):
+    """Runs an allowed, pinned image; see the module's docstring."""
+
+    job_type = "container"
+    #: The container is the isolation: no child process around the handler.
+    in_process = True
+    #: The container's own limit (RUNPACK_CONTAINER_TIME_LIMIT, or less if the job
+    #: asks) ends it, with "killed: ran longer than N s".
+    time_limit = None
+
+    def __init__(self) -> None:
+        self.policy = ContainerPolicy()
+        self.docker_url = "unix:///var/run/docker.sock"
+        self.tmp_mb = 64
+        self.outputs_mb = 1024
+        self.inputs_mb = 1024
+        self.cache = InputCache(Path(tempfile.gettempdir(), "runpack-inputs"), 4096 * 2**20)
+        self.job_cache_root = Path(tempfile.gettempdir(), "runpack-job-cache")
+        self.job_cache_bytes = 10240 * 2**20
+        self.user = ""
+        self.work_dir = ""
+        self.gpus = GpuPool()
+
+    def configure(self, settings: RunnerSettings) -> None:
+        """Take the runner's container settings (the runner calls this once)."""
+        self.policy = ContainerPolicy(
+            allowed=settings.container_images,
+            most=Limits(
+                cpus=settings.container_cpus,
+                memory_mb=settings.container_memory_mb,
+                pids=settings.container_pids,
+                time_limit=settings.container_time_limit,
+                gpus=len(settings.container_gpus),
+            ),
+            job_cache=settings.container_job_cache,
+        )
+        self.gpus = GpuPool(settings.container_gpus)
+        self.docker_url = settings.container_docker_url
+        self.tmp_mb = settings.container_tmp_mb
+        self.outputs_mb = settings.container_outputs_mb
+        self.inputs_mb = settings.container_inputs_mb
+        cache_dir = Path(settings.container_work_dir or tempfile.gettempdir(), "runpack-inputs")
+        self.cache = InputCache(cache_dir, settings.container_cache_mb * 2**20)
+        root = Path(settings.container_work_dir or tempfile.gettempdir())
+        self.job_cache_root = root / "runpack-job-cache"
+        self.job_cache_bytes = settings.container_job_cache_mb * 2**20
+        self.user = settings.container_user
+        self.work_dir = settings.container_work_dir
+
+    def execute(
+        self, input_params: dict[str, Any], heartbeat_callback: HeartbeatCallback
+    ) -> dict[str, Any]:
+        ctx = heartbeat_callback
+        if not isinstance(ctx, JobContext):
+            raise TypeError("the container job type needs the runner's JobContext")
+        spec = parse_spec(input_params)
+        limits = self.policy.limits(spec)
+        import docker
+
+        api = self._connect()
+        try:
+            if not self.policy.allows(spec, lambda tag: digests_of(api, tag)):
+                raise ValueError(self.policy.refusal(spec))
+            image = resolve(api, spec)
+            run = ContainerRun(api, ctx, spec, image, limits, self)
+            return run.run()
+        except docker.errors.APIError as exc:  # its message names dockerd's URL: not needed
+            raise RuntimeError(f"Docker refused: {exc.explanation or exc}") from exc
+        finally:
+            api.close()
+
+    def _connect(self) -> Any:
+        import docker
+
+        try:
+            return docker.APIClient(base_url=self.docker_url, version="auto", timeout=API_TIMEOUT)
+        except docker.errors.DockerException as exc:
+            raise RetryLater(f"cannot reach Docker at {self.docker_url}: {exc}") from exc
+
+    def container_user(self) -> str:
+        """The configured user, else the runner's own (never root)."""
+        if self.user:
+            return self.user
+        uid, gid = os.getuid(), os.getgid()
+        return f"{uid}:{gid}" if uid != 0 else NOBODY
+
+
+class ContainerRun:
+    """One container: created, started, watched, removed."""
+
+    def __init__(
+        self,
+        api: Any,
+        ctx: JobContext,
+        spec: ContainerSpec,
+        image: dict[str, Any],
+        limits: Limits,
+        job: ContainerJob,
+    ) -> None:
+        self.api = api
+        self.ctx = ctx
+        self.spec = spec
+        self.image = image
+        self.limits = limits
+        self.job = job
+        self.container_id = ""
+        self.devices: list[str] = []
+        self.streamed = threading.Event()
+        self._streams: Any = None
+
+    def run(self) -> dict[str, Any]:
+        name = re.sub(r"[^A-Za-z0-9-]", "", self.ctx.job_id)[:64]
+        if self.job.work_dir:
+            Path(self.job.work_dir).mkdir(parents=True, exist_ok=True)
+        folder = Path(
+            tempfile.mkdtemp(prefix=f"runpack-container-{name}-", dir=self.job.work_dir or None)
+        )
+        folder.chmod(0o755)  # dockerd's user reaches the folders within
+        outputs = folder / "outputs"
+        outputs.mkdir()
+        outputs.chmod(0o777)  # the container's user writes here
+        inputs = folder / "inputs"
+        try:
+            if self.spec.inputs:
+                inputs.mkdir(mode=0o755)
+                inputs.chmod(0o755)
+                limit = self.job.inputs_mb * 2**20
+                place_inputs(self.ctx, self.spec.inputs, inputs, self.job.cache, limit)
+            job_cache = self._job_cache()
+            try:
+                self.ctx.check_cancelled()
+                if self.limits.gpus:
+                    self.devices = self.job.gpus.wait_for(self.limits.gpus, self.ctx)
+                self.container_id = self._create(outputs, inputs, job_cache)
+                with _live_lock:
+                    LIVE[self.container_id] = self.job.docker_url
+                # Attached before it starts, so that no line is missed (reading the
+                # logs of a container that already exited may find them not yet kept).
+                output = self._attach()
+                self.api.start(self.container_id)
+                self.ctx.log(
+                    f"Container {self.container_id[:12]} started from {self.image['Id']} "
+                    f"(limits: {self.limits.cpus:g} CPUs, {self.limits.memory_mb} MiB, "
+                    f"{self.limits.pids} processes, {self.limits.time_limit:g} s)"
+                )
+                threading.Thread(
+                    target=self._stream,
+                    args=(output,),
+                    name=f"container-{self.ctx.job_id}",
+                    daemon=True,
+                ).start()
+                self._wait(outputs)
+                code, oom = self._exit_state()
+            finally:
+                self._remove()
+                self.job.gpus.give_back(self.devices)
+                if self._streams is not None:
+                    self._streams.close()
+                if job_cache is not None:
+                    trim(self.job.job_cache_root, self.job.job_cache_bytes)
+            self._check_size(outputs)
+            if oom:
+                raise RuntimeError(f"killed: used more than {self.limits.memory_mb} MiB")
+            if code != 0:
+                raise RuntimeError(f"the container exited with code {code}")
+            self.ctx.log("Container exited with code 0")
+            return self._result(outputs)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _job_cache(self) -> Path | None:
+        """This image's /job-cache folder, if it has one (made writable for containers)."""
+        name = self.job.policy.job_cache_folder(self.spec)
+        if name is None:
+            return None
+        folder = self.job.job_cache_root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o777)
+        return folder
+
+    def _create(self, outputs: Path, inputs: Path, job_cache: Path | None) -> str:
+        created = self.api.create_container(
+            **create_args(
+                self.api,
+                self.spec,
+                self.limits,
+                image_id=self.image["Id"],
+                outputs=outputs,
+                inputs=inputs if self.spec.inputs else None,
+                job_cache=job_cache,
+                user=self.job.container_user(),
+                tmp_mb=self.job.tmp_mb,
+                job_id=self.ctx.job_id,
+                attempt=self.ctx.attempt,
+                gpus=self.devices,
+            )
+        )
+        return str(created["Id"])
+
+    def _wait(self, outputs: Path) -> None:
+        """Until the container's output ends; kill it on cancel, at its time limit, or
+        once it wrote too much to /outputs."""
+        started = time.monotonic()
+        deadline = started + self.limits.time_limit
+        measured = started
+        while not self.streamed.wait(POLL):
+            if self.ctx.cancelled:
+                self._remove()
+                raise Cancelled(self.ctx.cancel_reason or "cancelled")
+            now = time.monotonic()
+            if now > deadline:
+                self._remove()
+                self.ctx.log(f"Container killed at its time limit ({self.limits.time_limit:g} s)")
+                raise RuntimeError(f"killed: ran longer than {self.limits.time_limit:g} s")
+            if now - measured > MEASURE_EVERY:
+                measured = now
+                self._check_size(outputs)
+
+    def _check_size(self, outputs: Path) -> None:
+        if folder_size(outputs) > self.job.outputs_mb * 1024 * 1024:
+            self._remove()
+            raise RuntimeError(f"killed: wrote more than {self.job.outputs_mb} MiB to /outputs")
+
+    def _exit_state(self) -> tuple[int, bool]:
+        code = self.api.wait(self.container_id, timeout=API_TIMEOUT).get("StatusCode", -1)
+        state = self.api.inspect_container(self.container_id).get("State", {})
+        return int(code), bool(state.get("OOMKilled"))
+
+    def _remove(self) -> None:
+        """Kill and remove the container (again: a no-op)."""
+        if not self.container_id:
+            return
+        import docker
+
+        try:
+            self.api.remove_container(self.container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: its removal is already in progress
+                raise
+        with _live_lock:
+            LIVE.pop(self.container_id, None)
+
+    # --- console --------------------------------------------------------------------------
+    def _attach(self) -> Any:
+        """The container's stdout and stderr as a stream of chunks, until it exits. Its own
+        connection, without a read timeout: a container may be quiet for long."""
+        import docker
+
+        self._streams = docker.APIClient(
+            base_url=self.job.docker_url, version=self.api.api_version, timeout=None
+        )
+        return self._streams.attach(
+            self.container_id, stdout=True, stderr=True, stream=True, logs=True
+        )
+
+    def _stream(self, output: Any) -> None:
+        """The container's stdout and stderr, line by line, until it exits."""
+        pending = b""
+        try:
+            for chunk in output:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self._line(line)
+                while len(pending) > MAX_LINE:
+                    self._line(pending[:MAX_LINE])
+                    pending = pending[MAX_LINE:]
+            if pending:
+                self._line(pending)
+        except Exception as exc:  # the container was removed under the stream
+            if not self.ctx.cancelled:
+                log.warning("job %s: the container's output ended: %s", self.ctx.job_id, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                output.close()
+            self.streamed.set()
+
+    def _line(self, raw: bytes) -> None:
+        raw = raw.rstrip(b"\r")
+        progress = PROGRESS.fullmatch(raw)
+        if progress is None:
+            self.ctx.log(raw.decode(errors="replace"))
+            return
+        total = progress[2]
+        with contextlib.suppress(Cancelled):
+            self.ctx.progress(int(progress[1]), int(total) if total is not None else None)
+
+    # --- outputs --------------------------------------------------------------------------
+    def _result(self, outputs: Path) -> dict[str, Any]:
+        files = regular_files(outputs)
+        result: dict[str, Any] = {
+            "image": self.spec.image,
+            "image_id": self.image["Id"],
+            "repo_digests": list(self.image.get("RepoDigests") or []),
+            "exit_code": 0,
+            "outputs_url": None,
+            "files": [],
+        }
+        if not files:
+            return result
+        url = self.ctx.upload_folder(outputs)
+        base = url[: -len("index.html")] if url.endswith("/index.html") else url
+        base = base if base.endswith("/") else base + "/"
+        result["outputs_url"] = base
+        result["files"] = [
+            {"path": path, "bytes": size, "url": base + quote(path)} for path, size in files
+        ]
+        return result
