@@ -45,7 +45,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from runpack import uploads
 from runpack.blobs import Swept
@@ -57,6 +56,7 @@ from runpack.figure_disk import INCOMING, FigureDisk, is_job_id, storage_error
 from runpack.figure_manifest import Manifest, adopt_legacy, is_version, read_digests
 from runpack.figure_manifest import write as write_manifest
 from runpack.figure_types import CONTENT_TYPES, content_type, figpack_urls
+from runpack.figure_urls import FigureUrls
 from runpack.uploads import DEFAULT_MAX_RATIO, check_path
 
 __all__ = [
@@ -76,16 +76,6 @@ log = logging.getLogger(__name__)
 
 #: Manifests kept parsed in memory (each checked against its file on every use).
 MANIFEST_CACHE = 512
-
-
-def _authority(url: str) -> tuple[str, int] | None:
-    """(host, port) of an http(s) URL, the port made explicit; None if it has none."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return None
-    return (parts.hostname, port) if parts.hostname else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +105,8 @@ class Moved:
     target: str
 
 
-class FigureStore:
-    """Figures of jobs on local disk, and their public URLs."""
+class FigureStore(FigureUrls):
+    """Figures of jobs on local disk, and their public URLs (:class:`FigureUrls`)."""
 
     def __init__(
         self,
@@ -128,27 +118,10 @@ class FigureStore:
         figure_url: str = "",
         max_ratio: int = DEFAULT_MAX_RATIO,
     ) -> None:
+        super().__init__(public_url, figure_url)
         self.root = root
         self.disk = FigureDisk(root)
         self.blobs = self.disk.blobs
-        main = public_url.rstrip("/")
-        #: The origin of figures when it is not the public URL's, else None.
-        self.figure_origin = figure_url.rstrip("/") or None
-        if self.figure_origin is not None:
-            if not self.figure_origin.startswith(("http://", "https://")):
-                raise ValueError(
-                    f"figure_base_url must start with http:// or https://: {figure_url}"
-                )
-            figure_host = _authority(self.figure_origin)
-            if figure_host is None or figure_host == _authority(main):
-                why = "must name another host (or port) than the public URL"
-                raise ValueError(f"figure_base_url {why}: {figure_url}")
-        #: Where figures are handed out.
-        self.prefix = (self.figure_origin or main) + "/figures/"
-        #: Where a figure URL of this server may point (older results keep theirs).
-        self.prefixes = tuple(dict.fromkeys((self.prefix, main + "/figures/")))
-        self._main = _authority(main)
-        self._main_scheme = urlsplit(main).scheme
         self.max_bytes = max_bytes
         self.max_files = max_files
         self.max_ratio = max_ratio
@@ -178,28 +151,6 @@ class FigureStore:
         if not is_job_id(job_id):
             raise NotOwned()
         return self.root / job_id
-
-    def base_url(self, job_id: str, version: str) -> str:
-        return f"{self.prefix}{job_id}/{version}/"
-
-    def job_of_url(self, url: str) -> str | None:
-        """The job whose stored figure ``url`` names, if it is one of ours."""
-        for prefix in self.prefixes:
-            if url.startswith(prefix):
-                job_id = url[len(prefix) :].split("/", 1)[0]
-                return job_id if is_job_id(job_id) else None
-        return None
-
-    def moved_to_figure_origin(self, host: str | None, target: str) -> str | None:
-        """The URL on the figure origin for a request of ``target`` (path and query)
-        that reached the public URL's host, when figures have an origin of their own.
-        Requests on any other host (the figure host itself, or a proxy's name for the
-        server) are served where they are: a redirect could never loop."""
-        if self.figure_origin is None or self._main is None or not host:
-            return None
-        if _authority(f"{self._main_scheme}://{host}") != self._main:
-            return None
-        return self.figure_origin + target
 
     # --- reading --------------------------------------------------------------------------
     async def current(self, job_id: str) -> Manifest | None:
