@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from runpack.metrics import Metrics
     from runpack.notify import Notifier
     from runpack.placement import Placement
+    from runpack.presence import Presence
     from runpack.protocol import Role
     from runpack.ratelimit import RateLimiter
     from runpack.service import JobService
@@ -44,6 +45,9 @@ PLACEMENT: web.AppKey[Placement] = web.AppKey("placement")
 SERVICE: web.AppKey[JobService] = web.AppKey("service")
 WATCH: web.AppKey[WatchHub] = web.AppKey("watch")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
+#: This process among the instances on its database (its id names it in the bridge too).
+INSTANCE_ID: web.AppKey[str] = web.AppKey("instance_id")
+PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
 #: Submit and check bodies parsed and hashed, small ones remembered.
 JOB_REQUESTS: web.AppKey[JobRequests] = web.AppKey("job_requests")
 
