@@ -133,7 +133,12 @@ class Presence:
             except asyncio.CancelledError:
                 raise
             except RunpackError as exc:
-                log.warning("presence: %s (%s); trying again in %.1f s", exc.message, exc.details, SYNC_EVERY)
+                log.warning(
+                    "presence: %s (%s); trying again in %.1f s",
+                    exc.message,
+                    exc.details,
+                    SYNC_EVERY,
+                )
             except Exception:
                 log.exception("presence pass failed; trying again in %.1f s", SYNC_EVERY)
 
