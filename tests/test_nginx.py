@@ -147,9 +147,11 @@ async def test_guide_nginx_streams_a_thousand_watchers_and_runner_sockets(
                             kinds[-1] = f"status {line[6:]}"
                 return kinds
 
+            started = time.monotonic()
             watchers = [asyncio.create_task(watch()) for _ in range(WATCHERS)]
             try:
                 await asyncio.wait_for(everyone_in.wait(), 40)
+                print(f"\n{WATCHERS} watchers streaming in {time.monotonic() - started:.1f} s")
                 assert statuses == {200: WATCHERS}, (statuses, nginx.log()[-1000:])
             except BaseException:
                 for task in watchers:
@@ -193,6 +195,7 @@ async def test_a_reload_does_not_strand_runner_sockets(tmp_path: Path, dsn: str)
                 RELOAD_LIMIT + 5,
             )
             elapsed = time.monotonic() - started
+            print(f"\nrunners back on new workers {elapsed:.1f} s after the reload")
             assert elapsed < RELOAD_LIMIT, elapsed
             await until(all_connected, "both runners connected after the reload", 10)
             job_id = await submit(http, nginx.url, name="after-reload", processing_time=0)
