@@ -48,8 +48,8 @@ SYNC_EVERY = 1.0
 
 
 def over_share(mine: int, total: int, instances: int) -> int:
-    """How many runners to send away: those above an even share, once the count is
-    above that share by more than a tenth of it (at least 2 runners)."""
+    """How many runners to send away: those above an even share, once they are at
+    least 2 and at least a tenth of that share."""
     if instances < 2 or total <= 0:
         return 0
     share = math.ceil(total / instances)

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from runpack.presence import over_share
 from runpack.store import open_store
 from tests.pg import fresh_database, require_postgres
 from tests.procs import KEYS, clean_env, running_runner, running_server, until
@@ -205,3 +206,23 @@ def test_the_server_records_an_absolute_data_directory(tmp_path: Path) -> None:
         stopped = conn.execute("SELECT stopped_at FROM instances").fetchall()
     assert stopped[0][0] is not None
     assert os.path.isabs(rows[0][0])
+
+
+@pytest.mark.parametrize(
+    ("mine", "total", "instances", "sent"),
+    [
+        (6, 6, 2, 3),  # after a failover: down to an even share
+        (30, 30, 3, 20),
+        (4, 6, 2, 0),  # one above its share: left alone
+        (11, 30, 3, 0),  # one above a share of 10
+        (12, 30, 3, 2),  # two above: at least 2, and a tenth of the share
+        (110, 300, 3, 10),
+        (109, 300, 3, 0),  # nine above a share of 100: less than a tenth
+        (5, 5, 1, 0),  # alone: nowhere to send them
+        (0, 0, 3, 0),
+    ],
+)
+def test_an_instance_sends_away_what_is_above_its_share(
+    mine: int, total: int, instances: int, sent: int
+) -> None:
+    assert over_share(mine, total, instances) == sent
