@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runpack import protocol
 from runpack.store.dialect import Statement
+from runpack.store.queries import RUNNING
 
 #: An instance whose row was not refreshed for this many presence intervals is gone.
 ALIVE_INTERVALS = 3
@@ -21,7 +21,6 @@ ALIVE_INTERVALS = 3
 Row = Sequence[Any]
 Params = Mapping[str, Any]
 
-_RUNNING = "(" + ", ".join(f"'{state}'" for state in protocol.RUNNING) + ")"
 INSTANCE_COLS = "id, host, data_dir, started_at, last_seen, stopped_at"
 
 UPSERT_INSTANCE = Statement(f"""
@@ -72,7 +71,7 @@ FROM runners r JOIN instances i ON i.id = r.instance
 WHERE r.id {one_of[ids]} AND i.stopped_at IS NULL AND i.last_seen > :alive_since
 """)
 JOBS_HELD_BY = Statement(f"""
-SELECT claimed_by, id FROM jobs WHERE claimed_by {{one_of[ids]}} AND status IN {_RUNNING}
+SELECT claimed_by, id FROM jobs WHERE claimed_by {{one_of[ids]}} AND status IN {RUNNING}
 ORDER BY id
 """)
 
