@@ -25,6 +25,14 @@ from tests.pg import fresh_database, require_postgres
 from tests.procs import KEYS, clean_env, running_runner, running_server, until
 from tests.test_retention import row
 
+#: Statements that take a current database back to before migration 0009, for tests
+#: that rebuild an older database and upgrade it.
+UNDO_INSTANCES = (
+    "DROP TABLE instances",
+    "ALTER TABLE runners DROP COLUMN instance",
+    "ALTER TABLE runners DROP COLUMN transport",
+    "ALTER TABLE runners DROP COLUMN concurrency",
+)
 ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
 HOUR = 3_600_000
 
