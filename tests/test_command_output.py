@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from runpack.commands import build_parser
+from runpack.dsn import redact
 from tests.pg import fresh_database, require_postgres
 from tests.procs import KEYS, clean_env, running_server
 
@@ -106,3 +107,23 @@ def test_serve_with_json_logs_prints_only_json(tmp_path: Path) -> None:
     messages = [r["message"] for r in records]
     assert any(m.startswith("Dashboard: http://127.0.0.1:") for m in messages), messages
     assert any(m.strip().startswith("RUNPACK_ADMIN_API_KEY=") for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("postgresql://ops:s3cr@t/x@db:5432/runpack", "postgresql://ops:***@db:5432/runpack"),
+        ("postgres://u:p%40ss@[::1]:5432/db", "postgres://u:***@[::1]:5432/db"),
+        (
+            "postgresql://u@h/db?sslmode=require&password=zz",
+            "postgresql://u@h/db?sslmode=require&password=***",
+        ),
+        (
+            "on postgresql://a:b@h/d and postgresql://c:d@e/f",
+            "on postgresql://a:***@h/d and postgresql://c:***@e/f",
+        ),
+        ("runpack.db", "runpack.db"),
+    ],
+)
+def test_redact_masks_every_password(text: str, shown: str) -> None:
+    assert redact(text) == shown
