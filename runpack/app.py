@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import uuid
 from collections.abc import AsyncIterator
 
@@ -32,12 +33,14 @@ from runpack.appkeys import (
     CALLER,
     FIGURES,
     HUB,
+    INSTANCE_ID,
     JOB_REQUESTS,
     KEYS,
     LIMITS,
     METRICS,
     NOTIFIER,
     PLACEMENT,
+    PRESENCE,
     READINESS,
     ROLE,
     RUNNER_ID,
@@ -60,6 +63,7 @@ from runpack.metrics import Metrics
 from runpack.names import RunnerNames
 from runpack.notify import Notifier, NotifyRelay, PgBridge
 from runpack.placement import Placement
+from runpack.presence import Presence
 from runpack.protocol import RUNNER_SECRET_HEADER, Role
 from runpack.retention import Retention, RetentionPolicy
 from runpack.service import JobService
@@ -202,6 +206,7 @@ def create_app(
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[INSTANCE_ID] = uuid.uuid4().hex[:12]
     app[STORE] = store if store is not None else open_store(settings.db)
     app[KEYS] = KeyRing(settings, app[STORE])
     app[LIMITS] = Limits(settings, app[STORE], generated_keys=generated_keys)
@@ -209,6 +214,8 @@ def create_app(
     app[READINESS] = Readiness(app[STORE].probe_write)
     if not settings.base_url.startswith(("http://", "https://")):
         raise ValueError(f"public_url must start with http:// or https://: {settings.public_url}")
+    if settings.presence_interval <= 0:
+        raise ValueError(f"presence_interval must be above 0: {settings.presence_interval}")
     app[FIGURES] = FigureStore.from_settings(settings)
     app[JOB_REQUESTS] = JobRequests.from_settings(settings)
     app.router.add_route("*", "/", health)
@@ -314,7 +321,7 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
     if not settings.db.startswith(("postgres://", "postgresql://")):
         yield
         return
-    bridge = PgBridge(settings.db, app[NOTIFIER], app[STORE].get_job, uuid.uuid4().hex[:12])
+    bridge = PgBridge(settings.db, app[NOTIFIER], app[STORE].get_job, app[INSTANCE_ID])
     await bridge.start()
     try:
         yield
@@ -359,6 +366,25 @@ async def _standing(app: web.Application) -> AsyncIterator[None]:
         standing.close()
 
 
+async def _presence(app: web.Application) -> AsyncIterator[None]:
+    """This instance's row in the instances table, the runners it holds, rebalancing."""
+    settings = app[SETTINGS]
+    presence = app[PRESENCE] = Presence(
+        app[STORE],
+        app[HUB],
+        app[INSTANCE_ID],
+        host=f"{socket.gethostname()} {settings.host}:{settings.port}",
+        data_dir=settings.data_dir,
+        interval=settings.presence_interval,
+        rebalance=settings.rebalance,
+    )
+    await presence.start()
+    try:
+        yield
+    finally:
+        await presence.stop()
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
     """The sweeper (with retention), and the watch on revoked keys: connections opened
     with a key that is revoked since, on any instance, close."""
@@ -398,5 +424,6 @@ LIFECYCLE = (
     _watch,
     _hub,
     _standing,
+    _presence,
     _background,
 )

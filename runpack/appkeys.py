@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from runpack.names import RunnerNames
     from runpack.notify import Notifier
     from runpack.placement import Placement
+    from runpack.presence import Presence
     from runpack.protocol import Role
     from runpack.service import JobService
     from runpack.settings import Settings
@@ -51,6 +52,9 @@ HUB: web.AppKey[Hub] = web.AppKey("hub")
 STANDING: web.AppKey[Standing] = web.AppKey("standing")
 #: Runner names by id, for what shows jobs.
 RUNNER_NAMES: web.AppKey[RunnerNames] = web.AppKey("runner_names")
+#: This process among the instances on its database (its id names it in the bridge too).
+INSTANCE_ID: web.AppKey[str] = web.AppKey("instance_id")
+PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
 #: Submit and check bodies parsed and hashed, small ones remembered.
 JOB_REQUESTS: web.AppKey[JobRequests] = web.AppKey("job_requests")
 

@@ -121,9 +121,10 @@ def _processes(
 
     try:
         server_cmd = [sys.executable, "-m", "runpack.cli", "serve", "--host", "127.0.0.1"]
-        server_cmd += ["--port", str(port), "--db", db, "--data-dir", str(workdir / "data")]
+        server_cmd += ["--port", str(port), "--data-dir", str(workdir / "data")]
         server_env = {
             **env,
+            "RUNPACK_DB": db,  # not on the command line, where ps shows a DSN's password
             "RUNPACK_RATE_NEW_JOBS": "0",
             "RUNPACK_RATE_KEY_NEW_JOBS": "0",
             "RUNPACK_RATE_REQUESTS": "0",

@@ -28,6 +28,8 @@ from typing import Any, TextIO
 
 import orjson
 
+from runpack.dsn import redact
+
 FORMATS = ("text", "json")
 #: Context fields the text format shows, in this order (json shows every field).
 TEXT_FIELDS = ("request_id", "runner_id", "job_id")
@@ -99,6 +101,16 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class SecretFilter(logging.Filter):
+    """Masks the password of any DSN in a record's message (a DSN is never logged whole)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if "://" in str(record.msg) or any("://" in str(a) for a in args):
+            record.msg, record.args = redact(record.getMessage()), None
+        return True
+
+
 class TextFormatter(logging.Formatter):
     """The usual human line, then ``[request_id=… runner_id=… job_id=…]`` when known."""
 
@@ -151,4 +163,5 @@ def setup_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
+    handler.addFilter(SecretFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

@@ -78,6 +78,18 @@ class Settings:
     reconnect_grace: float = _s(
         30.0, "How long a runner whose socket dropped may take to come back for its jobs."
     )
+    presence_interval: float = _s(
+        5.0,
+        "How often an instance refreshes its row in the database's instances table (the "
+        "admin views and rebalancing read them); one silent for three times this is "
+        "counted out.",
+    )
+    rebalance: bool = _s(
+        True,
+        "An instance holding far more runners than its share of those connected to the "
+        "live instances asks some idle ones to reconnect (through the balancer, to "
+        "another instance).",
+    )
     max_attempts: int = _s(3, "Runs a job gets before it is failed for lost heartbeats.")
     retry_base_delay: float = _s(2.0, "First retry delay (exponential backoff, full jitter).")
     retry_max_delay: float = _s(300.0, "Longest retry delay.")

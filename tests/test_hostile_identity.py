@@ -30,6 +30,7 @@ import pytest
 
 from runpack.store import RunnerRow, open_store
 from tests.procs import KEYS, Proc, clean_env, running_runner, running_server, until
+from tests.test_instances import UNDO_INSTANCES
 
 ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
@@ -156,6 +157,7 @@ def revoke_in_database(database: str, key_id: str) -> None:
 # --- the store: a runner's owner and secret ----------------------------------------------------
 
 DOWNGRADE = (
+    *UNDO_INSTANCES,
     "ALTER TABLE runners DROP COLUMN owner",
     "ALTER TABLE runners DROP COLUMN secret_sha256",
     "ALTER TABLE api_keys DROP COLUMN max_priority",

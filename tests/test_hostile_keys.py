@@ -31,6 +31,7 @@ from runpack.store import migrations, open_store
 from runpack.store.base import API_KEY_COLUMNS, ApiKeyRow
 from runpack.store.migrations import split_statements
 from tests.procs import KEYS, clean_env, running_server
+from tests.test_instances import UNDO_INSTANCES
 
 REPO = Path(__file__).resolve().parents[1]
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
@@ -335,6 +336,7 @@ def _before_0007() -> list[str]:
     """Statements that take a current database back to the api_keys of version 6."""
     [(_, _, keys_sql)] = [m for m in migrations.migrations() if m[0] == 2]
     return [
+        *UNDO_INSTANCES,
         "DROP TABLE api_keys",
         *split_statements(keys_sql),
         "DELETE FROM schema_version WHERE version >= 7",

@@ -17,6 +17,7 @@ from runpack.store.base import Store
 from runpack.store.migrations import engine_schema, split_statements
 from runpack.store.postgres import PostgresStore
 from runpack.store.sqlite import SqliteStore
+from tests.test_instances import UNDO_INSTANCES
 from tests.test_store import ENGINES, T0, current, insert, new_job, opened, running, twin
 
 
@@ -130,6 +131,7 @@ async def test_upgrading_counts_the_jobs_already_stored(store: Store) -> None:
     full = await store.count_jobs()
     await store.close()
     version_7 = [
+        *UNDO_INSTANCES,
         "DROP TRIGGER jobs_count_insert",
         "DROP TRIGGER jobs_count_update",
         "DROP TRIGGER jobs_count_delete",
@@ -145,6 +147,7 @@ async def test_upgrading_counts_the_jobs_already_stored(store: Store) -> None:
         conn = await asyncpg.connect(store.dsn)
         try:
             for statement in [
+                *UNDO_INSTANCES,
                 "DROP TRIGGER jobs_count_insert_delete ON jobs",
                 "DROP TRIGGER jobs_count_update ON jobs",
                 "DROP FUNCTION jobs_count",
@@ -176,15 +179,17 @@ async def test_running_0008_again_counts_afresh(store: Store) -> None:
     await running(store)
     full = await store.count_jobs()
     await store.close()
-    again = "DELETE FROM schema_version WHERE version >= 8"
+    again = [*UNDO_INSTANCES, "DELETE FROM schema_version WHERE version >= 8"]
     if isinstance(store, SqliteStore):
         with sqlite3.connect(store.path) as conn:
-            conn.execute(again)
+            for statement in again:
+                conn.execute(statement)
     else:
         assert isinstance(store, PostgresStore)
         conn = await asyncpg.connect(store.dsn)
         try:
-            await conn.execute(again)
+            for statement in again:
+                await conn.execute(statement)
         finally:
             await conn.close()
     await store.open()  # the fixture closes it again

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Any
 
 from aiohttp import web
 
 from runpack.api.common import json_response, policy, read_json
 from runpack.api.views import job_summary, live_detail, runner_detail, runner_summary
-from runpack.appkeys import HUB, RUNNER_NAMES, SERVICE
+from runpack.appkeys import RUNNER_NAMES, SERVICE
 from runpack.errors import BadRequest, JobNotFound, NotCancellable, RunnerNotFound
 from runpack.protocol import JobStatus, Role
+from runpack.store.instances import RunnerPresence
 
 routes = web.RouteTableDef()
 MAX_LIST = 1000
@@ -127,6 +129,22 @@ async def batch_delete(request: web.Request) -> web.Response:
     )
 
 
+def live_state(presence: dict[str, RunnerPresence]) -> dict[str, dict[str, Any]]:
+    """Each connected runner's connection, as recorded by the instance holding it: the
+    same answer from every instance."""
+    return {
+        runner_id: {
+            "connected": True,
+            "instance": p.instance,
+            "transport": p.transport,
+            "concurrency": p.concurrency,
+            "free_slots": max(0, p.concurrency - len(p.jobs)),
+            "current_jobs": list(p.jobs),
+        }
+        for runner_id, p in presence.items()
+    }
+
+
 @routes.get("/api/admin/runners")
 @policy(Role.ADMIN_READ, failure="Failed to get runners", errors=(BadRequest,))
 async def list_runners(request: web.Request) -> web.Response:
@@ -135,7 +153,7 @@ async def list_runners(request: web.Request) -> web.Response:
     offset = _int_query(request, "offset", 0, 0, 10**9)
     runners = await service.list_runners(limit + 1, offset, _after(request))
     page = runners[:limit]
-    live = request.app[HUB].snapshot()
+    live = live_state(await service.presence([r.id for r in page]))
     body: dict[str, object] = {
         "runners": [runner_summary(r, service.runner_is_active(r), live.get(r.id)) for r in page],
         "total": len(page),
@@ -151,5 +169,5 @@ async def get_runner(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     runner = await service.get_runner(request.match_info["runner_id"])
     jobs = await service.runner_jobs(runner.id)
-    live = request.app[HUB].snapshot().get(runner.id)
+    live = live_state(await service.presence([runner.id])).get(runner.id)
     return json_response(runner_detail(runner, service.runner_is_active(runner), live, jobs))

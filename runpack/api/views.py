@@ -108,7 +108,10 @@ class Runner(TypedDict):
     capabilities: list[str]
     last_seen: Ms
     is_active: bool
-    connected: Annotated[bool, "Has a WebSocket to this server."]
+    connected: Annotated[bool, "Has a socket to one of the server's instances."]
+    instance: NotRequired[
+        Annotated[str, "The id of the instance holding its socket (while connected)."]
+    ]
     transport: NotRequired[str]
     concurrency: NotRequired[int]
     free_slots: NotRequired[int]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from runpack import __version__
 from runpack.commands import (
@@ -20,13 +21,22 @@ from runpack.commands import (
     serve,
     settings,
 )
+from runpack.dsn import redact
 
 #: In the order ``runpack --help`` lists them.
 COMMANDS = (serve, migrate, import_d1, bench, gc, backup, keys, settings, client, runner)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors (which quote the bad argument) mask DSN passwords.
+    Subcommands' parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(redact(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="runpack", description="Runpack: on-demand computation and result caching."
     )
     parser.add_argument("--version", action="version", version=f"runpack {__version__}")

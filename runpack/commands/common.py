@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Any
 
+from runpack.dsn import is_postgres as is_postgres  # the commands import it from here
+from runpack.dsn import redact
 from runpack.envvars import flag_help
 from runpack.errors import StoreError
 from runpack.settings import Settings, describe
@@ -56,9 +58,10 @@ def server_missing(command: str) -> bool:
 
 def store_failure(command: str, exc: StoreError) -> int:
     """A database that cannot be opened is a one-line error, not a traceback."""
-    print(f"runpack {command}: {exc.details or exc.message}", file=sys.stderr)
+    print(f"runpack {command}: {redact(exc.details or exc.message)}", file=sys.stderr)
     return 1
 
 
-def is_postgres(db: str) -> bool:
-    return db.startswith(("postgres://", "postgresql://"))
+def shown(db: str) -> str:
+    """A database as a command prints it: a DSN without its password."""
+    return redact(db)

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
-from runpack.commands.common import is_postgres, server_missing, settings_of
+from runpack.commands.common import server_missing, settings_of, shown
 
 
 def add_to(sub: Any) -> None:
@@ -39,12 +39,7 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     except D1ImportError as exc:
-        print(f"runpack import-d1: {exc}", file=sys.stderr)
+        print(f"runpack import-d1: {shown(str(exc))}", file=sys.stderr)
         return 1
-    target = settings.db
-    if is_postgres(target):
-        from runpack.store.postgres import redact
-
-        target = redact(target)
-    print(summary.render(target))
+    print(summary.render(shown(settings.db)))
     return 0

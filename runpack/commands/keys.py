@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runpack.commands.common import is_postgres, server_missing, settings_of
+from runpack.commands.common import is_postgres, server_missing, settings_of, shown
 from runpack.errors import BadRequest, RunpackError
 from runpack.keys import (
     KEY_ROLES,
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_on_store(args, db, spec))
     except RunpackError as exc:
         details = f": {exc.details}" if exc.details else ""
-        print(f"runpack keys: {exc.message}{details}", file=sys.stderr)
+        print(f"runpack keys: {shown(exc.message + details)}", file=sys.stderr)
         return 1
 
 

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from runpack.commands.common import server_missing, settings_of, store_failure
+from runpack.commands.common import server_missing, settings_of, shown, store_failure
 from runpack.errors import StoreError
 
 
@@ -31,5 +31,5 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(migrate())
     except StoreError as exc:
         return store_failure("migrate", exc)
-    print(f"{settings.db}: schema up to date")
+    print(f"{shown(settings.db)}: schema up to date")
     return 0

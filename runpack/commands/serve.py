@@ -9,6 +9,7 @@ import logging
 import secrets
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,18 @@ def raise_open_files_limit() -> None:
         logging.getLogger(__name__).warning("open files limit stays at %d: %s", soft, exc)
 
 
+def announcer(log_format: str) -> Callable[[str], None]:
+    """How serve tells its addresses (and local keys): lines on stdout for people, or,
+    with ``RUNPACK_LOG_FORMAT=json``, log records like every other line it writes."""
+    if log_format == "json":
+        return logging.getLogger("runpack.serve").info
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    return say
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     if server_missing("serve"):
@@ -89,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"runpack: {exc}", file=sys.stderr)
         return 2
     raise_open_files_limit()
+    say = announcer(settings.log_format)
     base = f"http://{settings.host}:{settings.port}"
     if (taken := port_taken(settings.host, settings.port)) is not None:
         print(taken, file=sys.stderr)
@@ -105,17 +119,15 @@ def run(args: argparse.Namespace) -> int:
             return 2
         settings = local_keys(settings)
         keyfile = Path(settings.data_dir) / "dev-keys.env"
-        print("Runpack is running in local development mode with these keys:")
+        say("Runpack is running in local development mode with these keys:")
         for field in KEY_FIELDS:
-            print(f"  {env_name(field)}={getattr(settings, field)}")
-        print(f"(saved in {keyfile}; in another shell: source {keyfile})")
+            say(f"  {env_name(field)}={getattr(settings, field)}")
+        say(f"(saved in {keyfile}; in another shell: source {keyfile})")
         # The keys ride in the fragment: the browser keeps them, no request carries them.
         sign_in = f"#submit_key={settings.submit_api_key}&admin_key={settings.admin_api_key}"
     dashboard = f"{base}/ui/{sign_in}"
-    print(f"Dashboard: {dashboard}{'  (signs this browser in)' if sign_in else ''}")
-    print(
-        f"API: {base}/api/   OpenAPI: {base}/api/openapi.json   Health: {base}/health", flush=True
-    )
+    say(f"Dashboard: {dashboard}{'  (signs this browser in)' if sign_in else ''}")
+    say(f"API: {base}/api/   OpenAPI: {base}/api/openapi.json   Health: {base}/health")
     try:
         # A setting it cannot use, such as a bad public_url, is a ValueError.
         app = create_app(settings, generated_keys=generated_keys)

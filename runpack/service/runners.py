@@ -4,6 +4,7 @@ and when they were last heard from."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import orjson
 
@@ -14,6 +15,7 @@ from runpack.service.checks import is_uuid
 from runpack.service.core import ServiceCore
 from runpack.store import JobRow, RunnerRow
 from runpack.store.base import ENV_OWNER
+from runpack.store.instances import RunnerPresence, alive_since
 
 
 class Runners(ServiceCore):
@@ -65,6 +67,11 @@ class Runners(ServiceCore):
 
     async def runner_jobs(self, runner_id: str) -> list[JobRow]:
         return await self.store.jobs_of_runner(runner_id, 100)
+
+    async def presence(self, runner_ids: Sequence[str]) -> dict[str, RunnerPresence]:
+        """Where each of these runners is connected, on whichever live instance."""
+        since = alive_since(self.clock(), self.settings.presence_interval)
+        return await self.store.presence_of(runner_ids, since)
 
     def runner_is_active(self, runner: RunnerRow) -> bool:
         return self.clock() - runner.last_seen < self.settings.runner_active_window * 1000

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from runpack.store.instances import InstanceRow, RunnerPresence
 
 JOB_COLUMNS = (
     "id",
@@ -292,6 +295,29 @@ class Store(Protocol):
     async def runners_seen(self, since: int, limit: int) -> list[RunnerRow]:
         """Runners heard from since ``since``, latest first."""
         ...
+
+    # --- instances and the runners they hold (runpack.store.instances) ------------------
+    async def register_instance(
+        self, instance: str, host: str, data_dir: str, now: int
+    ) -> None: ...
+
+    async def touch_instance(self, instance: str, now: int) -> bool: ...
+
+    async def stop_instance(self, instance: str, now: int) -> None: ...
+
+    async def list_instances(self, since: int) -> list[InstanceRow]: ...
+
+    async def tidy_instances(self, alive_since: int, forget_before: int) -> None: ...
+
+    async def hold_runners(self, instance: str, held: Sequence[tuple[str, str, int]]) -> None: ...
+
+    async def let_go_runners(self, instance: str, runner_ids: Sequence[str]) -> None: ...
+
+    async def runners_per_instance(self, alive_since: int) -> dict[str, int]: ...
+
+    async def presence_of(
+        self, runner_ids: Sequence[str], alive_since: int
+    ) -> dict[str, RunnerPresence]: ...
 
     # --- stored API keys (runpack keys) ------------------------------------------------
     async def insert_api_key(self, key: ApiKeyRow) -> None: ...

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
 
+from runpack.dsn import redact
 from runpack.errors import StoreError, StoreUnavailable
 from runpack.store import pg_batch
 from runpack.store.base import JobRow, NewJob
@@ -64,12 +64,6 @@ def describe(exc: BaseException) -> str:
     sqlstate = getattr(exc, "sqlstate", None)
     code = f" [{sqlstate}]" if isinstance(sqlstate, str) else ""
     return f"{type(exc).__name__}{code}: {exc}"
-
-
-def redact(dsn: str) -> str:
-    """The DSN without its password, for messages and logs."""
-    dsn = re.sub(r"(://[^:/@?]*:)[^/?]*@", r"\1***@", dsn)
-    return re.sub(r"(password=)[^&]*", r"\1***", dsn)
 
 
 def _is_closed(conn: asyncpg.Connection) -> bool:

@@ -71,10 +71,26 @@ CREATE TABLE IF NOT EXISTS runners (
     -- The key that registered it: a stored key's id, or 'env' (the environment key).
     owner         TEXT   NOT NULL DEFAULT 'env',
     -- SHA-256 of the runner's own secret (Runpack's runner); NULL: the key alone.
-    secret_sha256 TEXT
+    secret_sha256 TEXT,
+    -- The instance whose socket the runner is on (NULL: none), and that connection's
+    -- transport and concurrency: written when it connects and disconnects.
+    instance      TEXT,
+    transport     TEXT,
+    concurrency   INTEGER
 );
 
 CREATE INDEX IF NOT EXISTS runners_last_seen_idx ON runners (last_seen);
+
+-- The server instances on this database (migrations/0011_instances.sql): each
+-- refreshes last_seen while it runs and sets stopped_at when it stops.
+CREATE TABLE IF NOT EXISTS instances (
+    id         TEXT   NOT NULL PRIMARY KEY,
+    host       TEXT   NOT NULL,
+    data_dir   TEXT   NOT NULL,
+    started_at BIGINT NOT NULL,
+    last_seen  BIGINT NOT NULL,
+    stopped_at BIGINT
+);
 
 -- API keys beyond the three environment keys (runpack keys create / list / revoke).
 -- Only the SHA-256 hex of a secret is kept. The secrets are 256-bit random strings,
@@ -117,3 +133,4 @@ INSERT INTO schema_version (version, applied_at) VALUES (7, 0) ON CONFLICT (vers
 INSERT INTO schema_version (version, applied_at) VALUES (8, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (9, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (10, 0) ON CONFLICT (version) DO NOTHING;
+INSERT INTO schema_version (version, applied_at) VALUES (11, 0) ON CONFLICT (version) DO NOTHING;

@@ -28,6 +28,7 @@ from runpack.store.base import (
     claim_order,
 )
 from runpack.store.dialect import Statement
+from runpack.store.instances import InstanceMethods
 
 #: A row as the driver gives it: a tuple (SQLite) or a Record (asyncpg).
 Row = Sequence[Any]
@@ -46,7 +47,7 @@ def _first(rows: list[Row]) -> Row | None:
     return rows[0] if rows else None
 
 
-class SqlStore(ABC):
+class SqlStore(InstanceMethods, ABC):
     """Every :class:`~runpack.store.base.Store` method over the engine's primitives."""
 
     # --- the engine's primitives ------------------------------------------------

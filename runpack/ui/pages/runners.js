@@ -13,12 +13,13 @@ const REFRESH_MS = 5000;
 export function stateBadges(runner) {
   return h('span', { class: 'badges' },
     runner.is_active ? badge('Active', 'ok') : badge('Inactive', 'off'),
-    runner.connected ? badge(`Connected · ${runner.transport || 'socket'}`, 'info') : null);
+    runner.connected ? badge(`Connected · ${runner.transport || 'socket'}`, 'info') : null,
+    runner.connected && runner.instance ? badge(`Instance ${runner.instance}`, 'off') : null);
 }
 
 export function slots(runner) {
   if (!runner.connected || typeof runner.concurrency !== 'number') {
-    return h('span', { class: 'muted', text: 'Not connected to this server' });
+    return h('span', { class: 'muted', text: 'Not connected' });
   }
   const busy = Math.max(0, runner.concurrency - (runner.free_slots ?? 0));
   return h('span', { class: 'slots' },
