@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from runpack.protocol import ServerMessage
 
@@ -48,6 +49,16 @@ class RunnerConn:
     #: freed their slots as it sent them, but they are its own until acknowledged.
     reporting: set[str] | frozenset[str] = NO_JOBS
     connected_at: float = 0.0
+
+    def live(self) -> dict[str, Any]:
+        """Its live state, as the hub's snapshot shows it."""
+        return {
+            "connected": True,
+            "transport": self.transport,
+            "concurrency": self.concurrency,
+            "free_slots": self.credits,
+            "current_jobs": sorted(self.held),
+        }
 
     @property
     def load(self) -> float:

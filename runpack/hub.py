@@ -22,6 +22,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 from runpack.connections import RunnerConn
@@ -40,10 +41,6 @@ SEND_QUEUE = 1000
 POLL_INTERVAL = 1.0
 #: Refresh connected runners' last_seen this often (they count as active).
 TOUCH_INTERVAL = 60.0
-
-
-def _load(conn: RunnerConn) -> float:
-    return conn.load
 
 
 class Hub:
@@ -324,7 +321,7 @@ class Hub:
         groups: dict[frozenset[str], list[RunnerConn]] = {}
         for caps, conns in ready.items():
             if any(c.held for c in conns):  # all idle: already in order
-                conns.sort(key=_load)  # least busy first
+                conns.sort(key=attrgetter("load"))  # least busy first
             # Half the free slots of each runner, rounded up: (free + 1) // 2.
             groups[caps] = [c for c in conns for _ in range((c.free + 1) // 2)]
         wave = {caps: self._first_wave(caps, len(slots)) for caps, slots in groups.items()}
@@ -394,14 +391,6 @@ class Hub:
         return list(self._capabilities.values())
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Live state per connected runner (for the admin API)."""
-        return {
-            rid: {
-                "connected": True,
-                "transport": c.transport,
-                "concurrency": c.concurrency,
-                "free_slots": c.credits,
-                "current_jobs": sorted(c.held),
-            }
-            for rid, c in self.conns.items()
-        }
+        """Live state per connected runner on this instance (for tests and debugging;
+        the admin API answers from the store, for every instance)."""
+        return {rid: conn.live() for rid, conn in self.conns.items()}
