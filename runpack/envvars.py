@@ -117,3 +117,27 @@ def settings_table(specs: list[Spec], secret: Callable[[Spec], str]) -> str:
             shown = text if text == "unset" else f"`{text}`"
         rows.append(f"| `{spec['env']}` | {flag} | {shown} | {spec['help']} |")
     return "\n".join(rows)
+
+
+#: Variables earlier versions read, and what took their place.
+REPLACED = {
+    "RUNPACK_RATE_SUBMIT": "RUNPACK_RATE_NEW_JOBS (new jobs) and RUNPACK_RATE_REQUESTS",
+    "RUNPACK_RATE_POLL": "RUNPACK_RATE_REQUESTS",
+}
+#: Read by the command-line client, not by a settings class.
+CLIENT_VARIABLES = frozenset({"RUNPACK_URL"})
+
+
+def unknown_variables(environ: Mapping[str, str], *classes: type[Any]) -> list[str]:
+    """A line for each ``RUNPACK_*`` variable that no settings class here reads: a
+    name that changed says what replaced it, any other may be a typo."""
+    known = {env_name(f.name) for cls in classes for f in dataclasses.fields(cls)}
+    lines = []
+    for name in sorted(environ):
+        if not name.startswith("RUNPACK_") or name in known or name in CLIENT_VARIABLES:
+            continue
+        if name in REPLACED:
+            lines.append(f"{name} is no longer read: use {REPLACED[name]}")
+        else:
+            lines.append(f"{name} is not a setting (see `runpack settings`); it is ignored")
+    return lines

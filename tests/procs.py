@@ -22,6 +22,12 @@ KEYS = {
     "RUNPACK_RUNNER_API_KEY": "proc-runner-key",
     "RUNPACK_ADMIN_API_KEY": "proc-admin-key",
 }
+#: A server's rate limits off, for tests that submit more than a client would.
+NO_LIMITS = {
+    "RUNPACK_RATE_NEW_JOBS": "0",
+    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+    "RUNPACK_RATE_REQUESTS": "0",
+}
 
 
 def free_port() -> int:

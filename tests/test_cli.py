@@ -242,6 +242,18 @@ def test_serve_on_loopback_generates_and_keeps_local_keys(
     assert body2["job_id"] == body["job_id"]
 
 
+def test_serve_names_variables_it_does_not_read(tmp_path: Path, servers: list[Server]) -> None:
+    env = clean_env(RUNPACK_RATE_SUBMIT="0", RUNPACK_HEARTBEAT_TIMOUT="5", RUNPACK_URL="x")
+    server = start(servers, tmp_path, ["--host", "127.0.0.1"], env=env)
+    server.stop()
+    assert (
+        "RUNPACK_RATE_SUBMIT is no longer read: use RUNPACK_RATE_NEW_JOBS (new jobs) "
+        "and RUNPACK_RATE_REQUESTS" in server.stderr
+    )
+    assert "RUNPACK_HEARTBEAT_TIMOUT is not a setting" in server.stderr
+    assert "RUNPACK_URL" not in server.stderr  # the client's, known
+
+
 def test_serve_uses_keys_from_the_environment(tmp_path: Path, servers: list[Server]) -> None:
     env_keys = {var: f"env-{var.lower()}-0123456789" for var in KEY_VARS}
     server = start(servers, tmp_path, ["--host", "127.0.0.1"], env=clean_env(**env_keys))

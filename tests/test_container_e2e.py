@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 
 from tests import dockerimages
-from tests.procs import KEYS, Proc, free_port, running_runner, running_server, until
+from tests.procs import KEYS, NO_LIMITS, Proc, free_port, running_runner, running_server, until
 
 BIN = Path(sys.executable).parent
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
@@ -60,7 +60,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(api: Any, tmp_path_factory: pytest.TempPathFactory, work: Path) -> Iterator[Proc]:
     """One server and one runner for the module's tests (each test's jobs are its own)."""
     tmp = tmp_path_factory.mktemp("container-stack")
-    env = {**KEYS, "RUNPACK_RATE_SUBMIT": "0", "RUNPACK_RATE_POLL": "0"}
+    env = {**KEYS, **NO_LIMITS}
     runner_env = {
         "RUNPACK_JOB_TYPES": "container",
         "RUNPACK_CONCURRENCY": "4",

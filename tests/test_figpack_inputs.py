@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.procs import KEYS, clean_env, free_port, running_runner, running_server, stop
+from tests.procs import KEYS, NO_LIMITS, clean_env, free_port, running_runner, running_server, stop
 from tests.test_figpack_e2e import ROOT, SUBMIT_KEY, neurosift, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -78,7 +78,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(f"{base}/demo.nwb", nwb_server)
-        env = {**KEYS, "RUNPACK_RATE_SUBMIT": "0", "RUNPACK_RATE_POLL": "0"}
+        env = {**KEYS, **NO_LIMITS}
         with running_server(tmp / "server", env=env) as server:
             runner_env = {"FIGPACK_API_KEY": "", "RUNPACK_ALLOW_PRIVATE_URLS": "true"}
             args = ("--job-types", ",".join(JOB_TYPES), "--concurrency", "2")

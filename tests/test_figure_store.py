@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import KEYS, clean_env, running_server
+from tests.procs import KEYS, NO_LIMITS, clean_env, running_server
 from tests.test_hostile_figures import (
     JOB_TYPE,
     RUNNER_KEY,
@@ -221,7 +221,7 @@ def test_a_server_killed_mid_upload_keeps_the_stored_figure_whole(
 ) -> None:
     """SIGKILL while a new version is being received: after a restart the stored
     version is served as it was, and nothing of the cut upload is visible."""
-    env = {**KEYS, "RUNPACK_DB": database, "RUNPACK_RATE_SUBMIT": "0", "RUNPACK_RATE_POLL": "0"}
+    env = {**KEYS, "RUNPACK_DB": database, **NO_LIMITS}
     with running_server(tmp_path, env=env) as proc:
         server = Server(
             proc.url, int(proc.url.rsplit(":", 1)[1]), tmp_path / "runpack-data", proc.log

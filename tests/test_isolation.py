@@ -24,13 +24,13 @@ import aiohttp
 import pytest
 
 from tests.isolation_jobs import REPO, install
-from tests.procs import KEYS, Proc, running_runner, running_server, until
+from tests.procs import KEYS, NO_LIMITS, Proc, running_runner, running_server, until
 
 pytestmark = pytest.mark.timeout(90)
 
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
 ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
-SERVER_ENV = {**KEYS, "RUNPACK_RATE_SUBMIT": "0", "RUNPACK_RATE_POLL": "0"}
+SERVER_ENV = {**KEYS, **NO_LIMITS}
 TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -28,7 +28,7 @@ import pytest
 
 from tests.nginx import Nginx, instances, running_nginx
 from tests.pg import fresh_database, require_postgres
-from tests.procs import KEYS, Proc, running_runner, until
+from tests.procs import KEYS, NO_LIMITS, Proc, running_runner, until
 
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
 ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
@@ -49,8 +49,7 @@ def server_env(dsn: str, **extra: str) -> dict[str, str]:
         **KEYS,
         "RUNPACK_DB": dsn,
         "RUNPACK_TRUST_PROXY": "true",
-        "RUNPACK_RATE_SUBMIT": "0",
-        "RUNPACK_RATE_POLL": "0",
+        **NO_LIMITS,
         "RUNPACK_LOG_LEVEL": "warning",
         **extra,
     }

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.live import connected_runners
-from tests.procs import KEYS, clean_env, running_runner, running_server, until
+from tests.procs import KEYS, NO_LIMITS, clean_env, running_runner, running_server, until
 
-SERVER_ENV = {**KEYS, "RUNPACK_RATE_SUBMIT": "0", "RUNPACK_RATE_POLL": "0"}
+SERVER_ENV = {**KEYS, **NO_LIMITS}
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
 #: The run time of each job, seconds.
 RUN = 2

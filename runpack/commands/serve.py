@@ -6,6 +6,7 @@ import argparse
 import errno
 import ipaddress
 import logging
+import os
 import secrets
 import socket
 import sys
@@ -14,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from runpack.commands.common import add_settings_flags, server_missing, settings_of, store_failure
-from runpack.envvars import env_name
+from runpack.envvars import env_name, unknown_variables
 from runpack.errors import StoreError
 from runpack.settings import Settings
+from runpack_runner.settings import RunnerSettings
 
 KEY_FIELDS = ("submit_api_key", "runner_api_key", "admin_api_key")
 
@@ -98,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         setup_logging(settings.log_level, settings.log_format)
         new_loop = loop_factory(settings.event_loop)
+        for line in unknown_variables(os.environ, Settings, RunnerSettings):
+            logging.getLogger("runpack.settings").warning("%s", line)
     except ValueError as exc:
         print(f"runpack: {exc}", file=sys.stderr)
         return 2
