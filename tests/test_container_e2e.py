@@ -230,7 +230,7 @@ async def test_time_limit_kills_and_removes_the_container(
     )
     job = await client.settled(job_id)
     assert job["status"] == "failed"
-    assert job["error_message"] == "Job execution failed: killed: ran longer than 1 s"
+    assert job["error_message"] == "container failed: killed: ran longer than 1 s"
     assert "looping" in job["console_output"]
     await until(gone(api, job_id), "no container left", 5)
 
@@ -243,7 +243,7 @@ async def test_memory_hog_fails_with_the_limit(
     )
     job = await client.settled(job_id)
     assert job["status"] == "failed"
-    assert job["error_message"] == "Job execution failed: killed: used more than 16 MiB"
+    assert job["error_message"] == "container failed: killed: used more than 16 MiB"
     await until(gone(api, job_id), "no container left", 5)
 
 
@@ -254,7 +254,7 @@ async def test_too_much_in_outputs_fails_the_job(
     job_id = await client.submit({"image": pinned(image), "command": fill})
     job = await client.settled(job_id)
     assert job["status"] == "failed"
-    assert job["error_message"] == "Job execution failed: killed: wrote more than 8 MiB to /outputs"
+    assert job["error_message"] == "container failed: killed: wrote more than 8 MiB to /outputs"
     await until(gone(api, job_id), "no container left", 5)
 
 
@@ -323,7 +323,7 @@ async def test_gpus_asked_for_are_requested_from_docker_and_given_back(
         job = await client.settled(job_id)
         assert job["status"] == "failed"
         assert job["error_message"] == (
-            'Job execution failed: Docker refused: could not select device driver "nvidia" '
+            'container failed: Docker refused: could not select device driver "nvidia" '
             "with capabilities: [[gpu]]"
         )
         await until(gone(api, job_id), "no container left", 5)
