@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runpack_runner.jobs import remote_cache
-from runpack_runner.jobs.remote_cache import FileRanges, RemoteCache
+from runpack_runner.jobs.remote_cache import CHUNK, FileRanges, RemoteCache
 
 URL = "https://example.org/a.nwb"
 KIB = 1024
@@ -21,9 +21,15 @@ def ranges(cache: RemoteCache, url: str = URL, version: str = "etag 1") -> FileR
     return FileRanges(cache, url, version, report=lambda line: None)
 
 
+def put(ranges: FileRanges, url: str, offset: int, data: bytes) -> None:
+    """As a job's read does it, then as its end does."""
+    ranges.put_remote_chunk(url=url, offset=offset, size=len(data), data=data)
+    ranges.flush()
+
+
 def test_ranges_are_served_only_for_their_url_and_version(tmp_path: Path) -> None:
     cache = RemoteCache(tmp_path, 10 * 1024 * KIB)
-    ranges(cache).put_remote_chunk(url=URL, offset=0, size=3, data=b"abc")
+    put(ranges(cache), URL, 0, b"abc")
     fresh = ranges(cache)  # another job: nothing in memory, all from disk
     assert fresh.get_remote_chunk(url=URL, offset=0, size=3) == b"abc"
     assert fresh.hits == 1
@@ -32,8 +38,13 @@ def test_ranges_are_served_only_for_their_url_and_version(tmp_path: Path) -> Non
     assert ranges(cache, URL + "?x").get_remote_chunk(url=URL + "?x", offset=0, size=3) is None
     assert ranges(cache, version="etag 2").get_remote_chunk(url=URL, offset=0, size=3) is None
     # A range asked for under another URL is not stored under this one.
-    fresh.put_remote_chunk(url="https://other/b.nwb", offset=9, size=1, data=b"z")
+    put(fresh, "https://other/b.nwb", 0, b"z")
+    assert ranges(cache).get_remote_chunk(url=URL, offset=0, size=1) is None
+    # Only lindi's file chunks are kept (a dataset's range is read through them).
+    put(fresh, URL, 9, b"z")
+    put(fresh, URL, 0, b"z" * (CHUNK + 1))
     assert ranges(cache).get_remote_chunk(url=URL, offset=9, size=1) is None
+    assert ranges(cache).get_remote_chunk(url=URL, offset=0, size=CHUNK + 1) is None
     cache.close()
 
 
@@ -51,28 +62,30 @@ def test_the_cache_keeps_to_its_limit_dropping_the_ranges_used_longest_ago(
     cache = RemoteCache(tmp_path, 1024 * KIB)
     one = ranges(cache)
     for i in range(40):
-        one.put_remote_chunk(url=URL, offset=i * 100 * KIB, size=100 * KIB, data=b"x" * 100 * KIB)
+        put(one, URL, i * CHUNK, b"x" * CHUNK)
         assert cache.total() <= 1024 * KIB
     kept = (
         sqlite3.connect(tmp_path / remote_cache.DB_NAME)
         .execute("SELECT min(offset), max(offset), count(*), sum(size) FROM ranges")
         .fetchone()
     )
-    assert kept[1] == 39 * 100 * KIB and kept[0] > 0  # the newest kept, the oldest gone
+    assert kept[1] == 39 * CHUNK and kept[0] > 0  # the newest kept, the oldest gone
     assert kept[3] == cache.total() <= 1024 * KIB
-    # A range larger than a quarter of the limit is not kept.
-    one.put_remote_chunk(url=URL, offset=0, size=300 * KIB, data=b"y" * 300 * KIB)
-    assert ranges(cache).get_remote_chunk(url=URL, offset=0, size=300 * KIB) is None
     cache.close()
+    # A range larger than a quarter of the limit is not kept.
+    small = RemoteCache(tmp_path, 256 * KIB)
+    put(ranges(small), URL, 0, b"y" * CHUNK)
+    assert ranges(small).get_remote_chunk(url=URL, offset=0, size=CHUNK) is None
+    small.close()
 
 
 def _fill(folder: str, worker: int) -> None:
     cache = RemoteCache(Path(folder), 2048 * KIB)
-    mine = FileRanges(cache, URL, "etag 1", report=print)
+    mine = FileRanges(cache, URL, "etag 1", report=print, chunk=64 * KIB)
     for i in range(60):
         offset = (worker * 1000 + i) * 64 * KIB
         data = bytes([worker]) * 64 * KIB
-        mine.put_remote_chunk(url=URL, offset=offset, size=64 * KIB, data=data)
+        put(mine, URL, offset, data)
         assert mine.get_remote_chunk(url=URL, offset=offset, size=64 * KIB) == data
     cache.close()
 
@@ -112,7 +125,7 @@ def test_a_broken_cache_turns_itself_off_and_the_read_goes_on(tmp_path: Path) ->
     heard: list[str] = []
     one = FileRanges(cache, URL, "etag 1", report=heard.append)
     cache.close()
-    one.put_remote_chunk(url=URL, offset=0, size=1, data=b"a")  # kept in memory only
+    put(one, URL, 0, b"a")  # kept in memory only
     assert one.get_remote_chunk(url=URL, offset=0, size=1) == b"a"
     assert one.get_remote_chunk(url=URL, offset=5, size=1) is None
     assert len(heard) == 1 and "off" in heard[0]

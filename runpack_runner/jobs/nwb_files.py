@@ -164,9 +164,12 @@ def open_nwb(ctx: JobContext, url: str) -> Iterator[Any]:
 def _disk_cache(ctx: JobContext, url: str) -> Iterator[Any]:
     """The runner's disk cache for this version of the file (remote_cache), or None:
     when it is off, cannot be opened, or the server tells no version of the file."""
+    import lindi.LindiRemfile.LindiRemfile as remfile
     import requests
 
     from runpack_runner.jobs import remote_cache
+
+    chunk = int(remfile.default_min_chunk_size)
 
     cache = remote_cache.open_cache()
     if cache is None:
@@ -184,7 +187,11 @@ def _disk_cache(ctx: JobContext, url: str) -> Iterator[Any]:
         if version is None:
             yield None
             return
-        yield remote_cache.FileRanges(cache, url, version, ctx.log)
+        ranges = remote_cache.FileRanges(cache, url, version, ctx.log, chunk)
+        try:
+            yield ranges
+        finally:
+            ranges.flush()
     finally:
         cache.close()
 

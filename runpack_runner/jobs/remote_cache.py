@@ -10,6 +10,8 @@ knows a file only by its URL; this one is an SQLite file in the runner's cache f
   Last-Modified date, with its size (:func:`file_version`); a file whose server gives
   neither is not cached, since a change to it could not be seen;
 - answers only for the URL and version it was opened for, never another file's bytes;
+- keeps lindi's file chunks (128 KiB at multiples of 128 KiB), through which every
+  other range is read, so that no byte is kept twice;
 - is bounded (``RUNPACK_REMOTE_CACHE_MB``, 0 = off): past the limit, the ranges used
   longest ago go first;
 - is shared safely by job processes running at once (SQLite in WAL mode, each write one
@@ -45,6 +47,10 @@ DB_NAME = "remote-ranges.sqlite3"
 #: Recent ranges each open file also keeps in memory (lindi keeps none of its own
 #: when it has a ``local_cache``).
 MEMORY_BYTES = 32 * 1024 * 1024
+#: The size of lindi's reads of a remote file (``LindiRemfile``'s ``_min_chunk_size``).
+CHUNK = 128 * 1024
+#: Ranges read are written to disk in transactions of about this size.
+FLUSH_BYTES = 8 * 1024 * 1024
 #: Eviction goes down to this share of the limit, so that it runs now and then.
 EVICT_TO = 0.9
 #: A range read again is marked as used at most this often (seconds): fewer writes.
@@ -138,20 +144,26 @@ class RemoteCache:
             data = bytes(row[0])
         return data if len(data) == size else None
 
-    def put(self, file: str, offset: int, size: int, data: bytes) -> None:
-        """Keep ``data``; ranges used longest ago go when the total passes the limit."""
-        if len(data) != size or size > self.limit // 4:
+    def put(self, file: str, ranges: list[tuple[int, bytes]]) -> None:
+        """Keep these (offset, data) ranges of ``file``, in one transaction; ranges used
+        longest ago go when the total passes the limit."""
+        ranges = [(offset, data) for offset, data in ranges if len(data) <= self.limit // 4]
+        if not ranges:
             return
+        now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                added = self._db.execute(
-                    "INSERT INTO ranges (file, offset, size, used, data) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT DO NOTHING",
-                    (file, offset, size, time.time(), data),
-                ).rowcount
+                added = 0
+                for offset, data in ranges:
+                    if self._db.execute(
+                        "INSERT INTO ranges (file, offset, size, used, data) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (file, offset, len(data), now, data),
+                    ).rowcount:
+                        added += len(data)
                 if added:
-                    self._db.execute("UPDATE total SET bytes = bytes + ?", (size,))
+                    self._db.execute("UPDATE total SET bytes = bytes + ?", (added,))
                     self._evict()
                 self._db.execute("COMMIT")
             except BaseException:
@@ -183,25 +195,39 @@ class RemoteCache:
 
 class FileRanges:
     """lindi's ``local_cache`` for one file: ranges of ``url`` at ``version`` only,
-    through a small in-memory layer; ``report`` hears (once) when the disk cache fails."""
+    through a small in-memory layer, written to disk a few MiB at a time and at
+    :meth:`flush`; ``report`` hears (once) when the disk cache fails."""
 
     def __init__(
-        self, cache: RemoteCache, url: str, version: str, report: Callable[[str], None]
+        self,
+        cache: RemoteCache,
+        url: str,
+        version: str,
+        report: Callable[[str], None],
+        chunk: int = CHUNK,
     ) -> None:
         self.url = url
+        self.chunk = chunk
         self._cache: RemoteCache | None = cache
         self._file = f"{url}\n{version}"
         self._report = report
         self._memory: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._memory_bytes = 0
+        self._pending: dict[tuple[int, int], bytes] = {}
+        self._pending_bytes = 0
         self.hits = 0
         self.misses = 0
 
+    def _keeps(self, url: str, offset: int, size: int) -> bool:
+        """Only lindi's file chunks are kept: a dataset's range (asked for first) is read
+        through them, so keeping it too would hold its bytes twice."""
+        return url == self.url and offset % self.chunk == 0 and 0 < size <= self.chunk
+
     def get_remote_chunk(self, *, url: str, offset: int, size: int) -> bytes | None:
-        if url != self.url:
+        if not self._keeps(url, offset, size):
             return None
         key = (offset, size)
-        data = self._memory.get(key)
+        data = self._memory.get(key) or self._pending.get(key)
         if data is not None:
             self._memory.move_to_end(key)
             return data
@@ -214,10 +240,22 @@ class FileRanges:
         return data
 
     def put_remote_chunk(self, *, url: str, offset: int, size: int, data: bytes) -> None:
-        if url != self.url or len(data) != size:
+        if not self._keeps(url, offset, size) or len(data) != size:
             return
-        self._remember((offset, size), data)
-        self._disk(lambda cache: cache.put(self._file, offset, size, data))
+        key = (offset, size)
+        self._remember(key, data)
+        self._pending[key] = data
+        self._pending_bytes += size
+        if self._pending_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the ranges kept since the last flush to disk (one transaction)."""
+        pending = [(offset, data) for (offset, _), data in self._pending.items()]
+        self._pending.clear()
+        self._pending_bytes = 0
+        if pending:
+            self._disk(lambda cache: cache.put(self._file, pending))
 
     def _remember(self, key: tuple[int, int], data: bytes) -> None:
         if len(data) > MEMORY_BYTES // 4 or key in self._memory:
