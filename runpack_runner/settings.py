@@ -81,6 +81,17 @@ class RunnerSettings:
         30.0,
         "Figure jobs: seconds a read of an nwb_url may wait for data before the job fails.",
     )
+    remote_cache_dir: str = _s(
+        "",
+        "Figure jobs: folder of the runner's disk cache of byte ranges read from nwb_urls, "
+        "shared by its jobs (default: runpack-remote-cache-<uid> in the system's "
+        "temporary folder).",
+    )
+    remote_cache_mb: int = _s(
+        1024,
+        "Figure jobs: most the remote read cache keeps (MiB; ranges used longest ago go "
+        "first; 0 = no cache).",
+    )
 
     exit_when_idle: float = _s(
         0.0,
@@ -178,6 +189,8 @@ class RunnerSettings:
             raise ValueError("durations cannot be negative")
         if self.job_memory_limit < 0:
             raise ValueError("job_memory_limit cannot be negative")
+        if self.remote_cache_mb < 0:
+            raise ValueError("remote_cache_mb cannot be negative")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> RunnerSettings:
@@ -190,7 +203,12 @@ class RunnerSettings:
 
 #: Settings that handlers read from the environment, in whatever process they run: the
 #: CLI sets these variables from the settings (flags included) before starting.
-HANDLER_ENVIRONMENT = ("remote_connect_timeout", "remote_read_timeout")
+HANDLER_ENVIRONMENT = (
+    "remote_connect_timeout",
+    "remote_read_timeout",
+    "remote_cache_dir",
+    "remote_cache_mb",
+)
 
 
 def flag_name(f: dataclasses.Field[Any]) -> str:

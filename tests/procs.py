@@ -124,6 +124,7 @@ def running_runner(
     extra = {
         "RUNPACK_WORKER_URL": url,
         "RUNPACK_RUNNER_API_KEY": KEYS["RUNPACK_RUNNER_API_KEY"],
+        "RUNPACK_REMOTE_CACHE_DIR": str(cwd / "remote-cache"),  # not shared between tests
         **(env or {}),
     }
     cmd = [sys.executable, "-m", "runpack_runner.cli", *args]

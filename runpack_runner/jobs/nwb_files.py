@@ -8,7 +8,9 @@ settings, which its CLI passes to handlers as ``RUNPACK_REMOTE_CONNECT_TIMEOUT``
 :data:`READ_TIMEOUT` without them),
 a stalled range read is tried :data:`READ_RETRIES` more times rather than lindi's
 eight, and lindi's in-memory copy of the file is bounded (:data:`MEMORY_CACHE_BYTES`)
-so that reading a large dataset does not keep all of it.
+so that reading a large dataset does not keep all of it. The ranges read are kept in
+the runner's disk cache (:mod:`runpack_runner.jobs.remote_cache`), so that the next
+figure from the same file reads them from there.
 
 Paths are checked against the kind of object a job needs before any data is read,
 using only metadata: whether the object is a group or a dataset, its
@@ -136,9 +138,9 @@ def open_nwb(ctx: JobContext, url: str) -> Iterator[Any]:
     ctx.check_url(url)
     connect, read = timeouts()
     remfile._num_request_retries = READ_RETRIES  # type: ignore[attr-defined]
-    with timed_requests(connect, read):
+    with timed_requests(connect, read), _disk_cache(ctx, url) as ranges:
         try:
-            f = lindi.LindiH5pyFile.from_hdf5_file(url)
+            f = lindi.LindiH5pyFile.from_hdf5_file(url, local_cache=ranges)
         except Exception as exc:
             why = _network_error(exc, connect, read) or _first_line(exc)
             raise RuntimeError(f"Cannot open the NWB file at {url}: {why}") from exc
@@ -152,6 +154,46 @@ def open_nwb(ctx: JobContext, url: str) -> Iterator[Any]:
             raise RuntimeError(f"Reading the NWB file at {url} failed: {failure}") from exc
         finally:
             f.close()
+            if ranges is not None:
+                ctx.log(
+                    f"Remote read cache: {ranges.hits} ranges from disk, {ranges.misses} fetched"
+                )
+
+
+@contextlib.contextmanager
+def _disk_cache(ctx: JobContext, url: str) -> Iterator[Any]:
+    """The runner's disk cache for this version of the file (remote_cache), or None:
+    when it is off, cannot be opened, or the server tells no version of the file."""
+    import lindi.LindiRemfile.LindiRemfile as remfile
+    import requests
+
+    from runpack_runner.jobs import remote_cache
+
+    chunk = int(remfile.default_min_chunk_size)
+
+    cache = remote_cache.open_cache()
+    if cache is None:
+        yield None
+        return
+    try:
+        version = None
+        try:
+            # lindi asks the same way for the size: a GET closed after its headers.
+            with requests.get(url, stream=True) as response:
+                if response.status_code == 200:
+                    version = remote_cache.file_version(response.headers)
+        except Exception:  # lindi meets the same failure next and says what it is
+            pass
+        if version is None:
+            yield None
+            return
+        ranges = remote_cache.FileRanges(cache, url, version, ctx.log, chunk)
+        try:
+            yield ranges
+        finally:
+            ranges.flush()
+    finally:
+        cache.close()
 
 
 def _bound_memory(f: Any) -> None:
