@@ -13,7 +13,6 @@ submit compute it again.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,12 +23,19 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from tests.procs import KEYS, clean_env, free_port, running_runner, running_server, stop
+from tests.procs import (
+    KEYS,
+    clean_env,
+    free_port,
+    load_example,
+    running_runner,
+    running_server,
+    stop,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -38,14 +44,6 @@ SUBMIT_KEY = KEYS["RUNPACK_SUBMIT_API_KEY"]
 JOB_TYPES = ("figpack_nwb_raster_plot", "figpack_nwb_video_preview", "figpack_nwb_pose_estimation")
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 neurosift = load_example("neurosift_like")

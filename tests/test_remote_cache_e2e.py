@@ -8,7 +8,6 @@ range requests it answers, and can wait before each (as a distant server would).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import shutil
 import threading
 import time
@@ -17,13 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from tests.procs import KEYS, running_runner, running_server
+from tests.procs import KEYS, load_example, running_runner, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMIT_KEY = KEYS["RUNPACK_SUBMIT_API_KEY"]
@@ -32,14 +30,6 @@ JOB_TYPES = "figpack_nwb_raster_plot,figpack_nwb_pose_estimation"
 DELAY = 0.02
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 neurosift = load_example("neurosift_like")
