@@ -13,6 +13,7 @@ submit compute it again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -29,6 +30,7 @@ import pytest
 
 from tests.procs import (
     KEYS,
+    NO_LIMITS,
     clean_env,
     free_port,
     load_example,
@@ -69,24 +71,9 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The NWB file server, runpack serve and a runner with the figure job types."""
     tmp = tmp_path_factory.mktemp("figpack")
-    port = free_port()
-    log = (tmp / "nwb-server.log").open("wb")
-    example = [sys.executable, str(ROOT / "examples" / "local_nwb.py")]
-    nwb_server = subprocess.Popen(
-        [*example, "--dir", str(tmp / "nwb"), "--port", str(port)],
-        stdout=log,
-        stderr=log,
-        env=clean_env(),
-    )
-    nwb_url = f"http://127.0.0.1:{port}/demo.nwb"
-    try:
-        wait_for(nwb_url, nwb_server)
-        env = {
-            **KEYS,
-            "RUNPACK_RATE_NEW_JOBS": "0",
-            "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-            "RUNPACK_RATE_REQUESTS": "0",
-        }
+    with nwb_files(tmp / "nwb") as base:
+        nwb_url = f"{base}/demo.nwb"
+        env = {**KEYS, **NO_LIMITS}
         with running_server(tmp / "server", env=env) as server:
             # Figures go to this server, not the cloud; the NWB file is on loopback.
             runner_env = {"FIGPACK_API_KEY": "", "RUNPACK_ALLOW_PRIVATE_URLS": "true"}
@@ -104,9 +91,34 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 except BaseException:
                     print(server.output()[-5000:], runner.output()[-5000:])
                     raise
-    finally:
-        stop(nwb_server)
-        log.close()
+
+
+@contextlib.contextmanager
+def nwb_files(folder: Path) -> Iterator[str]:
+    """examples/local_nwb.py serving ``folder`` (its demo.nwb made there) on loopback,
+    with range requests; yields its base URL."""
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder.parent / "nwb-server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "examples" / "local_nwb.py"),
+                "--dir",
+                str(folder),
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=log,
+            env=clean_env(),
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_for(f"{base}/demo.nwb", server)
+            yield base
+        finally:
+            stop(server)
 
 
 def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:

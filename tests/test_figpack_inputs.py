@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import datetime
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,8 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.procs import KEYS, NO_LIMITS, clean_env, free_port, running_runner, running_server, stop
-from tests.test_figpack_e2e import ROOT, SUBMIT_KEY, neurosift, wait_for
+from tests.procs import KEYS, NO_LIMITS, running_runner, running_server
+from tests.test_figpack_e2e import SUBMIT_KEY, neurosift, nwb_files
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,20 +62,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("figpack-inputs")
     (tmp / "nwb").mkdir()
     write_spikes_nwb(tmp / "nwb" / "spikes.nwb")
-    port = free_port()
-    log = (tmp / "nwb-server.log").open("wb")
-    example = [sys.executable, str(ROOT / "examples" / "local_nwb.py")]
-    nwb_server = subprocess.Popen(
-        [*example, "--dir", str(tmp / "nwb"), "--port", str(port)],
-        stdout=log,
-        stderr=log,
-        env=clean_env(),
-    )
     # Accepts connections (the kernel completes them) and never reads or answers.
     stalled = socket.create_server(("127.0.0.1", 0))
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(f"{base}/demo.nwb", nwb_server)
+    with stalled, nwb_files(tmp / "nwb") as base:
         env = {**KEYS, **NO_LIMITS}
         with running_server(tmp / "server", env=env) as server:
             runner_env = {"FIGPACK_API_KEY": "", "RUNPACK_ALLOW_PRIVATE_URLS": "true"}
@@ -90,10 +77,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 except BaseException:
                     print(server.output()[-5000:], runner.output()[-5000:])
                     raise
-    finally:
-        stalled.close()
-        stop(nwb_server)
-        log.close()
 
 
 def run(stack: Stack, job_type: str, params: dict[str, Any]) -> tuple[dict[str, Any], float]:
