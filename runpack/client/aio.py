@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
@@ -106,11 +108,12 @@ class AsyncClient:
         key: str | None,
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
+        upload: bytes | str | os.PathLike[str] | None = None,
     ) -> tuple[int, Any]:
         waited = 0.0
         while True:
             try:
-                return await self._request_once(method, path, key, body, params)
+                return await self._request_once(method, path, key, body, params, upload)
             except RateLimitedError as exc:
                 waited = await self._wait_for_limit(exc, waited)
 
@@ -128,15 +131,28 @@ class AsyncClient:
         key: str | None,
         body: dict[str, Any] | None,
         params: dict[str, str] | None,
+        upload: bytes | str | os.PathLike[str] | None = None,
     ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        data = None
+        data: Any = None
+        timeout = None
         if body is not None:
             data = orjson.dumps(body)
             headers["Content-Type"] = "application/json"
         try:
+            if upload is not None:
+                # A file is streamed, opened anew for each try; no bound on the whole
+                # transfer, only on each read and write.
+                if isinstance(upload, bytes):
+                    data = io.BytesIO(upload)
+                else:
+                    data = await asyncio.to_thread(open, upload, "rb")
+                headers["Content-Type"] = "application/octet-stream"
+                timeout = aiohttp.ClientTimeout(
+                    total=None, sock_connect=self.timeout, sock_read=self.timeout
+                )
             async with self._http().request(
-                method, self.url + path, data=data, headers=headers, params=params
+                method, self.url + path, data=data, headers=headers, params=params, timeout=timeout
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
@@ -145,6 +161,9 @@ class AsyncClient:
             raise RunpackConnectionError(
                 f"cannot reach {self.url}", str(exc) or type(exc).__name__
             ) from exc
+        finally:
+            if data is not None and hasattr(data, "close"):
+                data.close()
         try:
             reply = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
@@ -181,6 +200,13 @@ class AsyncClient:
             result=reply.get("result"),
             error=reply.get("error"),
         )
+
+    async def upload_input(self, source: bytes | str | os.PathLike[str]) -> str:
+        """Upload an input file (its bytes, or a file's path) for container jobs; its
+        SHA-256, to name it in a job's ``inputs`` as ``{"upload": sha256}``. The same
+        bytes are stored once, however often they are sent (docs/containers.md)."""
+        _, reply = await self._request("POST", "/api/inputs", self.submit_key, upload=source)
+        return str(reply["sha256"])
 
     async def check(self, job_type: str, params: dict[str, Any]) -> CheckResult:
         """Whether a job with these inputs exists, without creating it."""
