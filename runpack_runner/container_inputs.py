@@ -126,9 +126,10 @@ class InputCache:
         return self._fetch(ctx, item, budget)
 
     def _fetch(self, ctx: JobContext, item: Input, budget: int) -> Path:
-        request = urllib.request.Request(item.url)
-        source = item.url
-        if item.upload:
+        if not item.upload:
+            request = urllib.request.Request(item.url)
+            source = item.url
+        else:
             if not self.server:
                 raise RuntimeError(f"input {item.path}: this runner has no server to fetch from")
             request = urllib.request.Request(
