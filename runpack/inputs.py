@@ -38,6 +38,11 @@ INCOMING = ".incoming"
 WRITE_BUFFER = 1024 * 1024
 #: A partial upload left by a crash is removed by the sweep after this long (seconds).
 STALE_PART = 3600.0
+#: How long the store's measured total is trusted before it is measured again (seconds):
+#: each new file adds its size meanwhile, so a store of many files is not walked per upload.
+MEASURE_EVERY = 60.0
+#: A file counts as at least this many bytes (a disk block): many tiny files fill too.
+MIN_FILE_BYTES = 4096
 #: How an upload is named in a job's ``inputs``, in the stored parameter text.
 UPLOAD_MARK = '"upload":"'
 NAMED = re.compile(r'"upload":"([0-9a-f]{64})"')
@@ -85,6 +90,8 @@ class InputStore:
         self.blobs = BlobStore(root)
         self.max_bytes = max_bytes
         self.max_store_bytes = max_store_bytes
+        #: (when measured, bytes): the total as this instance last knew it.
+        self._used: tuple[float, int] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InputStore:
@@ -156,8 +163,8 @@ class InputStore:
         with self.blobs.shared():
             if _touch(self.path(digest)):
                 return Stored(digest, size, created=False)
-            used = self.used()
-            if used + size > self.max_store_bytes:
+            used = self._total()
+            if used + max(size, MIN_FILE_BYTES) > self.max_store_bytes:
                 raise InsufficientStorage(
                     "The store of uploaded input files is full",
                     details=f"{used} of {self.max_store_bytes} bytes used; files unused for "
@@ -165,14 +172,24 @@ class InputStore:
                 )
             self.blobs.place(part, digest)
             _touch(self.path(digest))
+            if self._used is not None:
+                self._used = (self._used[0], self._used[1] + max(size, MIN_FILE_BYTES))
         return Stored(digest, size, created=True)
 
+    def _total(self) -> int:
+        """The stored bytes, measured again when the last measure is old (other
+        instances sharing the folder add files too; sweeps remove them)."""
+        now = time.monotonic()
+        if self._used is None or now - self._used[0] > MEASURE_EVERY:
+            self._used = (now, self.used())
+        return self._used[1]
+
     def used(self) -> int:
-        """Bytes of every stored file."""
+        """Bytes of every stored file, each at least a disk block."""
         total = 0
         for _, path in self.blobs.all():
             with contextlib.suppress(OSError):
-                total += path.lstat().st_size
+                total += max(path.lstat().st_size, MIN_FILE_BYTES)
         return total
 
     def _too_large(self) -> TooLarge:

@@ -197,8 +197,9 @@ class Settings:
     )
     input_store_mb: int = _s(
         10240,
-        "Most the uploaded input files may add up to, in MiB; past it an upload is refused "
-        "(507) until the retention pass (RUNPACK_INPUT_TTL) frees room.",
+        "Most the uploaded input files may add up to, in MiB (each counts at least 4 KiB); "
+        "past it an upload is refused (507) until the retention pass (RUNPACK_INPUT_TTL) "
+        "frees room.",
     )
     max_upload_files: int = _s(10_000, "Most entries (files and folders) in one figure upload.")
     max_upload_ratio: int = _s(

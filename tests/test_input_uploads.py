@@ -6,6 +6,7 @@ submit key trying to fill the disk or read what others uploaded."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -18,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.pg import fresh_database
 from tests.procs import KEYS, NO_LIMITS, Proc, clean_env, running_server
 
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
@@ -215,16 +217,29 @@ async def test_uploads_count_as_new_work(tmp_path: Path, http: aiohttp.ClientSes
         assert len([f for f in stored_files(tmp_path) if not f.startswith(".")]) == 3
 
 
-def gc(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = clean_env({"RUNPACK_DB": str(cwd / "runpack.db")})
+def gc(cwd: Path, db: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = clean_env({"RUNPACK_DB": db})
     cmd = [sys.executable, "-m", "runpack.cli", "gc", "--data-dir", str(cwd / "runpack-data")]
     return subprocess.run(
         [*cmd, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
     )
 
 
-async def test_gc_removes_uploads_no_job_needs(tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    with running_server(tmp_path, {**KEYS, **NO_LIMITS}) as server:
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+async def test_gc_removes_uploads_no_job_needs(
+    tmp_path: Path, http: aiohttp.ClientSession, engine: str
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        db = str(tmp_path / "runpack.db")
+        if engine == "postgres":
+            db = await stack.enter_async_context(fresh_database())
+        await _gc_removes_uploads_no_job_needs(tmp_path, http, db)
+
+
+async def _gc_removes_uploads_no_job_needs(
+    tmp_path: Path, http: aiohttp.ClientSession, db: str
+) -> None:
+    with running_server(tmp_path, {**KEYS, **NO_LIMITS, "RUNPACK_DB": db}) as server:
         digests = {}
         for name in ("kept", "named", "old"):
             status, body = await call(
@@ -243,11 +258,11 @@ async def test_gc_removes_uploads_no_job_needs(tmp_path: Path, http: aiohttp.Cli
         path = root / digests[name][:2] / digests[name]
         stat = path.stat()
         os.utime(path, (stat.st_atime - week, stat.st_mtime - week))
-    dry = gc(tmp_path, "--dry-run")
+    dry = gc(tmp_path, db, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "inputs to remove   1" in dry.stdout
     assert len(stored_files(tmp_path)) == 3
-    done = gc(tmp_path)
+    done = gc(tmp_path, db)
     assert done.returncode == 0, done.stderr
     assert "inputs removed     1" in done.stdout
     left = {Path(f).name for f in stored_files(tmp_path)}
