@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -34,6 +33,7 @@ from runpack.client.models import (
     SubmitResult,
 )
 from runpack.client.sse import SSEParser
+from runpack.client.upload import upload_body
 
 #: The server sends a keepalive every 15 s: a stream silent for this long is dead.
 STREAM_READ_TIMEOUT = 60.0
@@ -140,17 +140,10 @@ class AsyncClient:
             data = orjson.dumps(body)
             headers["Content-Type"] = "application/json"
         try:
-            if upload is not None:
-                # A file is streamed, opened anew for each try; no bound on the whole
-                # transfer, only on each read and write.
-                if isinstance(upload, bytes):
-                    data = io.BytesIO(upload)
-                else:
-                    data = await asyncio.to_thread(open, upload, "rb")
+            if upload is not None:  # streamed, opened anew for each try; each read bounded
+                data = await asyncio.to_thread(upload_body, upload)
                 headers["Content-Type"] = "application/octet-stream"
-                timeout = aiohttp.ClientTimeout(
-                    total=None, sock_connect=self.timeout, sock_read=self.timeout
-                )
+                timeout = aiohttp.ClientTimeout(sock_connect=self.timeout, sock_read=self.timeout)
             async with self._http().request(
                 method, self.url + path, data=data, headers=headers, params=params, timeout=timeout
             ) as resp:
@@ -162,7 +155,7 @@ class AsyncClient:
                 f"cannot reach {self.url}", str(exc) or type(exc).__name__
             ) from exc
         finally:
-            if data is not None and hasattr(data, "close"):
+            if upload is not None and data is not None:
                 data.close()
         try:
             reply = orjson.loads(raw) if raw else None
@@ -202,9 +195,7 @@ class AsyncClient:
         )
 
     async def upload_input(self, source: bytes | str | os.PathLike[str]) -> str:
-        """Upload an input file (its bytes, or a file's path) for container jobs; its
-        SHA-256, to name it in a job's ``inputs`` as ``{"upload": sha256}``. The same
-        bytes are stored once, however often they are sent (docs/containers.md)."""
+        """Upload an input file (bytes, or a path); its SHA-256 (docs/containers.md)."""
         _, reply = await self._request("POST", "/api/inputs", self.submit_key, upload=source)
         return str(reply["sha256"])
 

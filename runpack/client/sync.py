@@ -102,7 +102,8 @@ class Client:
         return self._run(self._async.submit(job_type, params, force=force, priority=priority))
 
     def upload_input(self, source: bytes | str | os.PathLike[str]) -> str:
-        """Upload an input file; its SHA-256 (see :meth:`AsyncClient.upload_input`)."""
+        """Upload an input file; its SHA-256, to name as ``{"upload": sha256}`` in a
+        container job's ``inputs`` (see :meth:`AsyncClient.upload_input`)."""
         return self._run(self._async.upload_input(source))
 
     def check(self, job_type: str, params: dict[str, Any]) -> CheckResult:
