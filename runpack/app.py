@@ -15,6 +15,7 @@ from runpack.api import (
     admin,
     events,
     files,
+    inputs,
     jobs,
     keys,
     monitoring,
@@ -31,6 +32,7 @@ from runpack.api.monitoring import Readiness, echo_request_id, health, observe_r
 from runpack.appkeys import (
     FIGURES,
     HUB,
+    INPUTS,
     INSTANCE_ID,
     JOB_REQUESTS,
     KEYS,
@@ -53,6 +55,7 @@ from runpack.auth import KeyRing
 from runpack.envvars import split_list
 from runpack.eventloop import loop_name
 from runpack.hub import Hub
+from runpack.inputs import InputStore
 from runpack.local_runners import local_runners
 from runpack.metrics import Metrics
 from runpack.names import RunnerNames
@@ -99,6 +102,7 @@ def create_app(
     if settings.presence_interval <= 0:
         raise ValueError(f"presence_interval must be above 0: {settings.presence_interval}")
     app[FIGURES] = FigureStore.from_settings(settings)
+    app[INPUTS] = InputStore.from_settings(settings)
     app[JOB_REQUESTS] = JobRequests.from_settings(settings)
     app.router.add_route("*", "/", health)
     app.router.add_route("*", "/health", health)
@@ -111,6 +115,7 @@ def create_app(
     app.add_routes(keys.routes)
     app.add_routes(ui.routes)
     app.add_routes(files.routes)
+    app.add_routes(inputs.routes)
     app.add_routes(openapi.routes)
     monitoring.add_routes(app, public=settings.metrics_public)
     app[NOTIFIER] = Notifier()
@@ -278,6 +283,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             service.store,
             policy,
             figures=app[FIGURES],
+            inputs=app[INPUTS],
             notifier=app[NOTIFIER],
             clock=lambda: service.clock(),
         )

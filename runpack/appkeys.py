@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from runpack.artifacts import FigureStore
     from runpack.auth import Caller, KeyRing
     from runpack.hub import Hub
+    from runpack.inputs import InputStore
     from runpack.metrics import Metrics
     from runpack.names import RunnerNames
     from runpack.notify import Notifier
@@ -40,6 +41,8 @@ LIMITS: web.AppKey[Limits] = web.AppKey("limits")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 FIGURES: web.AppKey[FigureStore] = web.AppKey("figures")
+#: Input files uploaded for jobs, by content.
+INPUTS: web.AppKey[InputStore] = web.AppKey("inputs")
 #: Events of this process: the service publishes, the hub, watchers and relays listen.
 NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 VALIDATOR: web.AppKey[ResultValidator] = web.AppKey("validator")

@@ -5,7 +5,9 @@ Every limit is a time-to-live in seconds, 0 meaning keep forever (the default):
 cancelled ones, ``console_ttl`` clears the console of finished jobs and keeps
 them, ``figure_ttl`` deletes the stored figure files of finished jobs (their
 cached result then fails validation and the next submit computes it again), and
-``runner_ttl`` forgets runners not seen for that long that hold no job. A job's
+``runner_ttl`` forgets runners not seen for that long that hold no job, and
+``input_ttl`` removes uploaded input files (:mod:`runpack.inputs`) unused for that
+long that no pending or running job names (on by default: a week). A job's
 age is counted from ``updated_at``, when it finished. Pending and running jobs,
 and their figures, are never touched.
 
@@ -33,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from runpack.artifacts import FigureStore
+from runpack.inputs import UPLOAD_MARK, InputStore, uploads_in
 from runpack.notify import EventKind, Notifier, ServerEvent
 from runpack.protocol import FINAL, JobStatus
 from runpack.service.core import now_ms
@@ -56,6 +59,7 @@ class RetentionPolicy:
     console_ttl: float = 0.0
     figure_ttl: float = 0.0
     runner_ttl: float = 0.0
+    input_ttl: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetentionPolicy:
@@ -64,6 +68,11 @@ class RetentionPolicy:
     @property
     def active(self) -> bool:
         return any(getattr(self, name) > 0 for name in TTL_NAMES)
+
+    @property
+    def jobs_active(self) -> bool:
+        """Is a TTL of jobs, consoles, figures or runners set (not only ``input_ttl``)?"""
+        return any(getattr(self, name) > 0 for name in TTL_NAMES if name != "input_ttl")
 
     def delete_ttl(self, status: str) -> float:
         """The TTL after which a finished job in ``status`` is deleted (0 = never)."""
@@ -86,6 +95,9 @@ class Report:
     blobs: int = 0
     bytes_freed: int = 0
     runners: int = 0
+    #: Uploaded input files unused for input_ttl, and their bytes.
+    inputs: int = 0
+    input_bytes: int = 0
 
     @property
     def jobs(self) -> int:
@@ -93,14 +105,17 @@ class Report:
 
     @property
     def changed(self) -> bool:
-        return bool(self.jobs or self.consoles or self.figures or self.blobs or self.runners)
+        return bool(
+            self.jobs or self.consoles or self.figures or self.blobs or self.runners or self.inputs
+        )
 
     def summary(self) -> str:
         """One line, for the server's log."""
         return (
             f"{self.jobs} jobs deleted, {self.consoles} consoles cleared, {self.figures} "
             f"figures removed ({self.blobs} files, {human_bytes(self.bytes_freed)}), "
-            f"{self.runners} runners forgotten"
+            f"{self.runners} runners forgotten, {self.inputs} uploaded inputs removed "
+            f"({human_bytes(self.input_bytes)})"
         )
 
     def render(self) -> str:
@@ -119,6 +134,8 @@ class Report:
             f"{verbs[2]:18} {self.figures} ({human_bytes(self.bytes_freed)} {freed})",
             f"  {files:16} {self.blobs} (stored once, no figure names them any more)",
             f"{verbs[3]:18} {self.runners}",
+            f"{'inputs to remove' if self.dry_run else 'inputs removed':18} {self.inputs} "
+            f"({human_bytes(self.input_bytes)}; uploaded files unused for the input TTL)",
         ]
         if self.dry_run:
             lines.insert(0, "Dry run: nothing was changed.")
@@ -134,6 +151,7 @@ class Retention:
         policy: RetentionPolicy,
         *,
         figures: FigureStore | None = None,
+        inputs: InputStore | None = None,
         notifier: Notifier | None = None,
         clock: Callable[[], int] = now_ms,
         batch: int = BATCH,
@@ -141,6 +159,7 @@ class Retention:
         self.store = store
         self.policy = policy
         self.figures = figures
+        self.inputs = inputs
         self.notifier = notifier or Notifier()
         self.clock = clock
         self.batch = batch
@@ -162,7 +181,8 @@ class Retention:
         await self._consoles(now, report)
         await self._figures(now, report)
         await self._runners(now, report)
-        if self.figures is not None:
+        await self._inputs(now, report)
+        if self.figures is not None and self.policy.jobs_active:
             swept = await self.figures.sweep(dry_run=dry_run, without=self._doomed)
             report.blobs += swept.blobs
             report.bytes_freed += swept.bytes
@@ -264,6 +284,19 @@ class Retention:
             report.figures += 1
             report.bytes_freed += size
 
+    # --- uploaded inputs ----------------------------------------------------------------
+    async def _inputs(self, now: int, report: Report) -> None:
+        """Uploaded files unused for input_ttl, unless a pending or running job names one."""
+        before = self._cutoff(self.policy.input_ttl, now)
+        if self.inputs is None or before is None:
+            return
+        keep = uploads_in(await self.store.unfinished_params(f"%{UPLOAD_MARK}%"))
+        swept = await asyncio.to_thread(
+            self.inputs.sweep, before / 1000, keep, dry_run=report.dry_run
+        )
+        report.inputs += swept.blobs
+        report.input_bytes += swept.bytes
+
     # --- runners ------------------------------------------------------------------------
     async def _runners(self, now: int, report: Report) -> None:
         before = self._cutoff(self.policy.runner_ttl, now)
@@ -313,7 +346,8 @@ async def collect(settings: Settings, policy: RetentionPolicy, dry_run: bool) ->
     notifier.subscribe(events.append)
     await store.open()
     try:
-        retention = Retention(store, policy, figures=figures, notifier=notifier)
+        inputs = InputStore.from_settings(settings)
+        retention = Retention(store, policy, figures=figures, inputs=inputs, notifier=notifier)
         report = await retention.run(dry_run=dry_run)
     finally:
         await store.close()

@@ -23,7 +23,14 @@ if TYPE_CHECKING:
     import argparse
 
 #: The retention settings (:mod:`runpack.retention`), which ``runpack gc`` also takes as flags.
-TTL_NAMES = ("result_ttl", "failure_ttl", "console_ttl", "figure_ttl", "runner_ttl")
+TTL_NAMES = (
+    "result_ttl",
+    "failure_ttl",
+    "console_ttl",
+    "figure_ttl",
+    "runner_ttl",
+    "input_ttl",
+)
 
 
 def _s(default: Any, help: str, *, secret: bool = False) -> Any:
@@ -117,6 +124,12 @@ class Settings:
     runner_ttl: float = _s(
         0.0, "Forget runners not seen for this long and holding no job (0 = keep them)."
     )
+    input_ttl: float = _s(
+        7 * 24 * 3600.0,
+        "Delete an uploaded input file this long after its last use (its upload, a submit "
+        "naming it, a runner fetching it), unless a pending or running job names it "
+        "(0 = keep them).",
+    )
     gc_interval: float = _s(
         3600.0, "How often the retention pass applies the TTLs above (only when one is set)."
     )
@@ -178,6 +191,15 @@ class Settings:
     )
     max_upload_bytes: int = _s(
         500 * 1024 * 1024, "Largest figure upload (a tar of its files), in bytes."
+    )
+    input_upload_mb: int = _s(
+        100, "Largest input file uploaded for a job (POST /api/inputs), in MiB."
+    )
+    input_store_mb: int = _s(
+        10240,
+        "Most the uploaded input files may add up to, in MiB (each counts at least 4 KiB); "
+        "past it an upload is refused (507) until the retention pass (RUNPACK_INPUT_TTL) "
+        "frees room.",
     )
     max_upload_files: int = _s(10_000, "Most entries (files and folders) in one figure upload.")
     max_upload_ratio: int = _s(

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Coroutine
+import os
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -92,6 +93,19 @@ def parse_params(pairs: list[str], json_params: str | None = None) -> dict[str, 
         except json.JSONDecodeError:
             params[key] = raw
     return params
+
+
+def parse_input_files(pairs: Sequence[str]) -> dict[str, str]:
+    """``--input PATH=FILE`` pairs: each local FILE by its path under /inputs."""
+    files: dict[str, str] = {}
+    for pair in pairs:
+        path, sep, file = pair.partition("=")
+        if not sep or not path or not file:
+            raise UsageError(f"--input takes PATH=FILE, got {pair!r}")
+        if not os.path.isfile(file):
+            raise UsageError(f"--input {path}={file}: no such file")
+        files[path] = file
+    return files
 
 
 def consoles() -> tuple[Console, Console]:
@@ -202,14 +216,28 @@ async def submit(
     err: Console,
     timeout: float | None = None,  # noqa: ASYNC109 (the --timeout flag)
     id_only: bool = False,
+    input_files: Sequence[str] = (),
 ) -> int:
-    """``runpack submit TYPE -p key=value … [--json-params JSON] [--wait [--timeout S]]
-    [-q]``; ``id_only`` prints the job's id alone (with ``wait``, the exit status
-    tells how it ended)."""
+    """``runpack submit TYPE -p key=value … [--json-params JSON] [--input PATH=FILE …]
+    [--wait [--timeout S]] [-q]``; ``id_only`` prints the job's id alone (with ``wait``,
+    the exit status tells how it ended)."""
     params = parse_params(pairs, json_params)
+    files = parse_input_files(input_files)
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout must be a number of seconds above 0, got {timeout:g}")
     async with target.client(need="submit") as client:
+        if files:
+            inputs = params.get("inputs", {})
+            if not isinstance(inputs, dict):
+                raise UsageError("--input adds to the parameter 'inputs', which is not an object")
+            for path, file in files.items():
+                inputs[path] = {"upload": await client.upload_input(file)}
+                err.print(
+                    f"Uploaded {file} as {path} (sha256 {inputs[path]['upload']})",
+                    markup=False,
+                    highlight=False,
+                )
+            params["inputs"] = inputs
         result = await client.submit(job_type, params, force=force, priority=priority)
         if id_only:
             out.print(result.job_id, markup=False, highlight=False, soft_wrap=True)

@@ -1,12 +1,16 @@
 """A container job's input files: fetched by the runner, kept by content, read-only.
 
-``inputs`` maps a path under ``/inputs`` to a URL, or to ``{"url": …, "sha256": …}``.
+``inputs`` maps a path under ``/inputs`` to a URL, to ``{"url": …, "sha256": …}``, or
+to ``{"upload": "<sha256>"}``, a file uploaded to the server (``POST /api/inputs``).
 The runner fetches each URL under the address rules of every URL a job names (an
 http(s) URL without credentials on a public address, unless the runner allows private
 ones; no redirects), within a size budget, and keeps the bytes in its cache by their
 SHA-256. An input given with its ``sha256`` is taken from the cache when there, without
 a request, and checked when fetched: its content is then part of the job's cache key.
 An input without one is fetched for each job (the URL names it; its bytes may change).
+An uploaded input is fetched from the runner's own server (``RUNPACK_WORKER_URL``, with
+its runner key: the configured server, not a URL the job names, so the address rules do
+not apply), checked against its SHA-256 and kept in the same cache.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runpack import netrules
 from runpack_runner.context import Cancelled, JobContext
 
 MAX_INPUTS = 64
@@ -40,6 +45,8 @@ class Input:
     path: str
     url: str
     sha256: str | None = None
+    #: Uploaded to the server: fetched from it by ``sha256`` (``url`` is empty).
+    upload: bool = False
 
 
 def parse_inputs(value: Any) -> tuple[Input, ...]:
@@ -51,8 +58,19 @@ def parse_inputs(value: Any) -> tuple[Input, ...]:
         if not INPUT_PATH.fullmatch(path) or ".." in path.split("/"):
             raise ValueError(f"Parameter 'inputs': {path!r} is not a relative path of plain names")
         sha256 = None
+        if isinstance(entry, dict) and "upload" in entry:
+            unknown = sorted(set(entry) - {"upload"})
+            if unknown:
+                raise ValueError(
+                    f"Parameter 'inputs': {path}: upload takes no {', '.join(unknown)}"
+                )
+            sha256 = entry["upload"]
+            if not isinstance(sha256, str) or not SHA256.fullmatch(sha256):
+                raise ValueError(f"Parameter 'inputs': {path}: upload must be 64 lowercase hex")
+            inputs.append(Input(path, "", sha256, upload=True))
+            continue
         if isinstance(entry, dict):
-            unknown = sorted(set(entry) - {"url", "sha256"})
+            unknown = sorted(set(entry) - {"url", "sha256", "upload"})
             if unknown:
                 raise ValueError(f"Parameter 'inputs': {path}: unknown {', '.join(unknown)}")
             url, sha256 = entry.get("url"), entry.get("sha256")
@@ -79,9 +97,12 @@ class InputCache:
     """Fetched inputs by SHA-256 under ``root``, at most ``max_bytes`` (oldest use first
     out)."""
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, server: str = "", key: str = "") -> None:
         self.root = root
         self.max_bytes = max_bytes
+        #: The runner's server and runner key, for uploaded inputs.
+        self.server = server.rstrip("/")
+        self.key = key
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256
@@ -96,7 +117,26 @@ class InputCache:
 
     def fetch(self, ctx: JobContext, item: Input, budget: int) -> Path:
         """Download ``item`` into the cache (at most ``budget`` bytes); its cached path."""
+        if item.upload:
+            # The runner's own server: lift the guard on private addresses (for this
+            # thread, this request only); the job names a hash, never an address.
+            with netrules.guarded(allow_private=True):
+                return self._fetch(ctx, item, budget)
         ctx.check_url(item.url)
+        return self._fetch(ctx, item, budget)
+
+    def _fetch(self, ctx: JobContext, item: Input, budget: int) -> Path:
+        if not item.upload:
+            request = urllib.request.Request(item.url)
+            source = item.url
+        else:
+            if not self.server:
+                raise RuntimeError(f"input {item.path}: this runner has no server to fetch from")
+            request = urllib.request.Request(
+                f"{self.server}/api/inputs/{item.sha256}",
+                headers={"Authorization": f"Bearer {self.key}"},
+            )
+            source = "the server's copy"
         self.root.mkdir(parents=True, exist_ok=True)
         opener = urllib.request.build_opener(_NoRedirect)
         digest = hashlib.sha256()
@@ -106,15 +146,18 @@ class InputCache:
         try:
             with os.fdopen(fd, "wb") as out:
                 try:
-                    response = opener.open(item.url, timeout=FETCH_TIMEOUT)
+                    response = opener.open(request, timeout=FETCH_TIMEOUT)
                 except urllib.error.HTTPError as exc:
-                    raise RuntimeError(
-                        f"input {item.path}: {item.url} answered {exc.code}"
-                    ) from None
+                    if item.upload and exc.code == 404:
+                        raise RuntimeError(
+                            f"input {item.path}: the server has no uploaded file with sha256 "
+                            f"{item.sha256} (removed after RUNPACK_INPUT_TTL?); upload it again"
+                        ) from None
+                    raise RuntimeError(f"input {item.path}: {source} answered {exc.code}") from None
                 except (urllib.error.URLError, OSError) as exc:
                     reason = getattr(exc, "reason", exc)
                     raise RuntimeError(
-                        f"input {item.path}: cannot fetch {item.url}: {reason}"
+                        f"input {item.path}: cannot fetch {source}: {reason}"
                     ) from None
                 with response:
                     while chunk := response.read(CHUNK):
@@ -130,9 +173,8 @@ class InputCache:
                         out.write(chunk)
             sha256 = digest.hexdigest()
             if item.sha256 is not None and sha256 != item.sha256:
-                raise RuntimeError(
-                    f"input {item.path}: {item.url} has sha256 {sha256}, not {item.sha256}"
-                )
+                what = "the server sent bytes with" if item.upload else f"{item.url} has"
+                raise RuntimeError(f"input {item.path}: {what} sha256 {sha256}, not {item.sha256}")
             temp.chmod(0o644)
             final = self.path(sha256)
             os.replace(temp, final)

@@ -30,6 +30,8 @@ SHA = "0" * 64
         ({"a": {"url": "https://x/a", "sha256": "ABC"}}, "sha256 must be 64 lowercase hex"),
         ({"a": {"url": "https://x/a", "size": 1}}, "unknown size"),
         ({"a": "https://x/a", "a/b": "https://x/b"}, "a is both a file and a folder"),
+        ({"a": {"upload": "ABC"}}, "upload must be 64 lowercase hex"),
+        ({"a": {"upload": SHA, "url": "https://x/a"}}, "upload takes no url"),
     ],
 )
 def test_bad_inputs_are_named(value: Any, message: str) -> None:
@@ -43,6 +45,7 @@ def test_inputs_are_parsed() -> None:
         Input("d/a.csv", "https://x/a"),
         Input("b", "http://y/b", SHA),
     )
+    assert parse_inputs({"c": {"upload": SHA}}) == (Input("c", "", SHA, upload=True),)
 
 
 class Files(http.server.BaseHTTPRequestHandler):
@@ -150,3 +153,18 @@ def test_trim_deletes_the_files_used_longest_ago(tmp_path: Path) -> None:
         if p.is_file() and not p.is_symlink()
     ) == ["c/new"]
     assert Path("/etc/passwd").exists()
+
+
+def test_uploads_come_from_the_runners_server_checked_by_hash(site: str, tmp_path: Path) -> None:
+    data = b"uploaded\n"
+    digest = hashlib.sha256(data).hexdigest()
+    Files.files[f"/api/inputs/{digest}"] = data
+    cache = InputCache(tmp_path / "cache", 10_000, server=site + "/", key="k")
+    (item,) = parse_inputs({"u.txt": {"upload": digest}})
+    assert cache.fetch(context(allow_private=False), item, 10_000).read_bytes() == data
+    assert Files.requests == [f"/api/inputs/{digest}"]
+    (gone,) = parse_inputs({"g.txt": {"upload": SHA}})
+    with pytest.raises(RuntimeError, match=f"the server has no uploaded file with sha256 {SHA}"):
+        cache.fetch(context(), gone, 10_000)
+    with pytest.raises(RuntimeError, match="this runner has no server to fetch from"):
+        InputCache(tmp_path / "other", 10_000).fetch(context(), gone, 10_000)

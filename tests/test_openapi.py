@@ -38,7 +38,7 @@ from schemathesis.specs.openapi.checks import (
 from runpack import protocol
 from runpack.api import views
 from runpack.api.common import policy, policy_of
-from runpack.api.openapi import document
+from runpack.api.openapi import document, is_implied_head
 from runpack.api.openapi_models import MESSAGES, MODELS, message
 from runpack.api.openapi_operations import OPERATIONS
 from runpack.api.openapi_schemas import SCHEMAS, SECURITY
@@ -101,10 +101,11 @@ def _spec_operations(doc: dict[str, Any] = DOCUMENT) -> set[tuple[str, str]]:
 
 
 def _router_operations(app: web.Application) -> dict[tuple[str, str], Any]:
-    """(method, path template) → handler; HEAD is aiohttp's own, OPTIONS the middleware's."""
+    """(method, path template) → handler; OPTIONS is the middleware's, a HEAD beside its
+    GET aiohttp's own."""
     ops = {}
     for route in app.router.routes():
-        if route.method == "HEAD":
+        if is_implied_head(route):
             continue
         methods = ANY_METHOD if route.method == "*" else (route.method,)
         for method in methods:

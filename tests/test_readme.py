@@ -85,6 +85,9 @@ def test_api_curl_examples_work_as_printed(tmp_path: Path) -> None:
     assert '"message":"Job marked as failed successfully"' in out
     assert '"message":"Job deleted successfully"' in out
     assert '"status":"ok"' in out
+    words = "ef5b05a961b4c934b17999593e4b7253614d6c99d26d6e50b843e546d79e57e5"
+    assert f'{{"sha256":"{words}","bytes":14}}' in out
+    assert "HTTP/1.1 200 OK" in out
 
 
 @pytest.mark.timeout(120)

@@ -469,7 +469,8 @@ async def test_gc_dry_run_changes_nothing_then_gc_does_it(tmp_path: Path) -> Non
 
 
 def test_gc_without_a_ttl_or_a_database_does_nothing(tmp_path: Path) -> None:
-    idle = cli("gc", "--db", str(tmp_path / "x.db"), cwd=tmp_path)
+    # Every TTL off, the input TTL (on by default) too.
+    idle = cli("gc", "--db", str(tmp_path / "x.db"), "--input-ttl", "0", cwd=tmp_path)
     assert idle.returncode == 0 and "no TTL is set" in idle.stdout
     missing = cli("gc", "--db", str(tmp_path / "x.db"), "--result-ttl", "1", cwd=tmp_path)
     assert missing.returncode == 2 and "no SQLite database" in missing.stderr

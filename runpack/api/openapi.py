@@ -133,15 +133,23 @@ def tag_of(path: str) -> str:
 
 
 def paths(app: web.Application) -> Json:
-    """Every route of the app (HEAD is aiohttp's own, OPTIONS the CORS middleware's)."""
+    """Every route of the app (OPTIONS is the CORS middleware's; a HEAD beside its GET,
+    aiohttp's own)."""
     out: dict[str, Json] = {}
     for route in app.router.routes():
-        if route.method == "HEAD" or route.resource is None:
+        if route.resource is None or is_implied_head(route):
             continue
         path = route.resource.canonical
         for method in ANY_METHOD if route.method == "*" else (route.method,):
             out.setdefault(path, {})[method.lower()] = operation(method, path, route.handler)
     return out
+
+
+def is_implied_head(route: web.AbstractRoute) -> bool:
+    """A HEAD route that aiohttp added for a GET (same handler): not an operation."""
+    if route.method != "HEAD" or route.resource is None:
+        return False
+    return any(other.method == "GET" and other.handler is route.handler for other in route.resource)
 
 
 def document(app: web.Application) -> Json:

@@ -19,6 +19,7 @@ PATH_PARAMS: dict[str, tuple[str, str | None]] = {
     "runner_id": ("A runner id.", "uuid"),
     "key_id": ("A key id (`runpack keys list`).", None),
     "path": ("The file's path.", None),
+    "sha256": ("The SHA-256 of an uploaded input file (64 lowercase hex digits).", None),
 }
 RUNNER_ID: Json = {
     "name": "X-Runner-ID",
@@ -39,6 +40,7 @@ RUNNER_SECRET: Json = {
 TAG_OF_PREFIX = (
     ("/api/jobs", "jobs"),
     ("/api/runner", "runner"),
+    ("/api/inputs", "inputs"),
     ("/api/admin", "admin"),
     ("/ui", "ui"),
     ("/figures", "figures"),
@@ -49,6 +51,7 @@ TAG_OF_PREFIX = (
 TAGS = {
     "jobs": "Clients (submit key).",
     "runner": "Runner daemons (runner key).",
+    "inputs": "Input files uploaded for jobs (submit key; runner key reads).",
     "admin": "Administration (admin key; runner key reads).",
     "events": "Live streams.",
     "ui": "The dashboard's pages and files.",

@@ -42,6 +42,13 @@ is revoked. Then runner → server:
 `cancel`, `ack`, `error`. The server never pushes more jobs than the slots granted.
 See runpack/protocol/ for every field."""
 
+INPUTS_HELP = """The raw body is the file (at most RUNPACK_INPUT_UPLOAD_MB). Name it in a
+container job's `inputs` as `{"upload": "<sha256>"}`: the hash is part of the job's hash, so
+the same bytes uploaded twice give the same job. A submit naming a file that is not stored
+is a 400. A new file counts as new work against the rate limits; the same bytes again do
+not. Files unused for RUNPACK_INPUT_TTL that no pending or running job names are removed by
+the retention pass. Only runner and admin keys read them back."""
+
 METRICS_HELP = """Jobs by status and type, queue depth, submit→start and run times,
 submits by outcome, cache hits and misses, connected runners and watchers, database call
 times and HTTP requests (docs/operations.md, Monitoring). The admin key or the runner key, as other
@@ -206,6 +213,35 @@ OPERATIONS: dict[tuple[str, str], Doc] = {
             "or the database is out of reach for now.",
             "507": "The server's disk is full: nothing was kept.",
         },
+    ),
+    ("POST", "/api/inputs"): Doc(
+        "Upload an input file for jobs (stored once by its SHA-256)",
+        {
+            "200": json_reply("Those bytes were stored already.", ref("InputStored")),
+            "201": json_reply("Stored.", ref("InputStored")),
+        },
+        body={"type": "string", "format": "binary"},
+        body_type="application/octet-stream",
+        description=INPUTS_HELP,
+        notes={
+            "413": "Larger than RUNPACK_INPUT_UPLOAD_MB (or RUNPACK_MAX_BODY_BYTES): nothing "
+            "was kept.",
+            "503": "The input store cannot be written now, or the database is out of reach.",
+            "507": "The disk, or the store of uploaded inputs (RUNPACK_INPUT_STORE_MB), is "
+            "full: nothing was kept.",
+        },
+    ),
+    ("HEAD", "/api/inputs/{sha256}"): Doc(
+        "Is an input file with this SHA-256 stored? (no body)",
+        {"200": {"description": "Stored."}, "404": {"description": "Not stored."}},
+    ),
+    ("GET", "/api/inputs/{sha256}"): Doc(
+        "An uploaded input file's bytes (what a runner fetches for a job)",
+        {"200": files("The file.", ("application/octet-stream",))},
+    ),
+    ("GET", "/api/admin/inputs/{sha256}"): Doc(
+        "An uploaded input file's bytes",
+        {"200": files("The file.", ("application/octet-stream",))},
     ),
     ("GET", "/api/runner/ws"): Doc(
         "The runner channel (WebSocket)",

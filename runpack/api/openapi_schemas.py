@@ -274,6 +274,16 @@ SCHEMAS: Json = {
             event("runner", obj({"change": {"type": "string"}})),
         ],
     },
+    "InputStored": obj(
+        {
+            "sha256": {
+                "type": "string",
+                "description": "The file's SHA-256: name it in a job's `inputs` as "
+                '`{"upload": sha256}`.',
+            },
+            "bytes": {"type": "integer"},
+        }
+    ),
     "FilesStored": obj(
         {
             "success": {"type": "boolean"},

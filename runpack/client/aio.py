@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
@@ -32,6 +33,7 @@ from runpack.client.models import (
     SubmitResult,
 )
 from runpack.client.sse import SSEParser
+from runpack.client.upload import upload_body
 
 #: The server sends a keepalive every 15 s: a stream silent for this long is dead.
 STREAM_READ_TIMEOUT = 60.0
@@ -106,11 +108,12 @@ class AsyncClient:
         key: str | None,
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
+        upload: bytes | str | os.PathLike[str] | None = None,
     ) -> tuple[int, Any]:
         waited = 0.0
         while True:
             try:
-                return await self._request_once(method, path, key, body, params)
+                return await self._request_once(method, path, key, body, params, upload)
             except RateLimitedError as exc:
                 waited = await self._wait_for_limit(exc, waited)
 
@@ -128,15 +131,21 @@ class AsyncClient:
         key: str | None,
         body: dict[str, Any] | None,
         params: dict[str, str] | None,
+        upload: bytes | str | os.PathLike[str] | None = None,
     ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        data = None
+        data: Any = None
+        timeout = None
         if body is not None:
             data = orjson.dumps(body)
             headers["Content-Type"] = "application/json"
         try:
+            if upload is not None:  # streamed, opened anew for each try; each read bounded
+                data = await asyncio.to_thread(upload_body, upload)
+                headers["Content-Type"] = "application/octet-stream"
+                timeout = aiohttp.ClientTimeout(sock_connect=self.timeout, sock_read=self.timeout)
             async with self._http().request(
-                method, self.url + path, data=data, headers=headers, params=params
+                method, self.url + path, data=data, headers=headers, params=params, timeout=timeout
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
@@ -145,6 +154,9 @@ class AsyncClient:
             raise RunpackConnectionError(
                 f"cannot reach {self.url}", str(exc) or type(exc).__name__
             ) from exc
+        finally:
+            if upload is not None and data is not None:
+                data.close()
         try:
             reply = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
@@ -181,6 +193,11 @@ class AsyncClient:
             result=reply.get("result"),
             error=reply.get("error"),
         )
+
+    async def upload_input(self, source: bytes | str | os.PathLike[str]) -> str:
+        """Upload an input file (bytes, or a path); its SHA-256 (docs/containers.md)."""
+        _, reply = await self._request("POST", "/api/inputs", self.submit_key, upload=source)
+        return str(reply["sha256"])
 
     async def check(self, job_type: str, params: dict[str, Any]) -> CheckResult:
         """Whether a job with these inputs exists, without creating it."""

@@ -4,6 +4,7 @@ thread, each call waiting for its result."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Coroutine, Iterator
 from types import TracebackType
@@ -99,6 +100,11 @@ class Client:
         self, job_type: str, params: dict[str, Any], *, force: bool = False, priority: int = 0
     ) -> SubmitResult:
         return self._run(self._async.submit(job_type, params, force=force, priority=priority))
+
+    def upload_input(self, source: bytes | str | os.PathLike[str]) -> str:
+        """Upload an input file; its SHA-256, to name as ``{"upload": sha256}`` in a
+        container job's ``inputs`` (see :meth:`AsyncClient.upload_input`)."""
+        return self._run(self._async.upload_input(source))
 
     def check(self, job_type: str, params: dict[str, Any]) -> CheckResult:
         return self._run(self._async.check(job_type, params))

@@ -50,6 +50,7 @@ def submit(args: argparse.Namespace) -> int:
         err=err,
         timeout=args.timeout,
         id_only=args.id_only,
+        input_files=args.input,
     )
     return terminal.run(command, err)
 
@@ -127,6 +128,14 @@ def add_to(sub: Any) -> None:
         help="A parameter (repeat it); VALUE is JSON when it parses (3, true, [1]), else text.",
     )
     parser.add_argument("--json-params", metavar="JSON", help="Parameters as a JSON object.")
+    parser.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="PATH=FILE",
+        help="Upload a local FILE and name it in the parameter 'inputs' at PATH (a "
+        "container job sees it at /inputs/PATH); repeat it.",
+    )
     parser.add_argument(
         "--wait", action="store_true", help="Show progress and console live; print the result."
     )

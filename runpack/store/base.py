@@ -271,6 +271,9 @@ class Store(Protocol):
         """Status and updated_at of those of these jobs that exist."""
         ...
 
+    # input_params of the pending and running jobs whose text is LIKE ``pattern``.
+    async def unfinished_params(self, pattern: str) -> list[str]: ...
+
     async def delete_idle_runners(self, before: int, limit: int) -> list[str]:
         """Delete up to ``limit`` runners last seen before ``before`` that hold no
         running job; return their ids."""

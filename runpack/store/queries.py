@@ -320,6 +320,10 @@ WHERE status = :status AND status IN {FINISHED} AND updated_at >= :since
 
 # Status and finish time of some jobs (their figure folders are being judged).
 JOB_STATES = Statement("SELECT id, status, updated_at FROM jobs WHERE id {one_of[ids]}")
+UNFINISHED_PARAMS = Statement(
+    "SELECT input_params FROM jobs WHERE input_params LIKE :pattern AND status IN "
+    + _states((protocol.JobStatus.PENDING, *protocol.RUNNING))
+)
 
 _IDLE_RUNNER = f"""last_seen < :before AND NOT EXISTS (
         SELECT 1 FROM jobs WHERE jobs.claimed_by = runners.id AND jobs.status IN {RUNNING})"""

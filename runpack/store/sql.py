@@ -309,6 +309,9 @@ class SqlStore(InstanceMethods, ABC):
         rows = await self._read(q.JOB_STATES, {"ids": list(job_ids)})
         return {job_id: (status, int(updated_at)) for job_id, status, updated_at in rows}
 
+    async def unfinished_params(self, pattern: str) -> list[str]:
+        return [row[0] for row in await self._read(q.UNFINISHED_PARAMS, {"pattern": pattern})]
+
     async def delete_idle_runners(self, before: int, limit: int) -> list[str]:
         params = {"before": before, "limit": limit}
         return [row[0] for row in await self._write(q.DELETE_IDLE_RUNNERS, params)]

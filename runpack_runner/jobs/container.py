@@ -121,7 +121,12 @@ class ContainerJob(JobHandler):
         self.outputs_mb = settings.container_outputs_mb
         self.inputs_mb = settings.container_inputs_mb
         cache_dir = Path(settings.container_work_dir or tempfile.gettempdir(), "runpack-inputs")
-        self.cache = InputCache(cache_dir, settings.container_cache_mb * 2**20)
+        self.cache = InputCache(
+            cache_dir,
+            settings.container_cache_mb * 2**20,
+            server=settings.worker_url,
+            key=settings.runner_api_key,
+        )
         root = Path(settings.container_work_dir or tempfile.gettempdir())
         self.job_cache_root = root / "runpack-job-cache"
         self.job_cache_bytes = settings.container_job_cache_mb * 2**20
