@@ -40,6 +40,8 @@ class EventKind(StrEnum):
     RUNNER_ATTACHED = "runner_attached"
     #: This instance may have missed events (LISTEN reconnected): re-read what matters.
     RESYNC = "resync"
+    #: A job type's version changed (runpack.handler_versions): read them again.
+    JOB_TYPE_VERSIONS = "job_type_versions"
 
 
 @dataclass(frozen=True, slots=True)

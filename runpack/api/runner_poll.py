@@ -25,7 +25,7 @@ async def next_job(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     hub = request.app[HUB]
     rid = request[RUNNER_ID]
-    types = request.query.getall("types[]", [])
+    types = await service.runnable_types(rid, request.query.getall("types[]", []))
     try:
         wait = float(request.query.get("wait", "20"))
     except ValueError:
