@@ -7,7 +7,10 @@ two handlers are in tests/versioned_jobs.py.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,16 @@ import pytest
 from runpack import hashing
 from runpack.handler_versions import HandlerVersions
 from runpack.jobtypes import JobTypeVersions, version_order
+from runpack.protocol import Hello
 from runpack.store import Store
 from runpack.store.base import RunnerRow
+from runpack_runner.handler import JobHandler, job
+from runpack_runner.jobs.hello_world import HelloWorld
+from runpack_runner.registry import Registry, as_handler
 from tests.pg import fresh_database, require_postgres
-from tests.procs import KEYS, Proc, running_runner, running_server, until
+from tests.procs import KEYS, Proc, clean_env, running_runner, running_server, until
 from tests.test_store import T0, opened
-from tests.versioned_jobs import JOB_TYPE, install
+from tests.versioned_jobs import JOB_TYPE, install, version_1, version_2
 
 SERVER_ENV = {
     **KEYS,
@@ -131,6 +138,17 @@ async def test_submits_move_to_the_new_version_and_only_its_runners_run_them(
                 )
                 shown = {r["runner_id"]: r.get("versions") for r in await server.runners()}
                 assert shown[v1] == {JOB_TYPE: "1"} and shown[v2] == {JOB_TYPE: "2"}
+                env = clean_env({"RUNPACK_URL": server.url, **KEYS, "COLUMNS": "300"})
+                listed = await asyncio.to_thread(
+                    subprocess.run,
+                    [str(Path(sys.executable).parent / "runpack"), "runners"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                assert listed.returncode == 0, listed.stderr
+                assert f"{JOB_TYPE} 1" in listed.stdout and f"{JOB_TYPE} 2" in listed.stdout
 
             # Version 2's runner left: the version stays (it never goes back by itself),
             # and the runner of version 1 does not take its jobs.
@@ -282,3 +300,20 @@ def test_who_takes_a_job_types_jobs() -> None:
     kinds = frozenset({"t", "pinned", "plain"})
     assert versions.eligible(kinds, {"t": "1"}) == {"pinned", "plain"}
     assert versions.eligible(kinds, {"t": "2"}) is kinds
+
+
+def test_a_handler_declares_its_version_and_the_runner_says_it() -> None:
+    registry = Registry({JOB_TYPE: version_2, "hello_world": HelloWorld()})
+    assert version_1.version == "1" and HelloWorld.version is None
+    assert registry.versions() == {JOB_TYPE: "2"}
+    hello = Hello(None, "r", registry.job_types, 1, versions=registry.versions())
+    assert Hello.decode(hello.encode()).versions == {JOB_TYPE: "2"}
+    assert "versions" not in Hello(None, "r", ["hello_world"], 1).encode()  # as the original
+
+    class TooLong(JobHandler):
+        version = "x" * 65
+
+    with pytest.raises(TypeError, match="bad version"):  # discover logs it and leaves it out
+        as_handler("too_long", TooLong)
+    with pytest.raises(TypeError, match="version must be a string"):
+        job("t", version=2)  # type: ignore[arg-type]
