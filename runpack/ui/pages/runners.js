@@ -39,8 +39,9 @@ export function currentJobs(runner) {
 export function capabilities(runner) {
   const caps = runner.capabilities || [];
   if (!caps.length) return h('span', { class: 'muted', text: 'None' });
+  const versions = runner.versions || {};  // its handlers' versions, by job type
   return h('ul', { class: 'chips', 'aria-label': 'Job types' },
-    caps.map((c) => h('li', { class: 'chip', text: c })));
+    caps.map((c) => h('li', { class: 'chip', text: Object.hasOwn(versions, c) ? `${c} ${versions[c]}` : c })));
 }
 
 export function facts(runner) {
