@@ -40,8 +40,9 @@ export function capabilities(runner) {
   const caps = runner.capabilities || [];
   if (!caps.length) return h('span', { class: 'muted', text: 'None' });
   const versions = runner.versions || {};  // its handlers' versions, by job type
+  const label = (c) => (Object.hasOwn(versions, c) ? `${c} ${versions[c]}` : c);
   return h('ul', { class: 'chips', 'aria-label': 'Job types' },
-    caps.map((c) => h('li', { class: 'chip', text: Object.hasOwn(versions, c) ? `${c} ${versions[c]}` : c })));
+    caps.map((c) => h('li', { class: 'chip', text: label(c) })));
 }
 
 export function facts(runner) {
