@@ -157,3 +157,5 @@ class HandlerVersions:
                 await self.refresh()
             except RunpackError as exc:
                 log.warning("cannot read the job types' versions: %s", exc.message)
+            except Exception:  # the next round tries again
+                log.exception("reading the job types' versions failed")

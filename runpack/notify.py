@@ -44,6 +44,9 @@ class EventKind(StrEnum):
     JOB_TYPE_VERSIONS = "job_type_versions"
 
 
+KINDS = frozenset(EventKind)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerEvent:
     type: EventKind
@@ -345,6 +348,8 @@ class PgBridge:
             msg = orjson.loads(payload)
             origin = msg.get("o")
             for record in msg["e"]:
+                if record["t"] not in KINDS:  # from a newer instance: the others still count
+                    continue
                 event = ServerEvent(
                     EventKind(record["t"]), record.get("j"), record.get("d") or {}, origin=origin
                 )

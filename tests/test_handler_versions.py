@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from runpack import hashing
 from runpack.handler_versions import HandlerVersions
 from runpack.jobtypes import JobTypeVersions, version_order
+from runpack.notify import CHANNEL, EventKind, Notifier, PgBridge
 from runpack.protocol import Hello
 from runpack.store import Store
 from runpack.store.base import RunnerRow
@@ -317,3 +319,13 @@ def test_a_handler_declares_its_version_and_the_runner_says_it() -> None:
         as_handler("too_long", TooLong)
     with pytest.raises(TypeError, match="version must be a string"):
         job("t", version=2)  # type: ignore[arg-type]
+
+
+def test_an_event_kind_an_instance_does_not_know_is_skipped_not_its_batch() -> None:
+    """A newer instance's event (as this one's versions event is to an older one)."""
+    bridge = PgBridge("postgresql://unused", Notifier(), lambda _: None, "me")
+    records = [{"t": "from_a_newer_instance", "j": None, "d": {}}, {"t": "job_type_versions"}]
+    bridge._incoming(None, 0, CHANNEL, orjson.dumps({"o": "other", "e": records}).decode())
+    event, _ = bridge._inbox.get_nowait()
+    assert (event.type, event.origin) == (EventKind.JOB_TYPE_VERSIONS, "other")
+    assert bridge._inbox.empty()
