@@ -95,12 +95,12 @@ class HandlerVersions:
                 now = int(time.time() * 1000)
                 if await self.store.raise_job_type_version(job_type, seen, version, now):
                     self.declared[job_type] = version
+                    self._changed()
                     changed = True
                     log.info("job type %s: version %s (was %s)", job_type, version, seen)
                 else:  # another instance changed it first: see what it is now
                     await self.refresh()
         if changed:
-            self._changed()
             if self._notifier is not None:
                 self._notifier.publish(ServerEvent(EventKind.JOB_TYPE_VERSIONS))
 
@@ -114,6 +114,7 @@ class HandlerVersions:
             self._changed()
 
     def _changed(self) -> None:
+        """Submits hash by the new versions from now on, and runners take jobs by them."""
         self.generation += 1
         hub = self.hub
         if hub is None:

@@ -80,14 +80,16 @@ class Server:
             runners: list[dict[str, Any]] = (await r.json())["runners"]
             return runners
 
-    async def connected(self, name: str) -> str:
+    async def connected(self, name: str, over: str = "connected") -> str:
+        """The runner's id once it is connected (``over="is_active"``: polls over HTTP)."""
+
         async def find() -> str | None:
             for runner in await self.runners():
-                if runner["name"] == name and runner.get("connected"):
+                if runner["name"] == name and runner.get(over):
                     return str(runner["runner_id"])
             return None
 
-        return str(await until(find, f"runner {name} connected"))
+        return str(await until(find, f"runner {name} {over}"))
 
 
 @contextlib.asynccontextmanager
@@ -98,10 +100,10 @@ async def serving(tmp: Path, **env: str) -> AsyncIterator[Server]:
 
 
 @contextlib.contextmanager
-def runner_of(tmp: Path, url: str, version: str, *args: str) -> Iterator[Proc]:
-    env = {**RUNNER_ENV, **install(tmp / f"site-{version}", version)}
+def runner_of(tmp: Path, url: str, version: str, **extra: str) -> Iterator[Proc]:
+    env = {**RUNNER_ENV, **install(tmp / f"site-{version}", version), **extra}
     env["RUNPACK_NAME"] = f"v{version}"
-    with running_runner(tmp / f"runner-{version}", url, *args, env=env) as proc:
+    with running_runner(tmp / f"runner-{version}", url, env=env) as proc:
         yield proc
 
 
@@ -158,6 +160,21 @@ async def test_submits_move_to_the_new_version_and_only_its_runners_run_them(
             assert (await server.job(waiting["job_id"]))["status"] == "pending"
             assert (await server.job(waiting["job_id"]))["claimed_by"] is None
             assert v1 in {r["runner_id"] for r in await server.runners() if r.get("connected")}
+
+
+async def test_over_http_too_only_runners_of_the_version_take_its_jobs(tmp_path: Path) -> None:
+    """Runners on the HTTP long-poll: each is judged by the versions it registered with."""
+    async with serving(tmp_path) as server:
+        with runner_of(tmp_path, server.url, "1", RUNPACK_TRANSPORT="http"):
+            v1 = await server.connected("v1", over="is_active")
+            early = await server.completed((await server.submit({"n": "early"}))["job_id"])
+            assert (early["output_data"], early["claimed_by"]) == ({"computed_by": "1"}, v1)
+            with runner_of(tmp_path, server.url, "2", RUNPACK_TRANSPORT="http"):
+                v2 = await server.connected("v2", over="is_active")
+                for n in range(6):
+                    job = await server.completed((await server.submit({"n": n}))["job_id"])
+                    assert (job["output_data"], job["claimed_by"]) == ({"computed_by": "2"}, v2)
+                    assert job["job_hash"] == hashing.job_hash(JOB_TYPE, {"n": n}, "2")
 
 
 async def test_the_operators_setting_wins(tmp_path: Path) -> None:
