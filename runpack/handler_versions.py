@@ -100,9 +100,8 @@ class HandlerVersions:
                     log.info("job type %s: version %s (was %s)", job_type, version, seen)
                 else:  # another instance changed it first: see what it is now
                     await self.refresh()
-        if changed:
-            if self._notifier is not None:
-                self._notifier.publish(ServerEvent(EventKind.JOB_TYPE_VERSIONS))
+        if changed and self._notifier is not None:  # the other instances read them again
+            self._notifier.publish(ServerEvent(EventKind.JOB_TYPE_VERSIONS))
 
     async def refresh(self) -> None:
         """Read the versions again (another instance may have raised one)."""
