@@ -48,14 +48,17 @@ from runpack.appkeys import (
     STANDING,
     STORE,
     VALIDATOR,
+    VERSIONS,
     WATCH,
 )
 from runpack.artifacts import FigureStore
 from runpack.auth import KeyRing
 from runpack.envvars import split_list
 from runpack.eventloop import loop_name
+from runpack.handler_versions import HandlerVersions
 from runpack.hub import Hub
 from runpack.inputs import InputStore
+from runpack.jobtypes import JobTypeVersions
 from runpack.local_runners import local_runners
 from runpack.metrics import Metrics
 from runpack.names import RunnerNames
@@ -103,7 +106,8 @@ def create_app(
         raise ValueError(f"presence_interval must be above 0: {settings.presence_interval}")
     app[FIGURES] = FigureStore.from_settings(settings)
     app[INPUTS] = InputStore.from_settings(settings)
-    app[JOB_REQUESTS] = JobRequests.from_settings(settings)
+    app[VERSIONS] = HandlerVersions(JobTypeVersions.parse(settings.job_type_versions))
+    app[JOB_REQUESTS] = JobRequests.from_settings(settings, app[VERSIONS])
     app.router.add_route("*", "/", health)
     app.router.add_route("*", "/health", health)
     app.add_routes(events.routes)  # before jobs: /api/jobs/by-hash/… must win
@@ -197,6 +201,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
         figures=figures,
         observer=metrics,
         slots=placement,
+        versions=app[VERSIONS],
     )
     yield
 
@@ -240,6 +245,18 @@ async def _hub(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await hub.stop()
+
+
+async def _versions(app: web.Application) -> AsyncIterator[None]:
+    """The job types' versions, read from the store and kept current."""
+    versions = app[VERSIONS]
+    await versions.start(
+        app[SERVICE].store, app[NOTIFIER], app[HUB], app[SETTINGS].presence_interval
+    )
+    try:
+        yield
+    finally:
+        await versions.stop()
 
 
 async def _standing(app: web.Application) -> AsyncIterator[None]:
@@ -311,6 +328,7 @@ LIFECYCLE = (
     _bridge,
     _watch,
     _hub,
+    _versions,
     _standing,
     _presence,
     _background,

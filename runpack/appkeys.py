@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from runpack.api.monitoring import Readiness
     from runpack.artifacts import FigureStore
     from runpack.auth import Caller, KeyRing
+    from runpack.handler_versions import HandlerVersions
     from runpack.hub import Hub
     from runpack.inputs import InputStore
     from runpack.metrics import Metrics
@@ -60,6 +61,8 @@ INSTANCE_ID: web.AppKey[str] = web.AppKey("instance_id")
 PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
 #: Submit and check bodies parsed and hashed, small ones remembered.
 JOB_REQUESTS: web.AppKey[JobRequests] = web.AppKey("job_requests")
+#: The job types' versions: the operator's, else what runners declared (in the store).
+VERSIONS: web.AppKey[HandlerVersions] = web.AppKey("versions")
 
 # --- set on each request by the middlewares ---------------------------------------------
 #: The request's id (X-Request-ID), set by the request observer.

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from runpack.protocol import ServerMessage
 
 #: What a runner holding no job holds (``frozenset()`` makes a new object each time).
 NO_JOBS: frozenset[str] = frozenset()
+#: The versions of a runner that declares none.
+NO_VERSIONS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(eq=False, slots=True)
@@ -32,6 +35,8 @@ class RunnerConn:
 
     runner_id: str
     name: str
+    #: The job types it takes jobs of: those it declared (``job_types``) whose version
+    #: it runs (runpack.handler_versions).
     capabilities: frozenset[str]
     concurrency: int
     send: Callable[[ServerMessage], None]
@@ -49,6 +54,13 @@ class RunnerConn:
     #: freed their slots as it sent them, but they are its own until acknowledged.
     reporting: set[str] | frozenset[str] = NO_JOBS
     connected_at: float = 0.0
+    #: The job types it declared, and the versions of them its handlers declared.
+    job_types: frozenset[str] = NO_JOBS
+    versions: Mapping[str, str] = field(default_factory=lambda: NO_VERSIONS)
+
+    def __post_init__(self) -> None:
+        if not self.job_types:
+            self.job_types = self.capabilities
 
     def live(self) -> dict[str, Any]:
         """Its live state, as the hub's snapshot shows it."""

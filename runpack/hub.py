@@ -157,8 +157,7 @@ class Hub:
         self.departed.pop(conn.runner_id, None)
         if old is not None:
             self._note(old)  # no longer connected: none of its slots are free
-        same = tuple(sorted(conn.capabilities))
-        conn.capabilities = self._capabilities.setdefault(same, conn.capabilities)
+        conn.capabilities = self.shared(conn.capabilities)
         self.service.notifier.publish(
             ServerEvent(EventKind.RUNNER_ATTACHED, data={"runner_id": conn.runner_id})
         )
@@ -384,6 +383,10 @@ class Hub:
             return
         conn.hold((job.id,))
         conn.send(assignment(job))
+
+    def shared(self, job_types: frozenset[str]) -> frozenset[str]:
+        """The one object for this set of job types, shared by the runners that have it."""
+        return self._capabilities.setdefault(tuple(sorted(job_types)), job_types)
 
     def capability_sets(self) -> list[frozenset[str]]:
         """The distinct sets of job types of the connected runners (few, however many

@@ -8,13 +8,15 @@ setting declares them, by default for the figure job types only (``figpack_nwb_*
 ``dandiset_id`` and ``neurosift_url``); every other job type hashes all of its
 parameters, as the original did.
 
-A job type may also have a *version* (the ``job_type_versions`` setting): it enters
-the job hash, so that a new version of a handler computes again instead of serving
-results that the old one made. Job types without one hash as the original did.
+A job type may also have a *version* (the ``job_type_versions`` setting, or what its
+runners' handlers declare: runpack.handler_versions): it enters the job hash, so that
+a new version of a handler computes again instead of serving results that the old one
+made. Job types without one hash as the original did.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,3 +93,18 @@ class JobTypeVersions:
             elif job_type == pattern:
                 return version
         return None
+
+
+_DIGITS = "0123456789"
+_PARTS = re.compile(r"[0-9]+|[^0-9]+")
+
+
+def version_order(version: str) -> tuple[tuple[tuple[int, int, str], ...], str]:
+    """A version's place in natural order: its runs of digits compared as numbers,
+    the text between them as text, a number before text where the two meet, and a
+    version that begins another before it (1.9 < 1.10 < 2 < 2.0 < 2.0b < 10)."""
+    parts = tuple(
+        (0, int(part), "") if part[0] in "0123456789" else (1, 0, part)
+        for part in _PARTS.findall(version)
+    )
+    return parts, version  # "01" and "1" are the same number: the text decides

@@ -40,6 +40,11 @@ class EventKind(StrEnum):
     RUNNER_ATTACHED = "runner_attached"
     #: This instance may have missed events (LISTEN reconnected): re-read what matters.
     RESYNC = "resync"
+    #: A job type's version changed (runpack.handler_versions): read them again.
+    JOB_TYPE_VERSIONS = "job_type_versions"
+
+
+KINDS = frozenset(EventKind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +348,8 @@ class PgBridge:
             msg = orjson.loads(payload)
             origin = msg.get("o")
             for record in msg["e"]:
+                if record["t"] not in KINDS:  # from a newer instance: the others still count
+                    continue
                 event = ServerEvent(
                     EventKind(record["t"]), record.get("j"), record.get("d") or {}, origin=origin
                 )

@@ -186,8 +186,9 @@ class Settings:
         "",
         "Versions of job types, which enter their job hashes: `TYPE=VERSION`, a type ending "
         "in `*` for a prefix, rules separated by `;`. Raise one when a handler's results "
-        "change, so that cached results of the old version are not served. Empty: no "
-        "versions, hashes as in the original.",
+        "change, so that cached results of the old version are not served. A type named "
+        "here has this version whatever its runners' handlers declare (docs/runners.md). "
+        "Empty: the versions handlers declare; hashes as in the original for the others.",
     )
     max_upload_bytes: int = _s(
         500 * 1024 * 1024, "Largest figure upload (a tar of its files), in bytes."

@@ -360,10 +360,11 @@ async def runners(target: Target, *, as_json: bool, out: Console) -> int:
     for row in rows:
         current = row.live.get("current_jobs") or []
         slots = row.live.get("concurrency")
+        versions = row.live.get("versions") or {}  # its handlers' versions, by job type
         table.add_row(
             row.runner_id,
             row.name,
-            ", ".join(row.capabilities),
+            ", ".join(f"{t} {versions[t]}" if t in versions else t for t in row.capabilities),
             Text("yes", style="green") if row.connected else Text("no", style="dim"),
             "yes" if row.is_active else "no",
             when(row.last_seen),

@@ -25,6 +25,11 @@ the runner instead. Raising ``ValueError`` reports "Invalid parameters: …". He
 imports belong inside ``execute`` (or the function), so that discovering handlers
 stays cheap.
 
+A handler may declare a ``version`` (a string such as ``"2"``): change it when its
+results change, and results of the old version are not served for new submits (the
+server keys them by the job type's current version; docs/runners.md). None: results
+are keyed as in the original.
+
 Each job type also declares its limits: ``time_limit`` (seconds, None for none;
 a submitter may ask for less, and the runner's ``RUNPACK_JOB_TIMEOUT`` caps it) and
 ``memory_limit`` (MiB for its process; None for the runner's
@@ -65,6 +70,8 @@ class JobHandler:
     #: Modules its runs import (heavy ones: numpy, h5py…), imported once by the fork
     #: server that the jobs' processes start from, so that no run pays for them.
     preload: tuple[str, ...] = ()
+    #: The version of its results (None: none; docs/runners.md, "Handler versions").
+    version: str | None = None
 
     def execute(
         self, input_params: dict[str, Any], heartbeat_callback: HeartbeatCallback
@@ -95,8 +102,10 @@ class FunctionHandler(JobHandler):
         time_limit: float | None = DEFAULT_TIME_LIMIT,
         memory_limit: int | None = None,
         preload: tuple[str, ...] = (),
+        version: str | None = None,
     ) -> None:
         self.job_type = job_type  # type: ignore[misc]  # per instance, not per class
+        self.version = version
         self.in_process = in_process
         self.time_limit = time_limit
         self.memory_limit = memory_limit
@@ -161,16 +170,19 @@ def job(
     time_limit: float | None = DEFAULT_TIME_LIMIT,
     memory_limit: int | None = None,
     preload: tuple[str, ...] = (),
+    version: str | None = None,
 ) -> Callable[[JobFunction], FunctionHandler]:
     """Declare ``f(ctx: JobContext, **params) -> dict`` as the handler of ``job_type``.
 
     The job's ``input_params`` become keyword arguments: a missing required
     parameter or an unexpected one is reported as "Invalid parameters: …"
     (accept ``**params`` to take any). ``in_process``, ``time_limit``,
-    ``memory_limit`` and ``preload`` are the attributes of :class:`JobHandler`.
+    ``memory_limit``, ``preload`` and ``version`` are the attributes of :class:`JobHandler`.
     """
     if not isinstance(job_type, str) or not job_type:
         raise TypeError("job() needs the job type, e.g. @job('hello_world')")
+    if version is not None and not isinstance(version, str):
+        raise TypeError(f"job({job_type!r}): version must be a string, e.g. version='2'")
 
     def declare(function: JobFunction) -> FunctionHandler:
         return FunctionHandler(
@@ -180,6 +192,7 @@ def job(
             time_limit=time_limit,
             memory_limit=memory_limit,
             preload=preload,
+            version=version,
         )
 
     return declare

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 
-from runpack.protocol import HANDLER_ENTRY_POINT_GROUP
+from runpack.protocol import HANDLER_ENTRY_POINT_GROUP, ProtocolError, check_versions
 from runpack_runner.handler import JobHandler
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,12 @@ def as_handler(job_type: str, obj: object) -> JobHandler:
         handler = obj
     else:
         raise TypeError(f"{job_type}: {obj!r} is neither a JobHandler subclass nor a @job function")
+    if handler.version is not None:
+        try:  # as the server checks it: a handler it would refuse is left out here
+            check_versions({job_type: handler.version}, [job_type])
+        except ProtocolError as exc:
+            why = f"{job_type}: {handler!r} declares a bad version: {exc.details}"
+            raise TypeError(why) from None
     if handler.job_type and handler.job_type != job_type:
         log.warning(
             "handler %r declares job_type %r but is installed as %r; using %r",
@@ -98,6 +104,10 @@ class Registry:
     @property
     def job_types(self) -> list[str]:
         return sorted(self._handlers)
+
+    def versions(self) -> dict[str, str]:
+        """The versions its handlers declare, by job type (those that declare one)."""
+        return {t: h.version for t, h in sorted(self._handlers.items()) if h.version is not None}
 
     def isolated_modules(self) -> list[str]:
         """What the fork server of the jobs' processes imports: the modules of the

@@ -322,6 +322,7 @@ class Runner(Dispatch):
             version=__version__,
             jobs=held,
             runner_secret=self.runner_secret,
+            versions=self.registry.versions(),
         )
 
     def _remember_identity(self, runner_id: str | None, secret: str | None) -> None:

@@ -25,9 +25,11 @@ from tests.pg import fresh_database, require_postgres
 from tests.procs import KEYS, clean_env, running_runner, running_server, until
 from tests.test_retention import row
 
-#: Statements that take a current database back to before migration 0011, for tests
-#: that rebuild an older database and upgrade it.
+#: Statements that take a current database back to before migration 0011 (undoing the
+#: later ones first), for tests that rebuild an older database and upgrade it.
 UNDO_INSTANCES = (
+    "DROP TABLE job_type_versions",
+    "ALTER TABLE runners DROP COLUMN versions",
     "DROP TABLE instances",
     "ALTER TABLE runners DROP COLUMN instance",
     "ALTER TABLE runners DROP COLUMN transport",

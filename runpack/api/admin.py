@@ -154,8 +154,12 @@ async def list_runners(request: web.Request) -> web.Response:
     runners = await service.list_runners(limit + 1, offset, _after(request))
     page = runners[:limit]
     live = live_state(await service.presence([r.id for r in page]))
+    versions = await service.store.runner_versions([r.id for r in page])
     body: dict[str, object] = {
-        "runners": [runner_summary(r, service.runner_is_active(r), live.get(r.id)) for r in page],
+        "runners": [
+            runner_summary(r, service.runner_is_active(r), live.get(r.id), versions.get(r.id))
+            for r in page
+        ],
         "total": len(page),
     }
     if len(runners) > limit:
@@ -170,4 +174,6 @@ async def get_runner(request: web.Request) -> web.Response:
     runner = await service.get_runner(request.match_info["runner_id"])
     jobs = await service.runner_jobs(runner.id)
     live = live_state(await service.presence([runner.id])).get(runner.id)
-    return json_response(runner_detail(runner, service.runner_is_active(runner), live, jobs))
+    versions = (await service.store.runner_versions([runner.id])).get(runner.id)
+    active = service.runner_is_active(runner)
+    return json_response(runner_detail(runner, active, live, jobs, versions))

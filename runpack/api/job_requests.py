@@ -1,7 +1,8 @@
 """What a submit or check body asks: parsed, checked in the original's order, hashed.
 
 Viewers send the same body again and again, so what a body asked is remembered by its
-bytes for a while, and an identical body is neither parsed nor hashed again.
+bytes for a while, and an identical body is neither parsed nor hashed again, until a
+job type's version changes (runpack.handler_versions): then every body is hashed anew.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from runpack import hashing
 from runpack.api.common import parse_json_object, read_body
 from runpack.appkeys import JOB_REQUESTS
 from runpack.errors import BadRequest
+from runpack.handler_versions import HandlerVersions
 from runpack.jobtypes import HashIgnored, JobTypeVersions
 from runpack.protocol import MAX_JOB_TIMEOUT
 from runpack.service.checks import MAX_DEPTH, NUL, too_deep
@@ -33,19 +35,22 @@ class JobRequests:
         self,
         max_params_bytes: int,
         hash_ignored: HashIgnored,
-        versions: JobTypeVersions | None = None,
+        versions: HandlerVersions | None = None,
     ) -> None:
         self.max_params_bytes = max_params_bytes
         self.hash_ignored = hash_ignored
-        self.versions = versions or JobTypeVersions()
+        self.versions = versions or HandlerVersions()
         self._known: dict[bytes, JobRequest] = {}
+        self._generation = self.versions.generation
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> JobRequests:
+    def from_settings(
+        cls, settings: Settings, versions: HandlerVersions | None = None
+    ) -> JobRequests:
         return cls(
             settings.max_params_bytes,
             HashIgnored.parse(settings.hash_ignored_params),
-            JobTypeVersions.parse(settings.job_type_versions),
+            versions or HandlerVersions(JobTypeVersions.parse(settings.job_type_versions)),
         )
 
     def __len__(self) -> int:
@@ -53,7 +58,7 @@ class JobRequests:
 
     def of(self, raw: bytes) -> JobRequest:
         """What ``raw`` asks; BadRequest if it is not a valid submit or check body."""
-        known = self._known.get(raw)
+        known = self.known(raw)
         if known is not None:
             return known
         job_request = self.parse(parse_json_object(raw))
@@ -61,7 +66,11 @@ class JobRequests:
         return job_request
 
     def known(self, raw: bytes) -> JobRequest | None:
-        """What an identical body asked lately, if it was remembered."""
+        """What an identical body asked lately, if it was remembered (and no version
+        changed since)."""
+        if self._generation != self.versions.generation:
+            self._known.clear()
+            self._generation = self.versions.generation
         return self._known.get(raw)
 
     def remember(self, raw: bytes, job_request: JobRequest) -> None:

@@ -33,9 +33,10 @@ RESUME = (
 
 RUNNER_WS_HELP = """The runner channel: JSON text frames after a WebSocket upgrade
 (runner key on the upgrade request). The runner sends `hello` first (`runner_id?`,
-`runner_secret?`, `name`, `capabilities`, `concurrency`, `version`, `jobs` it still holds)
-and gets `welcome` (`runner_id`, `heartbeat_interval`, `limits`, `resumed`, `dropped`, and
-`runner_secret` when the hello registered it). A hello for a runner of another key, or
+`runner_secret?`, `name`, `capabilities`, `concurrency`, `version`, `jobs` it still holds,
+`versions?` of its handlers by job type) and gets `welcome` (`runner_id`,
+`heartbeat_interval`, `limits`, `resumed`, `dropped`, and `runner_secret` when the hello
+registered it). A hello for a runner of another key, or
 without its secret, gets an `error` frame and close code 1008, as does a socket whose key
 is revoked. Then runner → server:
 `ready` (`slots`), `heartbeat`, `complete`, `error`, `release`; server → runner: `job`,

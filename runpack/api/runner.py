@@ -47,7 +47,11 @@ async def register(request: web.Request) -> web.Response:
     # Runpack's runner asks for a secret of its own; the original's runner cannot.
     secret = new_runner_secret() if asked.with_secret else None
     runner = await request.app[SERVICE].register_runner(
-        asked.name, asked.capabilities, owner=request[CALLER].owner, secret=secret
+        asked.name,
+        asked.capabilities,
+        owner=request[CALLER].owner,
+        secret=secret,
+        versions=asked.versions,
     )
     return json_response(Registered(runner.id, runner_secret=secret).body(), status=201)
 
@@ -74,7 +78,8 @@ async def verify(request: web.Request) -> web.Response:
 )
 async def available(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    jobs = await service.available_jobs(request.query.getall("types[]", []))
+    types = await service.runnable_types(request[RUNNER_ID], request.query.getall("types[]", []))
+    jobs = await service.available_jobs(types)
     return json_response(
         {
             "jobs": [

@@ -25,7 +25,9 @@ async def next_job(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     hub = request.app[HUB]
     rid = request[RUNNER_ID]
-    types = request.query.getall("types[]", [])
+    asked = request.query.getall("types[]", [])
+    seen = service.versions.generation
+    types = await service.runnable_types(rid, asked)
     try:
         wait = float(request.query.get("wait", "20"))
     except ValueError:
@@ -44,6 +46,9 @@ async def next_job(request: web.Request) -> web.Response:
             if revoked.is_set():
                 raise Unauthorized("Invalid API key", details="This key has been revoked")
             signal = hub.queued_signal()
+            if seen != service.versions.generation:  # a job type's version changed
+                seen = service.versions.generation
+                types = await service.runnable_types(rid, asked)
             job = await service.claim_next(rid, types)
             if job is not None:
                 return json_response({"job": assignment(job).body()})

@@ -164,11 +164,16 @@ class RunnerSession:
             if runner is None:
                 secret = new_runner_secret()  # Runpack's runner keeps and sends it
                 runner = await self.service.register_runner(
-                    hello.name, hello.capabilities, owner=self.caller.owner, secret=secret
+                    hello.name,
+                    hello.capabilities,
+                    owner=self.caller.owner,
+                    secret=secret,
+                    versions=hello.versions,
                 )
             else:
                 Ownership.of(runner).check(self.caller.owner, hello.runner_secret)
                 await self.service.touch_runner(runner.id)
+                await self.service.runner_declares(runner.id, hello.versions)
         except Forbidden as exc:
             log.warning("runner hello refused for runner %s: %s", wanted_id, exc.message)
             self.refuse(protocol.NOT_YOUR_RUNNER, exc.message, exc.details, ref="hello")
@@ -183,10 +188,13 @@ class RunnerSession:
             log.warning("runner hello refused: database error: %s", exc.details)
             self.socket.reply_error(exc.message, ref="hello")  # the runner connects again later
             return False
+        job_types = frozenset(hello.capabilities)
         self.conn = RunnerConn(
             runner_id=runner.id,
             name=hello.name,
-            capabilities=frozenset(hello.capabilities),
+            capabilities=self.service.versions.eligible(job_types, hello.versions),
+            job_types=job_types,
+            versions=hello.versions,
             concurrency=hello.concurrency,
             send=self.socket.send,
             close=self.socket.close,

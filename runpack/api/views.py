@@ -116,6 +116,9 @@ class Runner(TypedDict):
     concurrency: NotRequired[int]
     free_slots: NotRequired[int]
     current_jobs: NotRequired[list[str]]
+    versions: NotRequired[
+        Annotated[dict[str, str], "The versions its handlers declared, by job type."]
+    ]
 
 
 class RunnerDetail(Runner):
@@ -215,9 +218,13 @@ def job_summary(job: JobRow, names: dict[str, str] | None = None) -> JobSummary:
 
 
 def runner_summary(
-    runner: RunnerRow, is_active: bool, live: dict[str, Any] | None = None
+    runner: RunnerRow,
+    is_active: bool,
+    live: dict[str, Any] | None = None,
+    versions: dict[str, str] | None = None,
 ) -> Runner:
-    """A runner, plus its live connection to this server when it has one."""
+    """A runner, plus its live connection to this server when it has one, and the
+    versions its handlers declared if any."""
     out: Runner = {
         "runner_id": runner.id,
         "name": runner.name,
@@ -228,18 +235,24 @@ def runner_summary(
     }
     if live is not None:
         out.update(cast(Runner, live))
+    if versions:
+        out["versions"] = versions
     return out
 
 
 def runner_detail(
-    runner: RunnerRow, is_active: bool, live: dict[str, Any] | None, jobs: list[JobRow]
+    runner: RunnerRow,
+    is_active: bool,
+    live: dict[str, Any] | None,
+    jobs: list[JobRow],
+    versions: dict[str, str] | None = None,
 ) -> RunnerDetail:
     """``GET /api/admin/runners/{id}``: the runner and the jobs it claimed."""
     rows = [job_summary(job) for job in jobs]
     for row in rows:
         del row["claimed_by"]
     return {
-        **runner_summary(runner, is_active, live),
+        **runner_summary(runner, is_active, live, versions),
         "registered_at": runner.registered_at,
         "jobs": rows,
     }

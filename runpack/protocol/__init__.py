@@ -51,6 +51,7 @@ from runpack.protocol.constants import (
     MAX_PARAMS_BYTES,
     MAX_PROGRESS,
     MAX_REASON_CHARS,
+    MAX_VERSION_CHARS,
     NOT_YOUR_RUNNER,
     RELEASED_BY_RUNNER,
     REQUEUEABLE,
@@ -60,7 +61,12 @@ from runpack.protocol.constants import (
     Role,
 )
 from runpack.protocol.fields import ProtocolError, positive
-from runpack.protocol.registration import Registered, Registration, check_registration
+from runpack.protocol.registration import (
+    Registered,
+    Registration,
+    check_registration,
+    check_versions,
+)
 from runpack.protocol.runner_messages import (
     RUNNER_TO_SERVER,
     Complete,
@@ -101,6 +107,7 @@ __all__ = [
     "MAX_PARAMS_BYTES",
     "MAX_PROGRESS",
     "MAX_REASON_CHARS",
+    "MAX_VERSION_CHARS",
     "NOT_YOUR_RUNNER",
     "RELEASED_BY_RUNNER",
     "REQUEUEABLE",
@@ -128,6 +135,7 @@ __all__ = [
     "ServerMessage",
     "Welcome",
     "check_registration",
+    "check_versions",
     "decode_report",
     "decode_runner_frame",
     "decode_server_frame",

@@ -46,6 +46,8 @@ MAX_JOB_TIMEOUT = 86_400
 MAX_NAME_CHARS = 200
 #: Job types one runner may declare.
 MAX_CAPABILITIES = 256
+#: A handler's declared version (runpack.protocol.registration), in characters.
+MAX_VERSION_CHARS = 64
 
 
 #: The WebSocket close code for a runner refused by policy (RFC 6455).

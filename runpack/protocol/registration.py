@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from runpack.protocol.constants import MAX_CAPABILITIES, MAX_NAME_CHARS
+from runpack.protocol.constants import MAX_CAPABILITIES, MAX_NAME_CHARS, MAX_VERSION_CHARS
 from runpack.protocol.fields import ProtocolError, about
 
 
@@ -31,6 +31,29 @@ def check_registration(name: object, capabilities: object) -> tuple[str, list[st
     return name, types
 
 
+def check_versions(versions: object, capabilities: list[str]) -> dict[str, str]:
+    """The handler versions a runner declares, ``{job_type: version}`` (absent or null:
+    none), each of a job type among its ``capabilities``; ProtocolError if they are not.
+    A version is 1 to MAX_VERSION_CHARS printable characters (docs/runners.md)."""
+    if versions is None:
+        return {}
+    if not isinstance(versions, dict):
+        raise _bad_registration("versions: an object of job type to version")
+    if len(versions) > MAX_CAPABILITIES:
+        raise _bad_registration(f"versions: at most {MAX_CAPABILITIES} job types")
+    declared = set(capabilities)
+    for job_type, version in versions.items():
+        if job_type not in declared:
+            raise _bad_registration("versions: only of job types in capabilities")
+        if (
+            not isinstance(version, str)
+            or not 0 < len(version) <= MAX_VERSION_CHARS
+            or not version.isprintable()
+        ):
+            raise _bad_registration(f"versions: each 1 to {MAX_VERSION_CHARS} printable characters")
+    return dict(versions)
+
+
 def _bad_registration(why: str) -> ProtocolError:
     return ProtocolError("Invalid registration data", why)
 
@@ -50,20 +73,35 @@ class Registration:
         default=False,
         metadata=about("Ask for a secret of the runner's own (Runpack's runner does)."),
     )
+    versions: dict[str, str] = field(
+        default_factory=dict,
+        metadata=about(
+            "The version its handler declares, by job type (of those in `capabilities`):"
+            " results are keyed by the job type's current version (docs/runners.md).",
+            maxProperties=MAX_CAPABILITIES,
+            additionalProperties={
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_VERSION_CHARS,
+            },
+        ),
+    )
 
     def body(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "capabilities": self.capabilities,
             "with_secret": self.with_secret,
+            **({"versions": self.versions} if self.versions else {}),
         }
 
     @classmethod
     def read(cls, body: dict[str, Any]) -> Registration:
         """By check_registration's rules; ``with_secret`` other than true is false (the
-        original's runner does not send it)."""
+        original's runner does not send it, nor ``versions``)."""
         name, capabilities = check_registration(body.get("name"), body.get("capabilities"))
-        return cls(name, capabilities, body.get("with_secret") is True)
+        versions = check_versions(body.get("versions"), capabilities)
+        return cls(name, capabilities, body.get("with_secret") is True, versions)
 
 
 @dataclass(slots=True)

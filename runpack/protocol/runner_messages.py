@@ -17,7 +17,7 @@ from runpack.protocol.fields import (
     _unknown,
     about,
 )
-from runpack.protocol.registration import check_registration
+from runpack.protocol.registration import check_registration, check_versions
 
 #: A result's console: replaces the stored one, unless empty or missing.
 KEEP_CONSOLE = "Empty or missing: keep it."
@@ -30,7 +30,8 @@ KEEP_CONSOLE = "Empty or missing: keep it."
 class Hello:
     """The first frame: who the runner is. ``jobs``: the ones it still holds (running,
     or with a result not yet acknowledged); ``runner_secret``: the one the welcome that
-    registered it gave (required once a runner has one)."""
+    registered it gave (required once a runner has one); ``versions``: its handlers'
+    declared versions, by job type (see check_versions)."""
 
     TYPE: ClassVar[str] = "hello"
     runner_id: str | None
@@ -40,6 +41,7 @@ class Hello:
     version: str = ""
     jobs: list[str] = field(default_factory=list)
     runner_secret: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -50,6 +52,8 @@ class Hello:
             "version": self.version,
             "jobs": self.jobs,
         }
+        if self.versions:
+            out["versions"] = self.versions
         if self.runner_id:
             out["runner_id"] = self.runner_id
             if self.runner_secret:
@@ -75,6 +79,7 @@ class Hello:
             version=version if isinstance(version, str) else "",
             jobs=jobs,
             runner_secret=_optional(frame, "runner_secret", str),
+            versions=check_versions(frame.get("versions"), capabilities),
         )
 
 

@@ -12,7 +12,9 @@ from typing import Any, Protocol
 
 from runpack.cache import ResultCache
 from runpack.errors import JobNotFound
+from runpack.handler_versions import HandlerVersions
 from runpack.identity import RunnerOwners
+from runpack.jobtypes import JobTypeVersions
 from runpack.notify import EventKind, Notifier, ServerEvent
 from runpack.protocol import JobStatus
 from runpack.service.checks import is_uuid
@@ -148,6 +150,7 @@ class ServiceCore:
         figures: Figures | None = None,
         observer: Observer | None = None,
         slots: Slots | None = None,
+        versions: HandlerVersions | None = None,
     ) -> None:
         self.store = store
         self.observer: Observer = observer or NoObserver()
@@ -162,6 +165,10 @@ class ServiceCore:
         self.owners = RunnerOwners(store)
         #: Free runner slots for new jobs (the hub's placement), if any.
         self.slots = slots
+        #: The job types' versions (runpack.handler_versions).
+        self.versions = versions or HandlerVersions(
+            JobTypeVersions.parse(settings.job_type_versions)
+        )
         self.notifier.subscribe(self.results.on_event)
 
     async def get_job(self, job_id: str) -> JobRow:

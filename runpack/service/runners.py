@@ -4,7 +4,7 @@ and when they were last heard from."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import orjson
 
@@ -28,9 +28,10 @@ class Runners(ServiceCore):
         *,
         owner: str = ENV_OWNER,
         secret: str | None = None,
+        versions: Mapping[str, str] | None = None,
     ) -> RunnerRow:
         """A new runner, owned by ``owner`` (see runpack.identity), with ``secret`` as its
-        own if given (only its hash is kept)."""
+        own if given (only its hash is kept), declaring its handlers' ``versions``."""
         name, capabilities = check_registration(name, capabilities)
         now = self.clock()
         runner = RunnerRow(
@@ -44,7 +45,23 @@ class Runners(ServiceCore):
         )
         await self.store.insert_runner(runner)
         self.owners.remember(runner)
+        if versions:
+            await self.runner_declares(runner.id, versions)
         return runner
+
+    async def runner_declares(self, runner_id: str, versions: Mapping[str, str]) -> None:
+        """The runner's handlers are of these versions (checked by check_versions): kept
+        for its HTTP claims, and they raise the job types' versions that are lower."""
+        await self.store.set_runner_versions(runner_id, versions)
+        await self.versions.declare(versions)
+
+    async def runnable_types(self, runner_id: str, job_types: list[str]) -> list[str]:
+        """The job types asked for over HTTP that the runner may take (by the versions it
+        declared when it registered)."""
+        if not self.versions.any_versioned(job_types):
+            return job_types
+        declared = (await self.store.runner_versions([runner_id])).get(runner_id, {})
+        return self.versions.runnable(job_types, declared)
 
     async def get_runner(self, runner_id: str) -> RunnerRow:
         runner = await self.store.get_runner(runner_id) if is_uuid(runner_id) else None

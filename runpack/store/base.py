@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from runpack.store.versions import VersionStore
+
 if TYPE_CHECKING:
     from runpack.store.instances import InstanceRow, RunnerPresence
 
@@ -107,7 +109,7 @@ class NewJob:
     runner_id: str | None = None
 
 
-class Store(Protocol):
+class Store(VersionStore, Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...

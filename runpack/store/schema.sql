@@ -76,7 +76,9 @@ CREATE TABLE IF NOT EXISTS runners (
     -- transport and concurrency: written when it connects and disconnects.
     instance      TEXT,
     transport     TEXT,
-    concurrency   INTEGER
+    concurrency   INTEGER,
+    -- The handler versions it declared, by job type (a JSON object; NULL: none).
+    versions      TEXT
 );
 
 CREATE INDEX IF NOT EXISTS runners_last_seen_idx ON runners (last_seen);
@@ -90,6 +92,14 @@ CREATE TABLE IF NOT EXISTS instances (
     started_at BIGINT NOT NULL,
     last_seen  BIGINT NOT NULL,
     stopped_at BIGINT
+);
+
+-- The current version of each job type whose runners declare one: the highest
+-- declared, in natural order; it only moves up (migrations/0012_job_type_versions.sql).
+CREATE TABLE IF NOT EXISTS job_type_versions (
+    job_type   TEXT   NOT NULL PRIMARY KEY,
+    version    TEXT   NOT NULL,
+    updated_at BIGINT NOT NULL
 );
 
 -- API keys beyond the three environment keys (runpack keys create / list / revoke).
@@ -134,3 +144,4 @@ INSERT INTO schema_version (version, applied_at) VALUES (8, 0) ON CONFLICT (vers
 INSERT INTO schema_version (version, applied_at) VALUES (9, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (10, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (11, 0) ON CONFLICT (version) DO NOTHING;
+INSERT INTO schema_version (version, applied_at) VALUES (12, 0) ON CONFLICT (version) DO NOTHING;

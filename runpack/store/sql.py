@@ -29,6 +29,7 @@ from runpack.store.base import (
 )
 from runpack.store.dialect import Statement
 from runpack.store.instances import InstanceMethods
+from runpack.store.versions import VersionMethods
 
 #: A row as the driver gives it: a tuple (SQLite) or a Record (asyncpg).
 Row = Sequence[Any]
@@ -47,7 +48,7 @@ def _first(rows: list[Row]) -> Row | None:
     return rows[0] if rows else None
 
 
-class SqlStore(InstanceMethods, ABC):
+class SqlStore(InstanceMethods, VersionMethods, ABC):
     """Every :class:`~runpack.store.base.Store` method over the engine's primitives."""
 
     # --- the engine's primitives ------------------------------------------------

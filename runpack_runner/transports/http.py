@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from runpack import protocol
-from runpack.protocol import Heartbeat, ProtocolError, Release
+from runpack.protocol import Heartbeat, ProtocolError, Registration, Release
 from runpack_runner.settings import RunnerSettings
 from runpack_runner.transports.base import (
     Acked,
@@ -100,7 +100,9 @@ class HttpTransport:
                 raise TransportClosed(f"verify answered HTTP {status}")
         if not runner_id:
             # A secret of our own, so that no other runner can act as this one.
-            body = {"name": hello.name, "capabilities": hello.capabilities, "with_secret": True}
+            body = Registration(
+                hello.name, hello.capabilities, with_secret=True, versions=hello.versions
+            ).body()
             status, reply = await self._call("POST", "/api/runner/register", json=body)
             new_id = reply.get("runner_id") if isinstance(reply, dict) else None
             if status != 201 or not isinstance(new_id, str):

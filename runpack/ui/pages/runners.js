@@ -39,8 +39,10 @@ export function currentJobs(runner) {
 export function capabilities(runner) {
   const caps = runner.capabilities || [];
   if (!caps.length) return h('span', { class: 'muted', text: 'None' });
+  const versions = runner.versions || {};  // its handlers' versions, by job type
+  const label = (c) => (Object.hasOwn(versions, c) ? `${c} ${versions[c]}` : c);
   return h('ul', { class: 'chips', 'aria-label': 'Job types' },
-    caps.map((c) => h('li', { class: 'chip', text: c })));
+    caps.map((c) => h('li', { class: 'chip', text: label(c) })));
 }
 
 export function facts(runner) {

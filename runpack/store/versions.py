@@ -1,0 +1,87 @@
+"""The current version of each job type, and the versions each runner declared.
+
+The statements and the store methods for :mod:`runpack.handler_versions`. A job
+type's version only moves up, from the one the caller saw to a higher one, in one
+conditional statement: two instances raising it at once cannot both win, and neither
+overwrites a higher version with its own.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import orjson
+
+from runpack.store.dialect import Statement
+
+Row = Sequence[Any]
+Params = Mapping[str, Any]
+
+LIST_VERSIONS = Statement("SELECT job_type, version FROM job_type_versions")
+FIRST_VERSION = Statement("""
+INSERT INTO job_type_versions (job_type, version, updated_at) VALUES (:job_type, :version, :now)
+ON CONFLICT (job_type) DO NOTHING
+""")
+RAISE_VERSION = Statement("""
+UPDATE job_type_versions SET version = :version, updated_at = :now
+WHERE job_type = :job_type AND version = :seen
+""")
+SET_RUNNER_VERSIONS = Statement("UPDATE runners SET versions = :versions WHERE id = :id")
+RUNNER_VERSIONS = Statement("SELECT id, versions FROM runners WHERE id {one_of[ids]}")
+
+
+class VersionStore(Protocol):
+    """What the Store protocol (runpack.store.base) has of versions."""
+
+    async def job_type_versions(self) -> dict[str, str]:
+        """The current version of each job type that has one."""
+        ...
+
+    async def raise_job_type_version(
+        self, job_type: str, seen: str | None, version: str, now: int
+    ) -> bool:
+        """Make ``version`` the job type's version if it still is ``seen`` (None: it has
+        none yet); False if another change came first (read them again)."""
+        ...
+
+    async def set_runner_versions(self, runner_id: str, versions: Mapping[str, str]) -> None:
+        """The versions the runner declares now (empty: none)."""
+        ...
+
+    async def runner_versions(self, runner_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The versions each of these runners declared (runners that declared none left
+        out)."""
+        ...
+
+
+class VersionMethods:
+    """The store's methods on versions (mixed into SqlStore)."""
+
+    @abstractmethod
+    async def _read(self, stmt: Statement, params: Params) -> list[Row]: ...
+
+    @abstractmethod
+    async def _write_count(self, stmt: Statement, params: Params) -> int: ...
+
+    async def job_type_versions(self) -> dict[str, str]:
+        return {job_type: version for job_type, version in await self._read(LIST_VERSIONS, {})}
+
+    async def raise_job_type_version(
+        self, job_type: str, seen: str | None, version: str, now: int
+    ) -> bool:
+        params = {"job_type": job_type, "version": version, "now": now}
+        if seen is None:
+            return await self._write_count(FIRST_VERSION, params) > 0
+        return await self._write_count(RAISE_VERSION, {**params, "seen": seen}) > 0
+
+    async def set_runner_versions(self, runner_id: str, versions: Mapping[str, str]) -> None:
+        text = orjson.dumps(dict(versions)).decode() if versions else None
+        await self._write_count(SET_RUNNER_VERSIONS, {"id": runner_id, "versions": text})
+
+    async def runner_versions(self, runner_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        if not runner_ids:
+            return {}
+        rows = await self._read(RUNNER_VERSIONS, {"ids": list(runner_ids)})
+        return {rid: orjson.loads(text) for rid, text in rows if text}
