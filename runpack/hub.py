@@ -64,6 +64,7 @@ class Hub:
         self._capabilities: weakref.WeakValueDictionary[tuple[str, ...], frozenset[str]] = (
             weakref.WeakValueDictionary()
         )
+        self._handled: frozenset[str] | None = None  # see handles()
         self._wake = asyncio.Event()
         self._queued = asyncio.Event()  # replaced each time a job is queued (long-poll)
         self._grace: dict[str, asyncio.TimerHandle] = {}
@@ -154,6 +155,7 @@ class Hub:
         if handle is not None:
             handle.cancel()
         self.conns[conn.runner_id] = conn
+        self._handled = None
         self.departed.pop(conn.runner_id, None)
         if old is not None:
             self._note(old)  # no longer connected: none of its slots are free
@@ -175,6 +177,7 @@ class Hub:
         if self.conns.get(conn.runner_id) is not conn:
             return
         del self.conns[conn.runner_id]
+        self._handled = None
         self.departed[conn.runner_id] = time.monotonic()
         self._note(conn)
         loop = asyncio.get_running_loop()
@@ -385,12 +388,12 @@ class Hub:
         conn.hold((job.id,))
         conn.send(assignment(job))
 
-    def capability_sets(self) -> list[frozenset[str]]:
-        """The distinct sets of job types of the connected runners (few, however many
-        runners)."""
-        return list(self._capabilities.values())
+    def handles(self, job_type: str) -> bool:
+        """Whether a connected runner handles ``job_type`` (kept until one comes or goes)."""
+        if self._handled is None:
+            self._handled = frozenset().union(*(c.capabilities for c in self.conns.values()))
+        return job_type in self._handled
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Live state per connected runner on this instance (for tests and debugging;
-        the admin API answers from the store, for every instance)."""
+        """Live state per connected runner here (for tests; the admin API reads the store)."""
         return {rid: conn.live() for rid, conn in self.conns.items()}
