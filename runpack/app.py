@@ -62,7 +62,8 @@ from runpack.jobtypes import JobTypeVersions
 from runpack.local_runners import local_runners
 from runpack.metrics import Metrics
 from runpack.names import RunnerNames
-from runpack.notify import Notifier, NotifyRelay, PgBridge
+from runpack.notify import EventKind, Notifier, PgBridge
+from runpack.notify_relay import NotifyRelay
 from runpack.placement import Placement
 from runpack.presence import Presence
 from runpack.retention import Retention, RetentionPolicy
@@ -181,7 +182,7 @@ async def _relay(app: web.Application) -> AsyncIterator[None]:
         return
     relay = NotifyRelay(settings.notify_relay_base_url, settings.notify_relay_publish_key)
     await relay.start()
-    app[NOTIFIER].subscribe(relay)
+    app[NOTIFIER].subscribe(relay, [EventKind.JOB_QUEUED])
     try:
         yield
     finally:

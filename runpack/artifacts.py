@@ -55,7 +55,7 @@ from runpack.errors import (
 from runpack.figure_disk import INCOMING, FigureDisk, is_job_id, storage_error
 from runpack.figure_manifest import Manifest, adopt_legacy, is_version, read_digests
 from runpack.figure_manifest import write as write_manifest
-from runpack.figure_types import CONTENT_TYPES, content_type, figpack_urls
+from runpack.figure_types import CONTENT_TYPES, content_type, figpack_urls, may_name_figures
 from runpack.figure_urls import FigureUrls
 from runpack.uploads import DEFAULT_MAX_RATIO, check_path
 
@@ -66,6 +66,7 @@ __all__ = [
     "content_type",
     "figpack_urls",
     "is_job_id",
+    "may_name_figures",
     "storage_error",
 ]
 

@@ -56,3 +56,10 @@ def figpack_urls(value: Any) -> Iterator[Any]:
     elif isinstance(value, list):
         for item in value:
             yield from figpack_urls(item)
+
+
+def may_name_figures(text: str) -> bool:
+    """False when the JSON ``text`` cannot have a key named ``figpack_url``: it has
+    neither that key as written plainly nor a ``\\u`` escape, which could spell it.
+    Most results name no figure; this spares walking them (:func:`figpack_urls`)."""
+    return '"figpack_url"' in text or "\\u" in text

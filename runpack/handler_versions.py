@@ -120,9 +120,7 @@ class HandlerVersions:
             return
         moved = False
         for conn in hub.conns.values():
-            kept = hub.shared(self.eligible(conn.job_types, conn.versions))
-            if kept != conn.capabilities:
-                conn.capabilities = kept
+            if hub.regroup(conn, self.eligible(conn.job_types, conn.versions)):
                 moved = True
         if moved:
             hub.wake()

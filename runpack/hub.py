@@ -59,11 +59,11 @@ class Hub:
         self.placement = placement if placement is not None else Placement(enabled=False)
         self.reconnect_grace = reconnect_grace
         self.conns: dict[str, RunnerConn] = {}
-        #: One frozenset per distinct set of capabilities, shared by the runners that
-        #: have it (most runners of a deployment have the same ones).
+        #: One frozenset per distinct set of job types claimed (see regroup()).
         self._capabilities: weakref.WeakValueDictionary[tuple[str, ...], frozenset[str]] = (
             weakref.WeakValueDictionary()
         )
+        self._handled: frozenset[str] | None = None  # see handles()
         self._wake = asyncio.Event()
         self._queued = asyncio.Event()  # replaced each time a job is queued (long-poll)
         self._grace: dict[str, asyncio.TimerHandle] = {}
@@ -154,10 +154,11 @@ class Hub:
         if handle is not None:
             handle.cancel()
         self.conns[conn.runner_id] = conn
+        self._handled = None
         self.departed.pop(conn.runner_id, None)
         if old is not None:
             self._note(old)  # no longer connected: none of its slots are free
-        conn.capabilities = self.shared(conn.capabilities)
+        self.regroup(conn, conn.capabilities)
         self.service.notifier.publish(
             ServerEvent(EventKind.RUNNER_ATTACHED, data={"runner_id": conn.runner_id})
         )
@@ -174,6 +175,7 @@ class Hub:
         if self.conns.get(conn.runner_id) is not conn:
             return
         del self.conns[conn.runner_id]
+        self._handled = None
         self.departed[conn.runner_id] = time.monotonic()
         self._note(conn)
         loop = asyncio.get_running_loop()
@@ -192,8 +194,7 @@ class Hub:
         if conn.free:
             self.wake()
 
-    def _note(self, conn: RunnerConn) -> None:
-        """``conn``'s slots or connection changed."""
+    def _note(self, conn: RunnerConn) -> None:  # its slots or connection changed
         self.placement.note(conn)
 
     # --- what runpack.placement asks of the hub ----------------------------------------
@@ -215,9 +216,6 @@ class Hub:
         """No insert claimed for this runner is on its way any more."""
         if runner_id in self._unsure:
             self.wake()  # its reconcile waited for this
-
-    def reported(self, conn: RunnerConn, job_id: str) -> None:
-        conn.report(job_id)
 
     def finished(self, conn: RunnerConn, job_id: str) -> None:
         """The job's result or release is stored: its slot, if granted, takes a job.
@@ -368,9 +366,8 @@ class Hub:
 
     def _first_wave(self, caps: frozenset[str], slots: int) -> int:
         """The slots a group claims for first in a round: all of them if its last round
-        found a job for every slot (and full waves are on), else one. Measured
-        (docs/performance.md): server CPU per job 0.46 ms against 0.64 off on SQLite,
-        0.53 against 0.80 on PostgreSQL."""
+        found a job for every slot (and full waves are on), else one (measured in
+        docs/performance.md)."""
         return slots if self.full_waves and caps in self._backlog else 1
 
     def push(self, conn: RunnerConn, job: JobRow) -> None:
@@ -384,16 +381,19 @@ class Hub:
         conn.hold((job.id,))
         conn.send(assignment(job))
 
-    def shared(self, job_types: frozenset[str]) -> frozenset[str]:
-        """The one object for this set of job types, shared by the runners that have it."""
-        return self._capabilities.setdefault(tuple(sorted(job_types)), job_types)
+    def regroup(self, conn: RunnerConn, job_types: frozenset[str]) -> bool:
+        """``conn`` claims these job types now (as the one object shared by the runners
+        that have them); whether they changed."""
+        kept = self._capabilities.setdefault(tuple(sorted(job_types)), job_types)
+        changed, conn.capabilities, self._handled = kept != conn.capabilities, kept, None
+        return changed
 
-    def capability_sets(self) -> list[frozenset[str]]:
-        """The distinct sets of job types of the connected runners (few, however many
-        runners)."""
-        return list(self._capabilities.values())
+    def handles(self, job_type: str) -> bool:
+        """Whether a connected runner handles ``job_type`` (kept until one comes or goes)."""
+        if self._handled is None:
+            self._handled = frozenset().union(*(c.capabilities for c in self.conns.values()))
+        return job_type in self._handled
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Live state per connected runner on this instance (for tests and debugging;
-        the admin API answers from the store, for every instance)."""
+        """Live state per connected runner here (for tests; the admin API reads the store)."""
         return {rid: conn.live() for rid, conn in self.conns.items()}

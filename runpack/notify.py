@@ -1,8 +1,8 @@
-"""Job events inside one server process, and the optional NotifyRelay announcement.
+"""Job events inside one server process, and between instances (PostgreSQL NOTIFY).
 
 The service publishes small events (ids and deltas); the hub, watchers and the
-NotifyRelay integration subscribe. A subscriber is a plain callable that must
-not block: it hands slow work to a task of its own.
+NotifyRelay integration (:mod:`runpack.notify_relay`) subscribe. A subscriber is a
+plain callable that must not block: it hands slow work to a task of its own.
 """
 
 from __future__ import annotations
@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import aiohttp
 import orjson
 
 from runpack.store.base import JOB_COLUMNS
@@ -60,69 +58,52 @@ Subscriber = Callable[[ServerEvent], None]
 
 
 class Notifier:
-    """Fan-out of events to the subscribers of this process."""
+    """Fan-out of events to the subscribers of this process.
+
+    A subscriber may name the kinds of event it wants: it is then called for those
+    only (and publishing skips it for the others, at no cost). Each kind's subscribers,
+    in the order they subscribed, are kept ready as a tuple, made again when one
+    subscribes or leaves, so publishing only looks them up.
+    """
 
     def __init__(self) -> None:
-        self._subscribers: list[Subscriber] = []
+        #: (callback, the kinds it wants or None for all), in the order they came.
+        self._subscribers: list[tuple[Subscriber, frozenset[EventKind] | None]] = []
+        #: Event kind (its value) -> the callbacks that want it, in order.
+        self._by_kind: dict[str, tuple[Subscriber, ...]] = {}
+        #: Those that want every kind (an unknown kind goes to them).
+        self._all: tuple[Subscriber, ...] = ()
 
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback)
+    def subscribe(
+        self, callback: Subscriber, kinds: Iterable[EventKind] | None = None
+    ) -> Callable[[], None]:
+        """Call ``callback`` for every event published (or those of ``kinds`` only);
+        the function returned unsubscribes it."""
+        entry = (callback, frozenset(kinds) if kinds is not None else None)
+        self._subscribers.append(entry)
+        self._index()
+
+        def unsubscribe() -> None:
+            self._subscribers.remove(entry)
+            self._index()
+
+        return unsubscribe
+
+    def _index(self) -> None:
+        self._by_kind = {
+            kind.value: tuple(c for c, kinds in self._subscribers if kinds is None or kind in kinds)
+            for kind in EventKind
+        }
+        self._all = tuple(c for c, kinds in self._subscribers if kinds is None)
 
     def publish(self, event: ServerEvent) -> None:
-        for callback in list(self._subscribers):
+        # By the kind's value: hashing an enum member is a Python call, a str's is not.
+        kind = getattr(event.type, "_value_", event.type)
+        for callback in self._by_kind.get(kind, self._all):
             try:
                 callback(event)
             except Exception:
                 log.exception("event subscriber %r failed on %s", callback, event.type)
-
-
-class NotifyRelay:
-    """Announces new jobs to NotifyRelay, as the original did (runners may wake on it)."""
-
-    TOPIC = "runpack_notifications"
-
-    def __init__(self, base_url: str, publish_key: str, timeout: float = 5.0) -> None:
-        self.url = base_url.rstrip("/") + "/publish"
-        self.publish_key = publish_key
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=self.timeout)
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-
-    def __call__(self, event: ServerEvent) -> None:
-        if event.type != EventKind.JOB_QUEUED or not event.data.get("new") or self._session is None:
-            return
-        message = {
-            "type": "new_job",
-            "job_id": event.job_id,
-            "job_hash": event.data.get("job_hash"),
-            "job_type": event.data.get("job_type"),
-            "timestamp": int(time.time() * 1000),
-        }
-        task = asyncio.create_task(self._publish(message), name="notify-relay-publish")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _publish(self, message: dict[str, Any]) -> None:
-        assert self._session is not None
-        body = {"topic": self.TOPIC, "message": orjson.dumps(message).decode()}
-        headers = {"Authorization": self.publish_key, "Content-Type": "application/json"}
-        try:
-            async with self._session.post(self.url, data=orjson.dumps(body), headers=headers) as r:
-                if r.status >= 300:
-                    log.warning("NotifyRelay answered %s", r.status)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("NotifyRelay publish failed: %s", exc)
 
 
 CHANNEL = "runpack_events"

@@ -98,7 +98,9 @@ class Presence:
         except OSError as exc:
             log.warning("cannot create the data directory %s: %s", self.data_dir, exc)
         await self.store.register_instance(self.instance, self.host, self.data_dir, self.clock())
-        self._unsubscribe = self.hub.service.notifier.subscribe(self._on_event)
+        self._unsubscribe = self.hub.service.notifier.subscribe(
+            self._on_event, [EventKind.RUNNER_ATTACHED]
+        )
         self._task = asyncio.create_task(self._run(), name="runpack-presence")
 
     async def stop(self) -> None:

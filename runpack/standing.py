@@ -59,6 +59,10 @@ SIMULATED = 2_000
 NAMED = 10
 
 
+#: The events the warning follows (runpack.notify calls it for these only).
+WARNING_EVENTS = (EventKind.JOB_QUEUED, EventKind.RUNNER_ATTACHED)
+
+
 class QueueState(TypedDict):
     """Where a pending job stands (the ``queue`` field of a pending job)."""
 
@@ -102,7 +106,7 @@ class Standing:
         #: Job types warned about (until a runner that handles one connects).
         self._warned: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._unsubscribe = hub.service.notifier.subscribe(self._on_event)
+        self._unsubscribe = hub.service.notifier.subscribe(self._on_event, WARNING_EVENTS)
 
     def close(self) -> None:
         self._unsubscribe()
@@ -121,7 +125,7 @@ class Standing:
             job_type = str(event.data.get("job_type", ""))
             if job_type in self._warned:
                 return
-            if any(job_type in caps for caps in self.hub.capability_sets()):
+            if self.hub.handles(job_type):
                 return
             self._warned.add(job_type)  # checked once; a runner that comes clears it
             task = asyncio.create_task(self._warn(job_type), name="runpack-standing-warn")

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from runpack.artifacts import figpack_urls
+from runpack.artifacts import figpack_urls, may_name_figures
 from runpack.netrules import (
     FIGPACK_HOSTS,
     URLNotAllowed,
@@ -110,6 +110,8 @@ class ResultValidator:
             data = orjson.loads(output_data)
         except orjson.JSONDecodeError:
             return False
+        if not may_name_figures(output_data):
+            return True  # not walked: no key of it can be figpack_url
         # The original only checks string values; the other URLs are still checked.
         urls = [u for u in figpack_urls(data) if isinstance(u, str)]
         if not urls:

@@ -4,7 +4,8 @@ Everything that confines it is here, in one place (docs/containers.md): no netwo
 a read-only root with a writable ``/outputs`` and a read-only ``/inputs`` (the
 runner's folders) and ``/tmp`` (a
 tmpfs), no capabilities or new privileges, CPU, memory (no swap) and process limits,
-its GPUs if it has some, and the labels that find it again.
+its GPUs if it has some, and the labels that find it again: the job's, and the
+runner's, which removes what an earlier run of it left (``container_leftovers``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from runpack_runner.gpus import visible_devices
 #: Labels on every container this job type starts (``docker ps -a --filter label=…``).
 LABEL_JOB = "org.runpack.job-id"
 LABEL_ATTEMPT = "org.runpack.attempt"
+#: The runner that started it: its id (kept in its state file across restarts) and name.
+LABEL_RUNNER = "org.runpack.runner-id"
+LABEL_RUNNER_NAME = "org.runpack.runner-name"
 
 
 def create_args(
@@ -34,6 +38,8 @@ def create_args(
     job_id: str,
     attempt: int,
     gpus: list[str],
+    runner_id: str | None = None,
+    runner_name: str = "",
 ) -> dict[str, Any]:
     """What ``create_container`` is given: the image, command, environment, user,
     labels and the confinement (docs/containers.md)."""
@@ -73,6 +79,9 @@ def create_args(
         ipc_mode="private",
         device_requests=devices or None,
     )
+    labels = {LABEL_JOB: job_id, LABEL_ATTEMPT: str(attempt)}
+    if runner_id:
+        labels |= {LABEL_RUNNER: runner_id, LABEL_RUNNER_NAME: runner_name}
     return {
         "image": image_id,
         "command": list(spec.command) if spec.command is not None else None,
@@ -80,6 +89,6 @@ def create_args(
         "user": user,
         "working_dir": "/tmp",
         "network_disabled": True,
-        "labels": {LABEL_JOB: job_id, LABEL_ATTEMPT: str(attempt)},
+        "labels": labels,
         "host_config": host_config,
     }

@@ -88,6 +88,10 @@ class JobContext:
         #: Whether the handler may fetch URLs on private addresses (the runner's
         #: ``allow_private_urls``); the runner runs the handler under that rule.
         self.allow_private_urls = False
+        #: The runner that runs the job: its id and name (set by the runner for a
+        #: handler in its own process; the container job type labels containers so).
+        self.runner_id: str | None = None
+        self.runner_name = ""
 
     # --- cancellation -------------------------------------------------------------
     @property

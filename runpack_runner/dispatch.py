@@ -45,6 +45,8 @@ class Dispatch(Bookkeeping):
     waiting: dict[str, Assignment]
     limits: dict[str, int]
     uploader: FolderUploader | None
+    runner_id: str | None
+    name: str
     _current_transport: Callable[[], Transport | None]
     _current_interval: Callable[[], float]
     _first_beats: FirstBeats
@@ -141,6 +143,7 @@ class Dispatch(Bookkeeping):
             memory_limit=memory_limit(handler, self.settings),
         )
         run.ctx.uploader = self.uploader
+        run.ctx.runner_id, run.ctx.runner_name = self.runner_id, self.name
         self.runs[job.job_id] = run
         log.info("job %s (%s) started, attempt %d", job.job_id, job.job_type, job.attempt)
         run.start(time_limit(handler, job, self.settings), on_end=self._ended)

@@ -101,6 +101,18 @@ class Registry:
                     log.exception("cannot configure the handler of %r: left out", job_type)
                     del self._handlers[job_type]
 
+    def sweep(self, runner_id: str) -> None:
+        """At the runner's start, before it takes a job: let each handler with a
+        ``sweep(runner_id)`` method remove what an earlier run of this runner left
+        (the container job type removes its containers). Blocking: call it in a thread."""
+        for job_type, handler in self._handlers.items():
+            sweep = getattr(handler, "sweep", None)
+            if callable(sweep):
+                try:
+                    sweep(runner_id)
+                except Exception as exc:
+                    log.warning("%s: cannot remove what an earlier run left: %s", job_type, exc)
+
     @property
     def job_types(self) -> list[str]:
         return sorted(self._handlers)

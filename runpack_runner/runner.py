@@ -139,6 +139,8 @@ class Runner(Dispatch):
         modules = self.registry.isolated_modules()
         if modules:  # the fork server of the jobs' processes, ready before the first job
             self._tasks.spawn(asyncio.to_thread(isolation.prepare, modules), "fork-server")
+        if self.runner_id is not None:  # before the first job: what is ours is left over
+            await asyncio.to_thread(self.registry.sweep, self.runner_id)
         code = 0
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
         headers = {"User-Agent": f"runpack-runner/{__version__}"}

@@ -158,13 +158,15 @@ class Limits:
     def work_budget(self, request: web.Request) -> WorkBudget | None:
         """What this request may start: None when nothing limits it."""
         caller = request[CALLER]
+        key = caller.key
+        if self.new_jobs is None and self.key_new_jobs is None and (key is None or not key.rate):
+            return None  # no bucket of new work applies: not even _free need be asked
         if self._free(request, caller):
             return None
         spends: list[tuple[str, Limit]] = []
         if self.new_jobs is not None:
             address = client_ip(request, self.trust_proxy)
             spends.append((f"new_jobs:{address}", self.new_jobs))
-        key = caller.key
         per_key = self.key_new_jobs
         if key is not None and key.rate is not None:
             # A stored key with a rate of its own (never 0 here: see _free).

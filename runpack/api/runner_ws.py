@@ -126,7 +126,7 @@ class RunnerSession:
                         # Its slot is free from now: a `ready` the runner sends after
                         # this result, before the ack, may grant it again.
                         assert self.conn is not None
-                        self.hub.reported(self.conn, frame["job_id"])
+                        self.conn.report(frame["job_id"])
                     while self._tasks is not None and len(self._tasks) >= MAX_INFLIGHT:
                         self._room = asyncio.get_running_loop().create_future()
                         await self._room

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from runpack import hashing
-from runpack.artifacts import figpack_urls
+from runpack.artifacts import figpack_urls, may_name_figures
 from runpack.errors import BadRequest, ClaimLost, NotOwned
 from runpack.protocol import RUNNING, JobStatus
 from runpack.service.checks import MAX_DEPTH, NUL, is_uuid, printable, too_deep
@@ -91,7 +91,8 @@ class Runs(Sweeping):
         if hashing.utf8_size(text) > limit:
             raise BadRequest(f"Output JSON exceeds size limit of {limit} bytes")
         self._check_console(console_output)
-        await self._check_figures(output_data)
+        if may_name_figures(text):
+            await self._check_figures(output_data)
         console = printable(console_output) or None  # empty keeps what was streamed
         now = self.clock()
         ok = is_uuid(job_id) and await self.store.complete(job_id, runner_id, now, text, console)

@@ -35,6 +35,7 @@ from urllib.parse import quote
 from runpack_runner.container_config import create_args
 from runpack_runner.container_images import digests_of, resolve
 from runpack_runner.container_inputs import InputCache, place_inputs, trim
+from runpack_runner.container_leftovers import remove_leftovers
 from runpack_runner.container_outputs import folder_size, regular_files
 from runpack_runner.container_spec import ContainerPolicy, ContainerSpec, Limits, parse_spec
 from runpack_runner.context import Cancelled, JobContext, RetryLater
@@ -154,6 +155,10 @@ class ContainerJob(JobHandler):
             raise RuntimeError(f"Docker refused: {exc.explanation or exc}") from exc
         finally:
             api.close()
+
+    def sweep(self, runner_id: str) -> None:
+        """At the runner's start: remove the containers an earlier run of it left."""
+        remove_leftovers(self._connect(), runner_id)
 
     def _connect(self) -> Any:
         import docker
@@ -279,6 +284,8 @@ class ContainerRun:
                 job_id=self.ctx.job_id,
                 attempt=self.ctx.attempt,
                 gpus=self.devices,
+                runner_id=self.ctx.runner_id,
+                runner_name=self.ctx.runner_name,
             )
         )
         return str(created["Id"])
