@@ -365,6 +365,21 @@ async def test_inputs_are_fetched_read_only_and_kept_by_content(
         site.server_close()
 
 
+async def test_a_line_written_in_pieces_keeps_to_its_own_stream(
+    client: Client, image: tuple[str, str]
+) -> None:
+    # busybox's sh writes its error messages in pieces ("sh: ", then the rest), and
+    # stdout's lines may arrive in between: each stream keeps its own partial line.
+    script = 'printf "err: " >&2; echo out; echo out2; printf "rest\\n" >&2; printf tail'
+    job_id = await client.submit({"image": pinned(image), "command": ["sh", "-c", script]})
+    job = await client.settled(job_id)
+    assert job["status"] == "completed", job
+    lines = [line.split("] ", 1)[-1] for line in job["console_output"].splitlines()]
+    said = [line for line in lines if line.startswith(("out", "err", "rest", "tail"))]
+    assert sorted(said) == ["err: rest", "out", "out2", "tail"], lines
+    assert said.index("out") < said.index("out2"), lines
+
+
 async def test_jobs_of_one_image_share_its_job_cache(
     client: Client, image: tuple[str, str], work: Path
 ) -> None:

@@ -345,23 +345,27 @@ class ContainerRun:
             base_url=self.job.docker_url, version=self.api.api_version, timeout=None
         )
         return self._streams.attach(
-            self.container_id, stdout=True, stderr=True, stream=True, logs=True
+            self.container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True
         )
 
     def _stream(self, output: Any) -> None:
-        """The container's stdout and stderr, line by line, until it exits."""
-        pending = b""
+        """The container's stdout and stderr, line by line, until it exits. Each stream
+        has its own partial line: a program writes a line in pieces (busybox's sh writes
+        "sh: " first), and the other stream's writes may come in between."""
+        pending = [b"", b""]  # stdout's, stderr's
         try:
-            for chunk in output:
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    self._line(line)
-                while len(pending) > MAX_LINE:
-                    self._line(pending[:MAX_LINE])
-                    pending = pending[MAX_LINE:]
-            if pending:
-                self._line(pending)
+            for chunks in output:  # (stdout's bytes or None, stderr's bytes or None)
+                for i, chunk in enumerate(chunks):
+                    if chunk:
+                        *lines, pending[i] = (pending[i] + chunk).split(b"\n")
+                        for line in lines:
+                            self._line(line)
+                        while len(pending[i]) > MAX_LINE:
+                            self._line(pending[i][:MAX_LINE])
+                            pending[i] = pending[i][MAX_LINE:]
+            for rest in pending:
+                if rest:
+                    self._line(rest)
         except Exception as exc:  # the container was removed under the stream
             if not self.ctx.cancelled:
                 log.warning("job %s: the container's output ended: %s", self.ctx.job_id, exc)
