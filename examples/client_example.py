@@ -24,19 +24,20 @@ async def follow_async(url: str, key: str) -> None:
         job = await runpack.submit("hello_world", {"name": "Ada", "processing_time": 3})
         print(f"job {job.job_id}: {job.message}")
         console = ""  # the job's console so far: a "replace" event repeats it whole
+        shown = 0  # how much of it is printed: whole lines only (an event may end mid-line)
         async for event in runpack.watch(job.job_id):  # ends after the final status
             if event.type == "progress":
                 print(f"  progress {event.data['current']}/{event.data['total']}")
             elif event.type == "console":
                 if "replace" in event.data:
                     text = event.data["replace"]
-                    new = text[len(console) :] if text.startswith(console) else text
+                    shown = shown if text.startswith(console[:shown]) else 0
                     console = text
                 else:
-                    new = event.data.get("append", "")
-                    console += new
-                for line in new.splitlines():
-                    print("  console:", line)
+                    console += event.data.get("append", "")
+                while (end := console.find("\n", shown)) >= 0:
+                    print("  console:", console[shown:end])
+                    shown = end + 1
             elif event.status is not None:
                 print(f"  {event.type}: {event.status}")
         print("result:", await runpack.wait(job.job_id, timeout=60))

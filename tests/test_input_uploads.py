@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from tests.pg import fresh_database
-from tests.procs import KEYS, NO_LIMITS, Proc, clean_env, running_server
+from tests.procs import KEYS, NO_LIMITS, Proc, clean_env, running_runner, running_server, until
 
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
 RUNNER = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
@@ -273,3 +273,39 @@ async def _gc_removes_uploads_no_job_needs(
     assert "inputs removed     1" in done.stdout
     left = {Path(f).name for f in stored_files(tmp_path)}
     assert left == {digests["kept"], digests["named"]}
+
+
+async def test_a_computed_job_still_answers_once_its_upload_is_swept(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    with (
+        running_server(tmp_path / "server", {**KEYS, **NO_LIMITS}) as server,
+        running_runner(tmp_path / "runner", server.url, "--job-types", "hello_world"),
+    ):
+        status, stored = await call(http, "POST", f"{server.url}/api/inputs", SUBMIT, data=b"ada")
+        assert status == 201
+        params = {
+            "name": "Ada",
+            "processing_time": 0,
+            "inputs": {"n": {"upload": stored["sha256"]}},
+        }
+        body = {"job_type": "hello_world", "input_params": params}
+        status, reply = await call(http, "POST", f"{server.url}/api/jobs/submit", SUBMIT, json=body)
+        assert status == 201, reply
+        job_id = reply["job_id"]
+
+        async def completed() -> Any:
+            _, job = await call(http, "GET", f"{server.url}/api/jobs/{job_id}", SUBMIT)
+            return job if job.get("status") == "completed" else None
+
+        await until(completed, "the job to complete")
+        digest = stored["sha256"]
+        (tmp_path / "server" / "runpack-data" / "inputs" / digest[:2] / digest).unlink()
+        # The same job: its result, though the file it named is gone.
+        status, reply = await call(http, "POST", f"{server.url}/api/jobs/submit", SUBMIT, json=body)
+        assert status == 200 and reply["job_id"] == job_id, reply
+        assert "Hello, Ada!" in str(reply["result"]), reply
+        # A new job naming it must have it uploaded again.
+        params["name"] = "Grace"
+        status, reply = await call(http, "POST", f"{server.url}/api/jobs/submit", SUBMIT, json=body)
+        assert status == 400 and "upload it first" in reply["error"], reply
