@@ -4,8 +4,9 @@
   decides when each attempt of a job finishes (no sleeps). Each run first
   creates ``<gate>/started-<attempt>-<pid>``. The result names the runner process
   (``pid``: the job runs in a process of its own, started by the runner) and the
-  attempt that produced it. With ``stubborn``, a run ignores being stopped
-  until its gate opens, as a handler deep in a computation does.
+  attempt that produced it. With ``stubborn``, a run ignores being stopped (the
+  cancel and SIGTERM) until its gate opens, as native code deep in a computation
+  does; the runner's stop grace (30 s by default) is longer than any test waits.
 - ``fault_folder``: writes a folder (``index.html`` and ``size`` bytes of data),
   uploads it with ``ctx.upload_folder`` and returns its URL, as figure jobs do.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +53,8 @@ class GateJob(JobHandler):
         ctx.progress(0, 1)
         go = gate / f"go-{ctx.attempt}"
         stubborn = bool(input_params.get("stubborn"))
+        if stubborn and multiprocessing.parent_process() is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         while not go.exists():
             if ctx.wait(POLL) and not stubborn:
                 ctx.check_cancelled()
