@@ -1,0 +1,40 @@
+"""The claim of a runner that allows its container jobs only some images
+(runpack.image_lists): CLAIM_BATCH's, whose pick also skips the container jobs whose
+``image`` none of the runner's patterns matches.
+
+SQLite matches with ``image_allowed(image, pattern)``, the runner's own matcher in
+Python (registered on each connection by runpack.store.sqlite); PostgreSQL with a
+regular expression of each pattern that means the same (``image_regexes``), in the C
+collation so that ranges are by code point. The statement runs only for such runners:
+the others claim with CLAIM_BATCH as before.
+"""
+
+from __future__ import annotations
+
+from runpack.image_lists import CONTAINER
+from runpack.store.dialect import Statement
+from runpack.store.queries import _CLAIM_SET, _PICK, JOB_COLS
+
+_ALLOWED = {
+    "sqlite": "image_allowed(json_extract(jobs.input_params, '$.image'), value)",
+    "postgres": "(jobs.input_params::json ->> 'image') COLLATE \"C\" ~ value",
+}
+_PATTERNS = {"sqlite": "image_patterns", "postgres": "image_regexes"}
+
+
+def _pick(engine: str) -> str:
+    allowed = (
+        f"(job_type <> '{CONTAINER}' OR EXISTS (SELECT 1 FROM {{values_of[{_PATTERNS[engine]}]}}"
+        f" WHERE {_ALLOWED[engine]}))"
+    )
+    kinds = "job_type {one_of[job_types]}"
+    return _PICK.replace(kinds, f"{kinds}\n      AND {allowed}")
+
+
+CLAIM_BATCH_IMAGES = Statement(
+    sqlite=f"UPDATE jobs SET {_CLAIM_SET}\nWHERE id IN ({_pick('sqlite')})\nRETURNING {JOB_COLS}",
+    postgres=(
+        f"UPDATE jobs SET {_CLAIM_SET}\nWHERE id = ANY(ARRAY({_pick('postgres')}))\n"
+        f"RETURNING {JOB_COLS}"
+    ),
+)
