@@ -206,15 +206,15 @@ class ContainerPolicy:
 
     def advertised(self, tag_digests: Callable[[str], Iterable[str]]) -> list[str] | None:
         """The allow list as the runner sends it when it registers (None: it has none):
-        each entry as it is, and a tag as the patterns of what it allows now (its image
-        ID, by itself or after any name, and its repository digests), so that the server
-        gives it only the jobs :meth:`allows` lets through."""
+        each entry as it is, and after a tag the patterns of what it allows now (its
+        image ID, by itself or after any name, and its repository digests), so that the
+        server gives it the jobs :meth:`allows` lets through, and only those."""
         if not self.allowed:
             return None
         out: list[str] = []
         for entry in self.allowed:
+            out.append(entry)
             if not is_tag(entry):
-                out.append(entry)
                 continue
             for digest in tag_digests(entry):
                 out += [digest, f"*@{digest}"] if DIGEST.fullmatch(digest) else [digest]

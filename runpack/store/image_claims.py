@@ -15,6 +15,11 @@ from runpack.image_lists import CONTAINER
 from runpack.store.dialect import Statement
 from runpack.store.queries import _CLAIM_SET, _PICK, JOB_COLS
 
+#: Whether the job's image is a string (only strings match, as on the runner).
+_TEXT = {
+    "sqlite": "TRUE",  # image_allowed() is false of anything else
+    "postgres": "json_typeof(jobs.input_params::json -> 'image') = 'string'",
+}
 _ALLOWED = {
     "sqlite": "image_allowed(json_extract(jobs.input_params, '$.image'), value)",
     "postgres": "(jobs.input_params::json ->> 'image') COLLATE \"C\" ~ value",
@@ -24,8 +29,8 @@ _PATTERNS = {"sqlite": "image_patterns", "postgres": "image_regexes"}
 
 def _pick(engine: str) -> str:
     allowed = (
-        f"(job_type <> '{CONTAINER}' OR EXISTS (SELECT 1 FROM {{values_of[{_PATTERNS[engine]}]}}"
-        f" WHERE {_ALLOWED[engine]}))"
+        f"(job_type <> '{CONTAINER}' OR {_TEXT[engine]} AND EXISTS (SELECT 1 FROM"
+        f" {{values_of[{_PATTERNS[engine]}]}} WHERE {_ALLOWED[engine]}))"
     )
     kinds = "job_type {one_of[job_types]}"
     return _PICK.replace(kinds, f"{kinds}\n      AND {allowed}")
