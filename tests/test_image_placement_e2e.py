@@ -1,0 +1,145 @@
+"""Container jobs go only to runners whose image list allows their image: real
+``runpack serve`` and ``runpack-runner`` processes, a real dockerd, busybox images built
+here (tests/dockerimages.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests import dockerimages
+from tests.procs import KEYS, NO_LIMITS, Proc, running_runner, running_server, until
+
+SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
+ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
+FINAL = ("completed", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def api() -> Any:
+    return dockerimages.connect()
+
+
+@pytest.fixture(scope="module")
+def images(api: Any) -> Iterator[list[tuple[str, str]]]:
+    """Four busybox images, each its own ID: (``repository:tag``, ID)."""
+    built = [dockerimages.build(api, {"etc/which": name}) for name in "abcd"]
+    yield built
+    for name, _ in built:
+        dockerimages.remove(api, name)
+
+
+def pinned(image: tuple[str, str]) -> str:
+    name, image_id = image
+    return f"{name.rsplit(':', 1)[0]}@{image_id}"
+
+
+class Server:
+    def __init__(self, http: aiohttp.ClientSession, proc: Proc, tmp: Path) -> None:
+        self.http, self.url, self.tmp = http, proc.url, tmp
+
+    async def submit(self, image: tuple[str, str], n: int) -> str:
+        params = {"image": pinned(image), "command": ["sh", "-c", f"cat /etc/which; echo {n}"]}
+        body = {"job_type": "container", "input_params": params}
+        async with self.http.post(f"{self.url}/api/jobs/submit", json=body, headers=SUBMIT) as r:
+            answer = await r.json()
+            assert r.status == 201, answer
+            return str(answer["job_id"])
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        async with self.http.get(f"{self.url}/api/admin/jobs/{job_id}", headers=ADMIN) as r:
+            job: dict[str, Any] = await r.json()
+            return job
+
+    async def settled(self, job_id: str) -> dict[str, Any]:
+        async def done() -> dict[str, Any] | None:
+            job = await self.job(job_id)
+            return job if job["status"] in FINAL else None
+
+        return dict(await until(done, f"job {job_id} to finish", 60))
+
+    async def runners(self) -> dict[str, dict[str, Any]]:
+        async with self.http.get(f"{self.url}/api/admin/runners", headers=ADMIN) as r:
+            return {row["name"]: row for row in (await r.json())["runners"]}
+
+    async def connected(self, name: str) -> str:
+        async def find() -> str | None:
+            row = (await self.runners()).get(name)
+            return str(row["runner_id"]) if row and row["connected"] else None
+
+        return str(await until(find, f"runner {name} connected", 30))
+
+    @contextlib.contextmanager
+    def runner(self, name: str, allowed: str | None) -> Iterator[Proc]:
+        env = {
+            "RUNPACK_NAME": name,
+            "RUNPACK_JOB_TYPES": "container",
+            "RUNPACK_CONCURRENCY": "2",
+            "RUNPACK_CONTAINER_WORK_DIR": str(self.tmp / "work"),
+            "RUNPACK_CONTAINER_MEMORY_MB": "64",
+            "RUNPACK_CONTAINER_TIME_LIMIT": "60",
+        }
+        if allowed is not None:
+            env["RUNPACK_CONTAINER_IMAGES"] = allowed
+        with running_runner(self.tmp / f"runner-{name}", self.url, env=env) as proc:
+            yield proc
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp: Path) -> AsyncIterator[Server]:
+    (tmp / "work").mkdir()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        with running_server(tmp / "server", {**KEYS, **NO_LIMITS}) as proc:
+            yield Server(http, proc, tmp)
+
+
+async def test_container_jobs_go_only_to_runners_that_allow_their_image(
+    tmp_path: Path, api: Any, images: list[tuple[str, str]]
+) -> None:
+    a, b, c, d = images
+    async with serving(tmp_path) as server:
+        # Runner "a" allows image a by reference; "b" allows image b by its tag, which
+        # it sends resolved: the image ID, by itself and after any name.
+        with server.runner("a", pinned(a)), server.runner("b", b[0]):
+            ra, rb = await server.connected("a"), await server.connected("b")
+            shown = await server.runners()
+            assert shown["a"]["images"] == [pinned(a)]
+            assert shown["b"]["images"] == [b[0], b[1], f"*@{b[1]}"]
+            jobs = {
+                await server.submit(image, n): rid
+                for n in range(3)
+                for image, rid in ((a, ra), (b, rb))
+            }
+            for job_id, rid in jobs.items():
+                job = await server.settled(job_id)
+                assert job["status"] == "completed", job
+                assert job["claimed_by"] == rid, job
+            # Image c: neither allows it. It waits, pending, and says why, while the
+            # jobs the runners allow keep running past it.
+            waiting = await server.submit(c, 0)
+            after = await server.submit(a, 9)
+            assert (await server.settled(after))["claimed_by"] == ra
+            job = await server.job(waiting)
+            assert job["status"] == "pending", job
+            assert "no connected runner allows its image" in job["queue"]["message"], job
+            # A runner that allows it connects: it takes it.
+            with server.runner("c", f"{dockerimages.REPOSITORY}@{c[1]}"):
+                rc = await server.connected("c")
+                job = await server.settled(waiting)
+                assert job["status"] == "completed" and job["claimed_by"] == rc, job
+                assert job["output_data"]["image_id"] == c[1]
+            # Image d: allowed by no list. A runner that sends none (as before) is given
+            # it, and its own check refuses it.
+            refused = await server.submit(d, 0)
+            assert (await server.job(refused))["status"] == "pending"
+            with server.runner("plain", None):
+                plain = await server.connected("plain")
+                assert "images" not in (await server.runners())["plain"]
+                job = await server.settled(refused)
+                assert job["claimed_by"] == plain, job
+                assert "allows no images" in job["error_message"], job
