@@ -43,8 +43,11 @@ class Server:
     def __init__(self, http: aiohttp.ClientSession, proc: Proc, tmp: Path) -> None:
         self.http, self.url, self.tmp = http, proc.url, tmp
 
-    async def submit(self, image: tuple[str, str], n: int) -> str:
-        params = {"image": pinned(image), "command": ["sh", "-c", f"cat /etc/which; echo {n}"]}
+    async def submit(self, image: tuple[str, str], n: int, reference: str = "") -> str:
+        params = {
+            "image": reference or pinned(image),
+            "command": ["sh", "-c", f"cat /etc/which; echo {n}"],
+        }
         body = {"job_type": "container", "input_params": params}
         async with self.http.post(f"{self.url}/api/jobs/submit", json=body, headers=SUBMIT) as r:
             answer = await r.json()
@@ -136,10 +139,20 @@ async def test_container_jobs_go_only_to_runners_that_allow_their_image(
             # Image d: allowed by no list. A runner that sends none (as before) is given
             # it, and its own check refuses it.
             refused = await server.submit(d, 0)
+            unpinned = await server.submit(d, 0, reference=d[0])
             assert (await server.job(refused))["status"] == "pending"
             with server.runner("plain", None):
                 plain = await server.connected("plain")
                 assert "images" not in (await server.runners())["plain"]
                 job = await server.settled(refused)
                 assert job["claimed_by"] == plain, job
-                assert "allows no images" in job["error_message"], job
+                assert job["error_message"] == (
+                    f"Invalid parameters: image {pinned(d)} is not allowed: this runner"
+                    " allows no images (RUNPACK_CONTAINER_IMAGES is empty)"
+                )
+                assert "Container" not in job["console_output"]  # none was started
+                job = await server.settled(unpinned)
+                assert job["error_message"].startswith(
+                    "Invalid parameters: Parameter 'image' is not pinned"
+                )
+                assert "docker image inspect" in job["error_message"]
