@@ -5,9 +5,8 @@ can take.
 **Runners that can take it**: the runners connected to this server (their slots are
 their concurrency), and the runners other instances or the HTTP channel heard from in
 the last ``SEEN_WINDOW`` seconds (one slot each: their concurrency is not stored),
-less those that just left this server. Of a container job, the runners here whose
-image list leaves its image out are not counted (those of other instances are: their
-lists are not read).
+less those that just left this server. Of a container job, the runners whose image
+list leaves its image out are not counted.
 
 **Place in line**: 1 + the pending jobs that claims take before it (priority, then
 age) among the job types those runners handle: a count over one index range per type,
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, NotRequired, TypedDict
 
 from runpack.encoding import parse_json_text
-from runpack.image_lists import CONTAINER, refuses
+from runpack.image_lists import CONTAINER, claimable, refuses
 from runpack.notify import EventKind, ServerEvent
 from runpack.protocol import JobStatus
 from runpack.store import JobRow, Store
@@ -171,8 +170,15 @@ class Standing:
             return self._seen[1]
         since = self.clock_ms() - int(SEEN_WINDOW * 1000)
         rows = await self.store.runners_seen(since, 1000)
+        lists = await self.store.runner_images([r.id for r in rows if CONTAINER in r.capabilities])
         seen = [
-            Able(r.id, r.name, frozenset(parse_json_text(r.capabilities, [])), 1, False)
+            Able(
+                r.id,
+                r.name,
+                claimable(frozenset(parse_json_text(r.capabilities, [])), lists.get(r.id)),
+                1,
+                False,
+            )
             for r in rows
         ]
         self._seen = (now, seen)

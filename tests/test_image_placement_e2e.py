@@ -70,16 +70,21 @@ class Server:
         async with self.http.get(f"{self.url}/api/admin/runners", headers=ADMIN) as r:
             return {row["name"]: row for row in (await r.json())["runners"]}
 
-    async def connected(self, name: str) -> str:
+    async def connected(self, name: str, over: str = "connected") -> str:
+        """The runner's id once it is connected (``over="is_active"``: over HTTP)."""
+
         async def find() -> str | None:
             row = (await self.runners()).get(name)
-            return str(row["runner_id"]) if row and row["connected"] else None
+            return str(row["runner_id"]) if row and row[over] else None
 
         return str(await until(find, f"runner {name} connected", 30))
 
     @contextlib.contextmanager
-    def runner(self, name: str, allowed: str | None) -> Iterator[Proc]:
+    def runner(
+        self, name: str, allowed: str | None, transport: str = "websocket"
+    ) -> Iterator[Proc]:
         env = {
+            "RUNPACK_TRANSPORT": transport,
             "RUNPACK_NAME": name,
             "RUNPACK_JOB_TYPES": "container",
             "RUNPACK_CONCURRENCY": "2",
@@ -107,9 +112,10 @@ async def test_container_jobs_go_only_to_runners_that_allow_their_image(
     a, b, c, d = images
     async with serving(tmp_path) as server:
         # Runner "a" allows image a by reference; "b" allows image b by its tag, which
-        # it sends resolved: the image ID, by itself and after any name.
-        with server.runner("a", pinned(a)), server.runner("b", b[0]):
-            ra, rb = await server.connected("a"), await server.connected("b")
+        # it sends resolved: the image ID, by itself and after any name. "b" talks HTTP
+        # (it registers with its list, and long-polls).
+        with server.runner("a", pinned(a)), server.runner("b", b[0], "http"):
+            ra, rb = await server.connected("a"), await server.connected("b", "is_active")
             shown = await server.runners()
             assert shown["a"]["images"] == [pinned(a)]
             assert shown["b"]["images"] == [b[0], b[1], f"*@{b[1]}"]
