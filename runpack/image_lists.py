@@ -11,15 +11,18 @@ those whose ``image`` a pattern matches. A runner without a list claims as befor
 A pattern means what the runner's own matcher (``fnmatch.fnmatchcase``) makes of it:
 ``*`` any text, ``?`` one character, ``[…]`` one of a set (``[!…]`` none of it), all
 else itself. SQLite calls that matcher itself (:func:`image_allowed`, registered on
-its connections); PostgreSQL is given each pattern as a regular expression that means
-the same (:func:`pg_regex`, tested against the matcher).
+its connections, given the list as JSON text: one call per job looked at, its
+patterns compiled once); PostgreSQL is given one regular expression that means the
+same (:func:`pg_regex` of each pattern, tested against the matcher).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import functools
-from collections.abc import Collection, Iterable, Mapping
+import json
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 #: The job type whose jobs name an image (runpack_runner.jobs.container).
 CONTAINER = "container"
@@ -30,10 +33,15 @@ class ImageGroup(frozenset[str]):
     container type; equal only to a group of the same types and patterns."""
 
     images: tuple[str, ...]
+    #: The patterns as JSON text (SQLite's claims) and as one regular expression
+    #: (PostgreSQL's).
+    listed: str
+    pg_regex: str
 
     def __new__(cls, job_types: Iterable[str], images: Iterable[str]) -> ImageGroup:
         group = super().__new__(cls, job_types)
         group.images = tuple(images)
+        group.listed, group.pg_regex = _forms(group.images)
         return group
 
     def __eq__(self, other: object) -> bool:
@@ -50,7 +58,13 @@ class ImageGroup(frozenset[str]):
         return hash((frozenset.__hash__(self), self.images))
 
     def allows(self, image: object) -> bool:
-        return isinstance(image, str) and any(fnmatch.fnmatchcase(image, p) for p in self.images)
+        return image_allowed(image, self.listed)
+
+
+@functools.lru_cache(maxsize=256)
+def _forms(images: tuple[str, ...]) -> tuple[str, str]:
+    regexes = [r for r in map(pg_regex, images) if r is not None]
+    return json.dumps(images), "|".join(f"(?:{r})" for r in regexes) or NOTHING
 
 
 def claimable(job_types: frozenset[str], images: Collection[str] | None) -> frozenset[str]:
@@ -63,6 +77,10 @@ def claimable(job_types: frozenset[str], images: Collection[str] | None) -> froz
 def images_of(job_types: Collection[str]) -> tuple[str, ...] | None:
     """The patterns a claim of these job types is limited to (None: none)."""
     return job_types.images if isinstance(job_types, ImageGroup) else None
+
+
+def group_of(job_types: Collection[str]) -> ImageGroup | None:
+    return job_types if isinstance(job_types, ImageGroup) else None
 
 
 def group_key(job_types: frozenset[str]) -> tuple[str, ...]:
@@ -81,19 +99,38 @@ def refuses(job_types: Collection[str], job_type: str, params: object) -> bool:
     )
 
 
-def image_allowed(image: object, pattern: object) -> bool:
-    """SQLite's ``image_allowed(image, pattern)``: the runner's matcher."""
-    return (
-        isinstance(image, str) and isinstance(pattern, str) and fnmatch.fnmatchcase(image, pattern)
-    )
+def image_allowed(image: object, listed: object) -> bool:
+    """SQLite's ``image_allowed(image, patterns)``: whether one of the patterns (a JSON
+    array) matches ``image``, as the runner's matcher does."""
+    if not isinstance(image, str) or not isinstance(listed, str):
+        return False
+    match = _matcher(listed)
+    return match is not None and match(image) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _matcher(listed: str) -> Callable[[str], object] | None:
+    """The patterns of a JSON array as one compiled expression (fnmatch's own
+    translation, joined as its documentation allows); None if there are none."""
+    patterns = [p for p in json.loads(listed) if isinstance(p, str)]
+    if not patterns:
+        return None
+    try:
+        return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
+    except re.error:  # as the runner, whose matcher fails on such a pattern
+        return lambda image: any(_fnmatch(image, p) for p in patterns) or None
+
+
+def _fnmatch(image: str, pattern: str) -> bool:
+    try:
+        return fnmatch.fnmatchcase(image, pattern)
+    except re.error:
+        return False
 
 
 # --- PostgreSQL -------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1024)
-def pg_regexes(patterns: tuple[str, ...]) -> list[str]:
-    """The regular expressions a PostgreSQL claim is given for these patterns (a pattern
-    that can match nothing is left out)."""
-    return [r for r in map(pg_regex, patterns) if r is not None]
+#: A regular expression that matches nothing (the end, then a character).
+NOTHING = "$.^"
 
 
 def pg_regex(pattern: str) -> str | None:

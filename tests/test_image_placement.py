@@ -90,13 +90,22 @@ def random_patterns(n: int) -> list[str]:
 # --- the matcher, against the runner's --------------------------------------------------------
 
 
+def lists(n: int) -> list[list[str]]:
+    """Allow lists: each pattern alone, then random lists of several."""
+    singles = [[p] for p in PATTERNS + random_patterns(500)]
+    rng = random.Random(7)
+    many = random_patterns(600)
+    return singles + [rng.sample(many, rng.randint(2, 6)) for _ in range(n)]
+
+
 def test_the_servers_matcher_is_the_runners() -> None:
-    for entry in PATTERNS + random_patterns(500):
-        advertised = ContainerPolicy(allowed=(entry,)).advertised(lambda tag: ())
-        group = claimable(frozenset({"container"}), advertised)
+    for entries in lists(300):
+        policy = ContainerPolicy(allowed=tuple(entries))
+        group = claimable(frozenset({"container"}), policy.advertised(lambda tag: ()))
         for image in IMAGES:
             ours = not refuses(group, "container", {"image": image})
-            assert ours == runner_allows(entry, image), (entry, image)
+            theirs = any(runner_allows(entry, image) for entry in entries)
+            assert ours == theirs, (entries, image)
 
 
 async def test_postgres_regular_expressions_match_as_the_runner_does() -> None:
@@ -122,6 +131,17 @@ async def test_postgres_regular_expressions_match_as_the_runner_does() -> None:
                     IMAGES,
                 )
                 assert [r[0] for r in rows] == expected, (entry, regex)
+            for entries in lists(300):  # a list as one expression, as claims use it
+                group = claimable(frozenset({"container"}), entries)
+                assert isinstance(group, ImageGroup)
+                expected = [any(runner_allows(e, i) for e in entries) for i in IMAGES]
+                rows = await conn.fetch(
+                    'SELECT i COLLATE "C" ~ $1 FROM unnest($2::text[]) WITH ORDINALITY AS t(i, n)'
+                    " ORDER BY n",
+                    group.pg_regex,
+                    IMAGES,
+                )
+                assert [r[0] for r in rows] == expected, (entries, group.pg_regex)
         finally:
             await conn.close()
 
@@ -230,6 +250,16 @@ async def test_claims_take_only_the_images_a_runner_allows(store: Store) -> None
         expected = {jid for jid, image in jobs.items() if runner_allows(entry, image)}
         assert ids == expected | {other}, entry
         for job in claimed:  # back in the queue for the next pattern
+            assert await store.requeue(job.id, ["claimed"], T0 + 1000, 0)
+    # Several patterns at once; none.
+    for entries in (PATTERNS[:8], PATTERNS, []):
+        group = claimable(frozenset({"container"}), entries)
+        claimed = await store.claim_batch("r", group, T0 + 1000, 100)
+        expected = {
+            jid for jid, image in jobs.items() if any(runner_allows(e, image) for e in entries)
+        }
+        assert {j.id for j in claimed} == expected, entries
+        for job in claimed:
             assert await store.requeue(job.id, ["claimed"], T0 + 1000, 0)
     # A runner without a list takes them all, as before.
     everything = await store.claim_batch("r", frozenset({"container"}), T0 + 1000, 100)

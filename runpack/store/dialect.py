@@ -11,8 +11,7 @@ engine alone.
 ``{one_of[name]}`` is the test "is one of the values of the list parameter
 ``name``", one statement text for any number of values; ``{filter_one_of[name]}`` is
 the same test on rows found by their primary key, spelled so that no index on the
-tested column is taken instead; ``{values_of[name]}`` (after ``FROM``) is the list as
-a table whose one column is ``value``. SQLite gets the list as JSON text (the store
+tested column is taken instead. SQLite gets the list as JSON text (the store
 encodes the parameters named in :attr:`Statement.arrays`).
 """
 
@@ -25,7 +24,7 @@ _PARAM = re.compile(r"(?<!:):([a-z_][a-z0-9_]*)")
 
 
 #: The slots that take a list parameter's name: ``{one_of[name]}``.
-LIST_SLOTS = ("one_of", "filter_one_of", "values_of")
+LIST_SLOTS = ("one_of", "filter_one_of")
 
 
 class _ListSlot:
@@ -50,8 +49,6 @@ SQLITE: Mapping[str, str] = {
     "held_by_runner": "claimed_by = :runner_id",
     "one_of": "IN (SELECT value FROM json_each(:{name}))",
     "filter_one_of": "IN (SELECT value FROM json_each(:{name}))",
-    # The list's values as a table with one column, `value` (after FROM).
-    "values_of": "json_each(:{name})",
 }
 
 #: PostgreSQL's spelling of each slot.
@@ -74,7 +71,6 @@ POSTGRES: Mapping[str, str] = {
     # index of finished jobs by status, and read every job of that state, whenever
     # its statistics say there are few.
     "filter_one_of": "IN (SELECT unnest(:{name}::text[]))",
-    "values_of": "unnest(:{name}::text[]) AS value",
 }
 
 

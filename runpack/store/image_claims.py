@@ -2,10 +2,10 @@
 (runpack.image_lists): CLAIM_BATCH's, whose pick also skips the container jobs whose
 ``image`` none of the runner's patterns matches.
 
-SQLite matches with ``image_allowed(image, pattern)``, the runner's own matcher in
-Python (registered on each connection by runpack.store.sqlite); PostgreSQL with a
-regular expression of each pattern that means the same (``image_regexes``), in the C
-collation so that ranges are by code point. The statement runs only for such runners:
+SQLite matches with ``image_allowed(image, patterns)``, the runner's own matcher in
+Python (registered on each connection by runpack.store.sqlite); PostgreSQL with one
+regular expression that means the same (``image_regex``), in the C collation so that
+ranges are by code point. The statement runs only for such runners:
 the others claim with CLAIM_BATCH as before.
 """
 
@@ -15,24 +15,17 @@ from runpack.image_lists import CONTAINER
 from runpack.store.dialect import Statement
 from runpack.store.queries import _CLAIM_SET, _PICK, JOB_COLS
 
-#: Whether the job's image is a string (only strings match, as on the runner).
-_TEXT = {
-    "sqlite": "TRUE",  # image_allowed() is false of anything else
-    "postgres": "json_typeof(jobs.input_params::json -> 'image') = 'string'",
-}
 _ALLOWED = {
-    "sqlite": "image_allowed(json_extract(jobs.input_params, '$.image'), value)",
-    "postgres": "(jobs.input_params::json ->> 'image') COLLATE \"C\" ~ value",
+    "sqlite": "image_allowed(json_extract(jobs.input_params, '$.image'), :image_list)",
+    # Only a string image matches, as on the runner (->> makes text of a number too).
+    "postgres": "json_typeof(jobs.input_params::json -> 'image') = 'string'"
+    " AND (jobs.input_params::json ->> 'image') COLLATE \"C\" ~ :image_regex",
 }
-_PATTERNS = {"sqlite": "image_patterns", "postgres": "image_regexes"}
 
 
 def _pick(engine: str) -> str:
-    allowed = (
-        f"(job_type <> '{CONTAINER}' OR {_TEXT[engine]} AND EXISTS (SELECT 1 FROM"
-        f" {{values_of[{_PATTERNS[engine]}]}} WHERE {_ALLOWED[engine]}))"
-    )
     kinds = "job_type {one_of[job_types]}"
+    allowed = f"(job_type <> '{CONTAINER}' OR {_ALLOWED[engine]})"
     return _PICK.replace(kinds, f"{kinds}\n      AND {allowed}")
 
 

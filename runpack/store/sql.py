@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from runpack.image_lists import images_of, pg_regexes
+from runpack.image_lists import group_of
 from runpack.store import queries as q
 from runpack.store.base import (
     API_KEY_COLUMNS,
@@ -170,11 +170,11 @@ class SqlStore(InstanceMethods, VersionMethods, ABC):
         if not job_types or limit < 1:
             return []
         params = {"runner_id": runner_id, "job_types": list(job_types), "now": now}
-        images = images_of(job_types)
-        if images is None:
+        group = group_of(job_types)
+        if group is None:
             rows = await self._write(q.CLAIM_BATCH, {**params, "limit": limit})
         else:  # a runner that allows container jobs only these images
-            params |= {"image_patterns": images, "image_regexes": pg_regexes(images)}
+            params |= {"image_list": group.listed, "image_regex": group.pg_regex}
             rows = await self._write(CLAIM_BATCH_IMAGES, {**params, "limit": limit})
         return claim_order([JobRow(*row) for row in rows])
 
