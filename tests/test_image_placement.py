@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from runpack.image_lists import ImageGroup, claimable, pg_regex, refuses
@@ -22,6 +23,7 @@ from runpack.store import Store
 from runpack.store.base import NewJob
 from runpack_runner.container_spec import ContainerPolicy, ContainerSpec
 from tests.pg import require_postgres
+from tests.procs import KEYS, NO_LIMITS, running_server
 from tests.test_store import T0, opened
 
 HEX = "0123456789abcdef"
@@ -264,3 +266,33 @@ async def test_claims_take_only_the_images_a_runner_allows(store: Store) -> None
     # A runner without a list takes them all, as before.
     everything = await store.claim_batch("r", frozenset({"container"}), T0 + 1000, 100)
     assert {j.id for j in everything} == set(jobs) | set(odd)
+
+
+# --- a hostile runner, against a real server ----------------------------------------------------
+
+
+async def test_hostile_lists_are_refused_at_registration_and_nothing_is_created(
+    tmp_path: Path,
+) -> None:
+    runner = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
+    admin = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
+    cases = [*HOSTILE, (["a@*"], "only with the container job type in capabilities")]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        with running_server(tmp_path / "server", {**KEYS, **NO_LIMITS}) as server:
+            for images, why in cases:
+                kinds = ["noop"] if "only with" in why else ["container"]
+                body = {"name": "evil", "capabilities": kinds, "images": images}
+                async with http.post(
+                    f"{server.url}/api/runner/register", json=body, headers=runner
+                ) as r:
+                    answer = await r.json()
+                assert r.status == 400, answer
+                assert answer["error"] == "Invalid registration data"
+                assert why in answer["details"] and "\n" not in answer["details"], answer
+                async with http.ws_connect(f"{server.url}/api/runner/ws", headers=runner) as ws:
+                    await ws.send_json({"type": "hello", **body, "concurrency": 1})
+                    frame = await ws.receive_json(timeout=10)
+                assert frame["type"] == "error" and frame["error"] == "Invalid registration data"
+                assert why in frame["details"], frame
+            async with http.get(f"{server.url}/api/admin/runners", headers=admin) as r:
+                assert (await r.json())["runners"] == []

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests import dockerimages
+from tests.pg import fresh_database, require_postgres
 from tests.procs import (
     KEYS,
     NO_LIMITS,
@@ -110,18 +111,26 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp: Path) -> AsyncIterator[Server]:
+async def serving(tmp: Path, engine: str) -> AsyncIterator[Server]:
     (tmp / "work").mkdir()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        with running_server(tmp / "server", {**KEYS, **NO_LIMITS}) as proc:
-            yield Server(http, proc, tmp)
+    async with contextlib.AsyncExitStack() as stack:
+        args: tuple[str, ...] = ()
+        if engine == "postgres":
+            require_postgres()
+            args = ("--db", await stack.enter_async_context(fresh_database()))
+        http = await stack.enter_async_context(
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        )
+        proc = stack.enter_context(running_server(tmp / "server", {**KEYS, **NO_LIMITS}, args))
+        yield Server(http, proc, tmp)
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 async def test_container_jobs_go_only_to_runners_that_allow_their_image(
-    tmp_path: Path, api: Any, images: list[tuple[str, str]]
+    tmp_path: Path, api: Any, images: list[tuple[str, str]], engine: str
 ) -> None:
     a, b, c, d = images
-    async with serving(tmp_path) as server:
+    async with serving(tmp_path, engine) as server:
         # Runner "a" allows image a by reference; "b" allows image b by its tag, which
         # it sends resolved: the image ID, by itself and after any name. "b" talks HTTP
         # (it registers with its list, and long-polls).
