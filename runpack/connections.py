@@ -36,7 +36,8 @@ class RunnerConn:
     runner_id: str
     name: str
     #: The job types it takes jobs of: those it declared (``job_types``) whose version
-    #: it runs (runpack.handler_versions).
+    #: it runs (runpack.handler_versions); an ImageGroup if it sent ``images``
+    #: (runpack.image_lists).
     capabilities: frozenset[str]
     concurrency: int
     send: Callable[[ServerMessage], None]
@@ -57,6 +58,8 @@ class RunnerConn:
     #: The job types it declared, and the versions of them its handlers declared.
     job_types: frozenset[str] = NO_JOBS
     versions: Mapping[str, str] = field(default_factory=lambda: NO_VERSIONS)
+    #: The images its container jobs may run (patterns), if it sent a list.
+    images: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.job_types:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from runpack.errors import RunpackError
+from runpack.image_lists import claimable
 from runpack.jobtypes import JobTypeVersions, version_order
 from runpack.notify import EventKind, ServerEvent
 
@@ -120,7 +121,8 @@ class HandlerVersions:
             return
         moved = False
         for conn in hub.conns.values():
-            if hub.regroup(conn, self.eligible(conn.job_types, conn.versions)):
+            eligible = self.eligible(conn.job_types, conn.versions)
+            if hub.regroup(conn, claimable(eligible, conn.images)):
                 moved = True
         if moved:
             hub.wake()

@@ -28,6 +28,7 @@ from typing import Any
 from runpack.connections import RunnerConn
 from runpack.encoding import assignment
 from runpack.errors import RunpackError
+from runpack.image_lists import group_key
 from runpack.notify import EventKind, ServerEvent
 from runpack.placement import Placement
 from runpack.protocol import Cancel, JobStatus
@@ -334,7 +335,7 @@ class Hub:
                 conn.reserve(n)  # while the claim is in flight
                 self._note(conn)
             results = await asyncio.gather(
-                *(self.service.claim_batch(c.runner_id, sorted(caps), n) for caps, c, n in asks),
+                *(self.service.claim_batch(c.runner_id, caps, n) for caps, c, n in asks),
                 return_exceptions=True,
             )
             found_nothing: set[frozenset[str]] = set()
@@ -383,8 +384,8 @@ class Hub:
 
     def regroup(self, conn: RunnerConn, job_types: frozenset[str]) -> bool:
         """``conn`` claims these job types now (as the one object shared by the runners
-        that have them); whether they changed."""
-        kept = self._capabilities.setdefault(tuple(sorted(job_types)), job_types)
+        that have them, and the same image list: runpack.image_lists); whether they changed."""
+        kept = self._capabilities.setdefault(group_key(job_types), job_types)
         changed, conn.capabilities, self._handled = kept != conn.capabilities, kept, None
         return changed
 

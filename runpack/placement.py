@@ -19,8 +19,10 @@ against 8.3 on PostgreSQL; jobs/s 1,483 against 1,183 and 622 against 563.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, cast
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
+from runpack.image_lists import refuses
 from runpack.store import JobRow
 
 if TYPE_CHECKING:
@@ -69,8 +71,9 @@ class Placement:
         self.raced = bool(self._placing)
 
     # --- asked by the service on each insert -------------------------------------------
-    def take(self, job_type: str) -> RunnerSlot | None:
-        """A free slot of the least busy runner that can run ``job_type``, reserved,
+    def take(self, job_type: str, params: Mapping[str, Any]) -> RunnerSlot | None:
+        """A free slot of the least busy runner that can run ``job_type`` with these
+        parameters (a container job's image on its list, runpack.image_lists), reserved,
         or None: while the dispatcher is woken or at work there may be queued jobs
         that come first (priority, then age), and they are left to it. A round finds
         nothing before the dispatcher sleeps, so a free slot then means no queued job
@@ -84,6 +87,8 @@ class Placement:
             if i == TAKE_SCAN:
                 break
             if job_type not in conn.capabilities or not hub.may_place_on(conn):
+                continue
+            if refuses(conn.capabilities, job_type, params):
                 continue
             if best is None or conn.load < best.load:
                 best = conn

@@ -5,7 +5,8 @@ can take.
 **Runners that can take it**: the runners connected to this server (their slots are
 their concurrency), and the runners other instances or the HTTP channel heard from in
 the last ``SEEN_WINDOW`` seconds (one slot each: their concurrency is not stored),
-less those that just left this server.
+less those that just left this server. Of a container job, the runners whose image
+list leaves its image out are not counted.
 
 **Place in line**: 1 + the pending jobs that claims take before it (priority, then
 age) among the job types those runners handle: a count over one index range per type,
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, NotRequired, TypedDict
 
 from runpack.encoding import parse_json_text
+from runpack.image_lists import CONTAINER, claimable, refuses
 from runpack.notify import EventKind, ServerEvent
 from runpack.protocol import JobStatus
 from runpack.store import JobRow, Store
@@ -168,8 +170,15 @@ class Standing:
             return self._seen[1]
         since = self.clock_ms() - int(SEEN_WINDOW * 1000)
         rows = await self.store.runners_seen(since, 1000)
+        lists = await self.store.runner_images([r.id for r in rows if CONTAINER in r.capabilities])
         seen = [
-            Able(r.id, r.name, frozenset(parse_json_text(r.capabilities, [])), 1, False)
+            Able(
+                r.id,
+                r.name,
+                claimable(frozenset(parse_json_text(r.capabilities, [])), lists.get(r.id)),
+                1,
+                False,
+            )
             for r in rows
         ]
         self._seen = (now, seen)
@@ -197,6 +206,13 @@ class Standing:
             return None
         runners = await self.runners()
         able = [r for r in runners if job.job_type in r.capabilities]
+        refused = None
+        if job.job_type == CONTAINER and able:  # runners here whose image list leaves it out
+            params = parse_json_text(job.input_params, {})
+            kept = [r for r in able if not refuses(r.capabilities, job.job_type, params)]
+            if not kept:
+                refused = str(params.get("image") if isinstance(params, dict) else None)
+            able = kept
         types = sorted({t for r in able for t in r.capabilities} | {job.job_type})
         ahead = await self.store.jobs_ahead(job, types, AHEAD_LIMIT)
         count = sum(ahead.values())
@@ -210,7 +226,7 @@ class Standing:
         if any(n >= AHEAD_LIMIT for n in ahead.values()):
             state["position_capped"] = True
         if not able:
-            state["message"] = no_runner(job.job_type, runners)
+            state["message"] = no_runner(job.job_type, runners, refused)
             return state
         start = await self._estimate(job, able, ahead)
         if start is not None:
@@ -288,9 +304,12 @@ def in_line(state: QueueState, job_type: str) -> str:
     return f"{place}, {duration(start)}"
 
 
-def no_runner(job_type: str, runners: Sequence[Able]) -> str:
-    """The sentence for a job that no runner can take."""
+def no_runner(job_type: str, runners: Sequence[Able], image: str | None = None) -> str:
+    """The sentence for a job that no runner can take; ``image``: that of a container
+    job that runners handle, none of them allowing it."""
     head = f"no connected runner handles job type {job_type}"
+    if image is not None:
+        head = f"no connected runner allows its image {image} (RUNPACK_CONTAINER_IMAGES)"
     if not runners:
         return f"{head}; no runner is connected"
     named = [f"{r.name} ({', '.join(sorted(r.capabilities)) or 'no job types'})" for r in runners]

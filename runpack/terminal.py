@@ -360,7 +360,10 @@ async def runners(target: Target, *, as_json: bool, out: Console) -> int:
     for row in rows:
         current = row.live.get("current_jobs") or []
         slots = row.live.get("concurrency")
-        versions = row.live.get("versions") or {}  # its handlers' versions, by job type
+        versions = dict(row.live.get("versions") or {})  # its handlers' versions, by job type
+        if "images" in row.live:  # the images it allows container jobs, if it sent a list
+            images = f"({plural(len(row.live['images']), 'image')})"
+            versions["container"] = f"{versions.get('container', '')} {images}".lstrip()
         table.add_row(
             row.runner_id,
             row.name,

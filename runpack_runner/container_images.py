@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Callable
 from typing import Any
 
-from runpack_runner.container_spec import ContainerSpec
+from runpack_runner.container_spec import ContainerPolicy, ContainerSpec, is_tag
+
+log = logging.getLogger(__name__)
 
 
 def digests_of(api: Any, tag: str) -> list[str]:
@@ -44,3 +48,22 @@ def resolve(api: Any, spec: ContainerSpec) -> dict[str, Any]:
     if spec.digest != info["Id"] and spec.image not in names:
         raise RuntimeError(f"image {spec.image} resolved to {info['Id']}, not the digest asked for")
     return info
+
+
+def advertised(policy: ContainerPolicy, connect: Callable[[], Any]) -> list[str] | None:
+    """The allow list the runner sends when it registers (None: it has none), its tags
+    resolved on this runner now: a tag that moves is seen at the next registration (a
+    reconnect). A tag that cannot be resolved (no such image, dockerd down) allows
+    nothing until then."""
+    if not any(is_tag(entry) for entry in policy.allowed):
+        return policy.advertised(lambda tag: ())
+    api = None
+    try:
+        api = connect()
+        return policy.advertised(lambda tag: digests_of(api, tag))
+    except Exception as exc:
+        log.warning("cannot resolve the tags of the allowed images: %s", exc)
+        return policy.advertised(lambda tag: ())
+    finally:
+        if api is not None:
+            api.close()

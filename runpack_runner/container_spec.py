@@ -74,6 +74,13 @@ class ContainerSpec:
     inputs: tuple[Input, ...] = ()
 
 
+def is_tag(entry: str) -> bool:
+    """Whether an allow list entry is a tag (``name:tag``), not a digest or a pattern."""
+    return (
+        "@" not in entry and not any(c in entry for c in "*?[") and not entry.startswith("sha256:")
+    )
+
+
 def _text(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a string, got {type(value).__name__}")
@@ -191,15 +198,27 @@ class ContainerPolicy:
             if fnmatch.fnmatchcase(spec.image, entry):
                 return True
         for entry in self.allowed:
-            if (
-                "@" not in entry
-                and not any(c in entry for c in "*?[")
-                and not entry.startswith("sha256:")
-            ):
+            if is_tag(entry):
                 digests = set(tag_digests(entry))
                 if spec.digest in digests or spec.image in digests:
                     return True
         return False
+
+    def advertised(self, tag_digests: Callable[[str], Iterable[str]]) -> list[str] | None:
+        """The allow list as the runner sends it when it registers (None: it has none):
+        each entry as it is, and after a tag the patterns of what it allows now (its
+        image ID, by itself or after any name, and its repository digests), so that the
+        server gives it the jobs :meth:`allows` lets through, and only those."""
+        if not self.allowed:
+            return None
+        out: list[str] = []
+        for entry in self.allowed:
+            out.append(entry)
+            if not is_tag(entry):
+                continue
+            for digest in tag_digests(entry):
+                out += [digest, f"*@{digest}"] if DIGEST.fullmatch(digest) else [digest]
+        return list(dict.fromkeys(out))
 
     def refusal(self, spec: ContainerSpec) -> str:
         if not self.allowed:

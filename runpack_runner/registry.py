@@ -121,6 +121,13 @@ class Registry:
         """The versions its handlers declare, by job type (those that declare one)."""
         return {t: h.version for t, h in sorted(self._handlers.items()) if h.version is not None}
 
+    def images(self) -> list[str] | None:
+        """The image allow list it sends (the container job type's, if it has one; see
+        runpack_runner.container_images.advertised). Blocking: call it in a thread."""
+        handler = self._handlers.get("container")
+        advertised = getattr(handler, "advertised_images", None)
+        return advertised() if callable(advertised) else None
+
     def isolated_modules(self) -> list[str]:
         """What the fork server of the jobs' processes imports: the modules of the
         handlers that run in processes of their own, and those they preload (the

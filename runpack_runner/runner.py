@@ -232,7 +232,9 @@ class Runner(Dispatch):
         """One connection, from hello to its end; True to reconnect at once."""
         sender: asyncio.Task[None] | None = None
         try:
-            welcome = await transport.start(self._hello())
+            hello = self._hello()
+            hello.images = await asyncio.to_thread(self.registry.images)
+            welcome = await transport.start(hello)
             self._adopt(welcome)
             self.transport = transport
             self._backoff.reset()

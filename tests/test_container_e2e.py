@@ -194,23 +194,23 @@ async def test_same_digest_is_cached_a_new_digest_runs_again(
         dockerimages.remove(api, other[0])
 
 
-async def test_disallowed_and_unpinned_images_are_refused_before_anything_runs(
+async def test_an_image_the_runner_does_not_allow_waits_and_nothing_runs(
     client: Client, api: Any, image: tuple[str, str]
 ) -> None:
+    """The runner sent its list: the server gives it no job of another image (a runner
+    that sends none refuses it itself: tests/test_image_placement_e2e.py)."""
     name, image_id = image
     job_id = await client.submit({"image": image_id, "command": ["touch", "/outputs/x"]})
-    job = await client.settled(job_id)
-    assert job["status"] == "failed"
-    assert job["error_message"] == (
-        f"Invalid parameters: image {image_id} is not allowed on this runner "
-        "(RUNPACK_CONTAINER_IMAGES)"
-    )
-    assert "Container" not in job["console_output"]  # none was started
-    assert dockerimages.containers_of(api, job_id) == []
     unpinned = await client.submit({"image": name})
-    job = await client.settled(unpinned)
-    assert job["error_message"].startswith("Invalid parameters: Parameter 'image' is not pinned")
-    assert "docker image inspect" in job["error_message"]
+    after = await client.submit({"image": pinned(image), "command": ["echo", "after"]})
+    assert (await client.settled(after))["status"] == "completed"  # taken past them
+    for waiting, shown in ((job_id, image_id), (unpinned, name)):
+        job = await client.job(waiting)
+        assert job["status"] == "pending", job
+        assert f"no connected runner allows its image {shown} " in job["queue"]["message"]
+        assert dockerimages.containers_of(api, waiting) == []
+        status, body = await client.call("POST", f"/api/jobs/{waiting}/cancel", ADMIN)
+        assert status == 200, body
 
 
 async def test_time_limit_kills_and_removes_the_container(

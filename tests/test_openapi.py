@@ -213,7 +213,9 @@ SENT: dict[str, Any] = {
     "Completion": protocol.Complete("j", {"a": 1}, "out").body(),
     "Failure": protocol.Failure("j", "boom", "out", retryable=True).body(),
     "Release": protocol.Release("j", "busy").body(),
-    "Registration": protocol.Registration("r", ["t"], True, {"t": "2"}).body(),
+    "Registration": protocol.Registration(
+        "r", ["container"], True, {"container": "2"}, ["lab/tool@*"]
+    ).body(),
     "Registered": protocol.Registered("r", runner_secret="s").body(),
 }
 

@@ -153,3 +153,20 @@ def test_lists_name_runners_and_show_completed_and_busy(
     outside = [u for u in stack.requests if (urlparse(u).hostname or "") not in LOOPBACK]
     assert not [u for u in outside if not u.startswith(("data:", "about:"))], outside
     assert ADMIN_KEY
+
+
+def test_a_runners_image_list_shows(stack: Stack, open_page: Open) -> None:
+    stack.call(
+        "POST",
+        "/api/runner/register",
+        RUNNER_KEY,
+        {"name": "ui-imaged", "capabilities": ["container"], "images": ["lab/tool@*", "x/y@*"]},
+    )
+    page = open_page("/ui/runners")
+    card = page.locator("article.runner-card", has_text="ui-imaged")
+    expect(card.get_by_role("list", name="Images").locator("li")).to_have_text(
+        ["lab/tool@*", "x/y@*"]
+    )
+    mine = page.locator("article.runner-card", has_text=RUNNER_NAME)
+    expect(mine.get_by_role("list", name="Job types")).to_be_visible()
+    expect(mine.get_by_role("list", name="Images")).to_have_count(0)  # it sent no list

@@ -155,9 +155,12 @@ async def list_runners(request: web.Request) -> web.Response:
     page = runners[:limit]
     live = live_state(await service.presence([r.id for r in page]))
     versions = await service.store.runner_versions([r.id for r in page])
+    images = await service.store.runner_images([r.id for r in page])
     body: dict[str, object] = {
         "runners": [
-            runner_summary(r, service.runner_is_active(r), live.get(r.id), versions.get(r.id))
+            runner_summary(
+                r, service.runner_is_active(r), live.get(r.id), versions.get(r.id), images.get(r.id)
+            )
             for r in page
         ],
         "total": len(page),
@@ -175,5 +178,6 @@ async def get_runner(request: web.Request) -> web.Response:
     jobs = await service.runner_jobs(runner.id)
     live = live_state(await service.presence([runner.id])).get(runner.id)
     versions = (await service.store.runner_versions([runner.id])).get(runner.id)
+    images = (await service.store.runner_images([runner.id])).get(runner.id)
     active = service.runner_is_active(runner)
-    return json_response(runner_detail(runner, active, live, jobs, versions))
+    return json_response(runner_detail(runner, active, live, jobs, versions, images))

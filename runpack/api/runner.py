@@ -52,6 +52,7 @@ async def register(request: web.Request) -> web.Response:
         owner=request[CALLER].owner,
         secret=secret,
         versions=asked.versions,
+        images=asked.images,
     )
     return json_response(Registered(runner.id, runner_secret=secret).body(), status=201)
 

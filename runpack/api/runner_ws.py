@@ -25,6 +25,7 @@ from runpack.connections import RunnerConn
 from runpack.errors import BadRequest, Forbidden, RunpackError, StoreError
 from runpack.hub import Hub
 from runpack.identity import Ownership, new_runner_secret
+from runpack.image_lists import claimable
 from runpack.protocol import ErrorReply, Hello, ProtocolError, Ready, Role, Welcome
 from runpack.service import JobService
 
@@ -169,11 +170,12 @@ class RunnerSession:
                     owner=self.caller.owner,
                     secret=secret,
                     versions=hello.versions,
+                    images=hello.images,
                 )
             else:
                 Ownership.of(runner).check(self.caller.owner, hello.runner_secret)
                 await self.service.touch_runner(runner.id)
-                await self.service.runner_declares(runner.id, hello.versions)
+                await self.service.runner_declares(runner.id, hello.versions, hello.images)
         except Forbidden as exc:
             log.warning("runner hello refused for runner %s: %s", wanted_id, exc.message)
             self.refuse(protocol.NOT_YOUR_RUNNER, exc.message, exc.details, ref="hello")
@@ -192,9 +194,12 @@ class RunnerSession:
         self.conn = RunnerConn(
             runner_id=runner.id,
             name=hello.name,
-            capabilities=self.service.versions.eligible(job_types, hello.versions),
+            capabilities=claimable(
+                self.service.versions.eligible(job_types, hello.versions), hello.images
+            ),
             job_types=job_types,
             versions=hello.versions,
+            images=None if hello.images is None else tuple(hello.images),
             concurrency=hello.concurrency,
             send=self.socket.send,
             close=self.socket.close,

@@ -119,6 +119,13 @@ class Runner(TypedDict):
     versions: NotRequired[
         Annotated[dict[str, str], "The versions its handlers declared, by job type."]
     ]
+    images: NotRequired[
+        Annotated[
+            list[str],
+            "The images it allows container jobs (patterns, tags resolved when it"
+            " registered): it is given only the container jobs of these.",
+        ]
+    ]
 
 
 class RunnerDetail(Runner):
@@ -222,9 +229,10 @@ def runner_summary(
     is_active: bool,
     live: dict[str, Any] | None = None,
     versions: dict[str, str] | None = None,
+    images: list[str] | None = None,
 ) -> Runner:
-    """A runner, plus its live connection to this server when it has one, and the
-    versions its handlers declared if any."""
+    """A runner, plus its live connection to this server when it has one, the versions
+    its handlers declared if any, and its image allow list if it sent one."""
     out: Runner = {
         "runner_id": runner.id,
         "name": runner.name,
@@ -237,6 +245,8 @@ def runner_summary(
         out.update(cast(Runner, live))
     if versions:
         out["versions"] = versions
+    if images is not None:
+        out["images"] = images
     return out
 
 
@@ -246,13 +256,14 @@ def runner_detail(
     live: dict[str, Any] | None,
     jobs: list[JobRow],
     versions: dict[str, str] | None = None,
+    images: list[str] | None = None,
 ) -> RunnerDetail:
     """``GET /api/admin/runners/{id}``: the runner and the jobs it claimed."""
     rows = [job_summary(job) for job in jobs]
     for row in rows:
         del row["claimed_by"]
     return {
-        **runner_summary(runner, is_active, live, versions),
+        **runner_summary(runner, is_active, live, versions, images),
         "registered_at": runner.registered_at,
         "jobs": rows,
     }

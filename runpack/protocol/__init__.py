@@ -45,6 +45,8 @@ from runpack.protocol.constants import (
     MAX_CONCURRENCY,
     MAX_CONSOLE_BYTES,
     MAX_ERROR_BYTES,
+    MAX_IMAGE_CHARS,
+    MAX_IMAGES,
     MAX_JOB_TIMEOUT,
     MAX_NAME_CHARS,
     MAX_OUTPUT_BYTES,
@@ -64,6 +66,7 @@ from runpack.protocol.fields import ProtocolError, positive
 from runpack.protocol.registration import (
     Registered,
     Registration,
+    check_images,
     check_registration,
     check_versions,
 )
@@ -101,6 +104,8 @@ __all__ = [
     "MAX_CONCURRENCY",
     "MAX_CONSOLE_BYTES",
     "MAX_ERROR_BYTES",
+    "MAX_IMAGES",
+    "MAX_IMAGE_CHARS",
     "MAX_JOB_TIMEOUT",
     "MAX_NAME_CHARS",
     "MAX_OUTPUT_BYTES",
@@ -134,6 +139,7 @@ __all__ = [
     "RunnerMessage",
     "ServerMessage",
     "Welcome",
+    "check_images",
     "check_registration",
     "check_versions",
     "decode_report",

@@ -48,6 +48,10 @@ MAX_NAME_CHARS = 200
 MAX_CAPABILITIES = 256
 #: A handler's declared version (runpack.protocol.registration), in characters.
 MAX_VERSION_CHARS = 64
+#: Entries of the image allow list a runner sends (runpack.protocol.registration)...
+MAX_IMAGES = 256
+#: ...and the characters of each.
+MAX_IMAGE_CHARS = 512
 
 
 #: The WebSocket close code for a runner refused by policy (RFC 6455).

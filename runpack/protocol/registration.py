@@ -6,7 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from runpack.protocol.constants import MAX_CAPABILITIES, MAX_NAME_CHARS, MAX_VERSION_CHARS
+from runpack.protocol.constants import (
+    MAX_CAPABILITIES,
+    MAX_IMAGE_CHARS,
+    MAX_IMAGES,
+    MAX_NAME_CHARS,
+    MAX_VERSION_CHARS,
+)
 from runpack.protocol.fields import ProtocolError, about
 
 
@@ -54,6 +60,29 @@ def check_versions(versions: object, capabilities: list[str]) -> dict[str, str]:
     return dict(versions)
 
 
+def check_images(images: object, capabilities: list[str]) -> list[str] | None:
+    """The image allow list a runner offering the ``container`` job type sends (absent
+    or null: it sends none, and may be given any container job; docs/containers.md);
+    ProtocolError if it is not a list of at most MAX_IMAGES patterns of 1 to
+    MAX_IMAGE_CHARS printable characters."""
+    if images is None:
+        return None
+    if not isinstance(images, list):
+        raise _bad_registration("images: an array of image patterns")
+    if len(images) > MAX_IMAGES:
+        raise _bad_registration(f"images: at most {MAX_IMAGES} patterns")
+    if "container" not in capabilities:
+        raise _bad_registration("images: only with the container job type in capabilities")
+    for image in images:
+        if (
+            not isinstance(image, str)
+            or not 0 < len(image) <= MAX_IMAGE_CHARS
+            or not image.isprintable()
+        ):
+            raise _bad_registration(f"images: each 1 to {MAX_IMAGE_CHARS} printable characters")
+    return list(images)
+
+
 def _bad_registration(why: str) -> ProtocolError:
     return ProtocolError("Invalid registration data", why)
 
@@ -87,21 +116,35 @@ class Registration:
         ),
     )
 
+    images: list[str] | None = field(
+        default=None,
+        metadata=about(
+            "With the `container` job type: the images it runs (its allow list, tags"
+            " resolved to digests); it is given only the container jobs whose image one"
+            " of them matches (docs/containers.md). Left out: any container job.",
+            type="array",
+            maxItems=MAX_IMAGES,
+            items={"type": "string", "minLength": 1, "maxLength": MAX_IMAGE_CHARS},
+        ),
+    )
+
     def body(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "capabilities": self.capabilities,
             "with_secret": self.with_secret,
             **({"versions": self.versions} if self.versions else {}),
+            **({"images": self.images} if self.images is not None else {}),
         }
 
     @classmethod
     def read(cls, body: dict[str, Any]) -> Registration:
         """By check_registration's rules; ``with_secret`` other than true is false (the
-        original's runner does not send it, nor ``versions``)."""
+        original's runner does not send it, nor ``versions`` or ``images``)."""
         name, capabilities = check_registration(body.get("name"), body.get("capabilities"))
         versions = check_versions(body.get("versions"), capabilities)
-        return cls(name, capabilities, body.get("with_secret") is True, versions)
+        images = check_images(body.get("images"), capabilities)
+        return cls(name, capabilities, body.get("with_secret") is True, versions, images)
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from runpack.protocol.fields import (
     _unknown,
     about,
 )
-from runpack.protocol.registration import check_registration, check_versions
+from runpack.protocol.registration import check_images, check_registration, check_versions
 
 #: A result's console: replaces the stored one, unless empty or missing.
 KEEP_CONSOLE = "Empty or missing: keep it."
@@ -31,7 +31,8 @@ class Hello:
     """The first frame: who the runner is. ``jobs``: the ones it still holds (running,
     or with a result not yet acknowledged); ``runner_secret``: the one the welcome that
     registered it gave (required once a runner has one); ``versions``: its handlers'
-    declared versions, by job type (see check_versions)."""
+    declared versions, by job type (see check_versions); ``images``: its allow list for
+    the container job type (see check_images; None: it sends none)."""
 
     TYPE: ClassVar[str] = "hello"
     runner_id: str | None
@@ -42,6 +43,7 @@ class Hello:
     jobs: list[str] = field(default_factory=list)
     runner_secret: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    images: list[str] | None = None
 
     def encode(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -54,6 +56,8 @@ class Hello:
         }
         if self.versions:
             out["versions"] = self.versions
+        if self.images is not None:
+            out["images"] = self.images
         if self.runner_id:
             out["runner_id"] = self.runner_id
             if self.runner_secret:
@@ -80,6 +84,7 @@ class Hello:
             jobs=jobs,
             runner_secret=_optional(frame, "runner_secret", str),
             versions=check_versions(frame.get("versions"), capabilities),
+            images=check_images(frame.get("images"), capabilities),
         )
 
 

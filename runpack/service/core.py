@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -65,8 +65,9 @@ class Slots(Protocol):
     has a free slot and no queued job waits for it is inserted already claimed for
     that runner, then pushed: it starts one commit sooner."""
 
-    def take(self, job_type: str) -> RunnerSlot | None:
-        """A free slot for this job type, now reserved; None to queue the job."""
+    def take(self, job_type: str, params: Mapping[str, Any]) -> RunnerSlot | None:
+        """A free slot for a job of this type and parameters, now reserved; None to queue
+        the job."""
         ...
 
     def placed(self, slot: RunnerSlot, job: JobRow) -> None:

@@ -79,7 +79,7 @@ class Jobs(ServiceCore):
         """The job of this request's hash, inserted if there is none (claimed at
         once for a runner with a free slot, if one waits), and whether it is new."""
         slots = self.slots
-        slot = slots.take(req.job_type) if slots is not None else None
+        slot = slots.take(req.job_type, req.input_params) if slots is not None else None
         new = NewJob(
             id=str(uuid.uuid4()),
             job_hash=req.job_hash,

@@ -4,13 +4,14 @@ and when they were last heard from."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import orjson
 
 from runpack import protocol
 from runpack.auth import hash_secret
 from runpack.errors import BadRequest, RunnerNotFound
+from runpack.image_lists import CONTAINER, claimable
 from runpack.service.checks import is_uuid
 from runpack.service.core import ServiceCore
 from runpack.store import JobRow, RunnerRow
@@ -29,9 +30,11 @@ class Runners(ServiceCore):
         owner: str = ENV_OWNER,
         secret: str | None = None,
         versions: Mapping[str, str] | None = None,
+        images: Sequence[str] | None = None,
     ) -> RunnerRow:
         """A new runner, owned by ``owner`` (see runpack.identity), with ``secret`` as its
-        own if given (only its hash is kept), declaring its handlers' ``versions``."""
+        own if given (only its hash is kept), declaring its handlers' ``versions`` and
+        the ``images`` it allows container jobs (checked by check_images)."""
         name, capabilities = check_registration(name, capabilities)
         now = self.clock()
         runner = RunnerRow(
@@ -47,21 +50,31 @@ class Runners(ServiceCore):
         self.owners.remember(runner)
         if versions:
             await self.runner_declares(runner.id, versions)
+        if images is not None:
+            await self.store.set_runner_images(runner.id, images)
         return runner
 
-    async def runner_declares(self, runner_id: str, versions: Mapping[str, str]) -> None:
-        """The runner's handlers are of these versions (checked by check_versions): kept
-        for its HTTP claims, and they raise the job types' versions that are lower."""
+    async def runner_declares(
+        self, runner_id: str, versions: Mapping[str, str], images: Sequence[str] | None = None
+    ) -> None:
+        """The runner's handlers are of these versions (checked by check_versions), and
+        it allows container jobs these images (None: any): kept for its HTTP claims, and
+        the versions raise the job types' versions that are lower."""
         await self.store.set_runner_versions(runner_id, versions)
+        await self.store.set_runner_images(runner_id, images)
         await self.versions.declare(versions)
 
-    async def runnable_types(self, runner_id: str, job_types: list[str]) -> list[str]:
+    async def runnable_types(self, runner_id: str, job_types: list[str]) -> Collection[str]:
         """The job types asked for over HTTP that the runner may take (by the versions it
-        declared when it registered)."""
-        if not self.versions.any_versioned(job_types):
+        declared when it registered), limited to the images it allows if it sent a list
+        (runpack.image_lists: a claim of them takes only container jobs of those)."""
+        if self.versions.any_versioned(job_types):
+            declared = (await self.store.runner_versions([runner_id])).get(runner_id, {})
+            job_types = self.versions.runnable(job_types, declared)
+        if CONTAINER not in job_types:
             return job_types
-        declared = (await self.store.runner_versions([runner_id])).get(runner_id, {})
-        return self.versions.runnable(job_types, declared)
+        images = (await self.store.runner_images([runner_id])).get(runner_id)
+        return claimable(frozenset(job_types), images) if images is not None else job_types
 
     async def get_runner(self, runner_id: str) -> RunnerRow:
         runner = await self.store.get_runner(runner_id) if is_uuid(runner_id) else None

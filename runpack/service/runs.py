@@ -3,12 +3,14 @@ handed back to be retried later."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection
 from typing import Any
 
 from runpack import hashing
 from runpack.artifacts import figpack_urls, may_name_figures
+from runpack.encoding import parse_json_text
 from runpack.errors import BadRequest, ClaimLost, NotOwned
+from runpack.image_lists import claimable, images_of, refuses
 from runpack.protocol import RUNNING, JobStatus
 from runpack.service.checks import MAX_DEPTH, NUL, is_uuid, printable, too_deep
 from runpack.service.sweeping import Sweeping
@@ -25,9 +27,15 @@ class Runs(Sweeping):
             raise NotOwned()
         return job
 
-    async def available_jobs(self, job_types: list[str]) -> list[JobRow]:
+    async def available_jobs(self, job_types: Collection[str]) -> list[JobRow]:
+        group = job_types
         job_types = [t for t in job_types if NUL not in t]  # no job type has one
-        return await self.store.available_jobs(job_types, self.clock(), 50)
+        jobs = await self.store.available_jobs(job_types, self.clock(), 50)
+        if images_of(group) is None:
+            return jobs
+        return [  # those of an image the runner allows (runpack.image_lists)
+            j for j in jobs if not refuses(group, j.job_type, parse_json_text(j.input_params, {}))
+        ]
 
     async def claim(self, runner_id: str, job_id: str) -> JobRow:
         """Claim a job by id (the original's polling runners). A claim repeated by
@@ -155,16 +163,19 @@ class Runs(Sweeping):
         if console_output and hashing.utf8_size(console_output) > limit:
             raise BadRequest(f"Console output exceeds size limit of {limit} bytes")
 
-    async def claim_next(self, runner_id: str, job_types: Sequence[str]) -> JobRow | None:
+    async def claim_next(self, runner_id: str, job_types: Collection[str]) -> JobRow | None:
         """Claim the best pending job of these types for a runner (push and long-poll)."""
         jobs = await self.claim_batch(runner_id, job_types, 1)
         return jobs[0] if jobs else None
 
     async def claim_batch(
-        self, runner_id: str, job_types: Sequence[str], limit: int
+        self, runner_id: str, job_types: Collection[str], limit: int
     ) -> list[JobRow]:
-        """Claim up to ``limit`` of the best pending jobs of these types, in one statement."""
-        job_types = [t for t in job_types if NUL not in t]  # no job type has one
+        """Claim up to ``limit`` of the best pending jobs of these types, in one statement;
+        of an ImageGroup's container type, only jobs of its images (runpack.image_lists)."""
+        if any(NUL in t for t in job_types):  # no job type has one
+            kept = frozenset(t for t in job_types if NUL not in t)
+            job_types = claimable(kept, images_of(job_types))
         if not job_types or limit < 1:
             return []
         jobs = await self.store.claim_batch(runner_id, job_types, self.clock(), limit)

@@ -7,7 +7,7 @@ come from (and the runner that must hold the job): a method returns ``None`` or
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -179,10 +179,10 @@ class Store(VersionStore, Protocol):
         ...
 
     async def claim_batch(
-        self, runner_id: str, job_types: Sequence[str], now: int, limit: int
+        self, runner_id: str, job_types: Collection[str], now: int, limit: int
     ) -> list[JobRow]:
-        """Claim up to ``limit`` of the best due pending jobs of these types, in one
-        statement; returned best first."""
+        """Claim up to ``limit`` of the best due pending jobs of these types (of an
+        ImageGroup's container type, those of its images), in one statement; best first."""
         ...
 
     async def heartbeat(

@@ -78,7 +78,10 @@ CREATE TABLE IF NOT EXISTS runners (
     transport     TEXT,
     concurrency   INTEGER,
     -- The handler versions it declared, by job type (a JSON object; NULL: none).
-    versions      TEXT
+    versions      TEXT,
+    -- The images it allows container jobs (a JSON array of patterns; NULL: no list,
+    -- any image; migrations/0013_runner_images.sql).
+    images        TEXT
 );
 
 CREATE INDEX IF NOT EXISTS runners_last_seen_idx ON runners (last_seen);
@@ -145,3 +148,4 @@ INSERT INTO schema_version (version, applied_at) VALUES (9, 0) ON CONFLICT (vers
 INSERT INTO schema_version (version, applied_at) VALUES (10, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (11, 0) ON CONFLICT (version) DO NOTHING;
 INSERT INTO schema_version (version, applied_at) VALUES (12, 0) ON CONFLICT (version) DO NOTHING;
+INSERT INTO schema_version (version, applied_at) VALUES (13, 0) ON CONFLICT (version) DO NOTHING;

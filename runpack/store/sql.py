@@ -13,9 +13,10 @@ the loop before it writes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from runpack.image_lists import group_of
 from runpack.store import queries as q
 from runpack.store.base import (
     API_KEY_COLUMNS,
@@ -28,6 +29,7 @@ from runpack.store.base import (
     claim_order,
 )
 from runpack.store.dialect import Statement
+from runpack.store.image_claims import CLAIM_BATCH_IMAGES
 from runpack.store.instances import InstanceMethods
 from runpack.store.versions import VersionMethods
 
@@ -163,12 +165,17 @@ class SqlStore(InstanceMethods, VersionMethods, ABC):
         return jobs[0] if jobs else None
 
     async def claim_batch(
-        self, runner_id: str, job_types: Sequence[str], now: int, limit: int
+        self, runner_id: str, job_types: Collection[str], now: int, limit: int
     ) -> list[JobRow]:
         if not job_types or limit < 1:
             return []
         params = {"runner_id": runner_id, "job_types": list(job_types), "now": now}
-        rows = await self._write(q.CLAIM_BATCH, {**params, "limit": limit})
+        group = group_of(job_types)
+        if group is None:
+            rows = await self._write(q.CLAIM_BATCH, {**params, "limit": limit})
+        else:  # a runner that allows container jobs only these images
+            params |= {"image_list": group.listed, "image_regex": group.pg_regex}
+            rows = await self._write(CLAIM_BATCH_IMAGES, {**params, "limit": limit})
         return claim_order([JobRow(*row) for row in rows])
 
     async def heartbeat(

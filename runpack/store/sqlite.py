@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from runpack.errors import StoreError, StoreUnavailable
+from runpack.image_lists import image_allowed
 from runpack.store import queries as q
 from runpack.store.base import JobRow, NewJob
 from runpack.store.dialect import Statement
@@ -133,6 +134,8 @@ class SqliteStore(SqlStore):
         )
         for pragma in PRAGMAS:
             conn.execute(pragma)
+        # The runner's image matcher, for the claims of runners with an image list.
+        conn.create_function("image_allowed", 2, image_allowed, deterministic=True)
         return conn
 
     async def open(self) -> None:

@@ -1,4 +1,5 @@
-"""The current version of each job type, and the versions each runner declared.
+"""The current version of each job type, and the versions (and the image allow list,
+runpack.image_lists) each runner declared.
 
 The statements and the store methods for :mod:`runpack.handler_versions`. A job
 type's version only moves up, from the one the caller saw to a higher one, in one
@@ -30,6 +31,10 @@ WHERE job_type = :job_type AND version = :seen
 """)
 SET_RUNNER_VERSIONS = Statement("UPDATE runners SET versions = :versions WHERE id = :id")
 RUNNER_VERSIONS = Statement("SELECT id, versions FROM runners WHERE id {one_of[ids]}")
+SET_RUNNER_IMAGES = Statement("UPDATE runners SET images = :images WHERE id = :id")
+RUNNER_IMAGES = Statement(
+    "SELECT id, images FROM runners WHERE id {one_of[ids]} AND images IS NOT NULL"
+)
 
 
 class VersionStore(Protocol):
@@ -52,6 +57,15 @@ class VersionStore(Protocol):
 
     async def runner_versions(self, runner_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """The versions each of these runners declared (runners that declared none left
+        out)."""
+        ...
+
+    async def set_runner_images(self, runner_id: str, images: Sequence[str] | None) -> None:
+        """The image allow list the runner sent now (None: none)."""
+        ...
+
+    async def runner_images(self, runner_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The image allow list each of these runners sent (runners that sent none left
         out)."""
         ...
 
@@ -85,3 +99,13 @@ class VersionMethods:
             return {}
         rows = await self._read(RUNNER_VERSIONS, {"ids": list(runner_ids)})
         return {rid: orjson.loads(text) for rid, text in rows if text}
+
+    async def set_runner_images(self, runner_id: str, images: Sequence[str] | None) -> None:
+        text = orjson.dumps(list(images)).decode() if images is not None else None
+        await self._write_count(SET_RUNNER_IMAGES, {"id": runner_id, "images": text})
+
+    async def runner_images(self, runner_ids: Sequence[str]) -> dict[str, list[str]]:
+        if not runner_ids:
+            return {}
+        rows = await self._read(RUNNER_IMAGES, {"ids": list(runner_ids)})
+        return {rid: orjson.loads(text) for rid, text in rows}

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from runpack_runner.container_config import create_args
-from runpack_runner.container_images import digests_of, resolve
+from runpack_runner.container_images import advertised, digests_of, resolve
 from runpack_runner.container_inputs import InputCache, place_inputs, trim
 from runpack_runner.container_leftovers import remove_leftovers
 from runpack_runner.container_outputs import folder_size, regular_files
@@ -155,6 +155,10 @@ class ContainerJob(JobHandler):
             raise RuntimeError(f"Docker refused: {exc.explanation or exc}") from exc
         finally:
             api.close()
+
+    def advertised_images(self) -> list[str] | None:
+        """The allow list the runner sends when it registers (see advertised). Blocking."""
+        return advertised(self.policy, self._connect)
 
     def sweep(self, runner_id: str) -> None:
         """At the runner's start: remove the containers an earlier run of it left."""

@@ -101,7 +101,11 @@ class HttpTransport:
         if not runner_id:
             # A secret of our own, so that no other runner can act as this one.
             body = Registration(
-                hello.name, hello.capabilities, with_secret=True, versions=hello.versions
+                hello.name,
+                hello.capabilities,
+                with_secret=True,
+                versions=hello.versions,
+                images=hello.images,
             ).body()
             status, reply = await self._call("POST", "/api/runner/register", json=body)
             new_id = reply.get("runner_id") if isinstance(reply, dict) else None

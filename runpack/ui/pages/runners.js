@@ -45,12 +45,20 @@ export function capabilities(runner) {
     caps.map((c) => h('li', { class: 'chip', text: label(c) })));
 }
 
+// The images it allows container jobs, if it sent a list (docs/containers.md).
+export function images(runner) {
+  if (!runner.images.length) return h('span', { class: 'muted', text: 'None' });
+  return h('ul', { class: 'chips', 'aria-label': 'Images' },
+    runner.images.map((i) => h('li', { class: 'chip', text: i })));
+}
+
 export function facts(runner) {
   const item = (label, value) => [h('dt', { text: label }), h('dd', {}, value)];
   return h('dl', { class: 'meta' },
     ...item('Slots', slots(runner)),
     ...item('Current jobs', currentJobs(runner)),
     ...item('Job types', capabilities(runner)),
+    ...(runner.images ? item('Images', images(runner)) : []),
     ...item('Last seen', timeEl(runner.last_seen)));
 }
 
