@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from runpack_runner.container_config import create_args
+from runpack_runner.container_console import MAX_LINE, follow
 from runpack_runner.container_spec import ContainerPolicy, Limits, parse_spec
 from runpack_runner.context import Cancelled, JobContext
 from runpack_runner.gpus import GpuPool
@@ -225,3 +226,21 @@ def test_a_job_cache_is_for_the_images_named_one_folder_per_repository() -> None
     assert ContainerPolicy().job_cache_folder(parse_spec({"image": ID})) is None
     everything = ContainerPolicy(job_cache=("*",))
     assert everything.job_cache_folder(parse_spec({"image": ID})) == ID.replace(":", "_")
+
+
+def test_console_lines_keep_to_their_stream_and_progress_is_not_printed() -> None:
+    ctx = JobContext("j")
+    follow(
+        ctx,
+        [
+            (None, b"sh: "),  # stderr writes its line in pieces
+            (b"out\nRUNPACK_PROGRESS 3/10\r\n", None),
+            (None, b"can't create\n"),
+            (b"x" * (MAX_LINE + 5), None),  # no newline: cut at MAX_LINE
+            (b"\nRUNPACK_PROGRESS 4\nend", None),
+        ],
+    )
+    lines = [line.split("] ", 1)[-1] for line in ctx.console.splitlines()]
+    assert lines == ["out", "sh: can't create", "x" * MAX_LINE, "xxxxx", "end"]
+    snap = ctx.snapshot()
+    assert (snap.progress_current, snap.progress_total) == (4, 10)

@@ -145,8 +145,7 @@ class Store(VersionStore, Protocol):
         ...
 
     async def fold_job_counts(self) -> None:
-        """Fold the count changes recorded since the last fold (PostgreSQL; a no-op on
-        SQLite, whose triggers update the counts themselves)."""
+        """Fold the count changes recorded since the last (a no-op on SQLite)."""
         ...
 
     async def jobs_of_runner(self, runner_id: str, limit: int) -> list[JobRow]: ...

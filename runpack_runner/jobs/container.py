@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from runpack_runner.container_config import create_args
+from runpack_runner.container_console import follow
 from runpack_runner.container_images import advertised, digests_of, resolve
 from runpack_runner.container_inputs import InputCache, place_inputs, trim
 from runpack_runner.container_leftovers import remove_leftovers
@@ -50,10 +51,6 @@ if importlib.util.find_spec("docker") is None:
 
 log = logging.getLogger(__name__)
 
-#: A line of this form is progress, not console: ``RUNPACK_PROGRESS 3/10`` or ``… 3``.
-PROGRESS = re.compile(rb"RUNPACK_PROGRESS\s+(\d+)(?:\s*/\s*(\d+))?\s*")
-#: Longest console line kept whole; longer output without a newline is split.
-MAX_LINE = 16 * 1024
 API_TIMEOUT = 60
 POLL = 0.05
 #: How often the size of a running container's /outputs is measured (seconds).
@@ -353,23 +350,9 @@ class ContainerRun:
         )
 
     def _stream(self, output: Any) -> None:
-        """The container's stdout and stderr, line by line, until it exits. Each stream
-        has its own partial line: a program writes a line in pieces (busybox's sh writes
-        "sh: " first), and the other stream's writes may come in between."""
-        pending = [b"", b""]  # stdout's, stderr's
+        """The container's stdout and stderr, line by line, until it exits."""
         try:
-            for chunks in output:  # (stdout's bytes or None, stderr's bytes or None)
-                for i, chunk in enumerate(chunks):
-                    if chunk:
-                        *lines, pending[i] = (pending[i] + chunk).split(b"\n")
-                        for line in lines:
-                            self._line(line)
-                        while len(pending[i]) > MAX_LINE:
-                            self._line(pending[i][:MAX_LINE])
-                            pending[i] = pending[i][MAX_LINE:]
-            for rest in pending:
-                if rest:
-                    self._line(rest)
+            follow(self.ctx, output)
         except Exception as exc:  # the container was removed under the stream
             if not self.ctx.cancelled:
                 log.warning("job %s: the container's output ended: %s", self.ctx.job_id, exc)
@@ -377,16 +360,6 @@ class ContainerRun:
             with contextlib.suppress(Exception):
                 output.close()
             self.streamed.set()
-
-    def _line(self, raw: bytes) -> None:
-        raw = raw.rstrip(b"\r")
-        progress = PROGRESS.fullmatch(raw)
-        if progress is None:
-            self.ctx.log(raw.decode(errors="replace"))
-            return
-        total = progress[2]
-        with contextlib.suppress(Cancelled):
-            self.ctx.progress(int(progress[1]), int(total) if total is not None else None)
 
     # --- outputs --------------------------------------------------------------------------
     def _result(self, outputs: Path) -> dict[str, Any]:
