@@ -131,7 +131,9 @@ class HandlerVersions:
     async def start(self, store: Store, notifier: Notifier, hub: Hub, interval: float) -> None:
         self.store, self._notifier, self.hub = store, notifier, hub
         await self.refresh()
-        self._unsubscribe = notifier.subscribe(self._on_event)
+        self._unsubscribe = notifier.subscribe(
+            self._on_event, [EventKind.JOB_TYPE_VERSIONS, EventKind.RESYNC]
+        )
         self._task = asyncio.create_task(self._run(interval), name="runpack-versions")
 
     async def stop(self) -> None:

@@ -32,10 +32,10 @@ from runpack.blobs import BlobStore, Swept, is_digest
 from runpack.errors import BadRequest, InsufficientStorage, TooLarge
 from runpack.figure_disk import storage_error
 from runpack.settings import Settings
+from runpack.uploads import write_body
 
 INPUTS = "inputs"
 INCOMING = ".incoming"
-WRITE_BUFFER = 1024 * 1024
 #: A partial upload left by a crash is removed by the sweep after this long (seconds).
 STALE_PART = 3600.0
 #: How long the store's measured total is trusted before it is measured again (seconds):
@@ -138,25 +138,7 @@ class InputStore:
 
     async def _spool(self, body: AsyncIterator[bytes], part: Path) -> tuple[str, int]:
         digest = hashlib.sha256()
-        size = 0
-        buffer: list[bytes] = []
-        buffered = 0
-        out = await asyncio.to_thread(part.open, "wb")
-        try:
-            async for chunk in body:
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise self._too_large()
-                digest.update(chunk)
-                buffer.append(chunk)
-                buffered += len(chunk)
-                if buffered >= WRITE_BUFFER:
-                    await asyncio.to_thread(out.write, b"".join(buffer))
-                    buffer, buffered = [], 0
-            if buffer:
-                await asyncio.to_thread(out.write, b"".join(buffer))
-        finally:
-            await asyncio.to_thread(out.close)
+        size = await write_body(body, part, self.max_bytes, self._too_large(), digest)
         return digest.hexdigest(), size
 
     def _place(self, part: Path, digest: str, size: int) -> Stored:

@@ -87,15 +87,31 @@ def check_path(path: str) -> str:
 
 async def spool(body: AsyncIterator[bytes], archive: Path, max_bytes: int) -> None:
     """Write the request body to ``archive``, refusing more than max_bytes."""
+    too_large = TooLarge(f"Upload exceeds size limit of {max_bytes} bytes")
+    if await write_body(body, archive, max_bytes, too_large) == 0:
+        raise BadRequest("The upload is empty", details="send a tar archive of the folder")
+
+
+async def write_body(
+    body: AsyncIterator[bytes],
+    path: Path,
+    max_bytes: int,
+    too_large: Exception,
+    digest: Any = None,
+) -> int:
+    """Write a request body to ``path`` in large writes, raising ``too_large`` past
+    ``max_bytes``; its size. ``digest`` (a hashlib object), if given, sees every byte."""
     size = 0
     buffer: list[bytes] = []
     buffered = 0
-    out = await asyncio.to_thread(archive.open, "wb")
+    out = await asyncio.to_thread(path.open, "wb")
     try:
         async for chunk in body:
             size += len(chunk)
             if size > max_bytes:
-                raise TooLarge(f"Upload exceeds size limit of {max_bytes} bytes")
+                raise too_large
+            if digest is not None:
+                digest.update(chunk)
             buffer.append(chunk)
             buffered += len(chunk)
             if buffered >= WRITE_BUFFER:
@@ -105,8 +121,7 @@ async def spool(body: AsyncIterator[bytes], archive: Path, max_bytes: int) -> No
             await asyncio.to_thread(out.write, b"".join(buffer))
     finally:
         await asyncio.to_thread(out.close)
-    if size == 0:
-        raise BadRequest("The upload is empty", details="send a tar archive of the folder")
+    return size
 
 
 def unpack(archive: Path, staging: Path, limits: Limits) -> tuple[list[dict[str, Any]], int]:

@@ -146,3 +146,33 @@ def load_example(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+async def runners_listed(url: str) -> str:
+    """What ``runpack runners`` prints for the server at ``url`` (admin key, wide)."""
+    env = clean_env({"RUNPACK_URL": url, **KEYS, "COLUMNS": "300"})
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        [str(Path(sys.executable).parent / "runpack"), "runners"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert listed.returncode == 0, listed.stderr
+    return listed.stdout
+
+
+async def refused_registration(http: Any, url: str, body: dict[str, Any]) -> tuple[Any, Any]:
+    """Register ``body`` over HTTP and as a WebSocket hello: (the HTTP answer, the
+    error frame), each checked to be a refusal."""
+    headers = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
+    async with http.post(f"{url}/api/runner/register", json=body, headers=headers) as r:
+        answer = await r.json()
+    assert r.status == 400, answer
+    assert answer["error"] == "Invalid registration data"
+    async with http.ws_connect(f"{url}/api/runner/ws", headers=headers) as ws:
+        await ws.send_json({"type": "hello", **body, "concurrency": 1})
+        frame = await ws.receive_json(timeout=10)
+    assert frame["type"] == "error" and frame["error"] == "Invalid registration data", frame
+    return answer, frame

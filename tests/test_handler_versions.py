@@ -7,10 +7,7 @@ two handlers are in tests/versioned_jobs.py.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,15 @@ from runpack_runner.handler import JobHandler, job
 from runpack_runner.jobs.hello_world import HelloWorld
 from runpack_runner.registry import Registry, as_handler
 from tests.pg import fresh_database, require_postgres
-from tests.procs import KEYS, Proc, clean_env, running_runner, running_server, until
+from tests.procs import (
+    KEYS,
+    Proc,
+    refused_registration,
+    runners_listed,
+    running_runner,
+    running_server,
+    until,
+)
 from tests.test_store import T0, opened
 from tests.versioned_jobs import JOB_TYPE, install, version_1, version_2
 
@@ -43,7 +48,6 @@ SERVER_ENV = {
 RUNNER_ENV = {"RUNPACK_RECONNECT_MIN": "0.2", "RUNPACK_RECONNECT_MAX": "1"}
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
 ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
-RUNNER = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
 
 
 class Server:
@@ -142,17 +146,8 @@ async def test_submits_move_to_the_new_version_and_only_its_runners_run_them(
                 )
                 shown = {r["runner_id"]: r.get("versions") for r in await server.runners()}
                 assert shown[v1] == {JOB_TYPE: "1"} and shown[v2] == {JOB_TYPE: "2"}
-                env = clean_env({"RUNPACK_URL": server.url, **KEYS, "COLUMNS": "300"})
-                listed = await asyncio.to_thread(
-                    subprocess.run,
-                    [str(Path(sys.executable).parent / "runpack"), "runners"],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                )
-                assert listed.returncode == 0, listed.stderr
-                assert f"{JOB_TYPE} 1" in listed.stdout and f"{JOB_TYPE} 2" in listed.stdout
+                listed = await runners_listed(server.url)
+                assert f"{JOB_TYPE} 1" in listed and f"{JOB_TYPE} 2" in listed
 
             # Version 2's runner left: the version stays (it never goes back by itself),
             # and the runner of version 1 does not take its jobs.
@@ -236,20 +231,9 @@ async def test_absurd_versions_are_refused_at_registration(tmp_path: Path) -> No
         http = server.http
         for versions, why in HOSTILE:
             body = {"name": "evil", "capabilities": [JOB_TYPE], "versions": versions}
-            async with http.post(
-                f"{server.url}/api/runner/register", json=body, headers=RUNNER
-            ) as r:
-                answer = await r.json()
-            assert r.status == 400, answer
-            assert answer["error"] == "Invalid registration data"
+            # Over HTTP and over WebSocket (an error frame), and no runner.
+            answer, frame = await refused_registration(http, server.url, body)
             assert why in answer["details"], answer
-            # The same over WebSocket: an error frame, and no runner.
-            async with http.ws_connect(f"{server.url}/api/runner/ws", headers=RUNNER) as ws:
-                hello = {"type": "hello", **body, "concurrency": 1}
-                await ws.send_json(hello)
-                frame = await ws.receive_json(timeout=10)
-            assert frame["type"] == "error", frame
-            assert frame["error"] == "Invalid registration data"
             assert why in frame["details"], frame
         assert await server.runners() == []
         versions = (await server.submit({"n": 1}))["job_id"]

@@ -23,7 +23,7 @@ from runpack.store import Store
 from runpack.store.base import NewJob
 from runpack_runner.container_spec import ContainerPolicy, ContainerSpec
 from tests.pg import require_postgres
-from tests.procs import KEYS, NO_LIMITS, running_server
+from tests.procs import KEYS, NO_LIMITS, refused_registration, running_server
 from tests.test_store import T0, opened
 
 HEX = "0123456789abcdef"
@@ -274,7 +274,6 @@ async def test_claims_take_only_the_images_a_runner_allows(store: Store) -> None
 async def test_hostile_lists_are_refused_at_registration_and_nothing_is_created(
     tmp_path: Path,
 ) -> None:
-    runner = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
     admin = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
     cases = [*HOSTILE, (["a@*"], "only with the container job type in capabilities")]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
@@ -282,17 +281,8 @@ async def test_hostile_lists_are_refused_at_registration_and_nothing_is_created(
             for images, why in cases:
                 kinds = ["noop"] if "only with" in why else ["container"]
                 body = {"name": "evil", "capabilities": kinds, "images": images}
-                async with http.post(
-                    f"{server.url}/api/runner/register", json=body, headers=runner
-                ) as r:
-                    answer = await r.json()
-                assert r.status == 400, answer
-                assert answer["error"] == "Invalid registration data"
+                answer, frame = await refused_registration(http, server.url, body)
                 assert why in answer["details"] and "\n" not in answer["details"], answer
-                async with http.ws_connect(f"{server.url}/api/runner/ws", headers=runner) as ws:
-                    await ws.send_json({"type": "hello", **body, "concurrency": 1})
-                    frame = await ws.receive_json(timeout=10)
-                assert frame["type"] == "error" and frame["error"] == "Invalid registration data"
                 assert why in frame["details"], frame
             async with http.get(f"{server.url}/api/admin/runners", headers=admin) as r:
                 assert (await r.json())["runners"] == []

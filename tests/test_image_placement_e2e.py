@@ -4,10 +4,7 @@ here (tests/dockerimages.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,7 @@ from tests.procs import (
     KEYS,
     NO_LIMITS,
     Proc,
-    clean_env,
+    runners_listed,
     running_runner,
     running_server,
     until,
@@ -139,18 +136,8 @@ async def test_container_jobs_go_only_to_runners_that_allow_their_image(
             shown = await server.runners()
             assert shown["a"]["images"] == [pinned(a)]
             assert shown["b"]["images"] == [b[0], b[1], f"*@{b[1]}"]
-            env = clean_env({"RUNPACK_URL": server.url, **KEYS, "COLUMNS": "300"})
-            listed = await asyncio.to_thread(
-                subprocess.run,
-                [str(Path(sys.executable).parent / "runpack"), "runners"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            assert listed.returncode == 0, listed.stderr
-            assert "container (1 image)" in listed.stdout, listed.stdout
-            assert "container (3 images)" in listed.stdout, listed.stdout
+            listed = await runners_listed(server.url)
+            assert "container (1 image)" in listed and "container (3 images)" in listed, listed
             jobs = {
                 await server.submit(image, n): rid
                 for n in range(3)
