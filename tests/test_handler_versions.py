@@ -36,7 +36,7 @@ from tests.procs import (
     running_server,
     until,
 )
-from tests.test_store import T0, opened
+from tests.test_store import T0, store_fixture  # noqa: F401
 from tests.versioned_jobs import JOB_TYPE, install, version_1, version_2
 
 SERVER_ENV = {
@@ -242,14 +242,6 @@ async def test_absurd_versions_are_refused_at_registration(tmp_path: Path) -> No
 
 
 # --- the store, on SQLite and PostgreSQL ------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "postgres":
-        require_postgres()
-    async with opened(request.param, tmp_path) as s:
-        yield s
 
 
 async def test_a_version_only_moves_from_the_one_seen(store: Store) -> None:

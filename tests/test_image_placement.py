@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -24,7 +23,7 @@ from runpack.store.base import NewJob
 from runpack_runner.container_spec import ContainerPolicy, ContainerSpec
 from tests.pg import require_postgres
 from tests.procs import KEYS, NO_LIMITS, refused_registration, running_server
-from tests.test_store import T0, opened
+from tests.test_store import T0, store_fixture  # noqa: F401
 
 HEX = "0123456789abcdef"
 #: Characters that mean something to fnmatch, LIKE, GLOB or a regular expression.
@@ -207,14 +206,6 @@ def test_hostile_lists_are_refused_by_the_protocol() -> None:
 
 
 # --- claims, on both engines --------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "postgres":
-        require_postgres()
-    async with opened(request.param, tmp_path) as s:
-        yield s
 
 
 async def add(store: Store, job_type: str, params: str, n: int) -> str:

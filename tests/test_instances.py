@@ -28,6 +28,7 @@ from tests.test_retention import row
 #: Statements that take a current database back to before migration 0011 (undoing the
 #: later ones first), for tests that rebuild an older database and upgrade it.
 UNDO_INSTANCES = (
+    "ALTER TABLE runners DROP COLUMN images",
     "DROP TABLE job_type_versions",
     "ALTER TABLE runners DROP COLUMN versions",
     "DROP TABLE instances",

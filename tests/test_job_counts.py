@@ -6,25 +6,16 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
 import asyncpg
-import pytest
 
 from runpack.store.base import Store
 from runpack.store.migrations import engine_schema, split_statements
 from runpack.store.postgres import PostgresStore
 from runpack.store.sqlite import SqliteStore
 from tests.test_instances import UNDO_INSTANCES
-from tests.test_store import ENGINES, T0, current, insert, new_job, opened, running, twin
-
-
-@pytest.fixture(params=ENGINES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async with opened(request.param, tmp_path) as s:
-        yield s
+from tests.test_store import T0, current, insert, new_job, running, store_fixture, twin  # noqa: F401
 
 
 async def assert_counts_match(store: Store) -> dict[str, int]:

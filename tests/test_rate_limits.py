@@ -8,8 +8,6 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +30,7 @@ from tests.conftest import (
     claim,
     register,
 )
-from tests.test_store import ENGINES, opened
+from tests.test_store import store_fixture  # noqa: F401
 
 CORS_ORIGIN = {"access-control-allow-origin": "*"}
 
@@ -322,12 +320,6 @@ def test_the_sync_client_passes_retry_on_limit_on() -> None:
 
 
 # --- buckets in the database (instances on one PostgreSQL; the same SQL on SQLite) ---------
-
-
-@pytest.fixture(params=ENGINES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async with opened(request.param, tmp_path) as s:
-        yield s
 
 
 async def test_the_store_takes_tokens_in_one_statement(store: Store) -> None:

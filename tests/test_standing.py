@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,7 @@ from runpack.store import queries as q
 from runpack.store.base import Store
 from runpack.store.sqlite import SqliteStore
 from tests.pg import pg_dsn_fixture  # noqa: F401
-from tests.test_store import ENGINES, T0, insert, opened
-
-
-@pytest.fixture(params=ENGINES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async with opened(request.param, tmp_path) as s:
-        yield s
+from tests.test_store import T0, insert, store_fixture  # noqa: F401
 
 
 async def test_jobs_ahead_follow_claim_order_among_the_given_types(store: Store) -> None:

@@ -55,8 +55,9 @@ async def opened(engine: str, tmp_path: Path) -> AsyncIterator[Store]:
             await store.close()
 
 
-@pytest.fixture(params=ENGINES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+@pytest.fixture(params=ENGINES, name="store")
+async def store_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An open store on a fresh database, of each engine (other test modules import it)."""
     async with opened(request.param, tmp_path) as s:
         yield s
 
