@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tarfile
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -252,7 +253,7 @@ def held_job(server: Server, **params: Any) -> HeldJob:
         RUNNER_KEY,
         {"name": "lab-x", "capabilities": [JOB_TYPE]},
     )["runner_id"]
-    submitted = {"job_type": JOB_TYPE, "input_params": {"n": free_port(), **params}}
+    submitted = {"job_type": JOB_TYPE, "input_params": {"n": uuid.uuid4().hex, **params}}
     job_id = call_json(f"{url}/api/jobs/submit", "POST", SUBMIT_KEY, submitted)["job_id"]
     call_json(
         f"{url}/api/runner/jobs/{job_id}/claim", "POST", RUNNER_KEY, **{"X-Runner-ID": runner}
