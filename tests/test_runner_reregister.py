@@ -16,8 +16,10 @@ from typing import Any
 import aiohttp
 
 from runpack import hashing
+from runpack.store import RunnerRow, Store
 from tests.procs import KEYS, running_runner, until
 from tests.test_handler_versions import ADMIN, RUNNER_ENV, Server, serving
+from tests.test_store import T0, store_fixture  # noqa: F401
 from tests.versioned_jobs import JOB_TYPE, install
 
 RUNNER = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
@@ -38,6 +40,24 @@ async def shown(server: Server, runner_id: str) -> dict[str, Any]:
     """The runner as the admin view shows it, without what contact changes."""
     row = next(r for r in await server.runners() if r["runner_id"] == runner_id)
     return {k: v for k, v in row.items() if k not in ("last_seen", "is_active")}
+
+
+async def test_a_known_runner_declares_anew_in_one_statement(store: Store) -> None:
+    rid = "4f7c1c0e-8d1b-4a49-9d8e-0a6f5e3b2c11"
+    await store.insert_runner(RunnerRow(rid, "old", '["a"]', T0, T0))
+    await store.set_runner_versions(rid, {"a": "1"})
+    assert await store.declare_runner(rid, "new", ["a", "container"], {"a": "2"}, ["x"], T0 + 5)
+    got = await store.get_runner(rid)
+    assert got is not None and (got.name, got.last_seen) == ("new", T0 + 5)
+    assert json.loads(got.capabilities) == ["a", "container"]
+    assert await store.runner_versions([rid]) == {rid: {"a": "2"}}
+    assert await store.runner_images([rid]) == {rid: ["x"]}
+    # Nothing declared now: none kept.
+    assert await store.declare_runner(rid, "new", ["a"], {}, None, T0 + 6)
+    assert await store.runner_versions([rid]) == {} and await store.runner_images([rid]) == {}
+    unknown = "00000000-0000-4000-8000-000000000000"
+    assert not await store.declare_runner(unknown, "x", ["a"], {}, None, T0)
+    assert await store.get_runner(unknown) is None
 
 
 async def test_a_restarted_http_runner_is_what_it_runs_now(tmp_path: Path) -> None:
