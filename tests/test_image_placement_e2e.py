@@ -181,3 +181,22 @@ async def test_container_jobs_go_only_to_runners_that_allow_their_image(
                     "Invalid parameters: Parameter 'image' is not pinned"
                 )
                 assert "docker image inspect" in job["error_message"]
+
+
+async def test_an_http_runner_restarted_with_another_list_is_judged_by_it(
+    tmp_path: Path, api: Any, images: list[tuple[str, str]]
+) -> None:
+    """Over HTTP a runner that starts again with its saved id sends its list anew."""
+    a, b, _, _ = images
+    async with serving(tmp_path, "sqlite") as server:
+        with server.runner("h", pinned(a), "http"):
+            rid = await server.connected("h", "is_active")
+            waiting = await server.submit(b, 0)
+            assert (await server.settled(await server.submit(a, 0)))["claimed_by"] == rid
+            assert (await server.job(waiting))["status"] == "pending"
+        # The same state folder: the same id, now allowing image b only.
+        with server.runner("h", pinned(b), "http"):
+            job = await server.settled(waiting)
+            assert job["status"] == "completed" and job["claimed_by"] == rid, job
+            shown = await server.runners()
+            assert list(shown) == ["h"] and shown["h"]["images"] == [pinned(b)]

@@ -126,6 +126,35 @@ async def test_http_transport_registers_again_when_unknown(
     await again.close()
 
 
+@pytest.mark.parametrize("status", [404, 405])
+async def test_http_transport_verifies_with_get_where_post_is_unknown(
+    aiohttp_client: Any, settings: Settings, session: aiohttp.ClientSession, status: int
+) -> None:
+    """A server without ``POST /api/runner/verify`` (the original's): the runner keeps
+    its id, verified with GET, and the server its first registration."""
+    asked: list[str] = []
+
+    @web.middleware
+    async def no_post_verify(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/api/runner/verify":
+            asked.append(request.method)
+            if request.method == "POST":
+                return web.json_response({"error": "Not found"}, status=status)
+        return await handler(request)
+
+    app = create_app(settings)
+    app.middlewares.insert(0, no_post_verify)
+    client = await aiohttp_client(app)
+    runner_settings = RunnerSettings(worker_url=base_url(client), runner_api_key=RUNNER_KEY)
+    first = HttpTransport(session, runner_settings, ["hello_world"])
+    welcome = await first.start(hello())
+    await first.close()
+    again = HttpTransport(session, runner_settings, ["hello_world"])
+    back = await again.start(hello(welcome.runner_id, secret=welcome.runner_secret))
+    await again.close()
+    assert back.runner_id == welcome.runner_id and asked == ["POST", "GET"]
+
+
 async def test_http_transport_with_a_wrong_key(
     client: TestClient, session: aiohttp.ClientSession
 ) -> None:

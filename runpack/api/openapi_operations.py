@@ -162,6 +162,25 @@ OPERATIONS: dict[tuple[str, str], Doc] = {
         runner_id=True,
         notes={"400": "A missing X-Runner-ID header."},
     ),
+    ("POST", "/api/runner/verify"): Doc(
+        "Is this runner id known? If so, register it again under that id",
+        {
+            "200": json_reply("Known, and now what the body says.", ref("Verified")),
+            "404": json_reply("Unknown (`exists: false`): nothing changed.", ref("ExistsMessage")),
+        },
+        body=ref("Registration"),
+        runner_id=True,
+        description="The body is a registration's (`with_secret` is ignored: a runner's"
+        " secret is given once). The runner keeps its id and from now on has this name,"
+        " these job types, handler versions and image allow list, for its claims and in"
+        " the views: what a restarted runner runs now (docs/runners.md).",
+        notes={
+            "400": "A missing X-Runner-ID header, or an invalid body: nothing changed.",
+            "403": "The runner was registered with another key, or its secret is missing or"
+            " wrong; " + "a stored key sent from a browser Origin that it does not list."
+            " Nothing changed.",
+        },
+    ),
     ("GET", "/api/runner/jobs/available"): Doc(
         "Pending jobs of these types, oldest first, at most 50",
         {"200": json_reply("The jobs (none without types).", ref("AvailableJobs"))},

@@ -63,10 +63,38 @@ async def verify(request: web.Request) -> web.Response:
     rid = runner_id(request)
     runner = await request.app[SERVICE].store.get_runner(rid)
     if runner is None:
-        return json_response({"exists": False, "message": "Runner not found"}, status=404)
-    return json_response(
-        {"exists": True, "runner_name": runner.name, "message": "Runner verified successfully"}
+        return _unknown_runner()
+    return _verified(runner.name)
+
+
+@routes.post("/api/runner/verify")
+@policy(Role.RUNNER, failure="Failed to verify runner", errors=(BadRequest,))
+async def verify_and_declare(request: web.Request) -> web.Response:
+    """``GET /api/runner/verify`` that also registers the runner again under its id: the
+    body is a registration's (``with_secret`` aside: a secret is given once), and from
+    now on the runner is what it says. The policy has refused (403) another key's
+    runner, or a missing or wrong secret; a bad body is a 400; neither changes a thing."""
+    rid = runner_id(request)
+    try:
+        asked = Registration.read(await read_json(request))
+    except protocol.ProtocolError as exc:
+        raise BadRequest(exc.error, details=exc.details) from None
+    declared = await request.app[SERVICE].declare_runner(
+        rid, asked.name, asked.capabilities, asked.versions, asked.images
     )
+    if not declared:
+        return _unknown_runner()
+    return _verified(asked.name)
+
+
+def _verified(name: str) -> web.Response:
+    return json_response(
+        {"exists": True, "runner_name": name, "message": "Runner verified successfully"}
+    )
+
+
+def _unknown_runner() -> web.Response:
+    return json_response({"exists": False, "message": "Runner not found"}, status=404)
 
 
 @routes.get("/api/runner/jobs/available")

@@ -41,7 +41,9 @@ async def next_job(request: web.Request) -> web.Response:
     deadline = time.monotonic() + wait
     try:
         while True:
-            if hub.stopping:
+            if hub.stopping or request.transport is None or request.transport.is_closing():
+                # Nobody would read a job claimed now (the runner stopped, or restarts
+                # under the same id): it would wait out the heartbeat timeout.
                 return web.Response(status=204)
             if revoked.is_set():
                 raise Unauthorized("Invalid API key", details="This key has been revoked")

@@ -64,6 +64,28 @@ class Runners(ServiceCore):
         await self.store.set_runner_images(runner_id, images)
         await self.versions.declare(versions)
 
+    async def declare_runner(
+        self,
+        runner_id: str,
+        name: object,
+        capabilities: object,
+        versions: Mapping[str, str],
+        images: Sequence[str] | None,
+    ) -> bool:
+        """A known runner registers again, keeping its id: from now on it is what it says
+        (name, job types, versions, image allow list), for its HTTP claims as for the
+        views; False (nothing changed) if there is no such runner."""
+        name, capabilities = check_registration(name, capabilities)
+        if not is_uuid(runner_id):
+            return False
+        now = self.clock()
+        if not await self.store.declare_runner(
+            runner_id, name, capabilities, versions, images, now
+        ):
+            return False
+        await self.versions.declare(versions)
+        return True
+
     async def runnable_types(self, runner_id: str, job_types: list[str]) -> Collection[str]:
         """The job types asked for over HTTP that the runner may take (by the versions it
         declared when it registered), limited to the images it allows if it sent a list

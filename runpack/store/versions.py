@@ -31,6 +31,11 @@ WHERE job_type = :job_type AND version = :seen
 """)
 SET_RUNNER_VERSIONS = Statement("UPDATE runners SET versions = :versions WHERE id = :id")
 RUNNER_VERSIONS = Statement("SELECT id, versions FROM runners WHERE id {one_of[ids]}")
+DECLARE_RUNNER = Statement("""
+UPDATE runners SET name = :name, capabilities = :capabilities, versions = :versions,
+    images = :images, last_seen = :now
+WHERE id = :id
+""")
 SET_RUNNER_IMAGES = Statement("UPDATE runners SET images = :images WHERE id = :id")
 RUNNER_IMAGES = Statement(
     "SELECT id, images FROM runners WHERE id {one_of[ids]} AND images IS NOT NULL"
@@ -62,6 +67,19 @@ class VersionStore(Protocol):
 
     async def set_runner_images(self, runner_id: str, images: Sequence[str] | None) -> None:
         """The image allow list the runner sent now (None: none)."""
+        ...
+
+    async def declare_runner(
+        self,
+        runner_id: str,
+        name: str,
+        capabilities: Sequence[str],
+        versions: Mapping[str, str],
+        images: Sequence[str] | None,
+        now: int,
+    ) -> bool:
+        """What a known runner registers as now (its name, job types, versions and image
+        allow list), in one statement; False if there is no such runner."""
         ...
 
     async def runner_images(self, runner_ids: Sequence[str]) -> dict[str, list[str]]:
@@ -103,6 +121,25 @@ class VersionMethods:
     async def set_runner_images(self, runner_id: str, images: Sequence[str] | None) -> None:
         text = orjson.dumps(list(images)).decode() if images is not None else None
         await self._write_count(SET_RUNNER_IMAGES, {"id": runner_id, "images": text})
+
+    async def declare_runner(
+        self,
+        runner_id: str,
+        name: str,
+        capabilities: Sequence[str],
+        versions: Mapping[str, str],
+        images: Sequence[str] | None,
+        now: int,
+    ) -> bool:
+        params = {
+            "id": runner_id,
+            "name": name,
+            "capabilities": orjson.dumps(list(capabilities)).decode(),
+            "versions": orjson.dumps(dict(versions)).decode() if versions else None,
+            "images": orjson.dumps(list(images)).decode() if images is not None else None,
+            "now": now,
+        }
+        return await self._write_count(DECLARE_RUNNER, params) > 0
 
     async def runner_images(self, runner_ids: Sequence[str]) -> dict[str, list[str]]:
         if not runner_ids:

@@ -89,7 +89,7 @@ class HttpTransport:
         self._secret = hello.runner_secret if runner_id else None
         new_secret = None
         if runner_id:
-            status, reply = await self._call("GET", "/api/runner/verify", runner_id=runner_id)
+            status, reply = await self._verify(hello, runner_id)
             if status == 404:
                 log.warning("the server does not know runner %s: registering again", runner_id)
                 runner_id = None
@@ -97,7 +97,7 @@ class HttpTransport:
                 log.warning("runner %s is not ours: %s", runner_id, _error_text(reply))
                 raise NotOurRunner(_error_text(reply))
             elif status != 200:
-                raise TransportClosed(f"verify answered HTTP {status}")
+                raise TransportClosed(f"verify answered HTTP {status}: {_error_text(reply)}")
         if not runner_id:
             # A secret of our own, so that no other runner can act as this one.
             body = Registration(
@@ -123,6 +123,24 @@ class HttpTransport:
             dropped=[j for j in hello.jobs if j not in kept],
             runner_secret=new_secret,
         )
+
+    async def _verify(self, hello: Hello, runner_id: str) -> tuple[int, Any]:
+        """Verify our saved id, registering again under it (``POST /api/runner/verify``):
+        the server keeps what we run now, not what we ran when we first registered. A
+        server without it (405, or a 404 that is not about our runner) is asked with the
+        original's ``GET``, and keeps our first registration."""
+        body = Registration(
+            hello.name, hello.capabilities, versions=hello.versions, images=hello.images
+        ).body()
+        status, reply = await self._call(
+            "POST", "/api/runner/verify", json=body, runner_id=runner_id
+        )
+        if status == 405 or (status == 404 and not (isinstance(reply, dict) and "exists" in reply)):
+            log.warning(
+                "the server keeps runner %s's first registration (no POST verify)", runner_id
+            )
+            status, reply = await self._call("GET", "/api/runner/verify", runner_id=runner_id)
+        return status, reply
 
     async def receive(self) -> Event:
         item = await self._events.get()
