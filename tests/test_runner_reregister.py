@@ -13,27 +13,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from runpack import hashing
 from runpack.store import RunnerRow, Store
 from tests.procs import KEYS, running_runner, until
 from tests.test_handler_versions import ADMIN, RUNNER_ENV, Server, serving
+from tests.test_hostile_identity import call
 from tests.test_store import T0, store_fixture  # noqa: F401
 from tests.versioned_jobs import JOB_TYPE, install
 
 RUNNER = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
-
-
-async def call(
-    http: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    headers: dict[str, str],
-    body: Any = None,
-) -> tuple[int, Any]:
-    async with http.request(method, url, headers=headers, json=body) as resp:
-        return resp.status, await resp.json(content_type=None)
 
 
 async def shown(server: Server, runner_id: str) -> dict[str, Any]:

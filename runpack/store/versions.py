@@ -109,7 +109,7 @@ class VersionMethods:
         return await self._write_count(RAISE_VERSION, {**params, "seen": seen}) > 0
 
     async def set_runner_versions(self, runner_id: str, versions: Mapping[str, str]) -> None:
-        text = orjson.dumps(dict(versions)).decode() if versions else None
+        text = _versions_text(versions)
         await self._write_count(SET_RUNNER_VERSIONS, {"id": runner_id, "versions": text})
 
     async def runner_versions(self, runner_ids: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -119,7 +119,7 @@ class VersionMethods:
         return {rid: orjson.loads(text) for rid, text in rows if text}
 
     async def set_runner_images(self, runner_id: str, images: Sequence[str] | None) -> None:
-        text = orjson.dumps(list(images)).decode() if images is not None else None
+        text = _images_text(images)
         await self._write_count(SET_RUNNER_IMAGES, {"id": runner_id, "images": text})
 
     async def declare_runner(
@@ -135,8 +135,8 @@ class VersionMethods:
             "id": runner_id,
             "name": name,
             "capabilities": orjson.dumps(list(capabilities)).decode(),
-            "versions": orjson.dumps(dict(versions)).decode() if versions else None,
-            "images": orjson.dumps(list(images)).decode() if images is not None else None,
+            "versions": _versions_text(versions),
+            "images": _images_text(images),
             "now": now,
         }
         return await self._write_count(DECLARE_RUNNER, params) > 0
@@ -146,3 +146,13 @@ class VersionMethods:
             return {}
         rows = await self._read(RUNNER_IMAGES, {"ids": list(runner_ids)})
         return {rid: orjson.loads(text) for rid, text in rows}
+
+
+def _versions_text(versions: Mapping[str, str]) -> str | None:
+    """A runner's versions as stored: JSON, or NULL for none."""
+    return orjson.dumps(dict(versions)).decode() if versions else None
+
+
+def _images_text(images: Sequence[str] | None) -> str | None:
+    """A runner's image allow list as stored: JSON, or NULL when it sent none."""
+    return orjson.dumps(list(images)).decode() if images is not None else None
