@@ -58,7 +58,6 @@ from runpack.eventloop import loop_name
 from runpack.handler_versions import HandlerVersions
 from runpack.hub import Hub
 from runpack.inputs import InputStore
-from runpack.jobtypes import JobTypeVersions
 from runpack.local_runners import local_runners
 from runpack.metrics import Metrics
 from runpack.names import RunnerNames
@@ -107,7 +106,7 @@ def create_app(
         raise ValueError(f"presence_interval must be above 0: {settings.presence_interval}")
     app[FIGURES] = FigureStore.from_settings(settings)
     app[INPUTS] = InputStore.from_settings(settings)
-    app[VERSIONS] = HandlerVersions(JobTypeVersions.parse(settings.job_type_versions))
+    app[VERSIONS] = HandlerVersions.from_settings(settings)
     app[JOB_REQUESTS] = JobRequests.from_settings(settings, app[VERSIONS])
     app.router.add_route("*", "/", health)
     app.router.add_route("*", "/health", health)

@@ -31,10 +31,12 @@ from runpack.errors import RunpackError
 from runpack.image_lists import claimable
 from runpack.jobtypes import JobTypeVersions, version_order
 from runpack.notify import EventKind, ServerEvent
+from runpack.store.base import ENV_OWNER
 
 if TYPE_CHECKING:
     from runpack.hub import Hub
     from runpack.notify import Notifier
+    from runpack.settings import Settings
     from runpack.store import Store
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,12 @@ def newer(version: str, than: str | None) -> bool:
 class HandlerVersions:
     """The version of each job type: the operator's, else its runners' highest."""
 
-    def __init__(self, operator: JobTypeVersions | None = None) -> None:
+    def __init__(
+        self, operator: JobTypeVersions | None = None, trusted: Iterable[str] = (ENV_OWNER,)
+    ) -> None:
         self.operator = operator or JobTypeVersions()
+        #: The owners (runpack.identity) whose runners' declared versions count.
+        self.trusted = frozenset(trusted)
         #: What runners declared, as last read from the database.
         self.declared: dict[str, str] = {}
         #: Counts the changes (runpack.api.job_requests forgets what it hashed before).
@@ -59,6 +65,11 @@ class HandlerVersions:
         self._unsubscribe: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HandlerVersions:
+        trusted = (key.strip() for key in settings.version_keys.split(","))
+        return cls(JobTypeVersions.parse(settings.job_type_versions), filter(None, trusted))
 
     # --- the rule ----------------------------------------------------------------------
     def version(self, job_type: str) -> str | None:
@@ -87,8 +98,11 @@ class HandlerVersions:
         return any(self.version(t) is not None for t in job_types)
 
     # --- changes -----------------------------------------------------------------------
-    async def declare(self, versions: Mapping[str, str]) -> None:
-        """A runner declares these versions: raise each job type's that is lower."""
+    async def declare(self, versions: Mapping[str, str], owner: str) -> None:
+        """A runner of ``owner`` declares these versions: raise each job type's that is
+        lower, if its owner's runners may set versions (``version_keys``)."""
+        if owner not in self.trusted:
+            return
         changed = False
         for job_type, version in versions.items():
             while newer(version, self.declared.get(job_type)) and self.store is not None:

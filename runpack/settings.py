@@ -190,6 +190,13 @@ class Settings:
         "here has this version whatever its runners' handlers declare (docs/runners.md). "
         "Empty: the versions handlers declare; hashes as in the original for the others.",
     )
+    version_keys: str = _s(
+        "env",
+        "Runner keys whose runners' handlers may set job types' versions (comma-separated): "
+        "`env` for RUNPACK_RUNNER_API_KEY, stored keys by id. The versions other runners "
+        "declare never raise a type's version; such a runner takes a type's jobs only if it "
+        "declares that type's current version (docs/runners.md).",
+    )
     max_upload_bytes: int = _s(
         500 * 1024 * 1024, "Largest figure upload (a tar of its files), in bytes."
     )

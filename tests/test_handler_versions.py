@@ -36,6 +36,7 @@ from tests.procs import (
     running_server,
     until,
 )
+from tests.test_hostile_identity import new_key
 from tests.test_store import T0, store_fixture  # noqa: F401
 from tests.versioned_jobs import JOB_TYPE, install, version_1, version_2
 
@@ -241,6 +242,33 @@ async def test_absurd_versions_are_refused_at_registration(tmp_path: Path) -> No
         assert job["job_hash"] == hashing.job_hash(JOB_TYPE, {"n": 1})  # nothing changed
 
 
+async def test_another_labs_runner_cannot_raise_a_version(tmp_path: Path) -> None:
+    """A runner on another lab's stored key declares version 999: the version stays,
+    the operator's runner keeps the jobs, and the stranger's runner takes none of them.
+    Listed in version_keys, the same key's runners do raise it."""
+    async with serving(tmp_path) as server:
+        secret, key_id = await new_key(server.http, server.url, "runner", "lab-b")
+        with runner_of(tmp_path, server.url, "1"):
+            v1 = await server.connected("v1")
+            with runner_of(tmp_path, server.url, "999", RUNPACK_RUNNER_API_KEY=secret):
+                v999 = await server.connected("v999")
+                shown = {r["runner_id"]: r.get("versions") for r in await server.runners()}
+                assert shown[v999] == {JOB_TYPE: "999"}  # declared, and kept to itself
+                for n in range(3):
+                    job = await server.completed((await server.submit({"n": 300 + n}))["job_id"])
+                    assert job["claimed_by"] == v1 and job["output_data"]["computed_by"] == "1"
+                    assert job["job_hash"] == hashing.job_hash(JOB_TYPE, {"n": 300 + n}, "1")
+    # A key is trusted by its id: made first, then listed (the same database).
+    async with serving(tmp_path / "trusted") as server:
+        secret, key_id = await new_key(server.http, server.url, "runner", "lab-c")
+    async with serving(tmp_path / "trusted", RUNPACK_VERSION_KEYS=f"env,{key_id}") as server:
+        with runner_of(tmp_path / "trusted", server.url, "999", RUNPACK_RUNNER_API_KEY=secret):
+            v999 = await server.connected("v999")
+            job = await server.completed((await server.submit({"n": 1}))["job_id"])
+            assert job["claimed_by"] == v999
+            assert job["job_hash"] == hashing.job_hash(JOB_TYPE, {"n": 1}, "999")
+
+
 # --- the store, on SQLite and PostgreSQL ------------------------------------------------------
 
 
@@ -266,9 +294,9 @@ async def test_a_runners_versions_are_kept(store: Store) -> None:
 async def test_versions_raised_by_two_instances_at_once_end_at_the_highest(store: Store) -> None:
     first, second = HandlerVersions(), HandlerVersions()
     first.store = second.store = store
-    await first.declare({"t": "1.9"})
-    await second.declare({"t": "1.10"})  # it has not read 1.9: its first try fails
-    await first.declare({"t": "1.2"})  # lower: nothing changes
+    await first.declare({"t": "1.9"}, "env")
+    await second.declare({"t": "1.10"}, "env")  # it has not read 1.9: its first try fails
+    await first.declare({"t": "1.2"}, "env")  # lower: nothing changes
     await first.refresh()
     assert first.declared == second.declared == {"t": "1.10"}
 

@@ -1,4 +1,4 @@
-"""One job type, ``versioned``, in two versions of its handler, for the tests of handler
+"""One job type, ``versioned``, in versions 1, 2 and 999 of its handler, for the tests of handler
 versions: :func:`install` declares one of them in a folder for a ``runpack-runner``."""
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ def version_1(ctx: JobContext, **params: Any) -> dict[str, Any]:
 @job(JOB_TYPE, version="2", in_process=True)
 def version_2(ctx: JobContext, **params: Any) -> dict[str, Any]:
     return {"computed_by": "2"}
+
+
+@job(JOB_TYPE, version="999", in_process=True)
+def version_999(ctx: JobContext, **params: Any) -> dict[str, Any]:
+    """What a stranger's runner says it is: a version above every real one."""
+    return {"computed_by": "999"}
 
 
 def install(site: Path, version: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ from runpack.api.common import parse_json_object, read_body
 from runpack.appkeys import JOB_REQUESTS
 from runpack.errors import BadRequest
 from runpack.handler_versions import HandlerVersions
-from runpack.jobtypes import HashIgnored, JobTypeVersions
+from runpack.jobtypes import HashIgnored
 from runpack.protocol import MAX_JOB_TIMEOUT
 from runpack.service.checks import MAX_DEPTH, NUL, too_deep
 from runpack.service.core import JobRequest
@@ -50,7 +50,7 @@ class JobRequests:
         return cls(
             settings.max_params_bytes,
             HashIgnored.parse(settings.hash_ignored_params),
-            versions or HandlerVersions(JobTypeVersions.parse(settings.job_type_versions)),
+            versions or HandlerVersions.from_settings(settings),
         )
 
     def __len__(self) -> int:

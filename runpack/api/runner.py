@@ -80,7 +80,7 @@ async def verify_and_declare(request: web.Request) -> web.Response:
     except protocol.ProtocolError as exc:
         raise BadRequest(exc.error, details=exc.details) from None
     declared = await request.app[SERVICE].declare_runner(
-        rid, asked.name, asked.capabilities, asked.versions, asked.images
+        rid, request[CALLER].owner, asked.name, asked.capabilities, asked.versions, asked.images
     )
     if not declared:
         return _unknown_runner()

@@ -175,7 +175,9 @@ class RunnerSession:
             else:
                 Ownership.of(runner).check(self.caller.owner, hello.runner_secret)
                 await self.service.touch_runner(runner.id)
-                await self.service.runner_declares(runner.id, hello.versions, hello.images)
+                await self.service.runner_declares(
+                    runner.id, self.caller.owner, hello.versions, hello.images
+                )
         except Forbidden as exc:
             log.warning("runner hello refused for runner %s: %s", wanted_id, exc.message)
             self.refuse(protocol.NOT_YOUR_RUNNER, exc.message, exc.details, ref="hello")

@@ -14,7 +14,6 @@ from runpack.cache import ResultCache
 from runpack.errors import JobNotFound
 from runpack.handler_versions import HandlerVersions
 from runpack.identity import RunnerOwners
-from runpack.jobtypes import JobTypeVersions
 from runpack.notify import EventKind, Notifier, ServerEvent
 from runpack.protocol import JobStatus
 from runpack.service.checks import is_uuid
@@ -167,9 +166,7 @@ class ServiceCore:
         #: Free runner slots for new jobs (the hub's placement), if any.
         self.slots = slots
         #: The job types' versions (runpack.handler_versions).
-        self.versions = versions or HandlerVersions(
-            JobTypeVersions.parse(settings.job_type_versions)
-        )
+        self.versions = versions or HandlerVersions.from_settings(settings)
         self.notifier.subscribe(self.results.on_event)
 
     async def get_job(self, job_id: str) -> JobRow:

@@ -49,24 +49,30 @@ class Runners(ServiceCore):
         await self.store.insert_runner(runner)
         self.owners.remember(runner)
         if versions:
-            await self.runner_declares(runner.id, versions)
+            await self.runner_declares(runner.id, owner, versions)
         if images is not None:
             await self.store.set_runner_images(runner.id, images)
         return runner
 
     async def runner_declares(
-        self, runner_id: str, versions: Mapping[str, str], images: Sequence[str] | None = None
+        self,
+        runner_id: str,
+        owner: str,
+        versions: Mapping[str, str],
+        images: Sequence[str] | None = None,
     ) -> None:
         """The runner's handlers are of these versions (checked by check_versions), and
         it allows container jobs these images (None: any): kept for its HTTP claims, and
-        the versions raise the job types' versions that are lower."""
+        the versions raise the job types' versions that are lower if its ``owner`` may
+        set versions (``version_keys``)."""
         await self.store.set_runner_versions(runner_id, versions)
         await self.store.set_runner_images(runner_id, images)
-        await self.versions.declare(versions)
+        await self.versions.declare(versions, owner)
 
     async def declare_runner(
         self,
         runner_id: str,
+        owner: str,
         name: object,
         capabilities: object,
         versions: Mapping[str, str],
@@ -83,7 +89,7 @@ class Runners(ServiceCore):
             runner_id, name, capabilities, versions, images, now
         ):
             return False
-        await self.versions.declare(versions)
+        await self.versions.declare(versions, owner)
         return True
 
     async def runnable_types(self, runner_id: str, job_types: list[str]) -> Collection[str]:
