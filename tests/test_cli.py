@@ -316,6 +316,25 @@ def test_settings_lists_every_variable(tmp_path: Path) -> None:
             assert spec["flag"] in line
 
 
+def test_output_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
+    # `runpack settings | head -1` once head has gone: a pipe with no reader left.
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "runpack.cli", "settings"],
+            cwd=tmp_path,
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert result.returncode == 141, result.stderr
+    assert b"Traceback" not in result.stderr and b"BrokenPipe" not in result.stderr
+
+
 def _help_of(text: str, flag: str) -> str:
     """The help text of ``flag`` in ``--help`` output, on one line."""
     lines = text.splitlines()

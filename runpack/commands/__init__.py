@@ -5,6 +5,7 @@ environment; their settings come from :meth:`runpack.settings.Settings.from_args
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
@@ -22,6 +23,9 @@ from runpack.commands import (
     settings,
 )
 from runpack.dsn import redact
+
+#: The exit status of a command whose output's reader went away (128 + SIGPIPE).
+BROKEN_PIPE = 141
 
 #: In the order ``runpack --help`` lists them.
 COMMANDS = (serve, migrate, import_d1, bench, gc, backup, keys, settings, client, runner)
@@ -51,4 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["runner"]:  # the runner daemon has its own flags: hand them all over
         return runner.run(argv[1:])
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:  # the reader went away (`runpack settings | head`): no traceback
+        # What is left to flush at exit goes nowhere, as it would for a program that
+        # SIGPIPE ended; the exit status is that program's too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
