@@ -129,6 +129,16 @@ def gone(api: Any, job_id: str) -> Any:
     return lambda: not dockerimages.containers_of(api, job_id)
 
 
+async def killed(client: Client, api: Any, job_id: str, why: str) -> dict[str, Any]:
+    """The job, once it failed because its container was killed (``why``), and the
+    container is gone."""
+    job = await client.settled(job_id)
+    assert job["status"] == "failed"
+    assert job["error_message"] == f"container failed: killed: {why}"
+    await until(gone(api, job_id), "no container left", 5)
+    return job
+
+
 async def test_console_streams_live_and_outputs_are_served(
     client: Client, api: Any, image: tuple[str, str], work: Path
 ) -> None:
@@ -228,11 +238,8 @@ async def test_time_limit_kills_and_removes_the_container(
     job_id = await client.submit(
         {"image": pinned(image), "command": LOOP, "limits": {"time_limit": 1}}
     )
-    job = await client.settled(job_id)
-    assert job["status"] == "failed"
-    assert job["error_message"] == "container failed: killed: ran longer than 1 s"
+    job = await killed(client, api, job_id, "ran longer than 1 s")
     assert "looping" in job["console_output"]
-    await until(gone(api, job_id), "no container left", 5)
 
 
 async def test_memory_hog_fails_with_the_limit(
@@ -241,10 +248,7 @@ async def test_memory_hog_fails_with_the_limit(
     job_id = await client.submit(
         {"image": pinned(image), "command": HOG, "limits": {"memory_mb": 16}}
     )
-    job = await client.settled(job_id)
-    assert job["status"] == "failed"
-    assert job["error_message"] == "container failed: killed: used more than 16 MiB"
-    await until(gone(api, job_id), "no container left", 5)
+    await killed(client, api, job_id, "used more than 16 MiB")
 
 
 async def test_too_much_in_outputs_fails_the_job(
@@ -252,10 +256,7 @@ async def test_too_much_in_outputs_fails_the_job(
 ) -> None:
     fill = ["sh", "-c", "dd if=/dev/zero of=/outputs/big bs=1M count=12 && echo written"]
     job_id = await client.submit({"image": pinned(image), "command": fill})
-    job = await client.settled(job_id)
-    assert job["status"] == "failed"
-    assert job["error_message"] == "container failed: killed: wrote more than 8 MiB to /outputs"
-    await until(gone(api, job_id), "no container left", 5)
+    await killed(client, api, job_id, "wrote more than 8 MiB to /outputs")
 
 
 async def test_cancel_removes_the_container(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests.browser import chromium, require_chromium
 from tests.procs import (
     KEYS,
     NO_LIMITS,
@@ -40,7 +40,6 @@ from tests.procs import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 SUBMIT_KEY = KEYS["RUNPACK_SUBMIT_API_KEY"]
 JOB_TYPES = ("figpack_nwb_raster_plot", "figpack_nwb_video_preview", "figpack_nwb_pose_estimation")
@@ -166,44 +165,31 @@ RENDERED = {
 
 def render(url: str, job_type: str) -> Path:
     """Open the figure in headless Chromium, check it drew, save a screenshot."""
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shot = SCREENSHOTS / f"figpack-{job_type.removeprefix('figpack_nwb_')}.png"
     outside: list[str] = []
     problems: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 700})
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1000, "height": 700})
 
-            def only_loopback(route: Any) -> None:
-                if route.request.url.startswith("http://127.0.0.1:"):
-                    route.continue_()
-                else:  # figpack's viewer must need nothing from the internet
-                    outside.append(route.request.url)
-                    route.abort()
+        def only_loopback(route: Any) -> None:
+            if route.request.url.startswith("http://127.0.0.1:"):
+                route.continue_()
+            else:  # figpack's viewer must need nothing from the internet
+                outside.append(route.request.url)
+                route.abort()
 
-            page.route("**/*", only_loopback)
-            page.on("pageerror", lambda exc: problems.append(str(exc)))
-            page.on("requestfailed", lambda req: problems.append(f"failed: {req.url}"))
-            page.goto(url)
-            page.wait_for_function(RENDERED[job_type], timeout=30_000)
-            page.get_by_text("Figure ready").wait_for(timeout=30_000)
-            page.wait_for_timeout(500)
-            text = page.inner_text("body")
-            # Sandboxed: the figure cannot read what the dashboard keeps for this origin.
-            assert page.evaluate("() => window.origin") == "null"
-            page.screenshot(path=str(shot))
-        finally:
-            browser.close()
+        page.route("**/*", only_loopback)
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        page.on("requestfailed", lambda req: problems.append(f"failed: {req.url}"))
+        page.goto(url)
+        page.wait_for_function(RENDERED[job_type], timeout=30_000)
+        page.get_by_text("Figure ready").wait_for(timeout=30_000)
+        page.wait_for_timeout(500)
+        text = page.inner_text("body")
+        # Sandboxed: the figure cannot read what the dashboard keeps for this origin.
+        assert page.evaluate("() => window.origin") == "null"
+        page.screenshot(path=str(shot))
     assert not outside, f"the figure asked the internet for {outside}"
     assert not problems, problems
     assert "error" not in text.lower(), text[:500]
@@ -267,9 +253,8 @@ def test_the_runner_reports_a_missing_object_clearly(stack: Stack) -> None:
 def test_the_job_page_draws_the_figure(stack: Stack) -> None:
     """A figure job's page (no key, as Neurosift links to it) draws the figure in its
     sandboxed frame, offline."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    require_chromium()
+    from playwright.sync_api import expect
 
     job_type = "figpack_nwb_raster_plot"
     job = neurosift.submit(stack.url, SUBMIT_KEY, job_type, stack.params(job_type))
@@ -279,30 +264,23 @@ def test_the_job_page_draws_the_figure(stack: Stack) -> None:
         assert job["status"] == "completed", job
     url = job["result"]["output_data"]["figpack_url"]
     outside: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on(
+            "request",
+            lambda req: (
+                None if req.url.startswith("http://127.0.0.1:") else outside.append(req.url)
+            ),
         )
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on(
-                "request",
-                lambda req: (
-                    None if req.url.startswith("http://127.0.0.1:") else outside.append(req.url)
-                ),
-            )
-            page.goto(f"{stack.url}/ui/jobs/{job_id}")
-            frame_el = page.locator('iframe[title="Figure preview"]')
-            expect(frame_el).to_have_attribute("src", url, timeout=30_000)
-            frame_el.scroll_into_view_if_needed()
-            frame = frame_el.element_handle().content_frame()
-            assert frame is not None
-            frame.wait_for_function(RENDERED["figpack_nwb_raster_plot"], timeout=30_000)
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOTS / "job-page-figure.png"), full_page=True)
-        finally:
-            browser.close()
+        page.goto(f"{stack.url}/ui/jobs/{job_id}")
+        frame_el = page.locator('iframe[title="Figure preview"]')
+        expect(frame_el).to_have_attribute("src", url, timeout=30_000)
+        frame_el.scroll_into_view_if_needed()
+        frame = frame_el.element_handle().content_frame()
+        assert frame is not None
+        frame.wait_for_function(RENDERED["figpack_nwb_raster_plot"], timeout=30_000)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "job-page-figure.png"), full_page=True)
     assert not [u for u in outside if not u.startswith(("data:", "about:", "blob:"))], outside
 
 
@@ -346,15 +324,10 @@ def test_neurosift_in_a_browser_meets_no_limit_and_frames_the_figure(
     """Neurosift's sequence from its own origin in Chromium, against a server with the
     default limits: a CORS preflight, 50 checks, a submit, status reads, and the figure
     in a cross-origin iframe. No answer is a 429, and the figure draws."""
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    require_chromium()
     import http.server
     import json
     import threading
-
-    from playwright.sync_api import sync_playwright
 
     job_type = "figpack_nwb_raster_plot"
     runner_env = {"FIGPACK_API_KEY": "", "RUNPACK_ALLOW_PRIVATE_URLS": "true"}
@@ -384,30 +357,18 @@ def test_neurosift_in_a_browser_meets_no_limit_and_frames_the_figure(
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         origin = f"http://localhost:{httpd.server_address[1]}"
         try:
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch(
-                    executable_path=CHROMIUM,
-                    args=[
-                        "--headless",
-                        "--no-sandbox",
-                        "--disable-gpu",
-                        "--disable-background-networking",
-                    ],
-                )
-                try:
-                    page = browser.new_page(viewport={"width": 1100, "height": 800})
-                    page.goto(f"{origin}/index.html")
-                    page.wait_for_function("() => window.outcome !== undefined", timeout=120_000)
-                    assert page.evaluate("window.outcome") == "completed"
-                    statuses = page.evaluate("window.statuses")
-                    frame_el = page.locator('iframe[title="figure"]')
-                    frame = frame_el.element_handle().content_frame()
-                    assert frame is not None
-                    frame.wait_for_function(RENDERED[job_type], timeout=30_000)
-                    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-                    page.screenshot(path=str(SCREENSHOTS / "neurosift-iframe.png"))
-                finally:
-                    browser.close()
+            with chromium() as browser:
+                page = browser.new_page(viewport={"width": 1100, "height": 800})
+                page.goto(f"{origin}/index.html")
+                page.wait_for_function("() => window.outcome !== undefined", timeout=120_000)
+                assert page.evaluate("window.outcome") == "completed"
+                statuses = page.evaluate("window.statuses")
+                frame_el = page.locator('iframe[title="figure"]')
+                frame = frame_el.element_handle().content_frame()
+                assert frame is not None
+                frame.wait_for_function(RENDERED[job_type], timeout=30_000)
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(SCREENSHOTS / "neurosift-iframe.png"))
         finally:
             httpd.shutdown()
             httpd.server_close()

@@ -37,16 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Download, Page, Request, expect, sync_playwright
+from playwright.sync_api import Browser, Download, Page, Request, expect
 
+from tests.browser import chromium
 from tests.conftest import _admin_execute, _run
 from tests.pg import dsn_for, require_postgres
 from tests.procs import KEYS, clean_env, free_port, stop, wait_healthy
 
 pytestmark = pytest.mark.timeout(120)
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ADMIN_KEY = KEYS["RUNPACK_ADMIN_API_KEY"]
 SUBMIT_KEY = KEYS["RUNPACK_SUBMIT_API_KEY"]
 RUNNER_KEY = KEYS["RUNPACK_RUNNER_API_KEY"]
@@ -155,17 +154,8 @@ def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing: apt-get install chromium (Debian's package)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as opened:
+        yield opened
 
 
 # --- HTTP as a runner, a client and an admin ---------------------------------------------------

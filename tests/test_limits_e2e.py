@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from tests.pg import fresh_database, require_postgres
-from tests.procs import KEYS, clean_env, running_runner, running_server, until
+from tests.procs import KEYS, Proc, clean_env, running_runner, running_server, until
 
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
 ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
@@ -129,43 +129,44 @@ async def test_a_flood_of_new_jobs_is_refused_and_other_addresses_go_on(
             assert (await resp.json())["jobs"]["total"] == 25  # refused: nothing made
 
 
-async def test_instances_on_one_postgresql_share_the_new_work_budget(tmp_path: Path) -> None:
+@asynccontextmanager
+async def two_instances(
+    tmp_path: Path, env: dict[str, str]
+) -> AsyncIterator[tuple[tuple[Proc, Proc], aiohttp.ClientSession]]:
+    """Two ``runpack serve`` on one fresh PostgreSQL database, and a submit-key client."""
     require_postgres()
-    async with fresh_database() as dsn:
-        with (
-            running_server(tmp_path / "a", DEFAULTS, ("--db", dsn)) as a,
-            running_server(tmp_path / "b", DEFAULTS, ("--db", dsn)) as b,
-        ):
-            async with aiohttp.ClientSession(headers=SUBMIT) as http:
-                # 20 new jobs at once per address, wherever they land.
-                for i in range(20):
-                    server = (a, b)[i % 2]
-                    body = hello(f"shared-{i}")
-                    async with http.post(f"{server.url}/api/jobs/submit", json=body) as resp:
-                        assert resp.status == 201
-                for server in (a, b):
-                    body = hello(f"more-{server.url}")
-                    async with http.post(f"{server.url}/api/jobs/submit", json=body) as resp:
-                        body = await resp.json()
-                        check_429(resp.status, resp.headers, body, "RUNPACK_RATE_NEW_JOBS")
-
-
-async def test_requests_budget_is_shared_between_instances(tmp_path: Path) -> None:
-    require_postgres()
-    env = {**DEFAULTS, "RUNPACK_RATE_REQUESTS": "10", "RUNPACK_RATE_REQUESTS_BURST": "10"}
     async with fresh_database() as dsn:
         with (
             running_server(tmp_path / "a", env, ("--db", dsn)) as a,
             running_server(tmp_path / "b", env, ("--db", dsn)) as b,
         ):
             async with aiohttp.ClientSession(headers=SUBMIT) as http:
-                for i in range(10):
-                    server = (a, b)[i % 2]
-                    async with http.post(f"{server.url}/api/jobs/check", json=hello("x")) as r:
-                        assert r.status == 200
-                for server in (a, b):
-                    async with http.post(f"{server.url}/api/jobs/check", json=hello("x")) as r:
-                        check_429(r.status, r.headers, await r.json(), "RUNPACK_RATE_REQUESTS")
+                yield (a, b), http
+
+
+async def test_instances_on_one_postgresql_share_the_new_work_budget(tmp_path: Path) -> None:
+    async with two_instances(tmp_path, DEFAULTS) as (servers, http):
+        # 20 new jobs at once per address, wherever they land.
+        for i in range(20):
+            body = hello(f"shared-{i}")
+            async with http.post(f"{servers[i % 2].url}/api/jobs/submit", json=body) as resp:
+                assert resp.status == 201
+        for server in servers:
+            body = hello(f"more-{server.url}")
+            async with http.post(f"{server.url}/api/jobs/submit", json=body) as resp:
+                body = await resp.json()
+                check_429(resp.status, resp.headers, body, "RUNPACK_RATE_NEW_JOBS")
+
+
+async def test_requests_budget_is_shared_between_instances(tmp_path: Path) -> None:
+    env = {**DEFAULTS, "RUNPACK_RATE_REQUESTS": "10", "RUNPACK_RATE_REQUESTS_BURST": "10"}
+    async with two_instances(tmp_path, env) as (servers, http):
+        for i in range(10):
+            async with http.post(f"{servers[i % 2].url}/api/jobs/check", json=hello("x")) as r:
+                assert r.status == 200
+        for server in servers:
+            async with http.post(f"{server.url}/api/jobs/check", json=hello("x")) as r:
+                check_429(r.status, r.headers, await r.json(), "RUNPACK_RATE_REQUESTS")
 
 
 async def test_loopback_is_not_limited_in_local_development(tmp_path: Path) -> None:

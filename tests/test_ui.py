@@ -9,7 +9,6 @@ A screenshot of each page lands in ``test-artifacts/screenshots/``.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,12 +21,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from tests.browser import chromium, require_chromium
 from tests.procs import KEYS, clean_env, running_server, stop
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SHOTS = Path(__file__).parents[1] / "test-artifacts" / "screenshots"
 SERVER_ENV = {
     **KEYS,
@@ -76,6 +74,18 @@ class Stack:
             "POST", "/api/jobs/submit", SUBMIT_KEY, {"job_type": job_type, "input_params": params}
         )
         return str(reply["job_id"])
+
+    def held_job(
+        self, runner: str, job_type: str, params: dict[str, Any]
+    ) -> tuple[str, dict[str, str]]:
+        """A new job claimed by a new runner over the original's HTTP endpoints, so that
+        the test drives each step: (the job's id, the runner's X-Runner-ID header)."""
+        body = {"name": runner, "capabilities": [job_type]}
+        reply = self.call("POST", "/api/runner/register", RUNNER_KEY, body)
+        me = {"X-Runner-ID": reply["runner_id"]}
+        job_id = self.submit(job_type, params)
+        self.call("POST", f"/api/runner/jobs/{job_id}/claim", RUNNER_KEY, headers=me)
+        return job_id, me
 
     def status_of(self, job_id: str) -> str:
         try:
@@ -133,18 +143,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing: apt-get install chromium (Debian's package)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_chromium()
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as opened:
+        yield opened
 
 
 @pytest.fixture(scope="module")
@@ -257,15 +259,7 @@ def test_job_page_needs_no_key(stack: Stack, open_page: Open, done_job: str) -> 
 
 def test_job_page_without_key_is_live_and_previews_a_figure(stack: Stack, open_page: Open) -> None:
     # A runner over the original's HTTP endpoints, driven step by step by the test.
-    reply = stack.call(
-        "POST",
-        "/api/runner/register",
-        RUNNER_KEY,
-        {"name": "figure-maker", "capabilities": ["ui_figure"]},
-    )
-    me = {"X-Runner-ID": reply["runner_id"]}
-    job_id = stack.submit("ui_figure", {"plot": "raster"})
-    stack.call("POST", f"/api/runner/jobs/{job_id}/claim", RUNNER_KEY, headers=me)
+    job_id, me = stack.held_job("figure-maker", "ui_figure", {"plot": "raster"})
     page = open_page(f"/ui/jobs/{job_id}", keys=False)
     badge = page.locator(".job-summary .badge")
     expect(badge).to_have_text("Claimed")

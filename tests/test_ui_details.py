@@ -76,15 +76,7 @@ def test_a_queued_job_shows_its_place_then_its_run_with_fresh_times(
 
 
 def test_the_figure_job_page_draws_the_figure(stack: Stack, open_page: Open) -> None:
-    reply = stack.call(
-        "POST",
-        "/api/runner/register",
-        RUNNER_KEY,
-        {"name": "figure-drawer", "capabilities": ["ui_drawn_figure"]},
-    )
-    me = {"X-Runner-ID": reply["runner_id"]}
-    job_id = stack.submit("ui_drawn_figure", {"plot": "units"})
-    stack.call("POST", f"/api/runner/jobs/{job_id}/claim", RUNNER_KEY, headers=me)
+    job_id, me = stack.held_job("figure-drawer", "ui_drawn_figure", {"plot": "units"})
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w") as tar:
         entry = tarfile.TarInfo("index.html")
