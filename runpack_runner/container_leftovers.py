@@ -13,6 +13,7 @@ containers without Runpack's labels, are never touched (docs/containers.md).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from runpack_runner.container_config import LABEL_JOB, LABEL_RUNNER
@@ -20,10 +21,39 @@ from runpack_runner.container_config import LABEL_JOB, LABEL_RUNNER
 log = logging.getLogger("runpack_runner.jobs.container")
 
 
-def remove_leftovers(api: Any, runner_id: str) -> int:
-    """Force-remove every container labelled as started by ``runner_id``; how many."""
+#: How long a removal that another call began may take to finish (seconds).
+REMOVAL_WAIT = 30
+REMOVAL_POLL = 0.05
+
+
+def force_remove(api: Any, container_id: str) -> bool:
+    """Kill and remove a container; whether it was there. When another call's removal
+    is already in progress (dockerd answers 409), wait until it is gone: the job's
+    thread and the exit handler may both remove the same container, and the runner
+    must not exit while it still exists."""
     import docker
 
+    try:
+        api.remove_container(container_id, force=True)
+        return True
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:
+            raise
+    deadline = time.monotonic() + REMOVAL_WAIT
+    while time.monotonic() < deadline:
+        try:
+            api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return True
+        time.sleep(REMOVAL_POLL)
+    log.warning("container %s: its removal did not finish in %d s", container_id, REMOVAL_WAIT)
+    return True
+
+
+def remove_leftovers(api: Any, runner_id: str) -> int:
+    """Force-remove every container labelled as started by ``runner_id``; how many."""
     try:
         found = api.containers(
             all=True, filters={"label": [LABEL_JOB, f"{LABEL_RUNNER}={runner_id}"]}
@@ -32,14 +62,7 @@ def remove_leftovers(api: Any, runner_id: str) -> int:
         for container in found:
             if (container.get("Labels") or {}).get(LABEL_RUNNER) != runner_id:
                 continue  # what dockerd's filter matched, checked again here
-            try:
-                api.remove_container(container["Id"], force=True)
-            except docker.errors.NotFound:
-                continue
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:  # 409: its removal is already in progress
-                    raise
-            removed += 1
+            removed += force_remove(api, container["Id"])
     finally:
         api.close()
     log.info("removed %d container(s) left by an earlier run of this runner", removed)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from runpack_runner.container_leftovers import force_remove
 from tests import dockerimages
 from tests.procs import KEYS, NO_LIMITS, Proc, running_runner, running_server, until
 
@@ -99,7 +101,7 @@ def removed_at_end(api: Any) -> Iterator[list[str]]:
     finally:
         for job_id in job_ids:
             for container in dockerimages.containers_of(api, job_id):
-                api.remove_container(container["Id"], force=True)
+                force_remove(api, container["Id"])
 
 
 @contextmanager
@@ -116,7 +118,7 @@ def foreign_containers(api: Any, image: str) -> Iterator[list[str]]:
         yield made
     finally:
         for container_id in made:
-            api.remove_container(container_id, force=True)
+            force_remove(api, container_id)
 
 
 async def test_a_runner_killed_with_sigkill_removes_its_leftovers_when_it_starts_again(
@@ -160,3 +162,28 @@ async def test_a_runner_stopped_with_sigterm_leaves_no_container(
         await until(lambda: proc.popen.poll() is not None, "the runner to exit", 30)
         assert not exists(api, container["Id"])
     await cancel(http, server.url, job_id)
+
+
+def test_removals_at_once_all_return_after_the_container_is_gone(api: Any, image: str) -> None:
+    """The job's thread and the exit handler may remove one container at once: dockerd
+    answers the later call 409 ("removal already in progress"), and that call too
+    returns only once the container is gone, so a runner never exits before it is."""
+    container_id = api.create_container(image, command=SLEEP)["Id"]
+    api.start(container_id)
+    start = threading.Barrier(4)
+    seen: list[bool] = []
+
+    def remove() -> None:
+        start.wait()
+        force_remove(api, container_id)
+        seen.append(exists(api, container_id))
+
+    threads = [threading.Thread(target=remove) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert seen == [False] * 4
+    finally:
+        force_remove(api, container_id)

@@ -36,7 +36,7 @@ from runpack_runner.container_config import create_args
 from runpack_runner.container_console import follow
 from runpack_runner.container_images import advertised, digests_of, resolve
 from runpack_runner.container_inputs import InputCache, place_inputs, trim
-from runpack_runner.container_leftovers import remove_leftovers
+from runpack_runner.container_leftovers import force_remove, remove_leftovers
 from runpack_runner.container_outputs import folder_size, regular_files
 from runpack_runner.container_spec import ContainerPolicy, ContainerSpec, Limits, parse_spec
 from runpack_runner.context import Cancelled, JobContext, RetryLater
@@ -73,7 +73,7 @@ def _remove_live() -> None:
     for container_id, url in left:
         with contextlib.suppress(Exception):
             client = docker.APIClient(base_url=url, version="auto", timeout=10)
-            client.remove_container(container_id, force=True)
+            force_remove(client, container_id)
             client.close()
 
 
@@ -324,15 +324,7 @@ class ContainerRun:
         """Kill and remove the container (again: a no-op)."""
         if not self.container_id:
             return
-        import docker
-
-        try:
-            self.api.remove_container(self.container_id, force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # 409: its removal is already in progress
-                raise
+        force_remove(self.api, self.container_id)
         with _live_lock:
             LIVE.pop(self.container_id, None)
 
