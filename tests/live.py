@@ -16,13 +16,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.procs import KEYS, Proc, running_runner, running_server
+from tests.procs import KEYS, NO_LIMITS, Proc, running_runner, running_server
 
 SERVER_ENV = {
     **KEYS,
-    "RUNPACK_RATE_NEW_JOBS": "0",
-    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-    "RUNPACK_RATE_REQUESTS": "0",
+    **NO_LIMITS,
 }
 SUBMIT_KEY = KEYS["RUNPACK_SUBMIT_API_KEY"]
 ADMIN_KEY = KEYS["RUNPACK_ADMIN_API_KEY"]

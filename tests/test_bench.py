@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.procs import KEYS, clean_env, running_runner, running_server
+from tests.procs import KEYS, NO_LIMITS, clean_env, running_runner, running_server
 
 SMALL = ["--jobs", "60", "--latency-jobs", "5", "--warmup", "2", "--cache-hits", "60"]
 SMALL += ["--concurrency", "4"]
@@ -60,9 +60,7 @@ def test_bench_starts_its_own_server_and_runner(tmp_path: Path) -> None:
 def test_bench_targets_a_running_server(tmp_path: Path) -> None:
     env = {
         **KEYS,
-        "RUNPACK_RATE_NEW_JOBS": "0",
-        "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-        "RUNPACK_RATE_REQUESTS": "0",
+        **NO_LIMITS,
     }
     with (
         running_server(tmp_path / "server", env) as server,

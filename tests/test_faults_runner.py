@@ -52,7 +52,7 @@ from runpack_runner.handler import HeartbeatCallback, JobHandler
 from runpack_runner.transports.base import Assignment
 from runpack_runner.uploads import UploadRetryable
 from tests.fault_jobs import install
-from tests.procs import KEYS, Proc, running_runner, running_server, until
+from tests.procs import KEYS, NO_LIMITS, Proc, running_runner, running_server, until
 from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,9 +62,7 @@ ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
 RUNNER = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
 SERVER_ENV = {
     **KEYS,
-    "RUNPACK_RATE_NEW_JOBS": "0",
-    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-    "RUNPACK_RATE_REQUESTS": "0",
+    **NO_LIMITS,
     "RUNPACK_RETRY_BASE_DELAY": "0.2",
     "RUNPACK_SWEEP_INTERVAL": "0.5",
 }

@@ -48,15 +48,13 @@ from tests.conftest import RUNNER, claim, register
 from tests.conftest import SUBMIT as CLIENT_SUBMIT
 from tests.conftest import submit as conftest_submit
 from tests.pg import fresh_database, require_postgres
-from tests.procs import KEYS, clean_env, free_port, until
+from tests.procs import KEYS, NO_LIMITS, clean_env, free_port, until
 
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
 ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
 SERVER_ENV = {
     **KEYS,
-    "RUNPACK_RATE_NEW_JOBS": "0",
-    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-    "RUNPACK_RATE_REQUESTS": "0",
+    **NO_LIMITS,
     "RUNPACK_RATE_AVAILABLE": "0",
     "RUNPACK_RATE_HEARTBEAT": "0",
 }

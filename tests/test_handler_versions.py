@@ -29,6 +29,7 @@ from runpack_runner.registry import Registry, as_handler
 from tests.pg import fresh_database, require_postgres
 from tests.procs import (
     KEYS,
+    NO_LIMITS,
     Proc,
     refused_registration,
     runners_listed,
@@ -42,9 +43,7 @@ from tests.versioned_jobs import JOB_TYPE, install, version_1, version_2
 
 SERVER_ENV = {
     **KEYS,
-    "RUNPACK_RATE_NEW_JOBS": "0",
-    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-    "RUNPACK_RATE_REQUESTS": "0",
+    **NO_LIMITS,
 }
 RUNNER_ENV = {"RUNPACK_RECONNECT_MIN": "0.2", "RUNPACK_RECONNECT_MAX": "1"}
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}

@@ -42,7 +42,7 @@ from playwright.sync_api import Browser, Download, Page, Request, expect
 from tests.browser import chromium
 from tests.conftest import _admin_execute, _run
 from tests.pg import dsn_for, require_postgres
-from tests.procs import KEYS, clean_env, free_port, stop, wait_healthy
+from tests.procs import KEYS, NO_LIMITS, clean_env, free_port, stop, wait_healthy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -113,9 +113,7 @@ def serve(cwd: Path, db: str, env: dict[str, str] | None = None) -> Iterator[Ser
     log = cwd / f"server-{port}.log"
     extra = {
         **KEYS,
-        "RUNPACK_RATE_NEW_JOBS": "0",
-        "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-        "RUNPACK_RATE_REQUESTS": "0",
+        **NO_LIMITS,
         "RUNPACK_DB": db,
         **{name: value.format(port=port) for name, value in (env or {}).items()},
     }

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from runpack.logs import JsonFormatter, TextFormatter
-from tests.procs import KEYS, Proc, running_server, until
+from tests.procs import KEYS, NO_LIMITS, Proc, running_server, until
 
 SUBMIT = f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}".encode()
 RUNNER = f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}".encode()
@@ -170,9 +170,7 @@ async def test_headers_that_are_not_utf8_text_get_json_errors(
 def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     env = {
         **KEYS,
-        "RUNPACK_RATE_NEW_JOBS": "0",
-        "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-        "RUNPACK_RATE_REQUESTS": "0",
+        **NO_LIMITS,
     }
     with running_server(tmp_path_factory.mktemp("hostile-http"), env) as proc:
         yield proc

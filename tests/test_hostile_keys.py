@@ -30,7 +30,7 @@ from runpack.errors import StoreError
 from runpack.store import migrations, open_store
 from runpack.store.base import API_KEY_COLUMNS, ApiKeyRow
 from runpack.store.migrations import split_statements
-from tests.procs import KEYS, clean_env, running_server
+from tests.procs import KEYS, NO_LIMITS, clean_env, running_server
 from tests.test_instances import UNDO_INSTANCES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,9 +43,7 @@ T0 = 1_700_000_000_000
 #: Every request here comes from one address: the per-IP limits stay out of the way.
 SERVER_ENV = {
     **KEYS,
-    "RUNPACK_RATE_NEW_JOBS": "0",
-    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-    "RUNPACK_RATE_REQUESTS": "0",
+    **NO_LIMITS,
 }
 
 

@@ -32,15 +32,13 @@ from runpack.netrules import URLNotAllowed, address_allowed, check_url, guarded,
 from runpack.validation import INVALID, UNKNOWN, VALID, ResultValidator
 from runpack_runner.cli import build_parser
 from runpack_runner.settings import RunnerSettings
-from tests.procs import KEYS, Proc, free_port, running_runner, running_server, until
+from tests.procs import KEYS, NO_LIMITS, Proc, free_port, running_runner, running_server, until
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
 RUNNER = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
 NO_LIMITS = {
-    "RUNPACK_RATE_NEW_JOBS": "0",
-    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-    "RUNPACK_RATE_REQUESTS": "0",
+    **NO_LIMITS,
 }
 
 pytestmark = pytest.mark.timeout(120)

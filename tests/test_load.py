@@ -38,7 +38,7 @@ from runpack.bench import percentiles
 from runpack.connections import RunnerConn
 from runpack.hub import Hub
 from runpack.service import JobService
-from tests.procs import KEYS, Proc, clean_env, running_server
+from tests.procs import KEYS, NO_LIMITS, Proc, clean_env, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT = ROOT / "test-artifacts" / "load.json"
@@ -51,9 +51,7 @@ SERVER_ENV = {**KEYS, "RUNPACK_LOG_LEVEL": "warning"}
 #: Holding connections is not about rate limits: this test's one client submits freely.
 UNLIMITED_ENV = {
     **SERVER_ENV,
-    "RUNPACK_RATE_NEW_JOBS": "0",
-    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-    "RUNPACK_RATE_REQUESTS": "0",
+    **NO_LIMITS,
 }
 SUBMIT_LIMIT = 20  # new jobs at once, and per minute after that
 POLL_LIMIT = 200  # requests at once

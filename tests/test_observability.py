@@ -38,7 +38,7 @@ from tests.conftest import (
     register,
     submit,
 )
-from tests.procs import KEYS, Proc, running_server
+from tests.procs import KEYS, NO_LIMITS, Proc, running_server
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -431,9 +431,7 @@ def test_an_unknown_log_format_is_refused(capsys: pytest.CaptureFixture[str]) ->
 
 SERVER_KEYS = {
     **KEYS,
-    "RUNPACK_RATE_NEW_JOBS": "0",
-    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-    "RUNPACK_RATE_REQUESTS": "0",
+    **NO_LIMITS,
 }
 
 

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import ADMIN, ADMIN_KEY, RUNNER_KEY, SUBMIT, SUBMIT_KEY
-from tests.procs import free_port, until
+from tests.procs import NO_LIMITS, free_port, until
 
 BIN = Path(sys.executable).parent
 
@@ -45,9 +45,7 @@ class Stack:
             "RUNPACK_SUBMIT_API_KEY": SUBMIT_KEY,
             "RUNPACK_RUNNER_API_KEY": RUNNER_KEY,
             "RUNPACK_ADMIN_API_KEY": ADMIN_KEY,
-            "RUNPACK_RATE_NEW_JOBS": "0",
-            "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-            "RUNPACK_RATE_REQUESTS": "0",
+            **NO_LIMITS,
         }
         cmd = [str(BIN / "runpack"), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--db", str(self.tmp / "runpack.db"), "--data-dir", str(self.tmp / "data")]

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.procs import KEYS, Proc, running_server
+from tests.procs import KEYS, NO_LIMITS, Proc, running_server
 
 RUNNER = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
@@ -23,9 +23,7 @@ UNKNOWN = "00000000-0000-4000-8000-000000000000"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     env = {
         **KEYS,
-        "RUNPACK_RATE_NEW_JOBS": "0",
-        "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-        "RUNPACK_RATE_REQUESTS": "0",
+        **NO_LIMITS,
     }
     with running_server(tmp_path_factory.mktemp("runner-ws"), env) as proc:
         yield proc

@@ -24,14 +24,12 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.browser import chromium, require_chromium
-from tests.procs import KEYS, clean_env, running_server, stop
+from tests.procs import KEYS, NO_LIMITS, clean_env, running_server, stop
 
 SHOTS = Path(__file__).parents[1] / "test-artifacts" / "screenshots"
 SERVER_ENV = {
     **KEYS,
-    "RUNPACK_RATE_NEW_JOBS": "0",
-    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-    "RUNPACK_RATE_REQUESTS": "0",
+    **NO_LIMITS,
 }
 ADMIN_KEY = KEYS["RUNPACK_ADMIN_API_KEY"]
 SUBMIT_KEY = KEYS["RUNPACK_SUBMIT_API_KEY"]
