@@ -122,7 +122,9 @@ class Settings:
         "submit computes the figure again (0 = keep them).",
     )
     runner_ttl: float = _s(
-        0.0, "Forget runners not seen for this long and holding no job (0 = keep them)."
+        7 * 24 * 3600.0,
+        "Forget runners not seen for this long and holding no job; one that comes back "
+        "registers again (0 = keep them).",
     )
     input_ttl: float = _s(
         7 * 24 * 3600.0,
@@ -170,6 +172,12 @@ class Settings:
     )
     rate_available: int = _s(120, "Available-job polls per period per runner (0 = unlimited).")
     rate_heartbeat: int = _s(120, "Heartbeats per period per runner (0 = unlimited).")
+    rate_registrations: int = _s(
+        60,
+        "New runners registered per period per client address, all at once if need be "
+        "(POST /api/runner/register, or a hello without a known runner id); a runner "
+        "coming back under its id does not count (0 = unlimited).",
+    )
     trust_proxy: bool = _s(False, "Take the client IP from X-Forwarded-For (behind a proxy).")
     max_params_bytes: int = _s(protocol.MAX_PARAMS_BYTES, "Largest input_params, in bytes.")
     max_output_bytes: int = _s(protocol.MAX_OUTPUT_BYTES, "Largest output_data, in bytes.")

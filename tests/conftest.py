@@ -133,6 +133,7 @@ def settings(tmp_path: Path, db: str) -> Settings:
         rate_requests=0,
         rate_available=0,
         rate_heartbeat=0,
+        rate_registrations=0,
     )
 
 

@@ -21,7 +21,7 @@ import pytest
 from runpack.errors import StoreError
 from runpack.protocol import RUNNER_SECRET_HEADER
 from runpack.store.sqlite import SqliteStore
-from tests.procs import KEYS, Proc, running_runner, running_server, until
+from tests.procs import KEYS, NO_LIMITS, Proc, running_runner, running_server, until
 
 RUNNER = {"Authorization": f"Bearer {KEYS['RUNPACK_RUNNER_API_KEY']}"}
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
@@ -32,9 +32,7 @@ MAX_CONSOLE = 2000
 MAX_ERROR = 1000
 SERVER_ENV = {
     **KEYS,
-    "RUNPACK_RATE_NEW_JOBS": "0",
-    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-    "RUNPACK_RATE_REQUESTS": "0",
+    **NO_LIMITS,
     "RUNPACK_RATE_HEARTBEAT": "0",
     "RUNPACK_MAX_CONSOLE_BYTES": str(MAX_CONSOLE),
     "RUNPACK_MAX_ERROR_BYTES": str(MAX_ERROR),
@@ -370,6 +368,50 @@ async def test_the_runner_list_is_paged(server: Proc, http: aiohttp.ClientSessio
     for query in ("?limit=0", "?limit=501", "?offset=-1", "?limit=x"):
         status, body = await page(query)
         assert status == 400 and "error" in body, (query, body)
+
+
+async def runner_count(http: aiohttp.ClientSession, server: Proc) -> int:
+    async with http.get(f"{server.url}/api/admin/runners?limit=500", headers=ADMIN) as resp:
+        assert resp.status == 200, await resp.text()
+        return len((await resp.json())["runners"])
+
+
+async def test_one_address_cannot_register_runners_without_end(
+    tmp_path: Path, database: str, http: aiohttp.ClientSession
+) -> None:
+    """Another lab's runner key registering runner after runner (each a row kept until
+    RUNPACK_RUNNER_TTL): past RUNPACK_RATE_REGISTRATIONS, over HTTP and over the socket,
+    it is refused and nothing is kept; a runner coming back under its id still is
+    welcome."""
+    env = {**SERVER_ENV, "RUNPACK_RATE_REGISTRATIONS": "3"}
+    with running_server(tmp_path / "server", env, ("--db", database)) as server:
+        body = {"name": "flood", "capabilities": ["flood"]}
+        assert [(await register(http, server, body))[0] for _ in range(2)] == [201, 201]
+        known = await connect(http, server, "flood")  # the third, over the socket
+        status, refused = await register(http, server, body)
+        assert status == 429, refused
+        assert refused["limit"] == "registrations"
+        assert "RUNPACK_RATE_REGISTRATIONS" in refused["details"]
+        reply = await hello_reply(http, server, "flood", ["flood"])
+        assert (reply["type"], reply["error"], reply["ref"]) == (
+            "error",
+            "Rate limit exceeded",
+            "hello",
+        )
+        assert "RUNPACK_RATE_REGISTRATIONS" in reply["details"]
+        assert await runner_count(http, server) == 3
+        # Coming back under its id (and secret) registers nothing, and is not refused.
+        await known.ws.close()
+        back = await hello_reply(
+            http,
+            server,
+            "flood",
+            ["flood"],
+            runner_id=known.runner_id,
+            runner_secret=known.secret,
+        )
+        assert (back["type"], back["runner_id"]) == ("welcome", known.runner_id), back
+        assert await runner_count(http, server) == 3
 
 
 # --- item 14: a completed job shows no old attempt's error ------------------------------------

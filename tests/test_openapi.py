@@ -79,6 +79,7 @@ def _settings(tmp: Path) -> Settings:
         rate_requests=0,
         rate_available=0,
         rate_heartbeat=0,
+        rate_registrations=0,
     )
 
 

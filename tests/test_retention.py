@@ -39,7 +39,7 @@ from runpack.settings import Settings
 from runpack.store import JobRow, RunnerRow, Store, open_store
 from runpack.store.sqlite import SqliteStore
 from tests.conftest import ADMIN, SUBMIT, MakeClient, as_runner, claim, register, service_of, submit
-from tests.procs import KEYS, clean_env, running_server
+from tests.procs import KEYS, NO_LIMITS, clean_env, running_server
 
 NOW = 1_700_000_000_000
 MINUTE = 60_000
@@ -469,8 +469,9 @@ async def test_gc_dry_run_changes_nothing_then_gc_does_it(tmp_path: Path) -> Non
 
 
 def test_gc_without_a_ttl_or_a_database_does_nothing(tmp_path: Path) -> None:
-    # Every TTL off, the input TTL (on by default) too.
-    idle = cli("gc", "--db", str(tmp_path / "x.db"), "--input-ttl", "0", cwd=tmp_path)
+    # Every TTL off, the input and runner TTLs (on by default) too.
+    off = ("--input-ttl", "0", "--runner-ttl", "0")
+    idle = cli("gc", "--db", str(tmp_path / "x.db"), *off, cwd=tmp_path)
     assert idle.returncode == 0 and "no TTL is set" in idle.stdout
     missing = cli("gc", "--db", str(tmp_path / "x.db"), "--result-ttl", "1", cwd=tmp_path)
     assert missing.returncode == 2 and "no SQLite database" in missing.stderr
@@ -566,9 +567,7 @@ def writing_server(tmp_path: Path) -> Iterator[tuple[Path, Submitter, list[str]]
     server_dir = tmp_path / "server"
     env = {
         **KEYS,
-        "RUNPACK_RATE_NEW_JOBS": "0",
-        "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-        "RUNPACK_RATE_REQUESTS": "0",
+        **NO_LIMITS,
     }
     with running_server(server_dir, env, ("--db", "runpack.db")) as server:
         writer = Submitter(server.url)

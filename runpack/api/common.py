@@ -29,7 +29,8 @@ class RoutePolicy:
 
     role: Role
     #: Rate limit (runpack.api.limits): ``"requests"``, a client request counted per
-    #: address; or, with ``per_runner``, the Settings field ``rate_<bucket>``.
+    #: address, or ``"registrations"``, a new runner counted per address; or, with
+    #: ``per_runner``, the Settings field ``rate_<bucket>``.
     bucket: str | None = None
     #: The bucket counts per runner (X-Runner-ID) instead of per client address.
     per_runner: bool = False

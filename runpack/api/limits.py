@@ -10,6 +10,10 @@
   pages that poll.
 - **Runners' polls and heartbeats** keep the original's per-runner limits, counted by
   each instance.
+- **New runners** (a registration, or a hello without a known runner id) take from
+  their address's registration bucket (``rate_registrations``): every runner is a row
+  kept until ``runner_ttl``, so a runner key on another lab's machine cannot fill the
+  table. A runner that comes back under its id registers nothing and is not counted.
 
 Not limited: the admin key; a stored key made with ``--rate 0``; and, on a server
 that generated its keys (local development), clients on loopback. On PostgreSQL the
@@ -111,6 +115,19 @@ class Limits:
             f"{_setting('rate_requests')} and {_setting('rate_requests_burst')} raise it.",
             lease=max(1, burst // LEASE_FRACTION),
         )
+        self.registrations = Limit.per_period(
+            "registrations",
+            settings.rate_registrations,
+            period,
+            settings.rate_registrations,
+            f"New runners registered from one client address: "
+            f"{settings.rate_registrations} per {every}. A runner that keeps its state "
+            f"file comes back under its id and is not counted. "
+            f"{_setting('rate_registrations')} raises it.",
+            lease=settings.rate_registrations // LEASE_FRACTION,
+        )
+        #: Buckets counted per client address, by the name routes give them.
+        self.per_address = {"requests": self.requests, "registrations": self.registrations}
         self.per_runner = {
             bucket: Limit.per_period(
                 bucket,
@@ -148,12 +165,18 @@ class Limits:
                 if wait:
                     raise limit.refusal(wait)
             return
-        if self.requests is None or self._free(request, caller):
+        await self.admit_address(request, policy.bucket or "", caller)
+
+    async def admit_address(self, request: web.Request, bucket: str, caller: Caller) -> None:
+        """Count a request in its client address's ``bucket`` (``requests`` or
+        ``registrations``); raise RateLimited past its limit."""
+        limit = self.per_address.get(bucket)
+        if limit is None or self._free(request, caller):
             return
         address = client_ip(request, self.trust_proxy)
-        wait = await self.buckets.take(f"requests:{address}", self.requests)
+        wait = await self.buckets.take(f"{limit.name}:{address}", limit)
         if wait:
-            raise self.requests.refusal(wait)
+            raise limit.refusal(wait)
 
     def work_budget(self, request: web.Request) -> WorkBudget | None:
         """What this request may start: None when nothing limits it."""

@@ -128,7 +128,14 @@ SCHEMAS: Json = {
             },
             "limit": {
                 "type": "string",
-                "enum": ["new_jobs", "key_new_jobs", "requests", "available", "heartbeat"],
+                "enum": [
+                    "new_jobs",
+                    "key_new_jobs",
+                    "requests",
+                    "registrations",
+                    "available",
+                    "heartbeat",
+                ],
             },
         },
         description="The original's 429 body (`resetTime`: when a token is there again), "

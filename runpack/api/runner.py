@@ -38,7 +38,7 @@ async def read_report(request: web.Request, kind: type[R], body_optional: bool =
 
 
 @routes.post("/api/runner/register")
-@policy(Role.RUNNER, failure="Failed to register runner")
+@policy(Role.RUNNER, bucket="registrations", failure="Failed to register runner")
 async def register(request: web.Request) -> web.Response:
     try:
         asked = Registration.read(await read_json(request))

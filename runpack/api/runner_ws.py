@@ -8,7 +8,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -19,10 +19,10 @@ from runpack.api.common import policy
 from runpack.api.events import wants_websocket
 from runpack.api.runner_reports import RunnerReports
 from runpack.api.runner_socket import RunnerSocket
-from runpack.appkeys import CALLER, HUB, KEYS, SERVICE, SETTINGS
+from runpack.appkeys import CALLER, HUB, KEYS, LIMITS, SERVICE, SETTINGS
 from runpack.auth import Caller
 from runpack.connections import RunnerConn
-from runpack.errors import BadRequest, Forbidden, RunpackError, StoreError
+from runpack.errors import BadRequest, Forbidden, RateLimited, RunpackError, StoreError
 from runpack.hub import Hub
 from runpack.identity import Ownership, new_runner_secret
 from runpack.image_lists import claimable
@@ -48,6 +48,7 @@ class RunnerSession:
 
     __slots__ = (
         "_log_context",
+        "_registering",
         "_room",
         "_tails",
         "_tasks",
@@ -68,6 +69,7 @@ class RunnerSession:
         transport: asyncio.Transport | None,
         caller: Caller | None = None,
         write_together: bool = True,
+        registering: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.ws = ws
         #: What the server sends the runner goes through it.
@@ -76,6 +78,8 @@ class RunnerSession:
         self.caller = caller if caller is not None else Caller(Role.RUNNER)
         self.hub = hub
         self.service = service
+        #: Counts a new runner against its address's limit (raises RateLimited).
+        self._registering = registering
         self.conn: RunnerConn | None = None
         #: Applies the runner's reports, once it has said hello.
         self.reports: RunnerReports | None = None
@@ -163,6 +167,8 @@ class RunnerSession:
                 with contextlib.suppress(RunpackError):
                     runner = await self.service.get_runner(wanted_id)
             if runner is None:
+                if self._registering is not None:
+                    await self._registering()
                 secret = new_runner_secret()  # Runpack's runner keeps and sends it
                 runner = await self.service.register_runner(
                     hello.name,
@@ -185,7 +191,7 @@ class RunnerSession:
         except ProtocolError as exc:
             self.socket.reply_error(exc.error, exc.details, ref="hello")
             return False
-        except BadRequest as exc:
+        except (BadRequest, RateLimited) as exc:
             self.socket.reply_error(exc.message, exc.details, ref="hello")
             return False
         except StoreError as exc:
@@ -320,6 +326,7 @@ async def runner_socket(request: web.Request) -> web.StreamResponse:
         raise BadRequest("Expected a WebSocket upgrade", details="GET with Upgrade: websocket")
     await ws.prepare(request)
     caller = request[CALLER]
+    limits = request.app[LIMITS]
     session = RunnerSession(
         ws,
         request.app[HUB],
@@ -327,6 +334,7 @@ async def runner_socket(request: web.Request) -> web.StreamResponse:
         request.transport,
         caller,
         write_together=settings.write_frames_together,
+        registering=lambda: limits.admit_address(request, "registrations", caller),
     )
     # A stored key's socket closes once the key is revoked (see KeyRing.check_open).
     release = request.app[KEYS].hold(caller.key, session.key_revoked) if caller.key else None
