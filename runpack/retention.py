@@ -5,9 +5,10 @@ Every limit is a time-to-live in seconds, 0 meaning keep forever (the default):
 cancelled ones, ``console_ttl`` clears the console of finished jobs and keeps
 them, ``figure_ttl`` deletes the stored figure files of finished jobs (their
 cached result then fails validation and the next submit computes it again), and
-``runner_ttl`` forgets runners not seen for that long that hold no job, and
-``input_ttl`` removes uploaded input files (:mod:`runpack.inputs`) unused for that
-long that no pending or running job names (on by default: a week). A job's
+``runner_ttl`` forgets runners not seen for that long that hold no job (on by
+default: a week), and ``input_ttl`` removes uploaded input files
+(:mod:`runpack.inputs`) unused for that long that no pending or running job names
+(on by default: a week). A job's
 age is counted from ``updated_at``, when it finished. Pending and running jobs,
 and their figures, are never touched.
 
@@ -17,8 +18,9 @@ Each deleted job is announced as a ``job_deleted`` event and each cleared consol
 as ``job_console_cleared``: the result cache drops them, here and, through
 LISTEN/NOTIFY, in every other instance. Deleting a job deletes its figure too.
 A figure's files are blobs that other figures may share (:mod:`runpack.blobs`):
-removing figures removes their manifests, and the pass ends with a sweep of the
-blobs that no manifest names any more; the bytes freed are those of the blobs.
+removing figures removes their manifests, and a pass with a TTL that removes
+figures (results, failures, figures) ends with a sweep of the blobs that no
+manifest names any more; the bytes freed are those of the blobs.
 
 The server runs a pass every ``gc_interval`` seconds when a TTL is set (see
 :mod:`runpack.sweeper`); ``runpack gc`` (:func:`collect`) runs one now, or counts
@@ -70,9 +72,9 @@ class RetentionPolicy:
         return any(getattr(self, name) > 0 for name in TTL_NAMES)
 
     @property
-    def jobs_active(self) -> bool:
-        """Is a TTL of jobs, consoles, figures or runners set (not only ``input_ttl``)?"""
-        return any(getattr(self, name) > 0 for name in TTL_NAMES if name != "input_ttl")
+    def frees_figures(self) -> bool:
+        """Is a TTL set that removes figures (with their jobs, or alone)?"""
+        return self.result_ttl > 0 or self.failure_ttl > 0 or self.figure_ttl > 0
 
     def delete_ttl(self, status: str) -> float:
         """The TTL after which a finished job in ``status`` is deleted (0 = never)."""
@@ -182,7 +184,7 @@ class Retention:
         await self._figures(now, report)
         await self._runners(now, report)
         await self._inputs(now, report)
-        if self.figures is not None and self.policy.jobs_active:
+        if self.figures is not None and self.policy.frees_figures:
             swept = await self.figures.sweep(dry_run=dry_run, without=self._doomed)
             report.blobs += swept.blobs
             report.bytes_freed += swept.bytes
