@@ -7,7 +7,9 @@ of figures naming it. Figures name their blobs in manifests (:mod:`runpack.artif
 A blob arrives as a complete file beside the store (an upload's staging folder on the
 same disk) and is renamed into place, so a reader sees all of a blob or none of it.
 A blob that is already there is kept as it is (same name, same bytes): its mtime, and
-the ETag and Last-Modified served from it, stay stable.
+the ETag and Last-Modified served from it, stay stable. Blobs are not synced one by
+one (a figure has many): one that a power cut left shorter than its bytes is
+replaced by the next upload of those bytes, since its size tells it apart.
 
 Sweeping (dropping blobs no manifest names) and committing a manifest exclude each
 other through a lock file (``blobs/.lock``, ``flock``): uploads take it shared from
@@ -77,13 +79,17 @@ class BlobStore:
 
     def place(self, source: Path, digest: str) -> None:
         """Move a complete file named by its ``digest`` into the store (dropped if the
-        blob is there already). Call under :meth:`shared`."""
+        blob is there already, whole). Call under :meth:`shared`."""
         target = self.path(digest)
-        if target.exists():
+        size = source.stat().st_size
+        if self.has(digest, size):
             source.unlink()
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(source, 0o444)
+        if target.exists():  # cut short by a crash: these bytes take its place
+            os.rename(source, target)
+            return
         try:
             os.link(source, target)  # never replaces a blob placed meanwhile
         except FileExistsError:
@@ -97,7 +103,7 @@ class BlobStore:
         """Add a blob with the bytes of ``source``, which stays (a hard link where the
         disk allows it, else a copy made in ``scratch``). Call under :meth:`shared`."""
         target = self.path(digest)
-        if target.exists():
+        if self.has(digest, source.stat().st_size):
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = scratch / f"blob-{digest}-{os.getpid()}-{id(source):x}.tmp"

@@ -122,7 +122,7 @@ class InputStore:
         try:
             await asyncio.to_thread(incoming.mkdir, parents=True, exist_ok=True)
             digest, size = await self._spool(body, part)
-            if not await asyncio.to_thread(self.touch, [digest]):
+            if await asyncio.to_thread(self._kept, digest, size):
                 return Stored(digest, size, created=False)
             if admit is not None:
                 await admit()
@@ -143,7 +143,7 @@ class InputStore:
 
     def _place(self, part: Path, digest: str, size: int) -> Stored:
         with self.blobs.shared():
-            if _touch(self.path(digest)):
+            if self._stored(digest, size):
                 return Stored(digest, size, created=False)
             used = self._total()
             if used + max(size, MIN_FILE_BYTES) > self.max_store_bytes:
@@ -157,6 +157,14 @@ class InputStore:
             if self._used is not None:
                 self._used = (self._used[0], self._used[1] + max(size, MIN_FILE_BYTES))
         return Stored(digest, size, created=True)
+
+    def _kept(self, digest: str, size: int) -> bool:
+        with self.blobs.shared():
+            return self._stored(digest, size)
+
+    def _stored(self, digest: str, size: int) -> bool:
+        """Is the file stored whole (not cut short by a crash)? Its use is noted."""
+        return self.blobs.has(digest, size) and _touch(self.path(digest))
 
     def _total(self) -> int:
         """The stored bytes, measured again when the last measure is old (other

@@ -154,6 +154,23 @@ def test_files_that_figures_share_are_stored_once(server: Server) -> None:
     assert blobs(server).keys() - before.keys() == added.keys()  # uploading again adds nothing
 
 
+def test_a_stored_file_cut_short_by_a_crash_is_replaced_by_the_next_upload(
+    server: Server,
+) -> None:
+    """Stored files are not synced one by one: after a power cut one may be shorter
+    than its bytes. The next figure with those bytes stores them whole again, instead
+    of keeping the short file because its name is there."""
+    data = random.Random(11).randbytes(64 * 1024)
+    files = {"index.html": INDEX, "data.zarr/0.0": data}
+    stored(held_job(server), files)
+    path = server.figures / "blobs" / digest(data)[:2] / digest(data)
+    path.chmod(0o644)
+    path.write_bytes(data[:1000])  # what a power cut may leave
+    url = stored(held_job(server), files)["url"]
+    assert path.stat().st_size == len(data)
+    assert call(url + "data.zarr/0.0").body == data
+
+
 def gc(server: Server, database: str, *args: str) -> str:  # noqa: F811
     done = subprocess.run(
         [

@@ -92,6 +92,20 @@ async def test_an_upload_is_stored_once_by_content(
     assert got == (200, data)
 
 
+async def test_a_file_cut_short_by_a_crash_is_stored_whole_by_the_next_upload(
+    server: Proc, http: aiohttp.ClientSession
+) -> None:
+    data = os.urandom(5000)
+    digest = sha(data)
+    assert (await call(http, "POST", f"{server.url}/api/inputs", SUBMIT, data=data))[0] == 201
+    path = cwd_of(server) / "runpack-data" / "inputs" / digest[:2] / digest
+    path.chmod(0o644)
+    path.write_bytes(data[:100])  # what a power cut may leave of an unsynced file
+    again = await call(http, "POST", f"{server.url}/api/inputs", SUBMIT, data=data)
+    assert again == (201, {"sha256": digest, "bytes": 5000})
+    assert await call(http, "GET", f"{server.url}/api/inputs/{digest}", RUNNER) == (200, data)
+
+
 async def test_an_empty_file_is_an_input_too(server: Proc, http: aiohttp.ClientSession) -> None:
     status, body = await call(http, "POST", f"{server.url}/api/inputs", SUBMIT, data=b"")
     assert status in (200, 201) and body == {"sha256": sha(b""), "bytes": 0}
