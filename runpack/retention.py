@@ -1,16 +1,15 @@
 """Retention: forget old jobs, consoles, figures and runners.
 
-Every limit is a time-to-live in seconds, 0 meaning keep forever (the default):
-``result_ttl`` deletes completed and expired jobs, ``failure_ttl`` failed and
-cancelled ones, ``console_ttl`` clears the console of finished jobs and keeps
-them, ``figure_ttl`` deletes the stored figure files of finished jobs (their
-cached result then fails validation and the next submit computes it again), and
-``runner_ttl`` forgets runners not seen for that long that hold no job (on by
-default: a week), and ``input_ttl`` removes uploaded input files
-(:mod:`runpack.inputs`) unused for that long that no pending or running job names
-(on by default: a week). A job's
-age is counted from ``updated_at``, when it finished. Pending and running jobs,
-and their figures, are never touched.
+Every limit is a time-to-live in seconds, 0 meaning keep forever: ``result_ttl``
+deletes completed and expired jobs, ``failure_ttl`` failed and cancelled ones,
+``console_ttl`` clears the console of finished jobs and keeps them, ``figure_ttl``
+deletes the stored figure files of finished jobs (their cached result then fails
+validation and the next submit computes it again), ``runner_ttl`` forgets runners
+not seen for that long that hold no job, and ``input_ttl`` removes uploaded input
+files (:mod:`runpack.inputs`) unused for that long that no pending or running job
+names. The last two are on by default (a week), the others off. A job's age is
+counted from ``updated_at``, when it finished. Pending and running jobs, and their
+figures, are never touched.
 
 Rows go in batches of :data:`BATCH`, one state at a time and oldest first, so a
 large backlog never holds the SQLite writer (or PostgreSQL row locks) for long.
