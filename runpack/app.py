@@ -54,7 +54,7 @@ from runpack.appkeys import (
 from runpack.artifacts import FigureStore
 from runpack.auth import KeyRing
 from runpack.envvars import split_list
-from runpack.eventloop import loop_name
+from runpack.eventloop import cancel_and_wait, loop_name
 from runpack.handler_versions import HandlerVersions
 from runpack.hub import Hub
 from runpack.inputs import InputStore
@@ -314,9 +314,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
 
 
 #: The server's resources, in the order they start.

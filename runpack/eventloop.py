@@ -4,14 +4,15 @@ uvloop (libuv, from the makers of asyncpg) moves bytes between sockets and
 coroutines with less Python in between than asyncio's own loop, and every job
 crosses several sockets. ``auto`` takes it where it is installed (it is a
 dependency on Linux and macOS) and asyncio's loop elsewhere; ``asyncio`` and
-``uvloop`` choose one (``uvloop`` fails clearly when it is missing).
+``uvloop`` choose one (``uvloop`` fails clearly when it is missing). And how the
+tasks started on it end: :func:`cancel_and_wait`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -59,3 +60,12 @@ def tune_gc() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
+    """Cancel ``tasks`` (None stands for a task never started) and wait until each has
+    ended; what they raise is dropped, as their owner is closing."""
+    started = [task for task in tasks if task is not None]
+    for task in started:
+        task.cancel()
+    await asyncio.gather(*started, return_exceptions=True)

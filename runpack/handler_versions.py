@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from runpack.errors import RunpackError
+from runpack.eventloop import cancel_and_wait
 from runpack.image_lists import claimable
 from runpack.jobtypes import JobTypeVersions, version_order
 from runpack.notify import EventKind, ServerEvent
@@ -153,9 +154,7 @@ class HandlerVersions:
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])
         self.hub = None
 
     def _on_event(self, event: ServerEvent) -> None:

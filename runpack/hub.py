@@ -28,6 +28,7 @@ from typing import Any
 from runpack.connections import RunnerConn
 from runpack.encoding import assignment
 from runpack.errors import RunpackError
+from runpack.eventloop import cancel_and_wait
 from runpack.image_lists import group_key
 from runpack.notify import EventKind, ServerEvent
 from runpack.placement import Placement
@@ -100,10 +101,7 @@ class Hub:
         for handle in self._grace.values():
             handle.cancel()
         self._grace.clear()
-        tasks = [t for t in (self._dispatcher, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait([self._dispatcher, *self._tasks])
 
     def shutting_down(self) -> None:
         """End the long-polls now (the server waits for open requests before stopping)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from runpack.eventloop import cancel_and_wait
 from runpack.store.base import JOB_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -193,9 +194,7 @@ class PgBridge:
     async def close(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
 
     # --- out ---------------------------------------------------------------------
     def _outgoing(self, event: ServerEvent) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from runpack.eventloop import cancel_and_wait
 from runpack.notify import EventKind, ServerEvent
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,7 @@ class NotifyRelay:
         self._session = aiohttp.ClientSession(timeout=self.timeout)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
         if self._session is not None:
             await self._session.close()
 

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from runpack.errors import RunpackError
+from runpack.eventloop import cancel_and_wait
 from runpack.notify import EventKind, ServerEvent
 from runpack.store.instances import alive_since
 
@@ -106,9 +107,7 @@ class Presence:
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])
         try:
             await self.store.stop_instance(self.instance, self.clock())
         except RunpackError as exc:  # the others count us out after a few ticks anyway

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from runpack.eventloop import cancel_and_wait
+
 #: The runner's logger: its lines name one source whichever module writes them.
 log = logging.getLogger("runpack_runner.runner")
 
@@ -29,7 +31,4 @@ class TaskSet:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     async def cancel_all(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))

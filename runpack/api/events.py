@@ -28,6 +28,7 @@ from runpack.api.views import live_detail
 from runpack.appkeys import CALLER, KEYS, SERVICE, WATCH
 from runpack.envvars import split_list
 from runpack.errors import BadRequest, JobNotFound, RunpackError
+from runpack.eventloop import cancel_and_wait
 from runpack.protocol import JobStatus, Role
 from runpack.watch import REFRESH, Channel, Item, Watcher, WatchHub, is_final
 
@@ -117,9 +118,7 @@ class _Sink:
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
         await self.ws.close()
 
     async def _read(self) -> None:
