@@ -51,13 +51,14 @@ def check_versions(versions: object, capabilities: list[str]) -> dict[str, str]:
     for job_type, version in versions.items():
         if job_type not in declared:
             raise _bad_registration("versions: only of job types in capabilities")
-        if (
-            not isinstance(version, str)
-            or not 0 < len(version) <= MAX_VERSION_CHARS
-            or not version.isprintable()
-        ):
+        if not _short_text(version, MAX_VERSION_CHARS):
             raise _bad_registration(f"versions: each 1 to {MAX_VERSION_CHARS} printable characters")
     return dict(versions)
+
+
+def _short_text(value: object, max_chars: int) -> bool:
+    """Is ``value`` a string of 1 to ``max_chars`` printable characters?"""
+    return isinstance(value, str) and 0 < len(value) <= max_chars and value.isprintable()
 
 
 def check_images(images: object, capabilities: list[str]) -> list[str] | None:
@@ -74,11 +75,7 @@ def check_images(images: object, capabilities: list[str]) -> list[str] | None:
     if "container" not in capabilities:
         raise _bad_registration("images: only with the container job type in capabilities")
     for image in images:
-        if (
-            not isinstance(image, str)
-            or not 0 < len(image) <= MAX_IMAGE_CHARS
-            or not image.isprintable()
-        ):
+        if not _short_text(image, MAX_IMAGE_CHARS):
             raise _bad_registration(f"images: each 1 to {MAX_IMAGE_CHARS} printable characters")
     return list(images)
 
