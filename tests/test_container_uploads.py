@@ -19,10 +19,10 @@ import pytest
 
 from runpack.client import Client
 from tests import dockerimages
-from tests.procs import KEYS, NO_LIMITS, Proc, clean_env, running_runner, running_server, until
+from tests.calls import ServerCalls
+from tests.procs import KEYS, NO_LIMITS, Proc, clean_env, running_runner, running_server
 
 SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
-ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
 #: Counts the words of the uploaded file into /outputs.
 COUNT = ["sh", "-c", "wc -w < /inputs/data/words.txt > /outputs/count.txt; echo counted"]
 
@@ -61,12 +61,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def settled(http: aiohttp.ClientSession, url: str, job_id: str) -> dict[str, Any]:
-    async def done() -> Any:
-        async with http.get(f"{url}/api/admin/jobs/{job_id}", headers=ADMIN) as resp:
-            job = await resp.json()
-        return job if job["status"] in ("completed", "failed", "cancelled") else None
-
-    return dict(await until(done, f"job {job_id} to finish", 60))
+    return await ServerCalls(http, url).settled(job_id)
 
 
 def submit_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -26,6 +26,7 @@ from runpack.store.base import RunnerRow
 from runpack_runner.handler import JobHandler, job
 from runpack_runner.jobs.hello_world import HelloWorld
 from runpack_runner.registry import Registry, as_handler
+from tests.calls import ServerCalls
 from tests.pg import fresh_database, require_postgres
 from tests.procs import (
     KEYS,
@@ -46,54 +47,26 @@ SERVER_ENV = {
     **NO_LIMITS,
 }
 RUNNER_ENV = {"RUNPACK_RECONNECT_MIN": "0.2", "RUNPACK_RECONNECT_MAX": "1"}
-SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
-ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
 
 
-class Server:
+class Server(ServerCalls):
     """What a test does with a running server: submit, wait, look at runners."""
 
     def __init__(self, http: aiohttp.ClientSession, proc: Proc) -> None:
-        self.http, self.proc, self.url = http, proc, proc.url
+        super().__init__(http, proc.url)
+        self.proc = proc
 
     async def submit(self, params: dict[str, Any], job_type: str = JOB_TYPE) -> dict[str, Any]:
-        body = {"job_type": job_type, "input_params": params}
-        async with self.http.post(f"{self.url}/api/jobs/submit", json=body, headers=SUBMIT) as r:
-            answer: dict[str, Any] = await r.json()
-            assert r.status in (200, 201, 202), answer
-            return answer
-
-    async def job(self, job_id: str) -> dict[str, Any]:
-        async with self.http.get(f"{self.url}/api/admin/jobs/{job_id}", headers=ADMIN) as r:
-            job: dict[str, Any] = await r.json()
-            return job
+        return await self.submit_job(job_type, params)
 
     async def completed(self, job_id: str) -> dict[str, Any]:
-        async def done() -> dict[str, Any] | None:
-            job = await self.job(job_id)
+        def done(job: dict[str, Any]) -> bool:
             assert job["status"] in ("pending", "claimed", "in_progress", "completed"), job.get(
                 "error_message"
             )
-            return job if job["status"] == "completed" else None
+            return bool(job["status"] == "completed")
 
-        job: dict[str, Any] = await until(done, f"job {job_id} completed")
-        return job
-
-    async def runners(self) -> list[dict[str, Any]]:
-        async with self.http.get(f"{self.url}/api/admin/runners", headers=ADMIN) as r:
-            runners: list[dict[str, Any]] = (await r.json())["runners"]
-            return runners
-
-    async def connected(self, name: str, over: str = "connected") -> str:
-        """The runner's id once it is connected (``over="is_active"``: polls over HTTP)."""
-
-        async def find() -> str | None:
-            for runner in await self.runners():
-                if runner["name"] == name and runner.get(over):
-                    return str(runner["runner_id"])
-            return None
-
-        return str(await until(find, f"runner {name} {over}"))
+        return await self.until_job(job_id, done, "completed", 20)
 
 
 @contextlib.asynccontextmanager

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from tests import dockerimages
+from tests.calls import ServerCalls
 from tests.pg import fresh_database, require_postgres
 from tests.procs import (
     KEYS,
@@ -21,12 +22,7 @@ from tests.procs import (
     runners_listed,
     running_runner,
     running_server,
-    until,
 )
-
-SUBMIT = {"Authorization": f"Bearer {KEYS['RUNPACK_SUBMIT_API_KEY']}"}
-ADMIN = {"Authorization": f"Bearer {KEYS['RUNPACK_ADMIN_API_KEY']}"}
-FINAL = ("completed", "failed", "cancelled")
 
 
 @pytest.fixture(scope="module")
@@ -48,45 +44,21 @@ def pinned(image: tuple[str, str]) -> str:
     return f"{name.rsplit(':', 1)[0]}@{image_id}"
 
 
-class Server:
+class Server(ServerCalls):
     def __init__(self, http: aiohttp.ClientSession, proc: Proc, tmp: Path) -> None:
-        self.http, self.url, self.tmp = http, proc.url, tmp
+        super().__init__(http, proc.url)
+        self.tmp = tmp
 
     async def submit(self, image: tuple[str, str], n: int, reference: str = "") -> str:
         params = {
             "image": reference or pinned(image),
             "command": ["sh", "-c", f"cat /etc/which; echo {n}"],
         }
-        body = {"job_type": "container", "input_params": params}
-        async with self.http.post(f"{self.url}/api/jobs/submit", json=body, headers=SUBMIT) as r:
-            answer = await r.json()
-            assert r.status == 201, answer
-            return str(answer["job_id"])
+        return str((await self.submit_job("container", params, (201,)))["job_id"])
 
-    async def job(self, job_id: str) -> dict[str, Any]:
-        async with self.http.get(f"{self.url}/api/admin/jobs/{job_id}", headers=ADMIN) as r:
-            job: dict[str, Any] = await r.json()
-            return job
-
-    async def settled(self, job_id: str) -> dict[str, Any]:
-        async def done() -> dict[str, Any] | None:
-            job = await self.job(job_id)
-            return job if job["status"] in FINAL else None
-
-        return dict(await until(done, f"job {job_id} to finish", 60))
-
-    async def runners(self) -> dict[str, dict[str, Any]]:
-        async with self.http.get(f"{self.url}/api/admin/runners", headers=ADMIN) as r:
-            return {row["name"]: row for row in (await r.json())["runners"]}
-
-    async def connected(self, name: str, over: str = "connected") -> str:
-        """The runner's id once it is connected (``over="is_active"``: over HTTP)."""
-
-        async def find() -> str | None:
-            row = (await self.runners()).get(name)
-            return str(row["runner_id"]) if row and row[over] else None
-
-        return str(await until(find, f"runner {name} connected", 30))
+    async def by_name(self) -> dict[str, dict[str, Any]]:
+        """The runners, by name."""
+        return {row["name"]: row for row in await self.runners()}
 
     @contextlib.contextmanager
     def runner(
@@ -133,7 +105,7 @@ async def test_container_jobs_go_only_to_runners_that_allow_their_image(
         # (it registers with its list, and long-polls).
         with server.runner("a", pinned(a)), server.runner("b", b[0], "http"):
             ra, rb = await server.connected("a"), await server.connected("b", "is_active")
-            shown = await server.runners()
+            shown = await server.by_name()
             assert shown["a"]["images"] == [pinned(a)]
             assert shown["b"]["images"] == [b[0], b[1], f"*@{b[1]}"]
             listed = await runners_listed(server.url)
@@ -168,7 +140,7 @@ async def test_container_jobs_go_only_to_runners_that_allow_their_image(
             assert (await server.job(refused))["status"] == "pending"
             with server.runner("plain", None):
                 plain = await server.connected("plain")
-                assert "images" not in (await server.runners())["plain"]
+                assert "images" not in (await server.by_name())["plain"]
                 job = await server.settled(refused)
                 assert job["claimed_by"] == plain, job
                 assert job["error_message"] == (
@@ -198,5 +170,5 @@ async def test_an_http_runner_restarted_with_another_list_is_judged_by_it(
         with server.runner("h", pinned(b), "http"):
             job = await server.settled(waiting)
             assert job["status"] == "completed" and job["claimed_by"] == rid, job
-            shown = await server.runners()
+            shown = await server.by_name()
             assert list(shown) == ["h"] and shown["h"]["images"] == [pinned(b)]
