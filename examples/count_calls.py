@@ -21,7 +21,6 @@ import json
 import os
 import pstats
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,24 +29,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from runpack.bench import SERVER_SETTINGS, free_port
+
 KEYS = {
     "RUNPACK_SUBMIT_API_KEY": "count-submit",
     "RUNPACK_RUNNER_API_KEY": "count-runner",
     "RUNPACK_ADMIN_API_KEY": "count-admin",
 }
-#: What ``runpack bench`` sets on the server it starts.
-BENCH_SETTINGS = {
-    "RUNPACK_RATE_NEW_JOBS": "0",
-    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-    "RUNPACK_RATE_REQUESTS": "0",
-    "RUNPACK_LOG_LEVEL": "warning",
-}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def profiled_run(jobs: int, folder: Path) -> pstats.Stats:
@@ -56,7 +44,7 @@ def profiled_run(jobs: int, folder: Path) -> pstats.Stats:
     url = f"http://127.0.0.1:{port}"
     base = {k: v for k, v in os.environ.items() if not k.startswith("RUNPACK_")} | KEYS
     profile = folder / f"server-{jobs}.prof"
-    server_env = base | BENCH_SETTINGS | {"RUNPACK_DB": str(folder / f"bench-{jobs}.db")}
+    server_env = base | SERVER_SETTINGS | {"RUNPACK_DB": str(folder / f"bench-{jobs}.db")}
     profiled = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "runpack.cli"]
     where = ["--host", "127.0.0.1", "--port", str(port), "--data-dir", str(folder / "data")]
     server = subprocess.Popen(

@@ -90,7 +90,16 @@ class Timeline:
         return fut
 
 
-def _free_port() -> int:
+#: What the bench sets on the server it starts: no rate limit, few log lines.
+SERVER_SETTINGS = {
+    "RUNPACK_RATE_NEW_JOBS": "0",
+    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
+    "RUNPACK_RATE_REQUESTS": "0",
+    "RUNPACK_LOG_LEVEL": "warning",
+}
+
+
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -102,7 +111,7 @@ def _processes(
 ) -> Iterator[tuple[str, list[int], Callable[[], str | None]]]:
     """Start the server and runners; yield (url, [server pid, runner pids…], exited):
     ``exited()`` says which process ended early, and the last line it logged."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in environ.items() if not k.startswith("RUNPACK_")}
     env.update(BENCH_KEYS)
@@ -125,10 +134,7 @@ def _processes(
         server_env = {
             **env,
             "RUNPACK_DB": db,  # not on the command line, where ps shows a DSN's password
-            "RUNPACK_RATE_NEW_JOBS": "0",
-            "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-            "RUNPACK_RATE_REQUESTS": "0",
-            "RUNPACK_LOG_LEVEL": "warning",
+            **SERVER_SETTINGS,
         }
         for setting in args.set:
             name, _, value = setting.partition("=")
