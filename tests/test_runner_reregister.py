@@ -15,8 +15,9 @@ from typing import Any
 
 from runpack import hashing
 from runpack.store import RunnerRow, Store
+from tests.calls import ADMIN
 from tests.procs import KEYS, running_runner, until
-from tests.test_handler_versions import ADMIN, RUNNER_ENV, Server, serving
+from tests.test_handler_versions import RUNNER_ENV, Server, serving
 from tests.test_hostile_identity import call
 from tests.test_store import T0, store_fixture  # noqa: F401
 from tests.versioned_jobs import JOB_TYPE, install
