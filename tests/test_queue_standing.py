@@ -93,7 +93,8 @@ async def test_two_runners_a_queue_and_an_estimate_within_tolerance(
             began = time.monotonic()
             names = [f"q{round_no}-{i}" for i in range(6)]
             jobs = [submit(url, "hello_world", name=n, processing_time=RUN) for n in names]
-            last = jobs[-1]
+            # Jobs submitted in the same millisecond stand in the order of their ids.
+            last = max(jobs, key=lambda j: (detail(url, j)["created_at"], j))
             read_at = time.time() * 1000
             body = status(url, last)
             snapshot = detail(url, last)  # what the event stream's snapshot says
