@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from runpack_runner.container_leftovers import force_remove
+from runpack_runner.jobs.container import SIGKILLED, oom_reported
 from tests import dockerimages
 from tests.procs import KEYS, NO_LIMITS, Proc, free_port, running_runner, running_server, until
 
@@ -249,6 +252,41 @@ async def test_memory_hog_fails_with_the_limit(
         {"image": pinned(image), "command": HOG, "limits": {"memory_mb": 16}}
     )
     await killed(client, api, job_id, "used more than 16 MiB")
+
+
+async def test_a_container_killed_not_for_its_memory_says_its_exit_code(
+    client: Client, api: Any, image: tuple[str, str]
+) -> None:
+    """Exit status 137 (SIGKILL) alone is not taken for running out of memory."""
+    command = ["sh", "-c", 'echo dying; sh -c "kill -9 \\$\\$"; exit $?']
+    job_id = await client.submit(
+        {"image": pinned(image), "command": command, "limits": {"memory_mb": 16}}
+    )
+    job = await client.settled(job_id)
+    assert (job["status"], job["error_message"]) == (
+        "failed",
+        "container failed: the container exited with code 137",
+    )
+    await until(gone(api, job_id), "no container left", 5)
+
+
+def test_an_oom_report_that_comes_after_the_exit_is_waited_for(
+    api: Any, image: tuple[str, str]
+) -> None:
+    """containerd may report a container's OOM after its exit: dockerd then records the
+    exit as not OOM-killed and logs the "oom" event later. The run waits for that
+    event; here the container runs out of memory a second after the wait began."""
+    late_hog = ["sh", "-c", 'sleep 1; x=aaaaaaaa; while true; do x="$x$x"; done']
+    limits = api.create_host_config(mem_limit="16m", memswap_limit="16m", network_mode="none")
+    started = time.time()
+    container_id = api.create_container(image[0], command=late_hog, host_config=limits)["Id"]
+    try:
+        api.start(container_id)
+        assert not oom_reported(api, container_id, started, 0)  # not yet: one look
+        assert oom_reported(api, container_id, started, 30)
+        assert api.wait(container_id, timeout=30)["StatusCode"] == SIGKILLED
+    finally:
+        force_remove(api, container_id)
 
 
 async def test_too_much_in_outputs_fails_the_job(

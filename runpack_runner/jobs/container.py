@@ -56,6 +56,12 @@ POLL = 0.05
 #: How often the size of a running container's /outputs is measured (seconds).
 MEASURE_EVERY = 0.25
 NOBODY = "65534:65534"
+#: The exit status of a container whose process was killed by SIGKILL (128 + 9).
+SIGKILLED = 137
+#: How long dockerd is given to report such a container as out of memory: containerd
+#: may send the OOM event after the exit, and dockerd then records the exit as not
+#: OOM-killed, logging its "oom" event only later.
+OOM_REPORT_GRACE = 2.0
 #: Containers started by this process and not yet removed: removed at exit too, when
 #: the runner exits while a job still runs (its thread is then left behind).
 LIVE: dict[str, str] = {}
@@ -177,6 +183,23 @@ class ContainerJob(JobHandler):
         return f"{uid}:{gid}" if uid != 0 else NOBODY
 
 
+def oom_reported(api: Any, container_id: str, since: float, grace: float) -> bool:
+    """Whether dockerd logged an "oom" event for the container since ``since`` (seconds
+    since the epoch), waiting up to ``grace`` seconds for one."""
+    deadline = time.monotonic() + grace
+    filters = {"container": container_id, "event": "oom"}
+    while True:
+        stream = api.events(since=since - 1, until=time.time(), filters=filters, decode=True)
+        try:
+            if any(True for _ in stream):
+                return True
+        finally:
+            stream.close()
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL)
+
+
 class ContainerRun:
     """One container: created, started, watched, removed."""
 
@@ -196,6 +219,7 @@ class ContainerRun:
         self.limits = limits
         self.job = job
         self.container_id = ""
+        self.started_at = 0.0
         self.devices: list[str] = []
         self.streamed = threading.Event()
         self._streams: Any = None
@@ -229,6 +253,7 @@ class ContainerRun:
                 # Attached before it starts, so that no line is missed (reading the
                 # logs of a container that already exited may find them not yet kept).
                 output = self._attach()
+                self.started_at = time.time()
                 self.api.start(self.container_id)
                 self.ctx.log(
                     f"Container {self.container_id[:12]} started from {self.image['Id']} "
@@ -316,9 +341,13 @@ class ContainerRun:
             raise RuntimeError(f"killed: wrote more than {self.job.outputs_mb} MiB to /outputs")
 
     def _exit_state(self) -> tuple[int, bool]:
-        code = self.api.wait(self.container_id, timeout=API_TIMEOUT).get("StatusCode", -1)
+        """The container's exit status, and whether it was killed for its memory."""
+        code = int(self.api.wait(self.container_id, timeout=API_TIMEOUT).get("StatusCode", -1))
         state = self.api.inspect_container(self.container_id).get("State", {})
-        return int(code), bool(state.get("OOMKilled"))
+        oom = bool(state.get("OOMKilled"))
+        if not oom and code == SIGKILLED:  # not by us: the OOM report may trail the exit
+            oom = oom_reported(self.api, self.container_id, self.started_at, OOM_REPORT_GRACE)
+        return code, oom
 
     def _remove(self) -> None:
         """Kill and remove the container (again: a no-op)."""
