@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import signal
 import time
 import urllib.request
@@ -480,7 +481,10 @@ async def test_a_real_server_logs_json_with_request_ids(
     assert access["client_ip"] == "127.0.0.1"
     assert access["message"].startswith("POST /api/jobs/submit 201 ")
     # A record made inside the runner's socket names the request and the runner.
-    connected = [line for line in lines if " connected: " in line["message"]]
+    # (Not the line about the submitted job no runner handles: "…; runners connected: …".)
+    connected = [
+        line for line in lines if re.match(r"runner \S+ \(.*\) connected: ", line["message"])
+    ]
     assert connected, output
     assert connected[0]["request_id"] == "obs-ws-1"
     assert connected[0]["runner_id"] == runner_id
