@@ -90,13 +90,16 @@ class Timeline:
         return fut
 
 
-#: What the bench sets on the server it starts: no rate limit, few log lines.
-SERVER_SETTINGS = {
+#: A server's rate limits off, for clients that submit more than a page would (the
+#: bench, and the tests' servers).
+NO_LIMITS = {
     "RUNPACK_RATE_NEW_JOBS": "0",
     "RUNPACK_RATE_KEY_NEW_JOBS": "0",
     "RUNPACK_RATE_REQUESTS": "0",
-    "RUNPACK_LOG_LEVEL": "warning",
+    "RUNPACK_RATE_REGISTRATIONS": "0",
 }
+#: What the bench sets on the server it starts: no rate limit, few log lines.
+SERVER_SETTINGS = {**NO_LIMITS, "RUNPACK_LOG_LEVEL": "warning"}
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ import asyncio
 import importlib.util
 import inspect
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,24 +18,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+# Re-exported: the tests take them from here.
+from runpack.bench import NO_LIMITS as NO_LIMITS
+from runpack.bench import free_port as free_port
+
 KEYS = {
     "RUNPACK_SUBMIT_API_KEY": "proc-submit-key",
     "RUNPACK_RUNNER_API_KEY": "proc-runner-key",
     "RUNPACK_ADMIN_API_KEY": "proc-admin-key",
 }
-#: A server's rate limits off, for tests that submit more than a client would.
-NO_LIMITS = {
-    "RUNPACK_RATE_NEW_JOBS": "0",
-    "RUNPACK_RATE_KEY_NEW_JOBS": "0",
-    "RUNPACK_RATE_REQUESTS": "0",
-    "RUNPACK_RATE_REGISTRATIONS": "0",
-}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
